@@ -1,0 +1,150 @@
+"""Run configuration: one dataclass per phase, CLI flags generated from the fields.
+
+Field names are the official MAE / PLSC flag names, so existing command lines work
+unchanged. Shared fields live in :class:`CommonConfig`; a phase subclass only adds
+its own fields and overrides defaults. The resolved config is saved beside every
+run (``config.json``) and inside every checkpoint (``args``, a plain dict).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+
+from .errors import MaekitError
+
+
+def opt(default, help: str, choices: tuple | None = None, flag_aliases: tuple[str, ...] = ()):
+    """A config field with its CLI help text (and optional choices / extra flag names)."""
+    meta = {"help": help, "choices": choices, "aliases": flag_aliases}
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class CommonConfig:
+    # --- optimisation ---
+    batch_size: int = opt(
+        64, "batch size per process (effective = batch_size * accum_iter * world size)"
+    )
+    epochs: int = opt(400, "total training epochs")
+    accum_iter: int = opt(1, "gradient accumulation steps per optimizer update")
+    lr: float | None = opt(None, "absolute learning rate; default blr * effective_batch / 256")
+    blr: float = opt(1e-3, "base learning rate, scaled by effective_batch / 256")
+    min_lr: float = opt(0.0, "lower lr bound of the cosine schedule")
+    warmup_epochs: float = opt(40, "epochs of linear lr warm-up")
+    weight_decay: float = opt(0.05, "AdamW weight decay (not applied to biases and 1-D params)")
+    clip_grad: float | None = opt(
+        None, "clip the gradient norm to this value (default: no clipping)"
+    )
+    amp: str = opt("auto", "mixed precision: auto = bf16 where the device runs it fast, else fp32",
+                   choices=("auto", "bf16", "fp16", "none"))  # fmt: skip
+    # --- model ---
+    model: str = opt("mae_vit_large_patch16", "registered model name (see `maekit models`)")
+    input_size: int = opt(224, "image size in pixels (square)")
+    patch_size: int | None = opt(
+        None, "override the model's patch size (e.g. 4 for 28-32 px images)"
+    )
+    in_chans: int = opt(3, "input channels (grayscale data is expanded to 3 channels)")
+    # --- data ---
+    data_path: str = opt(
+        "fashion-mnist",
+        "ImageNet-style folder (train/, val/), a plain image folder, or 'fashion-mnist'",
+    )
+    num_workers: int = opt(10, "data-loading worker processes per rank (capped at the CPU count)")
+    pin_mem: bool = opt(True, "pin host memory for faster GPU copies (--no_pin_mem to disable)")
+    # --- run ---
+    output_dir: str = opt("./output_dir", "where checkpoints, log.txt and config.json go")
+    log_dir: str | None = opt(None, "TensorBoard directory (default: output_dir)")
+    device: str = opt("auto", "'auto' (cuda if available), 'cuda', 'cuda:N' or 'cpu'")
+    seed: int = opt(0, "random seed (each rank uses seed + rank)")
+    resume: str = opt("", "checkpoint to resume from (model, optimizer, scaler, epoch)")
+    start_epoch: int = opt(0, "first epoch (overwritten by --resume)")
+    save_freq: int = opt(20, "save checkpoint-{epoch}.pth every N epochs (and at the last epoch)")
+    print_freq: int = opt(20, "log every N steps (the loss is read from the device only then)")
+    max_train_step: int | None = opt(
+        None, "stop each epoch after this many steps (smoke tests, benchmarks)"
+    )
+    # --- distributed (torchrun's environment takes precedence; kept for compatibility) ---
+    world_size: int = opt(1, "number of processes (set by torchrun)")
+    local_rank: int = opt(-1, "local rank (set by torchrun)")
+    dist_url: str = opt("env://", "rendezvous URL (torchrun sets the environment instead)")
+
+    def validate(self) -> None:
+        """Raise MaekitError naming the bad value and the fix."""
+        positive = {"batch_size": self.batch_size, "epochs": self.epochs, "accum_iter": self.accum_iter,
+                    "input_size": self.input_size, "save_freq": self.save_freq, "print_freq": self.print_freq,
+                    "in_chans": self.in_chans}  # fmt: skip
+        for name, value in positive.items():
+            if value <= 0:
+                raise MaekitError(f"--{name} must be a positive integer, got {value}")
+        if self.patch_size is not None and self.patch_size <= 0:
+            raise MaekitError(f"--patch_size must be positive, got {self.patch_size}")
+        if self.warmup_epochs < 0 or self.warmup_epochs > self.epochs:
+            raise MaekitError(
+                f"--warmup_epochs must be in [0, --epochs={self.epochs}], got {self.warmup_epochs}"
+            )
+        if self.lr is not None and self.lr <= 0 or self.blr <= 0:
+            raise MaekitError("--lr/--blr must be positive")
+        if self.max_train_step is not None and self.max_train_step <= 0:
+            raise MaekitError(f"--max_train_step must be positive, got {self.max_train_step}")
+        if self.num_workers < 0:
+            raise MaekitError(f"--num_workers must be >= 0, got {self.num_workers}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class PretrainConfig(CommonConfig):
+    mask_ratio: float = opt(0.75, "fraction of patches removed, in [0, 1)")
+    norm_pix_loss: bool = opt(
+        False, "use per-patch normalised pixels as the target (published recipe)"
+    )
+
+    def validate(self) -> None:
+        super().validate()
+        if not 0.0 <= self.mask_ratio < 1.0:
+            raise MaekitError(f"--mask_ratio must be in [0, 1), got {self.mask_ratio}")
+
+
+# --------------------------------------------------------------------------- flags
+
+
+def _base_type(tp) -> type:
+    """int | None -> int; plain types unchanged."""
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0]
+    return tp
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One flag per dataclass field: ``--name`` (plus ``--no_name`` for booleans)."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = _base_type(hints[f.name])
+        meta = f.metadata
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        names = [f"--{f.name}", *meta.get("aliases", ())]
+        if tp is bool:
+            group = parser.add_mutually_exclusive_group()
+            group.add_argument(*names, dest=f.name, action="store_true", help=meta.get("help"))
+            group.add_argument(
+                f"--no_{f.name}", dest=f.name, action="store_false", help=argparse.SUPPRESS
+            )
+            parser.set_defaults(**{f.name: default})
+        else:
+            parser.add_argument(
+                *names, dest=f.name, type=tp, default=default, choices=meta.get("choices"),
+                help=f"{meta.get('help')} (default: {default})",
+            )  # fmt: skip
+
+
+def config_from_args(cls: type, ns: argparse.Namespace):
+    """Build the phase config from parsed flags (only fields of ``cls``)."""
+    return cls(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(cls)})

@@ -1,0 +1,68 @@
+"""Datasets and loaders: Fashion-MNIST (built in) and image folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from ..errors import MaekitError
+from .fashion_mnist import FashionMNIST
+from .folder import FlatImageFolder, image_folder
+
+BUILTIN = ("fashion-mnist",)
+
+
+def build_dataset(data_path: str, split: str, transform) -> torch.utils.data.Dataset:
+    """``split`` is 'train' or 'val'. A folder with ``{split}/`` uses it; for 'train' a folder
+    without ``train/`` is itself the training set (class folders or plain images)."""
+    if data_path in BUILTIN or data_path in ("fashion_mnist", "fmnist"):
+        return FashionMNIST(split, transform)
+    root = Path(data_path)
+    if not root.is_dir():
+        raise MaekitError(
+            f"--data_path {data_path} is not a folder; give an ImageNet-style folder, "
+            "a folder of images, or 'fashion-mnist'"
+        )
+    sub = root / split
+    if sub.is_dir():
+        root = sub
+    elif split != "train":
+        raise MaekitError(f"{root} has no {split}/ folder; evaluation needs {sub}")
+    ds = image_folder(root, transform)
+    if len(ds) == 0:
+        raise MaekitError(f"no images found in {root}; check --data_path")
+    return ds
+
+
+def build_train_loader(
+    dataset: torch.utils.data.Dataset,
+    batch_size: int,
+    rank: int,
+    world_size: int,
+    seed: int,
+    num_workers: int,
+    pin_memory: bool,
+) -> DataLoader:
+    """Distributed, shuffled sampler (also for one process, like the official) with drop_last."""
+    if len(dataset) < batch_size * world_size:
+        raise MaekitError(
+            f"the training set has {len(dataset)} images, fewer than one global batch "
+            f"({batch_size} x {world_size} processes); lower --batch_size"
+        )
+    sampler = DistributedSampler(
+        dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed
+    )
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        drop_last=True,
+        persistent_workers=num_workers > 0,
+    )
+
+
+__all__ = ["FashionMNIST", "FlatImageFolder", "build_dataset", "build_train_loader", "image_folder"]

@@ -1,0 +1,1 @@
+"""Training engine: the loop, optimizer groups, lr schedule, precision, checkpoints, processes."""

@@ -1,0 +1,98 @@
+"""Checkpoint files: {model, optimizer, epoch, scaler, args} with args as a plain dict.
+
+Saving is atomic (temp file in the same directory, fsync, rename), so a crash mid-save
+never leaves a truncated ``checkpoint-*.pth`` that looks valid. Loading uses
+``torch.load(weights_only=True)``: nothing inside a checkpoint can run code.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from ..errors import MaekitError
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain module inside DDP / torch.compile wrappers."""
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
+        model = getattr(model, "module", None) or model._orig_mod
+    return model
+
+
+def atomic_save(obj: dict, path: str | Path) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise MaekitError(f"could not write checkpoint {path}: {e.strerror or e}; "
+                              "free disk space or choose another --output_dir "
+                              "(earlier checkpoints are untouched)") from e  # fmt: skip
+        raise
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    epoch: int,
+    scaler: torch.amp.GradScaler | None,
+    args: dict,
+) -> None:
+    state = {
+        "model": unwrap(model).state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "epoch": epoch,
+        "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
+        "args": dict(args),
+    }
+    atomic_save(state, path)
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """Load a checkpoint dict safely (tensors and plain containers only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise MaekitError(
+            f"checkpoint {path} does not exist; check the path given to --resume/--finetune"
+        )
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, not a checkpoint, or carries forbidden objects
+        raise MaekitError(f"could not read checkpoint {path}: {str(e).splitlines()[0]}") from e
+
+
+def resume_from(
+    path: str,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    scaler: torch.amp.GradScaler | None,
+) -> int:
+    """Restore model/optimizer/scaler from ``path``; return the epoch to start from."""
+    ckpt = read_checkpoint(path)
+    if "model" not in ckpt:
+        raise MaekitError(f"{path} has no 'model' entry; is it a maekit/MAE checkpoint?")
+    state = {
+        k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()
+    }
+    result = unwrap(model).load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise MaekitError(
+            f"checkpoint {path} does not match the model: missing {result.missing_keys[:8]}, "
+            f"unexpected {result.unexpected_keys[:8]}; resume with the same --model and sizes"
+        )
+    if optimizer is not None and ckpt.get("optimizer") is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+    if scaler is not None and ckpt.get("scaler") is not None:
+        scaler.load_state_dict(ckpt["scaler"])
+    return int(ckpt.get("epoch", -1)) + 1

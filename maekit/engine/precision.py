@@ -1,0 +1,47 @@
+"""Mixed precision: resolve ``--amp`` to a dtype, an autocast context and a grad scaler."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True when the CPU has native bf16 dot products (AVX-512 BF16 or AMX).
+
+    Without them PyTorch emulates bf16 matmuls, which is several times *slower* than fp32.
+    """
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+@dataclass(frozen=True)
+class Precision:
+    dtype: torch.dtype | None  # None = full fp32
+    device_type: str
+
+    @property
+    def name(self) -> str:
+        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
+
+    def autocast(self):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device_type, dtype=self.dtype)
+
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        """A real scaler only for fp16; a disabled one (no-op) otherwise."""
+        return torch.amp.GradScaler(self.device_type, enabled=self.dtype is torch.float16)
+
+
+def resolve_precision(amp: str, device: torch.device) -> Precision:
+    """auto -> bf16 on GPUs that support it and on CPUs with native bf16, else fp32."""
+    kind = device.type
+    if amp == "auto":
+        if kind == "cuda":
+            amp = "bf16" if torch.cuda.is_bf16_supported() else "none"
+        else:
+            amp = "bf16" if cpu_has_fast_bf16() else "none"
+    dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    return Precision(dtype, kind)

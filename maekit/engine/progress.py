@@ -1,0 +1,90 @@
+"""What a run shows and records: progress bar / periodic lines, log.txt, TensorBoard.
+
+Only rank 0 writes anything; other ranks get a silent reporter.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+
+def _fmt_eta(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}"
+
+
+class EpochProgress:
+    """A tqdm bar on a terminal; plain periodic lines (every ``print_freq`` steps) otherwise."""
+
+    def __init__(self, total: int, epoch: int, epochs: int, enabled: bool, print_freq: int) -> None:
+        self.total, self.epoch, self.epochs = total, epoch, epochs
+        self.enabled = enabled
+        self.print_freq = print_freq
+        self.start = time.perf_counter()
+        self.bar = None
+        if enabled and sys.stderr.isatty():
+            self.bar = tqdm(
+                total=total, desc=f"epoch {epoch}/{epochs - 1}", dynamic_ncols=True, leave=True
+            )
+
+    def update(self, step: int, metrics: dict[str, float], imgs: int) -> None:
+        """Called at print points; ``step`` is 0-based, ``imgs`` processed this epoch by this rank."""
+        if not self.enabled:
+            return
+        elapsed = time.perf_counter() - self.start
+        rate = imgs / elapsed if elapsed > 0 else 0.0
+        shown = {k: f"{v:.4g}" for k, v in metrics.items()}
+        shown["img/s"] = f"{rate:.1f}"
+        if self.bar is not None:
+            self.bar.n = step + 1
+            self.bar.set_postfix(shown, refresh=True)
+        else:
+            eta = elapsed / (step + 1) * (self.total - step - 1)
+            parts = "  ".join(f"{k}: {v}" for k, v in shown.items())
+            print(
+                f"Epoch [{self.epoch}] [{step + 1}/{self.total}]  {parts}  eta: {_fmt_eta(eta)}",
+                flush=True,
+            )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class RunRecorder:
+    """log.txt (one JSON line per epoch) and TensorBoard scalars, on the main rank only."""
+
+    def __init__(self, output_dir: str, log_dir: str | None, enabled: bool) -> None:
+        self.enabled = enabled
+        self.log_path = Path(output_dir) / "log.txt"
+        self.tb = None
+        if enabled:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(log_dir=log_dir or output_dir)
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        if self.tb is not None:
+            self.tb.add_scalar(tag, value, step)
+
+    def epoch(self, stats: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.log_path, "a") as f:
+            f.write(json.dumps(stats) + "\n")
+        if self.tb is not None:
+            for k, v in stats.items():
+                if k != "epoch" and isinstance(v, int | float):
+                    self.tb.add_scalar(f"epoch/{k}", v, stats["epoch"])
+            self.tb.flush()
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()

@@ -1,0 +1,69 @@
+"""One registry of model names -> (class, size table row), timm-style.
+
+``create_model(name, **overrides)`` builds any registered model; overrides are
+constructor arguments (``img_size``, ``patch_size``, ``in_chans``, ``norm_pix_loss``,
+``drop_path_rate`` ...). The size tables live next to each model family so they
+read as data.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch.nn as nn
+
+from ..errors import MaekitError
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    cls: Callable[..., nn.Module]
+    defaults: dict = field(default_factory=dict)
+    kind: str = "pretrain"  # "pretrain" (MAE-style) or "encoder" (fine-tune / linear probe)
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register_model(
+    name: str, cls: Callable[..., nn.Module], kind: str = "pretrain", **defaults
+) -> None:
+    if name in _REGISTRY:
+        raise ValueError(f"model {name!r} is already registered")
+    _REGISTRY[name] = ModelEntry(name, cls, dict(defaults), kind)
+
+
+def list_models(kind: str | None = None) -> list[str]:
+    """Registered names, sorted; optionally only one kind ("pretrain" or "encoder")."""
+    return sorted(n for n, e in _REGISTRY.items() if kind is None or e.kind == kind)
+
+
+def get_entry(name: str) -> ModelEntry:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise MaekitError(
+            f"unknown model {name!r}; available models: {', '.join(list_models())}"
+        ) from None
+
+
+def create_model(name: str, **overrides) -> nn.Module:
+    """Build a registered model; ``overrides`` replace the size-table defaults."""
+    entry = get_entry(name)
+    accepted = inspect.signature(entry.cls).parameters
+    unknown = sorted(k for k in overrides if k not in accepted)
+    if unknown:
+        raise MaekitError(
+            f"model {name!r} does not take {', '.join(unknown)}; it takes {', '.join(accepted)}"
+        )
+    img_size = overrides.get("img_size", entry.defaults.get("img_size", 224))
+    patch = overrides.get("patch_size", entry.defaults.get("patch_size"))
+    if patch is not None and (patch <= 0 or img_size % patch):
+        raise MaekitError(
+            f"input size {img_size} is not divisible by the patch size {patch} of {name!r}; "
+            f"choose --input_size as a multiple of {patch} or set --patch_size"
+        )
+    return entry.cls(**{**entry.defaults, **overrides})

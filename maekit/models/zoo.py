@@ -1,0 +1,23 @@
+"""The size table: every registered model and its defaults, readable as data."""
+
+from .mae import MaskedAutoencoderViT
+from .registry import register_model
+
+# Official decoder for B/L/H: 512 dim, 8 blocks, 16 heads. The CPU-sized encoders get a
+# lighter decoder (the MAE paper's ablation shows depth and width matter little for
+# linear-probe-free fine-tuning; we pick ~1/4 of the official cost).
+_OFFICIAL_DECODER = dict(decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16)
+
+MAE_SIZES: dict[str, dict] = {
+    # name:                   encoder dim/depth/heads,   decoder,          patch
+    "mae_vit_tiny_patch16": dict(embed_dim=192, depth=12, num_heads=3,
+                                 decoder_embed_dim=128, decoder_depth=4, decoder_num_heads=4, patch_size=16),
+    "mae_vit_small_patch16": dict(embed_dim=384, depth=12, num_heads=6,
+                                  decoder_embed_dim=256, decoder_depth=4, decoder_num_heads=8, patch_size=16),
+    "mae_vit_base_patch16": dict(embed_dim=768, depth=12, num_heads=12, **_OFFICIAL_DECODER, patch_size=16),
+    "mae_vit_large_patch16": dict(embed_dim=1024, depth=24, num_heads=16, **_OFFICIAL_DECODER, patch_size=16),
+    "mae_vit_huge_patch14": dict(embed_dim=1280, depth=32, num_heads=16, **_OFFICIAL_DECODER, patch_size=14),
+}  # fmt: skip
+
+for _name, _cfg in MAE_SIZES.items():
+    register_model(_name, MaskedAutoencoderViT, kind="pretrain", **_cfg)

@@ -1,0 +1,1 @@
+"""The three phases: ``pretrain`` (and, as they land, ``finetune`` and ``linprobe``)."""

@@ -1,0 +1,64 @@
+"""``maekit pretrain``: MAE pre-training, the official recipe."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from ..config import PretrainConfig
+from ..data import build_dataset, build_train_loader
+from ..data.transforms import pretrain_transform
+from ..engine.distributed import shutdown
+from ..engine.fit import fit, prepare_run, resolve_lr
+from ..engine.optim import build_adamw, weight_decay_groups
+from ..errors import MaekitError
+from ..models import create_model, get_entry, list_models
+
+
+def build_model(cfg: PretrainConfig) -> torch.nn.Module:
+    entry = get_entry(cfg.model)
+    if entry.kind != "pretrain":
+        raise MaekitError(f"{cfg.model!r} is not a pre-training model; `maekit pretrain` takes one of: "
+                          + ", ".join(list_models("pretrain")))  # fmt: skip
+    overrides = dict(
+        img_size=cfg.input_size, in_chans=cfg.in_chans, norm_pix_loss=cfg.norm_pix_loss
+    )
+    if cfg.patch_size is not None:
+        overrides["patch_size"] = cfg.patch_size
+    return create_model(cfg.model, **overrides)
+
+
+def run(cfg: PretrainConfig) -> list[dict]:
+    """Pre-train and return the per-epoch log records."""
+    cfg.validate()
+    # Fail fast on a bad model name, size or data path before any process group or output exists.
+    model = build_model(cfg)
+    dataset = build_dataset(cfg.data_path, "train", pretrain_transform(cfg.input_size))
+    ctx = prepare_run(cfg)
+    env = ctx.env
+    try:
+        workers = min(cfg.num_workers, os.cpu_count() or 1)
+        loader = build_train_loader(dataset, cfg.batch_size, env.rank, env.world_size, cfg.seed, workers,
+                                    cfg.pin_mem and env.device.type == "cuda")  # fmt: skip
+        if env.is_main:
+            print(
+                f"data: {cfg.data_path} ({len(dataset)} images), {len(loader)} steps/epoch per process"
+            )
+        model.to(env.device)
+        model_without_ddp = model
+        if env.distributed:
+            ids = [env.device.index] if env.device.type == "cuda" else None
+            model = DistributedDataParallel(model, device_ids=ids)
+        lr, _ = resolve_lr(cfg, env)
+        groups = weight_decay_groups(model_without_ddp, cfg.weight_decay)
+        optimizer = build_adamw(groups, lr, betas=(0.9, 0.95), device=env.device)
+        mask_ratio = cfg.mask_ratio
+
+        def loss_fn(m: torch.nn.Module, imgs: torch.Tensor, _targets: torch.Tensor) -> torch.Tensor:
+            return m(imgs, mask_ratio=mask_ratio)[0]
+
+        return fit(cfg, ctx, model, model_without_ddp, optimizer, loader, loss_fn, lr)
+    finally:
+        shutdown()
