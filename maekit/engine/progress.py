@@ -23,8 +23,11 @@ def _fmt_eta(seconds: float) -> str:
 class EpochProgress:
     """A tqdm bar on a terminal; plain periodic lines (every ``print_freq`` steps) otherwise."""
 
-    def __init__(self, total: int, epoch: int, epochs: int, enabled: bool, print_freq: int) -> None:
+    def __init__(
+        self, total: int, epoch: int, epochs: int, enabled: bool, print_freq: int, world_size: int = 1
+    ) -> None:
         self.total, self.epoch, self.epochs = total, epoch, epochs
+        self.world_size = world_size  # img/s is shown for all processes together
         self.enabled = enabled
         self.print_freq = print_freq
         self.start = time.perf_counter()
@@ -35,11 +38,11 @@ class EpochProgress:
             )
 
     def update(self, step: int, metrics: dict[str, float], imgs: int) -> None:
-        """Called at print points; ``step`` is 0-based, ``imgs`` processed this epoch by this rank."""
+        """Called at print points; ``step`` is 0-based, ``imgs`` processed this epoch by one rank."""
         if not self.enabled:
             return
         elapsed = time.perf_counter() - self.start
-        rate = imgs / elapsed if elapsed > 0 else 0.0
+        rate = imgs * self.world_size / elapsed if elapsed > 0 else 0.0
         shown = {k: f"{v:.4g}" for k, v in metrics.items()}
         shown["img/s"] = f"{rate:.1f}"
         if self.bar is not None:

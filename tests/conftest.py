@@ -1,0 +1,38 @@
+"""Shared fixtures: small image folders written by the tests themselves."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_image_folder(root: Path, classes: int = 2, per_class: int = 12, size=(40, 36), seed: int = 0) -> Path:
+    """ImageNet-style ``root/train/<class>/*`` with alternating JPEG and PNG files."""
+    rng = np.random.default_rng(seed)
+    for c in range(classes):
+        d = root / "train" / f"class_{c}"
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            arr = (rng.random((size[0], size[1], 3)) * 255).astype("uint8")
+            Image.fromarray(arr).save(d / (f"{i}.jpg" if i % 2 else f"{i}.png"))
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    return write_image_folder(tmp_path / "data")
+
+
+def run_cli(args: list[str], cwd: Path, timeout: float = 300, launcher: list[str] | None = None):
+    """Run ``python -m maekit ARGS`` (or under ``launcher``) and return the CompletedProcess."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    cmd = (launcher or [sys.executable]) + ["-m", "maekit", *args]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)

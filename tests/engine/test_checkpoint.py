@@ -1,0 +1,263 @@
+"""Checkpoint files: round trip, safe loading, atomic saving, resume."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+from maekit.config import PretrainConfig
+from maekit.engine.checkpoint import atomic_save, read_checkpoint, resume_from, save_checkpoint
+from maekit.errors import MaekitError
+
+
+def make_model(seed: int = 0, hidden: int = 8) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(4, hidden), nn.LayerNorm(hidden), nn.Linear(hidden, 2))
+
+
+def trained(model: nn.Module) -> torch.optim.Optimizer:
+    """An AdamW with state (one step taken)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, betas=(0.9, 0.95))
+    model(torch.randn(3, 4)).pow(2).mean().backward()
+    opt.step()
+    return opt
+
+
+def assert_same_weights(a: nn.Module, b: nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp") or p.name.startswith("."))
+
+
+# --------------------------------------------------------------------------- round trip
+
+
+def test_round_trip(tmp_path):
+    model = make_model()
+    opt = trained(model)
+    args = PretrainConfig(batch_size=8, epochs=3, warmup_epochs=1).to_dict()
+    path = tmp_path / "checkpoint-7.pth"
+    save_checkpoint(path, model, opt, 7, None, args)
+
+    ckpt = read_checkpoint(path)
+    assert set(ckpt) == {"model", "optimizer", "epoch", "scaler", "args"}
+    assert ckpt["epoch"] == 7
+    assert type(ckpt["args"]) is dict and ckpt["args"] == args
+    assert ckpt["scaler"] is None
+    for k, v in model.state_dict().items():
+        assert torch.equal(ckpt["model"][k], v)
+    assert ckpt["optimizer"]["param_groups"][0]["betas"] == (0.9, 0.95)
+    assert ckpt["optimizer"]["state"][0]["exp_avg"].shape == model[0].weight.shape
+
+    # the file is loadable with the safe loader directly (no pickled classes inside)
+    raw = torch.load(path, map_location="cpu", weights_only=True)
+    assert raw["epoch"] == 7 and raw["args"]["batch_size"] == 8
+
+
+def test_enabled_scaler_state_is_saved(tmp_path):
+    model = make_model()
+    scaler = torch.amp.GradScaler("cpu", enabled=True, init_scale=1024.0)
+    save_checkpoint(tmp_path / "c.pth", model, None, 0, scaler, {})
+    ckpt = read_checkpoint(tmp_path / "c.pth")
+    assert ckpt["optimizer"] is None
+    assert ckpt["scaler"]["scale"] == pytest.approx(1024.0)
+
+
+def test_save_unwraps_module_wrappers(tmp_path):
+    class Wrapper(nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.module = m
+
+    model = make_model()
+    save_checkpoint(tmp_path / "c.pth", Wrapper(model), None, 0, None, {})
+    assert set(read_checkpoint(tmp_path / "c.pth")["model"]) == set(model.state_dict())
+
+
+def test_atomic_save_leaves_no_temp_files(tmp_path):
+    atomic_save({"a": torch.arange(3)}, tmp_path / "x.pth")
+    atomic_save({"a": torch.arange(4)}, tmp_path / "x.pth")  # overwrite
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.pth"]
+    assert torch.equal(torch.load(tmp_path / "x.pth", weights_only=True)["a"], torch.arange(4))
+
+
+def test_saved_file_has_the_usual_permissions(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        atomic_save({"a": torch.zeros(1)}, tmp_path / "x.pth")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "x.pth").stat().st_mode & 0o777 == 0o644
+
+
+# --------------------------------------------------------------------------- bad files
+
+
+def _one_line_error(excinfo, path: Path) -> str:
+    msg = str(excinfo.value)
+    assert "\n" not in msg
+    assert path.name in msg
+    return msg
+
+
+def test_read_missing_file(tmp_path):
+    path = tmp_path / "nope.pth"
+    with pytest.raises(MaekitError) as ei:
+        read_checkpoint(path)
+    assert "does not exist" in _one_line_error(ei, path)
+
+
+def test_read_garbage_file(tmp_path):
+    path = tmp_path / "garbage.pth"
+    path.write_bytes(b"this is not a checkpoint at all\n" * 50)
+    with pytest.raises(MaekitError) as ei:
+        read_checkpoint(path)
+    _one_line_error(ei, path)
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.9])
+def test_read_truncated_checkpoint(tmp_path, keep):
+    path = tmp_path / "c.pth"
+    save_checkpoint(path, make_model(), None, 1, None, {"x": 1})
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    with pytest.raises(MaekitError) as ei:
+        read_checkpoint(path)
+    _one_line_error(ei, path)
+
+
+def test_read_empty_file(tmp_path):
+    """A zero-byte file (e.g. a copy interrupted at once) is a MaekitError too."""
+    path = tmp_path / "empty.pth"
+    path.write_bytes(b"")
+    with pytest.raises(MaekitError) as ei:
+        read_checkpoint(path)
+    _one_line_error(ei, path)
+
+
+def test_read_refuses_pickled_objects(tmp_path):
+    """weights_only loading: a pickled non-tensor class is refused, not executed."""
+    path = tmp_path / "evil.pth"
+    torch.save({"model": {}, "args": Path("/tmp")}, path)
+    with pytest.raises(MaekitError):
+        read_checkpoint(path)
+
+
+# --------------------------------------------------------------------------- resume
+
+
+def test_resume_restores_weights_optimizer_and_next_epoch(tmp_path):
+    src = make_model(seed=0)
+    opt = trained(src)
+    path = tmp_path / "checkpoint-4.pth"
+    save_checkpoint(path, src, opt, 4, None, {})
+
+    dst = make_model(seed=1)
+    dst_opt = torch.optim.AdamW(dst.parameters(), lr=1.0)
+    with pytest.raises(AssertionError):
+        assert_same_weights(src, dst)
+    assert resume_from(str(path), dst, dst_opt, None) == 5
+    assert_same_weights(src, dst)
+    assert dst_opt.param_groups[0]["lr"] == pytest.approx(1e-2)
+    assert torch.equal(dst_opt.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+
+
+def test_resume_restores_scaler(tmp_path):
+    model = make_model()
+    scaler = torch.amp.GradScaler("cpu", enabled=True, init_scale=64.0)
+    save_checkpoint(tmp_path / "c.pth", model, None, 0, scaler, {})
+    new = torch.amp.GradScaler("cpu", enabled=True, init_scale=2.0**16)
+    resume_from(str(tmp_path / "c.pth"), make_model(1), None, new)
+    assert new.get_scale() == pytest.approx(64.0)
+
+
+@pytest.mark.parametrize("prefix", ["module.", "_orig_mod."])
+def test_resume_accepts_wrapper_prefixed_keys(tmp_path, prefix):
+    src = make_model(seed=0)
+    state = {prefix + k: v for k, v in src.state_dict().items()}
+    torch.save({"model": state, "epoch": 9}, tmp_path / "c.pth")
+    dst = make_model(seed=3)
+    assert resume_from(str(tmp_path / "c.pth"), dst, None, None) == 10
+    assert_same_weights(src, dst)
+
+
+def test_resume_without_model_entry(tmp_path):
+    torch.save({"state_dict": {}}, tmp_path / "c.pth")
+    with pytest.raises(MaekitError, match="model"):
+        resume_from(str(tmp_path / "c.pth"), make_model(), None, None)
+
+
+def test_resume_into_model_with_other_layers(tmp_path):
+    save_checkpoint(tmp_path / "c.pth", make_model(), None, 0, None, {})
+    other = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 2), nn.Linear(2, 2))
+    with pytest.raises(MaekitError, match="does not match"):
+        resume_from(str(tmp_path / "c.pth"), other, None, None)
+
+
+def test_resume_into_model_with_other_sizes(tmp_path):
+    """Same names, different shapes (e.g. another --input_size or width) is a MaekitError."""
+    save_checkpoint(tmp_path / "c.pth", make_model(hidden=8), None, 0, None, {})
+    with pytest.raises(MaekitError):
+        resume_from(str(tmp_path / "c.pth"), make_model(hidden=16), None, None)
+
+
+# --------------------------------------------------------------------------- failing saves
+
+
+def test_save_below_a_regular_file_is_a_maekit_error(tmp_path):
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("x")
+    with pytest.raises(MaekitError):
+        save_checkpoint(blocker / "checkpoint-0.pth", make_model(), None, 0, None, {})
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
+def test_save_into_read_only_dir_is_a_maekit_error(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        with pytest.raises(MaekitError):
+            save_checkpoint(ro / "checkpoint-0.pth", make_model(), None, 0, None, {})
+    finally:
+        ro.chmod(0o755)
+
+
+def test_disk_full_keeps_the_old_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint-0.pth"
+    save_checkpoint(path, make_model(0), None, 0, None, {"run": 1})
+    before = path.read_bytes()
+
+    def full_disk(obj, f, *a, **k):
+        f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(MaekitError, match="No space left on device"):
+        save_checkpoint(path, make_model(1), None, 1, None, {"run": 2})
+    monkeypatch.undo()
+
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-0.pth"]
+    assert read_checkpoint(path)["epoch"] == 0
+
+
+def test_interrupt_during_save_is_reraised_and_cleaned(tmp_path, monkeypatch):
+    def interrupted(obj, f, *a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_save({"a": 1}, tmp_path / "x.pth")
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []

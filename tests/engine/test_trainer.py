@@ -1,0 +1,209 @@
+"""The shared training loop on a tiny model: lr schedule, accumulation, caps, NaN, clipping."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from maekit.engine.distributed import DistEnv
+from maekit.engine.precision import resolve_precision
+from maekit.engine.progress import RunRecorder
+from maekit.engine.schedule import lr_at
+from maekit.engine.trainer import LoopSettings, NonFiniteLossError, train_one_epoch
+from maekit.errors import MaekitError
+
+CPU = torch.device("cpu")
+ENV = DistEnv(0, 1, 0, CPU)
+
+
+def tiny_loader(n_batches: int, batch: int = 2) -> DataLoader:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n_batches * batch, 4, generator=g)
+    y = torch.randn(n_batches * batch, 1, generator=g)
+    return DataLoader(TensorDataset(x, y), batch_size=batch, shuffle=False)
+
+
+def tiny_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Linear(4, 1)
+
+
+class Recording:
+    """loss_fn that records the lr each call sees and counts calls."""
+
+    def __init__(self, optimizer, fn=None):
+        self.optimizer = optimizer
+        self.lrs: list[float] = []
+        self.fn = fn
+
+    def __call__(self, model, x, y):
+        self.lrs.append(self.optimizer.param_groups[0]["lr"])
+        if self.fn is not None:
+            return self.fn(model, x, y)
+        return (model(x) - y).pow(2).mean()
+
+
+def count_steps(optimizer) -> list[int]:
+    calls: list[int] = []
+    optimizer.register_step_post_hook(lambda *_: calls.append(1))
+    return calls
+
+
+def run_epoch(model, loader, optimizer, loss_fn, settings, epoch=0, tmp_path=None, amp="none"):
+    precision = resolve_precision(amp, CPU)
+    recorder = RunRecorder(str(tmp_path or "."), None, enabled=False)
+    return train_one_epoch(
+        model, loader, optimizer, loss_fn, epoch, settings, precision, precision.grad_scaler(), ENV,
+        recorder,
+    )  # fmt: skip
+
+
+SCHED = dict(lr=0.1, min_lr=0.001, warmup_epochs=2.0, epochs=5)
+
+
+@pytest.mark.parametrize("epoch", [1, 3])  # in warm-up and in the cosine part
+def test_lr_moves_every_step(tmp_path, epoch):
+    model, loader = tiny_model(), tiny_loader(8)
+    opt = torch.optim.SGD(model.parameters(), lr=123.0)
+    loss_fn = Recording(opt)
+    stats = run_epoch(model, loader, opt, loss_fn, LoopSettings(**SCHED), epoch, tmp_path)
+    n = len(loader)
+    expected = [lr_at(epoch + s / n, **SCHED) for s in range(n)]
+    assert loss_fn.lrs == pytest.approx(expected)
+    assert len(set(loss_fn.lrs)) == n  # really changes per iteration
+    assert opt.param_groups[0]["lr"] == pytest.approx(expected[-1])
+    assert stats["lr"] == pytest.approx(expected[-1])
+
+
+def test_lr_changes_on_accumulation_boundaries_only(tmp_path):
+    model, loader = tiny_model(), tiny_loader(8)
+    opt = torch.optim.SGD(model.parameters(), lr=123.0)
+    loss_fn = Recording(opt)
+    epoch, accum, n = 1, 2, 8
+    run_epoch(model, loader, opt, loss_fn, LoopSettings(**SCHED, accum_iter=accum), epoch, tmp_path)
+    expected = [lr_at(epoch + (s - s % accum) / n, **SCHED) for s in range(n)]
+    assert loss_fn.lrs == pytest.approx(expected)
+    assert loss_fn.lrs[0] == loss_fn.lrs[1] != loss_fn.lrs[2]
+    last_update_start = (n - 1) - (n - 1) % accum  # step 6
+    assert opt.param_groups[0]["lr"] == pytest.approx(lr_at(epoch + last_update_start / n, **SCHED))
+
+
+def test_lr_scale_groups_follow_the_schedule(tmp_path):
+    model, loader = tiny_model(), tiny_loader(4)
+    opt = torch.optim.SGD(
+        [{"params": [model.weight], "lr_scale": 0.25}, {"params": [model.bias]}], lr=1.0
+    )
+    run_epoch(model, loader, opt, Recording(opt), LoopSettings(**SCHED), 3, tmp_path)
+    last = lr_at(3 + 3 / 4, **SCHED)
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.25 * last, last])
+
+
+@pytest.mark.parametrize(("accum", "steps"), [(1, 8), (2, 4), (4, 2), (3, 2)])
+def test_accumulation_divides_optimizer_steps(tmp_path, accum, steps):
+    model, loader = tiny_model(), tiny_loader(8)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    calls = count_steps(opt)
+    loss_fn = Recording(opt)
+    run_epoch(model, loader, opt, loss_fn, LoopSettings(**SCHED, accum_iter=accum), 3, tmp_path)
+    assert len(loss_fn.lrs) == 8  # every micro-batch is seen
+    assert len(calls) == steps
+
+
+def test_accumulated_update_equals_one_big_batch(tmp_path):
+    """accum_iter=2 with batch 2 == accum_iter=1 with batch 4 (loss is divided by accum)."""
+    settings = dict(lr=0.5, min_lr=0.5, warmup_epochs=0.0, epochs=1)
+    a, b = tiny_model(), tiny_model()
+    x = torch.randn(8, 4, generator=torch.Generator().manual_seed(1))
+    y = torch.randn(8, 1, generator=torch.Generator().manual_seed(2))
+    small = DataLoader(TensorDataset(x, y), batch_size=2)
+    big = DataLoader(TensorDataset(x, y), batch_size=4)
+    opt_a = torch.optim.SGD(a.parameters(), lr=0.5)
+    opt_b = torch.optim.SGD(b.parameters(), lr=0.5)
+    run_epoch(a, small, opt_a, Recording(opt_a), LoopSettings(**settings, accum_iter=2), 0, tmp_path)
+    run_epoch(b, big, opt_b, Recording(opt_b), LoopSettings(**settings, accum_iter=1), 0, tmp_path)
+    torch.testing.assert_close(a.weight, b.weight)
+    torch.testing.assert_close(a.bias, b.bias)
+
+
+def test_max_train_step_caps_the_epoch(tmp_path):
+    model, loader = tiny_model(), tiny_loader(8)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    calls = count_steps(opt)
+    loss_fn = Recording(opt)
+    stats = run_epoch(model, loader, opt, loss_fn, LoopSettings(**SCHED, max_train_step=3), 0, tmp_path)
+    assert len(loss_fn.lrs) == 3
+    assert len(calls) == 3
+    assert stats["loss"] == stats["loss"]  # finite average over the 3 steps
+
+
+def test_returned_loss_is_the_epoch_average(tmp_path):
+    model, loader = tiny_model(), tiny_loader(4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    seen: list[float] = []
+
+    def fn(m, x, y):
+        loss = (m(x) - y).pow(2).mean()
+        seen.append(loss.item())
+        return loss
+
+    stats = run_epoch(model, loader, opt, Recording(opt, fn), LoopSettings(**SCHED, print_freq=3), 0, tmp_path)
+    assert stats["loss"] == pytest.approx(sum(seen) / len(seen))
+    assert stats["img_per_s"] > 0 and stats["time_s"] > 0
+
+
+def nan_loss(model, x, y):
+    return (model(x) - y).pow(2).mean() * float("nan")
+
+
+def test_nan_loss_raises_naming_the_epoch(tmp_path):
+    model, loader = tiny_model(), tiny_loader(4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loss_fn = Recording(opt, nan_loss)
+    with pytest.raises(NonFiniteLossError) as ei:
+        run_epoch(model, loader, opt, loss_fn, LoopSettings(**SCHED, print_freq=1), 3, tmp_path)
+    assert isinstance(ei.value, MaekitError)
+    assert "epoch 3" in str(ei.value)
+    assert len(loss_fn.lrs) == 1  # stopped at the first check, not at the end of the epoch
+
+
+def test_nan_loss_is_caught_at_the_end_of_an_epoch(tmp_path):
+    model, loader = tiny_model(), tiny_loader(3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(NonFiniteLossError, match="epoch 0"):
+        run_epoch(model, loader, opt, Recording(opt, nan_loss), LoopSettings(**SCHED, print_freq=100), 0, tmp_path)
+
+
+def test_inf_loss_raises(tmp_path):
+    model, loader = tiny_model(), tiny_loader(2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def inf_loss(m, x, y):
+        return (m(x) - y).pow(2).mean() + float("inf")
+
+    with pytest.raises(NonFiniteLossError):
+        run_epoch(model, loader, opt, Recording(opt, inf_loss), LoopSettings(**SCHED, print_freq=1), 0, tmp_path)
+
+
+def _delta_norm(clip, tmp_path) -> float:
+    model = tiny_model()
+    loader = tiny_loader(1, batch=4)
+    opt = torch.optim.SGD(model.parameters(), lr=1.0, momentum=0.0)
+    before = [p.detach().clone() for p in model.parameters()]
+
+    def big_loss(m, x, y):
+        return 1000.0 * (m(x) - y).pow(2).mean()
+
+    settings = LoopSettings(lr=1.0, min_lr=1.0, warmup_epochs=0.0, epochs=1, clip_grad=clip)
+    run_epoch(model, loader, opt, Recording(opt, big_loss), settings, 0, tmp_path)
+    assert opt.param_groups[0]["lr"] == pytest.approx(1.0)
+    deltas = [p.detach() - b for p, b in zip(model.parameters(), before, strict=True)]
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(d) for d in deltas])).item()
+
+
+def test_clip_grad_limits_the_update(tmp_path):
+    unclipped = _delta_norm(None, tmp_path)
+    assert unclipped > 10.0  # the gradient really is large
+    clipped = _delta_norm(0.5, tmp_path)
+    assert clipped == pytest.approx(0.5, rel=1e-3)
