@@ -3,6 +3,8 @@
 #   bash scripts/install.sh          # runtime: data package, torch, maekit
 #   bash scripts/install.sh --dev    # + test and lint tools
 set -euo pipefail
+# Debian marks its system Python "externally managed"; this script is meant for a dedicated machine.
+export PIP_BREAK_SYSTEM_PACKAGES=1
 cd "$(dirname "$0")/.."
 
 # Fashion-MNIST, the built-in dataset (idx files under /usr/share/datasets/fashion-mnist).

@@ -51,10 +51,6 @@ CASES: dict[str, tuple[list[str], str]] = {
         ["--data_path", "flat", *TINY, *OK, "--batch_size", "2", "--output_dir", "blocker/out"],
         "--output_dir",
     ),
-    "batch_larger_than_data": (
-        ["--data_path", "flat", *TINY, *OK, "--batch_size", "64", "--output_dir", "out"],
-        "batch",
-    ),
 }
 
 
