@@ -73,6 +73,9 @@ class CommonConfig:
     world_size: int = opt(1, "number of processes (set by torchrun)")
     local_rank: int = opt(-1, "local rank (set by torchrun)")
     dist_url: str = opt("env://", "rendezvous URL (torchrun sets the environment instead)")
+    dist_on_itp: bool = opt(
+        False, "accepted for compatibility with the official script; torchrun's environment is used"
+    )
 
     def validate(self) -> None:
         """Raise MaekitError naming the bad value and the fix."""
@@ -141,7 +144,7 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
         else:
             parser.add_argument(
                 *names, dest=f.name, type=tp, default=default, choices=meta.get("choices"),
-                help=f"{meta.get('help')} (default: {default})",
+                help=meta.get("help"),
             )  # fmt: skip
 
 

@@ -24,7 +24,13 @@ class EpochProgress:
     """A tqdm bar on a terminal; plain periodic lines (every ``print_freq`` steps) otherwise."""
 
     def __init__(
-        self, total: int, epoch: int, epochs: int, enabled: bool, print_freq: int, world_size: int = 1
+        self,
+        total: int,
+        epoch: int,
+        epochs: int,
+        enabled: bool,
+        print_freq: int,
+        world_size: int = 1,
     ) -> None:
         self.total, self.epoch, self.epochs = total, epoch, epochs
         self.world_size = world_size  # img/s is shown for all processes together

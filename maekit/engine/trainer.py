@@ -64,7 +64,9 @@ def train_one_epoch(
     model.train()
     n_steps = steps_in_epoch(len(loader), settings.max_train_step)
     accum = settings.accum_iter
-    progress = EpochProgress(n_steps, epoch, settings.epochs, env.is_main, settings.print_freq, env.world_size)
+    progress = EpochProgress(
+        n_steps, epoch, settings.epochs, env.is_main, settings.print_freq, env.world_size
+    )
     device = env.device
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     window_sum = torch.zeros((), device=device, dtype=torch.float64)
