@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         import importlib
 
         cfg = config_from_args(cls, args)
+        cfg.validate()  # before the heavy imports, so flag errors come back at once
         importlib.import_module(module).run(cfg)
         return 0
     except MaekitError as e:

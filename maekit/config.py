@@ -87,10 +87,8 @@ class CommonConfig:
                 raise MaekitError(f"--{name} must be a positive integer, got {value}")
         if self.patch_size is not None and self.patch_size <= 0:
             raise MaekitError(f"--patch_size must be positive, got {self.patch_size}")
-        if self.warmup_epochs < 0 or self.warmup_epochs > self.epochs:
-            raise MaekitError(
-                f"--warmup_epochs must be in [0, --epochs={self.epochs}], got {self.warmup_epochs}"
-            )
+        if self.warmup_epochs < 0:
+            raise MaekitError(f"--warmup_epochs must be >= 0, got {self.warmup_epochs}")
         if self.lr is not None and self.lr <= 0 or self.blr <= 0:
             raise MaekitError("--lr/--blr must be positive")
         if self.max_train_step is not None and self.max_train_step <= 0:

@@ -14,7 +14,9 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 
 
-def write_image_folder(root: Path, classes: int = 2, per_class: int = 12, size=(40, 36), seed: int = 0) -> Path:
+def write_image_folder(
+    root: Path, classes: int = 2, per_class: int = 12, size=(40, 36), seed: int = 0
+) -> Path:
     """ImageNet-style ``root/train/<class>/*`` with alternating JPEG and PNG files."""
     rng = np.random.default_rng(seed)
     for c in range(classes):

@@ -1,14 +1,15 @@
 """`maekit pretrain` with bad input: exit code 2 and one clear line on stderr, no traceback.
 
-All subprocesses start together (each spends most of its time importing torch), so the
-whole module costs about one import per core.
+The subprocesses run a few at a time (each spends most of its time importing torch).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -33,8 +34,17 @@ CASES: dict[str, tuple[list[str], str]] = {
         "mae_vit_base_patch16",
     ),
     "input_not_divisible": (
-        ["--data_path", "flat", "--model", "mae_vit_tiny_patch16", "--input_size", "30",
-         "--patch_size", "4", *OK],
+        [
+            "--data_path",
+            "flat",
+            "--model",
+            "mae_vit_tiny_patch16",
+            "--input_size",
+            "30",
+            "--patch_size",
+            "4",
+            *OK,
+        ],
         "divisible",
     ),  # fmt: skip
     "mask_ratio_one": (["--data_path", "flat", *TINY, *OK, "--mask_ratio", "1.0"], "--mask_ratio"),
@@ -51,6 +61,21 @@ CASES: dict[str, tuple[list[str], str]] = {
         ["--data_path", "flat", *TINY, *OK, "--batch_size", "2", "--output_dir", "blocker/out"],
         "--output_dir",
     ),
+    "unwritable_log_dir": (
+        [
+            "--data_path",
+            "flat",
+            *TINY,
+            *OK,
+            "--batch_size",
+            "2",
+            "--output_dir",
+            "out_log",
+            "--log_dir",
+            "blocker/tb",
+        ],
+        "--log_dir",
+    ),  # fmt: skip
 }
 
 
@@ -69,24 +94,19 @@ def _env() -> dict:
     return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": ""}
 
 
+def run_maekit(args: list[str], cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "maekit", *args]
+    return subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
+
+
 @pytest.fixture(scope="module")
 def results(scratch) -> dict[str, subprocess.CompletedProcess]:
-    """Run every case concurrently; name -> CompletedProcess-like (returncode, stdout, stderr)."""
-    procs = {}
-    for name, (args, _) in CASES.items():
-        cmd = [sys.executable, "-m", "maekit", "pretrain", *args]
-        procs[name] = subprocess.Popen(
-            cmd, cwd=scratch, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-    out = {}
-    for name, p in procs.items():
-        try:
-            stdout, stderr = p.communicate(timeout=240)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            stdout, stderr = p.communicate()
-        out[name] = subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr)
-    return out
+    """Run every case (and `maekit models`), a few at a time; name -> CompletedProcess."""
+    jobs = {name: ["pretrain", *args] for name, (args, _) in CASES.items()}
+    jobs["models"] = ["models"]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        futures = {name: pool.submit(run_maekit, argv, scratch) for name, argv in jobs.items()}
+        return {name: f.result() for name, f in futures.items()}
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -113,11 +133,8 @@ def test_bad_input_creates_no_output(results, scratch):
     assert not (scratch / "blocker/out").exists()
 
 
-def test_models_lists_the_mae_names(tmp_path):
-    r = subprocess.run(
-        [sys.executable, "-m", "maekit", "models"],
-        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+def test_models_lists_the_mae_names(results):
+    r = results["models"]
     assert r.returncode == 0, r.stderr
     names = [line.split()[0] for line in r.stdout.splitlines() if line.strip()]
     assert set(MAE_NAMES) <= set(names)
@@ -125,11 +142,18 @@ def test_models_lists_the_mae_names(tmp_path):
 
 
 def test_pretrain_help(tmp_path):
-    r = subprocess.run(
-        [sys.executable, "-m", "maekit", "pretrain", "--help"],
-        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    r = run_maekit(["pretrain", "--help"], tmp_path, timeout=120)
     assert r.returncode == 0, r.stderr
     for flag in ("--batch_size", "--mask_ratio", "--norm_pix_loss", "--blr", "--data_path"):
         assert flag in r.stdout
     assert not r.stderr
+
+
+@pytest.mark.skipif(shutil.which("maekit") is None, reason="console script not installed")
+def test_console_script_help(tmp_path):
+    r = subprocess.run(
+        [shutil.which("maekit"), "pretrain", "--help"],
+        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "--mask_ratio" in r.stdout

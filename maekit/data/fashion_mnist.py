@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -28,11 +29,18 @@ _FILES = {
 def read_idx(path: Path) -> np.ndarray:
     """Parse an idx file (optionally .gz): magic (0, 0, dtype=0x08 uint8, ndim), big-endian dims."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (EOFError, OSError, zlib.error) as e:
+        raise MaekitError(
+            f"{path} is damaged or truncated ({e}); reinstall dataset-fashion-mnist"
+        ) from e
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise MaekitError(f"{path} is not a uint8 idx file")
     ndim = data[3]
+    if len(data) < 4 + 4 * ndim:
+        raise MaekitError(f"{path} is truncated: its header is cut short")
     dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if arr.size != int(np.prod(dims)):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from torchvision.datasets import ImageFolder
@@ -21,6 +22,11 @@ def load_rgb(path: str) -> Image.Image:
     with open(path, "rb") as f:
         img = Image.open(f)
         img.load()
+    if (
+        img.mode.startswith("I;16") or img.mode == "I"
+    ):  # 16-bit grayscale: scale to 8 bits, don't clip
+        arr = np.asarray(img).astype(np.float64) / 257.0
+        img = Image.fromarray(np.clip(np.round(arr), 0, 255).astype(np.uint8))
     return img.convert("RGB")
 
 

@@ -25,7 +25,11 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 def atomic_save(obj: dict, path: str | Path) -> None:
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise MaekitError(f"could not write checkpoint {path}: {e.strerror or e}; "
+                          "choose another --output_dir (earlier checkpoints are untouched)") from e  # fmt: skip
     try:
         umask = os.umask(0)
         os.umask(umask)
@@ -72,7 +76,9 @@ def read_checkpoint(path: str | Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated, not a checkpoint, or carries forbidden objects
-        raise MaekitError(f"could not read checkpoint {path}: {str(e).splitlines()[0]}") from e
+        lines = str(e).strip().splitlines()
+        reason = lines[0] if lines else f"{type(e).__name__} (empty or truncated file)"
+        raise MaekitError(f"could not read checkpoint {path}: {reason}") from e
 
 
 def resume_from(
@@ -88,6 +94,11 @@ def resume_from(
     state = {
         k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()
     }
+    own = unwrap(model).state_dict()
+    wrong = [k for k, v in state.items() if k in own and tuple(own[k].shape) != tuple(v.shape)]
+    if wrong:
+        raise MaekitError(f"checkpoint {path} does not match the model: other shapes for {wrong[:8]}; "
+                          "resume with the same --model and sizes")  # fmt: skip
     result = unwrap(model).load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise MaekitError(

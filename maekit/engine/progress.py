@@ -12,6 +12,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ..errors import MaekitError
+
 
 def _fmt_eta(seconds: float) -> str:
     seconds = int(max(seconds, 0))
@@ -77,7 +79,11 @@ class RunRecorder:
         if enabled:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(log_dir=log_dir or output_dir)
+            try:
+                self.tb = SummaryWriter(log_dir=log_dir or output_dir)
+            except OSError as e:
+                raise MaekitError(f"--log_dir {log_dir or output_dir} is not writable ({e.strerror or e}); "
+                                  "choose another folder") from e  # fmt: skip
 
     def scalar(self, tag: str, value: float, step: int) -> None:
         if self.tb is not None:

@@ -79,7 +79,9 @@ def write_mode(path: Path, mode: str) -> Path:
     if mode == "L":
         img = Image.fromarray(g)
     elif mode == "P":
-        img = Image.fromarray(np.stack([g, g[::-1], g], -1)).convert("P", palette=Image.Palette.ADAPTIVE)
+        img = Image.fromarray(np.stack([g, g[::-1], g], -1)).convert(
+            "P", palette=Image.Palette.ADAPTIVE
+        )
     elif mode == "RGBA":
         img = Image.fromarray(np.stack([g, g, g, 255 - g], -1))
     elif mode == "I;16":

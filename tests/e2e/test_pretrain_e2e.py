@@ -23,7 +23,19 @@ def read_log(out: Path) -> list[dict]:
 
 def test_pretrain_two_epochs_then_resume_to_three(image_folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    r = run_cli(["pretrain", "--data_path", str(image_folder), "--epochs", "2", "--output_dir", str(out), *TINY], tmp_path)
+    r = run_cli(
+        [
+            "pretrain",
+            "--data_path",
+            str(image_folder),
+            "--epochs",
+            "2",
+            "--output_dir",
+            str(out),
+            *TINY,
+        ],
+        tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     assert (out / "checkpoint-0.pth").is_file() and (out / "checkpoint-1.pth").is_file()
     cfg = json.loads((out / "config.json").read_text())
@@ -31,7 +43,13 @@ def test_pretrain_two_epochs_then_resume_to_three(image_folder: Path, tmp_path: 
     log = read_log(out)
     assert [rec["epoch"] for rec in log] == [0, 1]
     for rec in log:
-        assert {"train_loss", "train_lr", "train_img_per_s", "epoch_time_s", "wall_time_s"} <= rec.keys()
+        assert {
+            "train_loss",
+            "train_lr",
+            "train_img_per_s",
+            "epoch_time_s",
+            "wall_time_s",
+        } <= rec.keys()
     assert list(out.glob("events.out.tfevents.*")), "TensorBoard events missing"
 
     ckpt = torch.load(out / "checkpoint-1.pth", map_location="cpu", weights_only=True)
@@ -60,7 +78,10 @@ def test_flat_folder_without_labels_pretrains(tmp_path: Path, image_folder: Path
     for p in (image_folder / "train").rglob("*.*"):
         shutil.copy(p, flat / f"{p.parent.name}_{p.name}")
     out = tmp_path / "run"
-    r = run_cli(["pretrain", "--data_path", str(flat), "--epochs", "1", "--output_dir", str(out), *TINY], tmp_path)
+    r = run_cli(
+        ["pretrain", "--data_path", str(flat), "--epochs", "1", "--output_dir", str(out), *TINY],
+        tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     assert "(24 images)" in r.stdout
     assert (out / "checkpoint-0.pth").is_file()
@@ -68,7 +89,14 @@ def test_flat_folder_without_labels_pretrains(tmp_path: Path, image_folder: Path
 
 def test_torchrun_two_processes_rank0_writes_alone(image_folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    launcher = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+    ]
     r = run_cli(["pretrain", "--data_path", str(image_folder), "--epochs", "1", "--output_dir", str(out),
                  "--max_train_step", "2", *TINY], tmp_path, launcher=launcher, timeout=180)  # fmt: skip
     assert r.returncode == 0, r.stderr

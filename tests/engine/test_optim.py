@@ -38,9 +38,7 @@ def test_biases_and_norm_weights_get_no_decay(mae, named_groups):
     _, by_wd = named_groups
     no_decay = set(by_wd[0.0])
     biases = [n for n, _ in mae.named_parameters() if n.endswith(".bias")]
-    norms = [
-        f"{m}.weight" for m, mod in mae.named_modules() if isinstance(mod, nn.LayerNorm)
-    ]
+    norms = [f"{m}.weight" for m, mod in mae.named_modules() if isinstance(mod, nn.LayerNorm)]
     assert biases and norms
     assert "patch_embed.proj.bias" in biases
     assert {"norm.weight", "decoder_norm.weight", "blocks.0.norm1.weight"} <= set(norms)

@@ -41,7 +41,9 @@ def test_lr_reaches_min_lr_at_the_end():
 
 def test_cosine_formula_at_an_arbitrary_point():
     e = 17.3
-    expected = MIN_LR + (LR - MIN_LR) * 0.5 * (1 + math.cos(math.pi * (e - WARMUP) / (EPOCHS - WARMUP)))
+    expected = MIN_LR + (LR - MIN_LR) * 0.5 * (
+        1 + math.cos(math.pi * (e - WARMUP) / (EPOCHS - WARMUP))
+    )
     assert at(e) == pytest.approx(expected)
 
 

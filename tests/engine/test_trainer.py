@@ -121,7 +121,9 @@ def test_accumulated_update_equals_one_big_batch(tmp_path):
     big = DataLoader(TensorDataset(x, y), batch_size=4)
     opt_a = torch.optim.SGD(a.parameters(), lr=0.5)
     opt_b = torch.optim.SGD(b.parameters(), lr=0.5)
-    run_epoch(a, small, opt_a, Recording(opt_a), LoopSettings(**settings, accum_iter=2), 0, tmp_path)
+    run_epoch(
+        a, small, opt_a, Recording(opt_a), LoopSettings(**settings, accum_iter=2), 0, tmp_path
+    )
     run_epoch(b, big, opt_b, Recording(opt_b), LoopSettings(**settings, accum_iter=1), 0, tmp_path)
     torch.testing.assert_close(a.weight, b.weight)
     torch.testing.assert_close(a.bias, b.bias)
@@ -132,7 +134,9 @@ def test_max_train_step_caps_the_epoch(tmp_path):
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     calls = count_steps(opt)
     loss_fn = Recording(opt)
-    stats = run_epoch(model, loader, opt, loss_fn, LoopSettings(**SCHED, max_train_step=3), 0, tmp_path)
+    stats = run_epoch(
+        model, loader, opt, loss_fn, LoopSettings(**SCHED, max_train_step=3), 0, tmp_path
+    )
     assert len(loss_fn.lrs) == 3
     assert len(calls) == 3
     assert stats["loss"] == stats["loss"]  # finite average over the 3 steps
@@ -148,7 +152,9 @@ def test_returned_loss_is_the_epoch_average(tmp_path):
         seen.append(loss.item())
         return loss
 
-    stats = run_epoch(model, loader, opt, Recording(opt, fn), LoopSettings(**SCHED, print_freq=3), 0, tmp_path)
+    stats = run_epoch(
+        model, loader, opt, Recording(opt, fn), LoopSettings(**SCHED, print_freq=3), 0, tmp_path
+    )
     assert stats["loss"] == pytest.approx(sum(seen) / len(seen))
     assert stats["img_per_s"] > 0 and stats["time_s"] > 0
 
@@ -172,7 +178,15 @@ def test_nan_loss_is_caught_at_the_end_of_an_epoch(tmp_path):
     model, loader = tiny_model(), tiny_loader(3)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(NonFiniteLossError, match="epoch 0"):
-        run_epoch(model, loader, opt, Recording(opt, nan_loss), LoopSettings(**SCHED, print_freq=100), 0, tmp_path)
+        run_epoch(
+            model,
+            loader,
+            opt,
+            Recording(opt, nan_loss),
+            LoopSettings(**SCHED, print_freq=100),
+            0,
+            tmp_path,
+        )
 
 
 def test_inf_loss_raises(tmp_path):
@@ -183,7 +197,15 @@ def test_inf_loss_raises(tmp_path):
         return (m(x) - y).pow(2).mean() + float("inf")
 
     with pytest.raises(NonFiniteLossError):
-        run_epoch(model, loader, opt, Recording(opt, inf_loss), LoopSettings(**SCHED, print_freq=1), 0, tmp_path)
+        run_epoch(
+            model,
+            loader,
+            opt,
+            Recording(opt, inf_loss),
+            LoopSettings(**SCHED, print_freq=1),
+            0,
+            tmp_path,
+        )
 
 
 def _delta_norm(clip, tmp_path) -> float:
@@ -199,7 +221,9 @@ def _delta_norm(clip, tmp_path) -> float:
     run_epoch(model, loader, opt, Recording(opt, big_loss), settings, 0, tmp_path)
     assert opt.param_groups[0]["lr"] == pytest.approx(1.0)
     deltas = [p.detach() - b for p, b in zip(model.parameters(), before, strict=True)]
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(d) for d in deltas])).item()
+    return torch.linalg.vector_norm(
+        torch.stack([torch.linalg.vector_norm(d) for d in deltas])
+    ).item()
 
 
 def test_clip_grad_limits_the_update(tmp_path):
