@@ -2,7 +2,7 @@
 
 ``create_model(name, **overrides)`` builds any registered model; overrides are
 constructor arguments (``img_size``, ``patch_size``, ``in_chans``, ``norm_pix_loss``,
-``drop_path_rate`` ...). The size tables live next to each model family so they
+...). The size tables live next to each model family so they
 read as data.
 """
 
