@@ -6,11 +6,27 @@ import argparse
 import sys
 
 from . import __version__
-from .config import PretrainConfig, add_config_flags, config_from_args
+from .config import (
+    FinetuneConfig,
+    LinprobeConfig,
+    PretrainConfig,
+    add_config_flags,
+    config_from_args,
+)
 from .errors import MaekitError
 
 PHASES = {
     "pretrain": (PretrainConfig, "MAE pre-training (official recipe)", "maekit.phases.pretrain"),
+    "finetune": (
+        FinetuneConfig,
+        "end-to-end fine-tuning (official recipe)",
+        "maekit.phases.finetune",
+    ),
+    "linprobe": (
+        LinprobeConfig,
+        "linear probing of a frozen encoder (official recipe)",
+        "maekit.phases.linprobe",
+    ),
 }
 
 

@@ -149,3 +149,95 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
 def config_from_args(cls: type, ns: argparse.Namespace):
     """Build the phase config from parsed flags (only fields of ``cls``)."""
     return cls(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(cls)})
+
+
+@dataclass
+class SupervisedConfig(CommonConfig):
+    """Fields shared by fine-tuning and linear probing (labels, evaluation, pre-trained init)."""
+
+    model: str = opt("vit_large_patch16", "registered encoder name (see `maekit models`)")
+    finetune: str = opt("", "pre-training checkpoint to initialise the encoder from")
+    nb_classes: int | None = opt(
+        None, "number of classes (default: taken from the dataset; checked against it)"
+    )
+    global_pool: bool = opt(False, "classify the mean of the patch tokens (fc_norm -> head)")
+    cls_token: bool = opt(False, "classify the cls token (norm -> cls -> head)")
+    dist_eval: bool = opt(False, "shard evaluation across processes (exact: no padded samples)")
+    eval: bool = opt(
+        False, "only evaluate the checkpoint given by --resume (or --finetune) on val/"
+    )
+
+    default_global_pool = True  # class attribute, not a field: the phase's pooling default
+
+    def use_global_pool(self) -> bool:
+        """--global_pool / --cls_token resolved against the phase default."""
+        if self.global_pool and self.cls_token:
+            raise MaekitError(
+                "--global_pool and --cls_token are mutually exclusive; give one of them"
+            )
+        if self.global_pool or self.cls_token:
+            return self.global_pool
+        return self.default_global_pool
+
+    def validate(self) -> None:
+        super().validate()
+        self.use_global_pool()
+        if self.nb_classes is not None and self.nb_classes <= 0:
+            raise MaekitError(f"--nb_classes must be positive, got {self.nb_classes}")
+
+
+@dataclass
+class FinetuneConfig(SupervisedConfig):
+    epochs: int = opt(50, "total training epochs")
+    warmup_epochs: float = opt(5, "epochs of linear lr warm-up")
+    min_lr: float = opt(1e-6, "lower lr bound of the cosine schedule")
+    layer_decay: float = opt(
+        0.75, "layer-wise lr decay: block i gets lr * layer_decay ** (L + 1 - i)"
+    )
+    drop_path: float = opt(0.1, "stochastic depth rate")
+    # augmentation (timm create_transform)
+    color_jitter: float | None = opt(None, "color jitter factor (only when --aa is off)")
+    aa: str = opt("rand-m9-mstd0.5-inc1", "RandAugment policy, or 'none'")
+    smoothing: float = opt(0.1, "label smoothing")
+    reprob: float = opt(0.25, "random erasing probability")
+    remode: str = opt("pixel", "random erasing mode", choices=("pixel", "rand", "const"))
+    recount: int = opt(1, "random erasing count")
+    resplit: bool = opt(
+        False, "do not random-erase the first augmentation split (accepted; no effect)"
+    )
+    # mixup / cutmix (timm Mixup)
+    mixup: float = opt(0.0, "mixup alpha; mixup is on when > 0")
+    cutmix: float = opt(0.0, "cutmix alpha; cutmix is on when > 0")
+    cutmix_minmax: list[float] | None = opt(None, "cutmix min/max area ratio (overrides alpha)")
+    mixup_prob: float = opt(1.0, "probability of applying mixup or cutmix per batch")
+    mixup_switch_prob: float = opt(0.5, "probability of cutmix instead of mixup when both are on")
+    mixup_mode: str = opt("batch", "how mixup params are drawn", choices=("batch", "pair", "elem"))
+
+    def validate(self) -> None:
+        super().validate()
+        if not 0.0 <= self.smoothing < 1.0:
+            raise MaekitError(f"--smoothing must be in [0, 1), got {self.smoothing}")
+        if self.layer_decay <= 0:
+            raise MaekitError(f"--layer_decay must be positive, got {self.layer_decay}")
+        if self.cutmix_minmax is not None and len(self.cutmix_minmax) != 2:
+            raise MaekitError(
+                f"--cutmix_minmax takes two numbers (min max), got {self.cutmix_minmax}"
+            )
+        if self.mixup_active() and self.batch_size % 2:
+            raise MaekitError(f"mixup/cutmix needs an even --batch_size, got {self.batch_size}")
+
+    def mixup_active(self) -> bool:
+        return self.mixup > 0 or self.cutmix > 0 or self.cutmix_minmax is not None
+
+
+@dataclass
+class LinprobeConfig(SupervisedConfig):
+    batch_size: int = opt(
+        512, "batch size per process (effective = batch_size * accum_iter * world size)"
+    )
+    epochs: int = opt(90, "total training epochs")
+    blr: float = opt(0.1, "base learning rate, scaled by effective_batch / 256")
+    weight_decay: float = opt(0.0, "LARS weight decay (weight matrices only)")
+    warmup_epochs: float = opt(10, "epochs of linear lr warm-up")
+
+    default_global_pool = False

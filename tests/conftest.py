@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -34,7 +35,19 @@ def image_folder(tmp_path: Path) -> Path:
 
 
 def run_cli(args: list[str], cwd: Path, timeout: float = 300, launcher: list[str] | None = None):
-    """Run ``python -m maekit ARGS`` (or under ``launcher``) and return the CompletedProcess."""
+    """Run ``python -m maekit ARGS`` (or under ``launcher``) and return the CompletedProcess.
+
+    The command runs in its own process group, killed whole on timeout, so a hung torchrun
+    never leaves worker processes behind.
+    """
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     cmd = (launcher or [sys.executable]) + ["-m", "maekit", *args]
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)

@@ -55,13 +55,16 @@ def save_checkpoint(
     epoch: int,
     scaler: torch.amp.GradScaler | None,
     args: dict,
+    extra: dict | None = None,
 ) -> None:
+    """Write {model, optimizer, epoch, scaler, args} (+ ``extra`` entries) atomically."""
     state = {
         "model": unwrap(model).state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "epoch": epoch,
         "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
         "args": dict(args),
+        **(extra or {}),
     }
     atomic_save(state, path)
 
@@ -86,8 +89,8 @@ def resume_from(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer | None,
     scaler: torch.amp.GradScaler | None,
-) -> int:
-    """Restore model/optimizer/scaler from ``path``; return the epoch to start from."""
+) -> tuple[int, dict]:
+    """Restore model/optimizer/scaler from ``path``; return (epoch to start from, whole checkpoint)."""
     ckpt = read_checkpoint(path)
     if "model" not in ckpt:
         raise MaekitError(f"{path} has no 'model' entry; is it a maekit/MAE checkpoint?")
@@ -109,4 +112,4 @@ def resume_from(
         optimizer.load_state_dict(ckpt["optimizer"])
     if scaler is not None and ckpt.get("scaler") is not None:
         scaler.load_state_dict(ckpt["scaler"])
-    return int(ckpt.get("epoch", -1)) + 1
+    return int(ckpt.get("epoch", -1)) + 1, ckpt

@@ -6,6 +6,7 @@ import json
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,6 +75,9 @@ def resolve_lr(cfg, env: DistEnv) -> tuple[float, int]:
     return lr, eff
 
 
+EvaluateFn = Callable[[], dict[str, float]]
+
+
 def fit(
     cfg,
     ctx: RunContext,
@@ -83,13 +87,20 @@ def fit(
     loader: torch.utils.data.DataLoader,
     loss_fn: LossFn,
     lr: float,
+    evaluate_fn: EvaluateFn | None = None,
 ) -> list[dict]:
-    """Train ``cfg.start_epoch .. cfg.epochs-1``; log every epoch, save every ``save_freq``."""
+    """Train ``cfg.start_epoch .. cfg.epochs-1``; log every epoch, save every ``save_freq``.
+
+    With ``evaluate_fn`` (returns acc1/acc5/loss) each epoch is evaluated, logged as
+    test_*, and the best top-1 so far is kept as ``checkpoint-best.pth``.
+    """
     env = ctx.env
     scaler = ctx.precision.grad_scaler()
     start_epoch = cfg.start_epoch
+    best = -1.0
     if cfg.resume:
-        start_epoch = resume_from(cfg.resume, model_without_ddp, optimizer, scaler)
+        start_epoch, extra = resume_from(cfg.resume, model_without_ddp, optimizer, scaler)
+        best = float(extra.get("max_accuracy", best))
         if env.is_main:
             print(f"resumed from {cfg.resume}: continuing at epoch {start_epoch}")
     if start_epoch >= cfg.epochs:
@@ -101,23 +112,40 @@ def fit(
     if env.is_main:
         print(f"training {cfg.model} on {env.device} x {env.world_size} in {ctx.precision.name} "
               f"for epochs {start_epoch}..{cfg.epochs - 1}")  # fmt: skip
+
+    def save(name: str, epoch: int) -> None:
+        if env.is_main:
+            save_checkpoint(ctx.output_dir / name, model_without_ddp, optimizer, epoch, scaler, cfg.to_dict(),
+                            extra={"max_accuracy": best} if evaluate_fn else None)  # fmt: skip
+
     history = []
     run_start = time.perf_counter()
     for epoch in range(start_epoch, cfg.epochs):
         loader.sampler.set_epoch(epoch)
         stats = train_one_epoch(model, loader, optimizer, loss_fn, epoch, settings, ctx.precision, scaler, env,
                                 ctx.recorder)  # fmt: skip
-        is_last = epoch + 1 == cfg.epochs
-        if env.is_main and (epoch % cfg.save_freq == 0 or is_last):
-            save_checkpoint(ctx.output_dir / f"checkpoint-{epoch}.pth", model_without_ddp, optimizer, epoch, scaler,
-                            cfg.to_dict())  # fmt: skip
-        log = {"train_loss": stats["loss"], "train_lr": stats["lr"], "epoch": epoch,
-               "train_img_per_s": round(stats["img_per_s"], 2), "epoch_time_s": round(stats["time_s"], 2),
-               "wall_time_s": round(time.perf_counter() - run_start, 2)}  # fmt: skip
+        log = {"train_loss": stats["loss"], "train_lr": stats["lr"]}
+        improved = False
+        if evaluate_fn is not None:
+            test = evaluate_fn()
+            log.update({f"test_{k}": test[k] for k in ("acc1", "acc5", "loss")})
+            improved = test["acc1"] > best
+            best = max(best, test["acc1"])
+        log.update({"epoch": epoch, "train_img_per_s": round(stats["img_per_s"], 2),
+                    "epoch_time_s": round(stats["time_s"], 2),
+                    "wall_time_s": round(time.perf_counter() - run_start, 2)})  # fmt: skip
+        if epoch % cfg.save_freq == 0 or epoch + 1 == cfg.epochs:
+            save(f"checkpoint-{epoch}.pth", epoch)
+        if improved:
+            save("checkpoint-best.pth", epoch)
         ctx.recorder.epoch(log)
         if env.is_main:
-            print(f"epoch {epoch}: train_loss {log['train_loss']:.4f}  lr {log['train_lr']:.3e}  "
-                  f"{log['train_img_per_s']:.1f} img/s  {log['epoch_time_s']:.0f}s", flush=True)  # fmt: skip
+            line = (f"epoch {epoch}: train_loss {log['train_loss']:.4f}  lr {log['train_lr']:.3e}  "
+                    f"{log['train_img_per_s']:.1f} img/s  {log['epoch_time_s']:.0f}s")  # fmt: skip
+            if evaluate_fn is not None:
+                line += (f"  test acc1 {log['test_acc1']:.2f}%  acc5 {log['test_acc5']:.2f}%  "
+                         f"loss {log['test_loss']:.4f}  (max acc1 {best:.2f}%)")  # fmt: skip
+            print(line, flush=True)
         history.append(log)
         barrier()
     ctx.recorder.close()

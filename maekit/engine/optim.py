@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn as nn
@@ -40,3 +40,43 @@ def build_adamw(
     """AdamW; the fused CUDA kernel when all params live on a CUDA device."""
     fused = device is not None and device.type == "cuda"
     return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused or None)
+
+
+def vit_layer_id(name: str, num_layers: int) -> int:
+    """Official ViT layer ids: 0 for cls/pos/patch embed, i+1 for blocks.i, num_layers for the rest."""
+    if name in ("cls_token", "pos_embed") or name.startswith("patch_embed"):
+        return 0
+    if name.startswith("blocks."):
+        return int(name.split(".")[1]) + 1
+    return num_layers
+
+
+def layer_decay_groups(
+    model: nn.Module,
+    weight_decay: float,
+    layer_decay: float,
+    skip: Iterable[str] = (),
+    layer_id: Callable[[str, int], int] = vit_layer_id,
+    num_layers: int | None = None,
+) -> list[dict]:
+    """Fine-tuning groups: per (layer, decay) with lr_scale = layer_decay ** (num_layers - id).
+
+    No weight decay for 1-D params and names in ``skip`` (pos_embed, cls_token). ``num_layers``
+    defaults to len(model.blocks) + 1.
+    """
+    skip = set(skip)
+    if num_layers is None:
+        num_layers = len(model.blocks) + 1
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        decay = not (p.ndim == 1 or name in skip)
+        lid = layer_id(name, num_layers)
+        group = groups.setdefault((lid, decay), {
+            "params": [], "param_names": [], "weight_decay": weight_decay if decay else 0.0,
+            "lr_scale": layer_decay ** (num_layers - lid), "layer_id": lid,
+        })  # fmt: skip
+        group["params"].append(p)
+        group["param_names"].append(name)
+    return [groups[k] for k in sorted(groups)]

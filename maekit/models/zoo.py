@@ -2,6 +2,7 @@
 
 from .mae import MaskedAutoencoderViT
 from .registry import register_model
+from .vit import VisionTransformerEncoder
 
 # Official decoder for B/L/H: 512 dim, 8 blocks, 16 heads. The CPU-sized encoders get a
 # lighter decoder (the MAE paper's ablation shows depth and width matter little for
@@ -21,3 +22,23 @@ MAE_SIZES: dict[str, dict] = {
 
 for _name, _cfg in MAE_SIZES.items():
     register_model(_name, MaskedAutoencoderViT, kind="pretrain", **_cfg)
+
+# Fine-tune / linear-probe encoders: the same encoder sizes, no decoder.
+VIT_SIZES: dict[str, dict] = {
+    "vit_tiny_patch16": dict(embed_dim=192, depth=12, num_heads=3, patch_size=16),
+    "vit_small_patch16": dict(embed_dim=384, depth=12, num_heads=6, patch_size=16),
+    "vit_base_patch16": dict(embed_dim=768, depth=12, num_heads=12, patch_size=16),
+    "vit_large_patch16": dict(embed_dim=1024, depth=24, num_heads=16, patch_size=16),
+    "vit_huge_patch14": dict(embed_dim=1280, depth=32, num_heads=16, patch_size=14),
+}
+# PLSC's names for the same encoders.
+VIT_ALIASES = {
+    "maevit_base_patch16": "vit_base_patch16",
+    "maevit_large_patch16": "vit_large_patch16",
+    "maevit_huge_patch14": "vit_huge_patch14",
+}
+
+for _name, _cfg in VIT_SIZES.items():
+    register_model(_name, VisionTransformerEncoder, kind="encoder", **_cfg)
+for _alias, _name in VIT_ALIASES.items():
+    register_model(_alias, VisionTransformerEncoder, kind="encoder", **VIT_SIZES[_name])

@@ -168,7 +168,7 @@ def test_resume_restores_weights_optimizer_and_next_epoch(tmp_path):
     dst_opt = torch.optim.AdamW(dst.parameters(), lr=1.0)
     with pytest.raises(AssertionError):
         assert_same_weights(src, dst)
-    assert resume_from(str(path), dst, dst_opt, None) == 5
+    assert resume_from(str(path), dst, dst_opt, None)[0] == 5
     assert_same_weights(src, dst)
     assert dst_opt.param_groups[0]["lr"] == pytest.approx(1e-2)
     assert torch.equal(
@@ -191,7 +191,7 @@ def test_resume_accepts_wrapper_prefixed_keys(tmp_path, prefix):
     state = {prefix + k: v for k, v in src.state_dict().items()}
     torch.save({"model": state, "epoch": 9}, tmp_path / "c.pth")
     dst = make_model(seed=3)
-    assert resume_from(str(tmp_path / "c.pth"), dst, None, None) == 10
+    assert resume_from(str(tmp_path / "c.pth"), dst, None, None)[0] == 10
     assert_same_weights(src, dst)
 
 

@@ -1,0 +1,103 @@
+"""Initialising a fine-tune / linear-probe encoder from a pre-training checkpoint.
+
+The official rules: take ``ckpt['model']``; drop ``head.*`` when its shape differs from the
+new head's; resize ``pos_embed`` bicubically to the new patch grid (cls row kept); load
+non-strictly; the missing keys must be exactly the head (+ ``fc_norm`` with global pool);
+re-initialise the head with trunc_normal(std=2e-5). Decoder, ``mask_token`` and (with
+global pool) the encoder ``norm`` are simply unused.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from timm.layers import trunc_normal_
+
+from ..errors import MaekitError
+from .pos_embed import interpolate_pos_embed
+
+
+def strip_wrapper_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Remove DDP's ``module.`` and torch.compile's ``_orig_mod.`` prefixes."""
+    out = {}
+    for k, v in state.items():
+        for prefix in ("module.", "_orig_mod."):
+            k = k.removeprefix(prefix)
+        out[k] = v
+    return out
+
+
+def expected_missing_keys(global_pool: bool) -> set[str]:
+    keys = {"head.weight", "head.bias"}
+    if global_pool:
+        keys |= {"fc_norm.weight", "fc_norm.bias"}
+    return keys
+
+
+def adapt_state_dict(
+    state: dict[str, torch.Tensor], model: nn.Module
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Pre-trained weights -> this model's shapes. Returns (state, notes on what changed)."""
+    state = strip_wrapper_prefixes(state)
+    own = model.state_dict()
+    notes = []
+    for k in ("head.weight", "head.bias"):
+        if k in state and k in own and state[k].shape != own[k].shape:
+            notes.append(f"dropped {k} {tuple(state[k].shape)} (new head is {tuple(own[k].shape)})")
+            del state[k]
+    if (
+        "pos_embed" in state
+        and "pos_embed" in own
+        and state["pos_embed"].shape != own["pos_embed"].shape
+    ):
+        extra = 1 if getattr(model, "cls_token", None) is not None else 0
+        grid = tuple(model.patch_embed.grid_size)
+        old = tuple(state["pos_embed"].shape)
+        try:
+            state["pos_embed"] = interpolate_pos_embed(state["pos_embed"], grid, extra)
+        except ValueError as e:
+            raise MaekitError(f"cannot resize pos_embed {old} to a {grid} grid: {e}") from e
+        if state["pos_embed"].shape != own["pos_embed"].shape:
+            raise MaekitError(f"pos_embed {old} does not fit the model's {tuple(own['pos_embed'].shape)}; "
+                              "the checkpoint has another width (embed_dim): pick the matching --model")  # fmt: skip
+        notes.append(f"interpolated pos_embed {old} -> {tuple(state['pos_embed'].shape)}")
+    return state, notes
+
+
+def load_pretrained_encoder(model: nn.Module, path: str | Path, global_pool: bool) -> list[str]:
+    """Load ``path`` into ``model`` by the official fine-tuning rules; returns notes for the log."""
+    from ..engine.checkpoint import read_checkpoint
+
+    ckpt = read_checkpoint(path)
+    state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise MaekitError(f"{path} holds no state dict (expected a 'model' entry of tensors)")
+    state, notes = adapt_state_dict(state, model)
+    own = model.state_dict()
+    wrong = sorted(k for k, v in state.items() if k in own and own[k].shape != v.shape)
+    if wrong:
+        raise MaekitError(
+            f"--finetune {path} is for a different architecture: shape mismatch for "
+            f"{', '.join(f'{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}' for k in wrong[:6])}; "
+            "pick the --model (and --patch_size/--input_size) it was pre-trained with"
+        )
+    result = model.load_state_dict(state, strict=False)
+    missing = set(result.missing_keys)
+    expected = expected_missing_keys(global_pool)
+    offending = sorted(missing - expected)
+    if offending:
+        raise MaekitError(
+            f"--finetune {path} does not match {type(model).__name__}: missing keys "
+            f"{', '.join(offending[:10])}{' ...' if len(offending) > 10 else ''} "
+            f"(only {', '.join(sorted(expected))} may be missing); "
+            "pick the --model it was pre-trained with, and --global_pool/--cls_token to match"
+        )
+    if "head.weight" in missing:  # a pre-training checkpoint: new head, official init
+        trunc_normal_(model.head.weight, std=2e-5)
+        nn.init.zeros_(model.head.bias)
+    notes.append(f"loaded {len(state) - len(result.unexpected_keys)} tensors from {path}; "
+                 f"newly initialised: {', '.join(sorted(missing)) or 'none'}; "
+                 f"unused: {len(result.unexpected_keys)}")  # fmt: skip
+    return notes

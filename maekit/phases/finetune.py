@@ -1,0 +1,66 @@
+"""``maekit finetune``: end-to-end fine-tuning, the official MAE recipe.
+
+Layer-wise lr decay, AdamW, timm's RandAugment/RandomErasing transform, Mixup/CutMix,
+soft-target or label-smoothing cross-entropy, drop path.
+"""
+
+from __future__ import annotations
+
+import torch
+from timm.data import Mixup
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+
+from ..config import FinetuneConfig
+from ..data.transforms import finetune_transform
+from ..engine.optim import build_adamw, layer_decay_groups
+from ..engine.trainer import LossFn
+from .supervised import Recipe, run_supervised
+
+
+def build_criterion(cfg: FinetuneConfig) -> torch.nn.Module:
+    """Soft-target CE under mixup/cutmix (labels are already smoothed by Mixup), else smoothed CE."""
+    if cfg.mixup_active():
+        return SoftTargetCrossEntropy()
+    if cfg.smoothing > 0:
+        return LabelSmoothingCrossEntropy(smoothing=cfg.smoothing)
+    return torch.nn.CrossEntropyLoss()
+
+
+def build_mixup(cfg: FinetuneConfig, nb_classes: int) -> Mixup | None:
+    if not cfg.mixup_active():
+        return None
+    return Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, cutmix_minmax=cfg.cutmix_minmax,
+                 prob=cfg.mixup_prob, switch_prob=cfg.mixup_switch_prob, mode=cfg.mixup_mode,
+                 label_smoothing=cfg.smoothing, num_classes=nb_classes)  # fmt: skip
+
+
+def run(cfg: FinetuneConfig) -> list[dict]:
+    def build_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
+        groups = layer_decay_groups(
+            model, cfg.weight_decay, cfg.layer_decay, skip=model.no_weight_decay()
+        )
+        return build_adamw(groups, lr, device=next(model.parameters()).device)
+
+    def build_loss(nb_classes: int) -> LossFn:
+        criterion = build_criterion(cfg)
+        mixup = build_mixup(cfg, nb_classes)
+
+        def loss_fn(
+            model: torch.nn.Module, samples: torch.Tensor, targets: torch.Tensor
+        ) -> torch.Tensor:
+            if mixup is not None:
+                samples, targets = mixup(samples, targets)
+            return criterion(model(samples), targets)
+
+        return loss_fn
+
+    recipe = Recipe(
+        train_transform=finetune_transform(
+            cfg.input_size, cfg.aa, cfg.color_jitter, cfg.reprob, cfg.remode, cfg.recount
+        ),  # fmt: skip
+        adapt_model=lambda m: m,
+        build_optimizer=build_optimizer,
+        build_loss=build_loss,
+        model_overrides={"drop_path_rate": cfg.drop_path},
+    )
+    return run_supervised(cfg, recipe)

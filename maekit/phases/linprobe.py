@@ -1,0 +1,44 @@
+"""``maekit linprobe``: linear probing, the official MAE recipe.
+
+Frozen encoder; head = BatchNorm1d(affine=False, eps=1e-6) -> Linear (trunc_normal 0.01);
+LARS on the head only; RandomResizedCrop + flip; plain cross-entropy.
+"""
+
+from __future__ import annotations
+
+import torch.nn as nn
+from timm.layers import trunc_normal_
+
+from ..config import LinprobeConfig
+from ..data.transforms import linprobe_transform
+from ..engine.lars import LARS
+from ..engine.trainer import LossFn
+from .supervised import Recipe, run_supervised
+
+
+def attach_probe_head(model: nn.Module) -> nn.Module:
+    """Replace ``head`` by BN(affine=False) + the Linear head, and freeze everything else."""
+    linear = model.head
+    trunc_normal_(linear.weight, std=0.01)
+    nn.init.zeros_(linear.bias)
+    model.head = nn.Sequential(nn.BatchNorm1d(linear.in_features, affine=False, eps=1e-6), linear)
+    for name, p in model.named_parameters():
+        p.requires_grad = name.startswith("head.")
+    return model
+
+
+def run(cfg: LinprobeConfig) -> list[dict]:
+    def build_loss(_nb_classes: int) -> LossFn:
+        criterion = nn.CrossEntropyLoss()
+        return lambda model, samples, targets: criterion(model(samples), targets)
+
+    recipe = Recipe(
+        train_transform=linprobe_transform(cfg.input_size),
+        adapt_model=attach_probe_head,
+        build_optimizer=lambda model, lr: LARS(
+            model.head.parameters(), lr=lr, weight_decay=cfg.weight_decay
+        ),
+        build_loss=build_loss,
+        model_overrides={},
+    )
+    return run_supervised(cfg, recipe)

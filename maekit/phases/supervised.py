@@ -1,0 +1,124 @@
+"""What fine-tuning and linear probing share: encoder + pre-trained init, labeled train/val
+data, evaluation each epoch (or ``--eval`` alone), best-checkpoint tracking.
+
+Each phase passes a :class:`Recipe` with the parts where the two protocols differ.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from ..config import SupervisedConfig
+from ..data import build_dataset, build_train_loader
+from ..data.transforms import eval_transform
+from ..engine.checkpoint import resume_from
+from ..engine.distributed import shutdown
+from ..engine.evaluate import build_eval_loader, evaluate
+from ..engine.fit import fit, prepare_run, resolve_lr
+from ..engine.trainer import LossFn
+from ..errors import MaekitError
+from ..models import create_model, get_entry, list_models
+from ..models.pretrained import load_pretrained_encoder
+
+
+@dataclass
+class Recipe:
+    train_transform: Callable
+    # (model) -> model: e.g. the linear probe's BatchNorm head and freezing; after loading weights
+    adapt_model: Callable[[torch.nn.Module], torch.nn.Module]
+    # (model_without_ddp, lr) -> optimizer
+    build_optimizer: Callable[[torch.nn.Module, float], torch.optim.Optimizer]
+    # (nb_classes) -> loss_fn(model, samples, targets)
+    build_loss: Callable[[int], LossFn]
+    model_overrides: dict
+
+
+def num_classes_of(dataset) -> int:
+    classes = getattr(dataset, "classes", None)
+    if not classes:
+        raise MaekitError(
+            "the dataset has no class labels; fine-tuning and linear probing need class folders"
+        )
+    return len(classes)
+
+
+def build_encoder(cfg: SupervisedConfig, nb_classes: int, overrides: dict) -> torch.nn.Module:
+    entry = get_entry(cfg.model)
+    if entry.kind != "encoder":
+        raise MaekitError(f"{cfg.model!r} is a pre-training model; fine-tuning and linear probing take an "
+                          f"encoder: {', '.join(list_models('encoder'))}")  # fmt: skip
+    kw = dict(img_size=cfg.input_size, in_chans=cfg.in_chans, num_classes=nb_classes,
+              global_pool=cfg.use_global_pool(), **overrides)  # fmt: skip
+    if cfg.patch_size is not None:
+        kw["patch_size"] = cfg.patch_size
+    return create_model(cfg.model, **kw)
+
+
+def run_supervised(cfg: SupervisedConfig, recipe: Recipe) -> list[dict]:
+    cfg.validate()
+    if cfg.eval and not (cfg.resume or cfg.finetune):
+        raise MaekitError("--eval needs a checkpoint: give --resume PATH (or --finetune PATH)")
+    # Everything that can fail on user input, before any process group or output exists.
+    val_set = build_dataset(cfg.data_path, "val", eval_transform(cfg.input_size))
+    train_set = None if cfg.eval else build_dataset(cfg.data_path, "train", recipe.train_transform)
+    nb_classes = num_classes_of(train_set if train_set is not None else val_set)
+    if cfg.nb_classes is not None and cfg.nb_classes != nb_classes:
+        raise MaekitError(f"--nb_classes {cfg.nb_classes} does not match the dataset, which has {nb_classes} "
+                          f"classes; drop the flag or pass --nb_classes {nb_classes}")  # fmt: skip
+    if train_set is not None and num_classes_of(val_set) != nb_classes:
+        raise MaekitError(f"train/ has {nb_classes} classes but val/ has {num_classes_of(val_set)}; "
+                          "both need the same class folders")  # fmt: skip
+    model = build_encoder(cfg, nb_classes, recipe.model_overrides)
+    notes = (
+        load_pretrained_encoder(model, cfg.finetune, cfg.use_global_pool()) if cfg.finetune else []
+    )
+    model = recipe.adapt_model(model)
+
+    ctx = prepare_run(cfg)
+    env = ctx.env
+    try:
+        for note in notes if env.is_main else ():
+            print(note)
+        workers = min(cfg.num_workers, os.cpu_count() or 1)
+        pin = cfg.pin_mem and env.device.type == "cuda"
+        model.to(env.device)
+        model_without_ddp = model
+        sharded = cfg.dist_eval and env.distributed
+        val_loader = build_eval_loader(val_set, cfg.batch_size, env, cfg.dist_eval, workers, pin)
+
+        def run_eval() -> dict[str, float]:
+            return evaluate(model, val_loader, env, ctx.precision, sharded)
+
+        if cfg.eval:
+            if cfg.resume:
+                resume_from(cfg.resume, model_without_ddp, None, None)
+            stats = run_eval()
+            if env.is_main:
+                print(f"accuracy of the network on the {stats['n']} test images: "
+                      f"acc1 {stats['acc1']:.2f}%  acc5 {stats['acc5']:.2f}%  loss {stats['loss']:.4f}")  # fmt: skip
+            ctx.recorder.close()
+            return [stats]
+
+        loader = build_train_loader(
+            train_set, cfg.batch_size, env.rank, env.world_size, cfg.seed, workers, pin
+        )
+        if env.is_main:
+            n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            print(f"data: {cfg.data_path} ({len(train_set)} train / {len(val_set)} val images, {nb_classes} "
+                  f"classes), {len(loader)} steps/epoch per process; {n_params / 1e6:.2f}M trainable params")  # fmt: skip
+        if env.distributed:
+            ids = [env.device.index] if env.device.type == "cuda" else None
+            model = DistributedDataParallel(model, device_ids=ids)
+        lr, _ = resolve_lr(cfg, env)
+        optimizer = recipe.build_optimizer(model_without_ddp, lr)
+        loss_fn = recipe.build_loss(nb_classes)
+        return fit(
+            cfg, ctx, model, model_without_ddp, optimizer, loader, loss_fn, lr, evaluate_fn=run_eval
+        )
+    finally:
+        shutdown()
