@@ -166,6 +166,9 @@ class SupervisedConfig(CommonConfig):
     eval: bool = opt(
         False, "only evaluate the checkpoint given by --resume (or --finetune) on val/"
     )
+    crop_min: float = opt(
+        0.08, "smallest RandomResizedCrop area fraction (official: 0.08; addition)"
+    )
 
     default_global_pool = True  # class attribute, not a field: the phase's pooling default
 
@@ -182,6 +185,8 @@ class SupervisedConfig(CommonConfig):
     def validate(self) -> None:
         super().validate()
         self.use_global_pool()
+        if not 0.0 < self.crop_min <= 1.0:
+            raise MaekitError(f"--crop_min must be in (0, 1], got {self.crop_min}")
         if self.nb_classes is not None and self.nb_classes <= 0:
             raise MaekitError(f"--nb_classes must be positive, got {self.nb_classes}")
 

@@ -25,6 +25,7 @@ def finetune_transform(
     reprob: float = 0.25,
     remode: str = "pixel",
     recount: int = 1,
+    crop_min: float = 0.08,
 ) -> T.Compose:
     """timm's training transform: RandomResizedCrop(0.08-1, bicubic), flip, RandAugment, RandomErasing."""
     from timm.data import create_transform
@@ -32,6 +33,7 @@ def finetune_transform(
     return create_transform(
         input_size=input_size,
         is_training=True,
+        scale=(crop_min, 1.0),
         color_jitter=color_jitter,
         auto_augment=auto_augment if auto_augment not in (None, "", "none") else None,
         interpolation="bicubic",
@@ -59,10 +61,10 @@ def eval_transform(input_size: int) -> T.Compose:
     ])  # fmt: skip
 
 
-def linprobe_transform(input_size: int) -> T.Compose:
+def linprobe_transform(input_size: int, crop_min: float = 0.08) -> T.Compose:
     """RandomResizedCrop(0.08-1, bicubic) + flip + normalise (no RandAugment, no erasing)."""
     return T.Compose([
-        T.RandomResizedCrop(input_size, interpolation=T.InterpolationMode.BICUBIC),
+        T.RandomResizedCrop(input_size, scale=(crop_min, 1.0), interpolation=T.InterpolationMode.BICUBIC),
         T.RandomHorizontalFlip(),
         T.ToTensor(),
         T.Normalize(IMAGENET_MEAN, IMAGENET_STD),

@@ -56,8 +56,14 @@ def run(cfg: FinetuneConfig) -> list[dict]:
 
     recipe = Recipe(
         train_transform=finetune_transform(
-            cfg.input_size, cfg.aa, cfg.color_jitter, cfg.reprob, cfg.remode, cfg.recount
-        ),  # fmt: skip
+            cfg.input_size,
+            cfg.aa,
+            cfg.color_jitter,
+            cfg.reprob,
+            cfg.remode,
+            cfg.recount,
+            cfg.crop_min,
+        ),
         adapt_model=lambda m: m,
         build_optimizer=build_optimizer,
         build_loss=build_loss,

@@ -33,7 +33,7 @@ def run(cfg: LinprobeConfig) -> list[dict]:
         return lambda model, samples, targets: criterion(model(samples), targets)
 
     recipe = Recipe(
-        train_transform=linprobe_transform(cfg.input_size),
+        train_transform=linprobe_transform(cfg.input_size, cfg.crop_min),
         adapt_model=attach_probe_head,
         build_optimizer=lambda model, lr: LARS(
             model.head.parameters(), lr=lr, weight_decay=cfg.weight_decay

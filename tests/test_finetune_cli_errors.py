@@ -1,0 +1,99 @@
+"""`maekit finetune` / `maekit linprobe` with bad input: exit 2, one error line, no traceback.
+
+Every case fails during the up-front checks (before any process group or output), so each
+subprocess costs little more than importing torch; they run a few at a time.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+
+from maekit.models import create_model
+from tests.conftest import write_image_folder
+
+TINY = ["--model", "vit_tiny_patch16", "--input_size", "32", "--patch_size", "8"]
+OK = ["--batch_size", "4", "--num_workers", "0", "--epochs", "1", "--device", "cpu"]
+
+# name -> (phase, args relative to the scratch dir, text the error line must contain)
+CASES: dict[str, tuple[str, list[str], str]] = {
+    "finetune_missing": ("finetune", ["--data_path", "data", *TINY, *OK, "--finetune", "no/such.pth"],
+                         "no/such.pth"),
+    "linprobe_finetune_missing": ("linprobe", ["--data_path", "data", *TINY, *OK, "--finetune", "no/such.pth"],
+                                  "no/such.pth"),
+    "other_architecture": ("finetune", ["--data_path", "data", *TINY, *OK, "--finetune", "small.pth"],
+                           "--model"),
+    "nb_classes_mismatch": ("finetune", ["--data_path", "data", *TINY, *OK, "--nb_classes", "5"], "3"),
+    "no_val_folder": ("finetune", ["--data_path", "train_only", *TINY, *OK], "val"),
+    "both_pool_flags": ("finetune", ["--data_path", "data", *TINY, *OK, "--cls_token", "--global_pool"],
+                        "--cls_token"),
+    "linprobe_both_pool_flags": ("linprobe", ["--data_path", "data", *TINY, *OK, "--cls_token",
+                                              "--global_pool"], "--cls_token"),
+    "eval_without_checkpoint": ("finetune", ["--data_path", "data", *TINY, *OK, "--eval"], "--resume"),
+    "pretrain_model": ("finetune", ["--data_path", "data", "--model", "mae_vit_tiny_patch16", "--input_size",
+                                    "32", "--patch_size", "8", *OK], "vit_tiny_patch16"),
+    "linprobe_pretrain_model": ("linprobe", ["--data_path", "data", "--model", "mae_vit_tiny_patch16",
+                                             "--input_size", "32", "--patch_size", "8", *OK], "pre-training"),
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("ft_cli")
+    small = dict(per_class=2, size=(36, 36))
+    write_image_folder(root / "data", classes=3, **small)
+    write_image_folder(root / "val_tmp", classes=3, seed=1, **small)
+    (root / "val_tmp" / "train").rename(root / "data" / "val")
+    write_image_folder(root / "train_only", classes=3, **small)
+    torch.manual_seed(0)
+    mae_small = create_model("mae_vit_small_patch16", img_size=32, patch_size=8, depth=2)
+    torch.save({"model": mae_small.state_dict()}, root / "small.pth")
+    return root
+
+
+def run_maekit(args: list[str], cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": ""}
+    cmd = [sys.executable, "-m", "maekit", *args]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def results(scratch) -> dict[str, subprocess.CompletedProcess]:
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        futures = {name: pool.submit(run_maekit, [phase, *args], scratch)
+                   for name, (phase, args, _) in CASES.items()}  # fmt: skip
+        return {name: f.result() for name, f in futures.items()}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_is_one_error_line(results, case):
+    phase, _, must_contain = CASES[case]
+    r = results[case]
+    assert "Traceback" not in r.stderr, r.stderr
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith(f"maekit {phase}: error:"), lines[0]
+    assert must_contain in lines[0], lines[0]
+
+
+def test_specific_messages(results):
+    assert "does not exist" in results["finetune_missing"].stderr
+    other = results["other_architecture"].stderr
+    assert "small.pth" in other and "384" in other and "192" in other
+    nb = results["nb_classes_mismatch"].stderr
+    assert "3 classes" in nb and "--nb_classes 3" in nb
+    assert "val/" in results["no_val_folder"].stderr
+    assert "mutually exclusive" in results["both_pool_flags"].stderr
+    assert "--eval" in results["eval_without_checkpoint"].stderr
+    assert "pre-training model" in results["pretrain_model"].stderr
+
+
+def test_bad_input_creates_no_output(results, scratch):
+    assert not (scratch / "output_dir").exists()
