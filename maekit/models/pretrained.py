@@ -37,7 +37,7 @@ def expected_missing_keys(global_pool: bool) -> set[str]:
 
 
 def adapt_state_dict(
-    state: dict[str, torch.Tensor], model: nn.Module
+    state: dict[str, torch.Tensor], model: nn.Module, source: str = "the checkpoint"
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Pre-trained weights -> this model's shapes. Returns (state, notes on what changed)."""
     state = strip_wrapper_prefixes(state)
@@ -58,9 +58,11 @@ def adapt_state_dict(
         try:
             state["pos_embed"] = interpolate_pos_embed(state["pos_embed"], grid, extra)
         except ValueError as e:
-            raise MaekitError(f"cannot resize pos_embed {old} to a {grid} grid: {e}") from e
+            raise MaekitError(
+                f"--finetune {source}: cannot resize pos_embed {old} to a {grid} grid: {e}"
+            ) from e
         if state["pos_embed"].shape != own["pos_embed"].shape:
-            raise MaekitError(f"pos_embed {old} does not fit the model's {tuple(own['pos_embed'].shape)}; "
+            raise MaekitError(f"--finetune {source}: shape mismatch for pos_embed {old} vs the model's {tuple(own['pos_embed'].shape)}; "
                               "the checkpoint has another width (embed_dim): pick the matching --model")  # fmt: skip
         notes.append(f"interpolated pos_embed {old} -> {tuple(state['pos_embed'].shape)}")
     return state, notes
@@ -74,7 +76,7 @@ def load_pretrained_encoder(model: nn.Module, path: str | Path, global_pool: boo
     state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise MaekitError(f"{path} holds no state dict (expected a 'model' entry of tensors)")
-    state, notes = adapt_state_dict(state, model)
+    state, notes = adapt_state_dict(state, model, str(path))
     own = model.state_dict()
     wrong = sorted(k for k, v in state.items() if k in own and own[k].shape != v.shape)
     if wrong:
