@@ -6,10 +6,10 @@ set -euo pipefail
 OUT=${1:-runs/fmnist_chain}
 mkdir -p "$OUT"
 SIZE=(--input_size 28 --patch_size 7 --num_workers 1 --print_freq 50)
-PT_EPOCHS=6
-FT=(finetune --model vit_tiny_patch16 "${SIZE[@]}" --batch_size 128 --epochs 5 --warmup_epochs 1 --blr 1e-3
+PT_EPOCHS=4
+FT=(finetune --model vit_tiny_patch16 "${SIZE[@]}" --batch_size 128 --epochs 3 --warmup_epochs 0.5 --blr 1e-3
     --layer_decay 0.75 --drop_path 0.1 --aa none --reprob 0 --crop_min 0.35 --smoothing 0.1)
-LP=(linprobe --model vit_tiny_patch16 "${SIZE[@]}" --global_pool --batch_size 256 --epochs 3 --warmup_epochs 0.5
+LP=(linprobe --model vit_tiny_patch16 "${SIZE[@]}" --global_pool --batch_size 256 --epochs 2 --warmup_epochs 0.5
     --blr 1.0 --crop_min 0.35)
 
 maekit pretrain --model mae_vit_tiny_patch16 "${SIZE[@]}" --norm_pix_loss --batch_size 256 --epochs $PT_EPOCHS \

@@ -100,10 +100,9 @@ def train_one_epoch(
             scaler.scale(loss / accum).backward()
         if update:
             scaler.unscale_(optimizer)
+            # The norm is computed every update (as the official); it only clips with --clip_grad.
             max_norm = settings.clip_grad if settings.clip_grad is not None else math.inf
-            torch.nn.utils.clip_grad_norm_(
-                params, max_norm
-            )  # computes the norm; clips only if asked
+            torch.nn.utils.clip_grad_norm_(params, max_norm)
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
