@@ -29,6 +29,18 @@ def write_image_folder(
     return root
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """Unit tests use tiny tensors: one intra-op thread is faster, far faster on a busy machine.
+    (End-to-end tests run the CLI in subprocesses, which pick their own thread count.)"""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture
 def image_folder(tmp_path: Path) -> Path:
     return write_image_folder(tmp_path / "data")

@@ -24,15 +24,6 @@ from maekit.phases.finetune import build_criterion, build_mixup
 BICUBIC = T.InterpolationMode.BICUBIC
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster, and far faster on a busy machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def image() -> Image.Image:
     g = torch.Generator().manual_seed(0)

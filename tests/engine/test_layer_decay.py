@@ -14,15 +14,6 @@ DEPTH = 3
 NUM_LAYERS = DEPTH + 1
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster, and far faster on a busy machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def tiny_vit(global_pool: bool = True):
     torch.manual_seed(0)
     return create_model("vit_tiny_patch16", img_size=32, patch_size=8, num_classes=10,

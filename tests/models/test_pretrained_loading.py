@@ -21,15 +21,6 @@ SMALL = dict(img_size=32, patch_size=8)
 DEPTH = 3  # the same encoder as vit_tiny_patch16 (dim 192, 3 heads), fewer blocks: fast
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster, and far faster on a busy machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def mae_state() -> dict[str, torch.Tensor]:
     torch.manual_seed(0)

@@ -13,15 +13,6 @@ from maekit.models.vit import VisionTransformerEncoder
 TINY = dict(img_size=32, patch_size=8, num_classes=10)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster, and far faster on a busy machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def tiny(global_pool: bool = True, **kw) -> VisionTransformerEncoder:
     torch.manual_seed(0)
     return create_model("vit_tiny_patch16", global_pool=global_pool, **{**TINY, **kw})
