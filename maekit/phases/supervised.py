@@ -92,7 +92,9 @@ def run_supervised(cfg: SupervisedConfig, recipe: Recipe) -> list[dict]:
         val_loader = build_eval_loader(val_set, cfg.batch_size, env, cfg.dist_eval, workers, pin)
 
         def run_eval() -> dict[str, float]:
-            return evaluate(model, val_loader, env, ctx.precision, sharded)
+            # The bare module, not the DDP wrapper: shards can differ in batch count, and a DDP
+            # forward would wait for the other ranks' buffer broadcast.
+            return evaluate(model_without_ddp, val_loader, env, ctx.precision, sharded)
 
         if cfg.eval:
             if cfg.resume:
