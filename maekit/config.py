@@ -96,6 +96,13 @@ class CommonConfig:
         if self.num_workers < 0:
             raise MaekitError(f"--num_workers must be >= 0, got {self.num_workers}")
 
+    def size_overrides(self) -> dict:
+        """create_model arguments for the input geometry (--input_size, --in_chans, --patch_size)."""
+        kw = {"img_size": self.input_size, "in_chans": self.in_chans}
+        if self.patch_size is not None:
+            kw["patch_size"] = self.patch_size
+        return kw
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 

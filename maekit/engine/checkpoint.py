@@ -69,6 +69,22 @@ def save_checkpoint(
     atomic_save(state, path)
 
 
+def strip_wrapper_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Remove DDP's ``module.`` and torch.compile's ``_orig_mod.`` prefixes."""
+    out = {}
+    for k, v in state.items():
+        for prefix in ("module.", "_orig_mod."):
+            k = k.removeprefix(prefix)
+        out[k] = v
+    return out
+
+
+def shape_mismatches(state: dict[str, torch.Tensor], model: torch.nn.Module) -> list[str]:
+    """Keys present in both whose shapes differ (sorted)."""
+    own = model.state_dict()
+    return sorted(k for k, v in state.items() if k in own and own[k].shape != v.shape)
+
+
 def read_checkpoint(path: str | Path) -> dict:
     """Load a checkpoint dict safely (tensors and plain containers only)."""
     path = Path(path)
@@ -94,11 +110,8 @@ def resume_from(
     ckpt = read_checkpoint(path)
     if "model" not in ckpt:
         raise MaekitError(f"{path} has no 'model' entry; is it a maekit/MAE checkpoint?")
-    state = {
-        k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()
-    }
-    own = unwrap(model).state_dict()
-    wrong = [k for k, v in state.items() if k in own and tuple(own[k].shape) != tuple(v.shape)]
+    state = strip_wrapper_prefixes(ckpt["model"])
+    wrong = shape_mismatches(state, unwrap(model))
     if wrong:
         raise MaekitError(f"checkpoint {path} does not match the model: other shapes for {wrong[:8]}; "
                           "resume with the same --model and sizes")  # fmt: skip

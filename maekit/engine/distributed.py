@@ -64,6 +64,16 @@ def init_distributed(device_name: str = "auto") -> DistEnv:
     return DistEnv(rank, world, local_rank, device)
 
 
+def wrap_ddp(model: torch.nn.Module, env: DistEnv) -> torch.nn.Module:
+    """DDP around ``model`` in a multi-process run; the model itself otherwise."""
+    if not env.distributed:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [env.device.index] if env.device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids)
+
+
 def shutdown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

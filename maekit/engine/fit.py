@@ -28,6 +28,8 @@ class RunContext:
     precision: Precision
     recorder: RunRecorder
     output_dir: Path
+    num_workers: int  # --num_workers capped at the CPU count
+    pin_memory: bool  # --pin_mem, only meaningful for CUDA
 
 
 def check_output_dir(path: str) -> Path:
@@ -62,7 +64,9 @@ def prepare_run(cfg) -> RunContext:
     if env.is_main:
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
     recorder = RunRecorder(str(out), cfg.log_dir, enabled=env.is_main)
-    return RunContext(env, precision, recorder, out)
+    workers = min(cfg.num_workers, os.cpu_count() or 1)
+    pin = cfg.pin_mem and env.device.type == "cuda"
+    return RunContext(env, precision, recorder, out, workers, pin)
 
 
 def resolve_lr(cfg, env: DistEnv) -> tuple[float, int]:

@@ -15,18 +15,9 @@ import torch
 import torch.nn as nn
 from timm.layers import trunc_normal_
 
+from ..engine.checkpoint import read_checkpoint, shape_mismatches, strip_wrapper_prefixes
 from ..errors import MaekitError
 from .pos_embed import interpolate_pos_embed
-
-
-def strip_wrapper_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Remove DDP's ``module.`` and torch.compile's ``_orig_mod.`` prefixes."""
-    out = {}
-    for k, v in state.items():
-        for prefix in ("module.", "_orig_mod."):
-            k = k.removeprefix(prefix)
-        out[k] = v
-    return out
 
 
 def expected_missing_keys(global_pool: bool) -> set[str]:
@@ -70,16 +61,14 @@ def adapt_state_dict(
 
 def load_pretrained_encoder(model: nn.Module, path: str | Path, global_pool: bool) -> list[str]:
     """Load ``path`` into ``model`` by the official fine-tuning rules; returns notes for the log."""
-    from ..engine.checkpoint import read_checkpoint
-
     ckpt = read_checkpoint(path)
     state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise MaekitError(f"{path} holds no state dict (expected a 'model' entry of tensors)")
     state, notes = adapt_state_dict(state, model, str(path))
-    own = model.state_dict()
-    wrong = sorted(k for k, v in state.items() if k in own and own[k].shape != v.shape)
+    wrong = shape_mismatches(state, model)
     if wrong:
+        own = model.state_dict()
         raise MaekitError(
             f"--finetune {path} is for a different architecture: shape mismatch for "
             f"{', '.join(f'{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}' for k in wrong[:6])}; "

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import os
-
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
 from ..config import PretrainConfig
 from ..data import build_dataset, build_train_loader
 from ..data.transforms import pretrain_transform
-from ..engine.distributed import shutdown
+from ..engine.distributed import shutdown, wrap_ddp
 from ..engine.fit import fit, prepare_run, resolve_lr
 from ..engine.optim import build_adamw, weight_decay_groups
 from ..errors import MaekitError
@@ -22,12 +19,7 @@ def build_model(cfg: PretrainConfig) -> torch.nn.Module:
     if entry.kind != "pretrain":
         raise MaekitError(f"{cfg.model!r} is not a pre-training model; `maekit pretrain` takes one of: "
                           + ", ".join(list_models("pretrain")))  # fmt: skip
-    overrides = dict(
-        img_size=cfg.input_size, in_chans=cfg.in_chans, norm_pix_loss=cfg.norm_pix_loss
-    )
-    if cfg.patch_size is not None:
-        overrides["patch_size"] = cfg.patch_size
-    return create_model(cfg.model, **overrides)
+    return create_model(cfg.model, norm_pix_loss=cfg.norm_pix_loss, **cfg.size_overrides())
 
 
 def run(cfg: PretrainConfig) -> list[dict]:
@@ -39,18 +31,15 @@ def run(cfg: PretrainConfig) -> list[dict]:
     ctx = prepare_run(cfg)
     env = ctx.env
     try:
-        workers = min(cfg.num_workers, os.cpu_count() or 1)
-        loader = build_train_loader(dataset, cfg.batch_size, env.rank, env.world_size, cfg.seed, workers,
-                                    cfg.pin_mem and env.device.type == "cuda")  # fmt: skip
+        loader = build_train_loader(dataset, cfg.batch_size, env.rank, env.world_size, cfg.seed, ctx.num_workers,
+                                    ctx.pin_memory)  # fmt: skip
         if env.is_main:
             print(
                 f"data: {cfg.data_path} ({len(dataset)} images), {len(loader)} steps/epoch per process"
             )
         model.to(env.device)
         model_without_ddp = model
-        if env.distributed:
-            ids = [env.device.index] if env.device.type == "cuda" else None
-            model = DistributedDataParallel(model, device_ids=ids)
+        model = wrap_ddp(model, env)
         lr, _ = resolve_lr(cfg, env)
         groups = weight_decay_groups(model_without_ddp, cfg.weight_decay)
         optimizer = build_adamw(groups, lr, betas=(0.9, 0.95), device=env.device)

@@ -6,18 +6,16 @@ Each phase passes a :class:`Recipe` with the parts where the two protocols diffe
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
 from ..config import SupervisedConfig
 from ..data import build_dataset, build_train_loader
 from ..data.transforms import eval_transform
 from ..engine.checkpoint import resume_from
-from ..engine.distributed import shutdown
+from ..engine.distributed import shutdown, wrap_ddp
 from ..engine.evaluate import build_eval_loader, evaluate
 from ..engine.fit import fit, prepare_run, resolve_lr
 from ..engine.trainer import LossFn
@@ -52,11 +50,8 @@ def build_encoder(cfg: SupervisedConfig, nb_classes: int, overrides: dict) -> to
     if entry.kind != "encoder":
         raise MaekitError(f"{cfg.model!r} is a pre-training model; fine-tuning and linear probing take an "
                           f"encoder: {', '.join(list_models('encoder'))}")  # fmt: skip
-    kw = dict(img_size=cfg.input_size, in_chans=cfg.in_chans, num_classes=nb_classes,
-              global_pool=cfg.use_global_pool(), **overrides)  # fmt: skip
-    if cfg.patch_size is not None:
-        kw["patch_size"] = cfg.patch_size
-    return create_model(cfg.model, **kw)
+    return create_model(cfg.model, num_classes=nb_classes, global_pool=cfg.use_global_pool(),
+                        **cfg.size_overrides(), **overrides)  # fmt: skip
 
 
 def run_supervised(cfg: SupervisedConfig, recipe: Recipe) -> list[dict]:
@@ -84,12 +79,12 @@ def run_supervised(cfg: SupervisedConfig, recipe: Recipe) -> list[dict]:
     try:
         for note in notes if env.is_main else ():
             print(note)
-        workers = min(cfg.num_workers, os.cpu_count() or 1)
-        pin = cfg.pin_mem and env.device.type == "cuda"
         model.to(env.device)
         model_without_ddp = model
         sharded = cfg.dist_eval and env.distributed
-        val_loader = build_eval_loader(val_set, cfg.batch_size, env, cfg.dist_eval, workers, pin)
+        val_loader = build_eval_loader(
+            val_set, cfg.batch_size, env, cfg.dist_eval, ctx.num_workers, ctx.pin_memory
+        )
 
         def run_eval() -> dict[str, float]:
             # The bare module, not the DDP wrapper: shards can differ in batch count, and a DDP
@@ -107,15 +102,19 @@ def run_supervised(cfg: SupervisedConfig, recipe: Recipe) -> list[dict]:
             return [stats]
 
         loader = build_train_loader(
-            train_set, cfg.batch_size, env.rank, env.world_size, cfg.seed, workers, pin
+            train_set,
+            cfg.batch_size,
+            env.rank,
+            env.world_size,
+            cfg.seed,
+            ctx.num_workers,
+            ctx.pin_memory,
         )
         if env.is_main:
             n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
             print(f"data: {cfg.data_path} ({len(train_set)} train / {len(val_set)} val images, {nb_classes} "
                   f"classes), {len(loader)} steps/epoch per process; {n_params / 1e6:.2f}M trainable params")  # fmt: skip
-        if env.distributed:
-            ids = [env.device.index] if env.device.type == "cuda" else None
-            model = DistributedDataParallel(model, device_ids=ids)
+        model = wrap_ddp(model, env)
         lr, _ = resolve_lr(cfg, env)
         optimizer = recipe.build_optimizer(model_without_ddp, lr)
         loss_fn = recipe.build_loss(nb_classes)
