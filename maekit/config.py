@@ -63,6 +63,20 @@ class CommonConfig:
     device: str = opt("auto", "'auto' (cuda if available), 'cuda', 'cuda:N' or 'cpu'")
     seed: int = opt(0, "random seed (each rank uses seed + rank)")
     resume: str = opt("", "checkpoint to resume from (model, optimizer, scaler, epoch)")
+    auto_resume: bool = opt(
+        True,
+        "without --resume, continue from the newest checkpoint in --output_dir that loads "
+        "cleanly (--no_auto_resume to always start fresh)",
+    )
+    keep_last: int | None = opt(
+        None, "keep only the newest K checkpoint-{epoch}.pth files (last and best always kept)"
+    )
+    max_nonfinite: int = opt(
+        0, "skip up to N steps whose loss or gradient is not finite (0: stop at the first)"
+    )
+    max_bad_frac: float = opt(
+        0.01, "stop when more than this fraction of an epoch's images cannot be read"
+    )
     start_epoch: int = opt(0, "first epoch (overwritten by --resume)")
     save_freq: int = opt(20, "save checkpoint-{epoch}.pth every N epochs (and at the last epoch)")
     print_freq: int = opt(20, "log every N steps (the loss is read from the device only then)")
@@ -93,6 +107,12 @@ class CommonConfig:
             raise MaekitError("--lr/--blr must be positive")
         if self.max_train_step is not None and self.max_train_step <= 0:
             raise MaekitError(f"--max_train_step must be positive, got {self.max_train_step}")
+        if self.keep_last is not None and self.keep_last < 1:
+            raise MaekitError(f"--keep_last must be at least 1, got {self.keep_last}")
+        if self.max_nonfinite < 0:
+            raise MaekitError(f"--max_nonfinite must be >= 0, got {self.max_nonfinite}")
+        if not 0.0 <= self.max_bad_frac <= 1.0:
+            raise MaekitError(f"--max_bad_frac must be in [0, 1], got {self.max_bad_frac}")
         if self.num_workers < 0:
             raise MaekitError(f"--num_workers must be >= 0, got {self.num_workers}")
 

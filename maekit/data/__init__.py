@@ -5,11 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from ..errors import MaekitError
 from .fashion_mnist import FashionMNIST
 from .folder import FlatImageFolder, image_folder
+from .robust import SeededSamples
+from .sampling import ResumableSampler
 
 BUILTIN = ("fashion-mnist",)
 
@@ -45,23 +47,29 @@ def build_train_loader(
     num_workers: int,
     pin_memory: bool,
 ) -> DataLoader:
-    """Distributed, shuffled sampler (also for one process, like the official) with drop_last."""
+    """Distributed, shuffled sampler (also for one process, like the official) with drop_last.
+
+    The sampler can start an epoch part-way (mid-epoch resume) and every sample is augmented
+    from its own seed with unreadable files skipped (:class:`SeededSamples`); batches are
+    (samples, targets, skipped-file counts).
+    """
     if len(dataset) < batch_size * world_size:
         raise MaekitError(
             f"the training set has {len(dataset)} images, fewer than one global batch "
             f"({batch_size} x {world_size} processes); lower --batch_size"
         )
-    sampler = DistributedSampler(
-        dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed
-    )
+    sampler = ResumableSampler(dataset, num_replicas=world_size, rank=rank, seed=seed)
     return DataLoader(
-        dataset,
+        SeededSamples(dataset, seed),
         batch_size=batch_size,
         sampler=sampler,
         num_workers=num_workers,
         pin_memory=pin_memory,
         drop_last=True,
         persistent_workers=num_workers > 0,
+        # Own generator: creating an epoch's iterator must not draw from the global torch RNG,
+        # which belongs to the model (masking, drop path) and is restored exactly on resume.
+        generator=torch.Generator().manual_seed(seed),
     )
 
 

@@ -17,11 +17,22 @@ def _is_image(p: Path) -> bool:
     return p.is_file() and p.suffix.lower() in IMG_EXTENSIONS
 
 
+class UnreadableImage(Exception):
+    """A file that cannot be decoded as an image (truncated, corrupt, empty, not an image)."""
+
+
 def load_rgb(path: str) -> Image.Image:
-    """Open any PIL-readable image as RGB (grayscale, palette, RGBA, CMYK converted)."""
+    """Open any PIL-readable image as RGB (grayscale, palette, RGBA, CMYK, 16-bit converted).
+
+    Raises :class:`UnreadableImage` (naming the file) when it cannot be decoded, so a training
+    loop can skip it; errors opening the file itself (permissions, missing) propagate as is.
+    """
     with open(path, "rb") as f:
-        img = Image.open(f)
-        img.load()
+        try:
+            img = Image.open(f)
+            img.load()  # decodes everything: a truncated file fails here, not in a transform
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+            raise UnreadableImage(f"{path}: {e}") from e
     if (
         img.mode.startswith("I;16") or img.mode == "I"
     ):  # 16-bit grayscale: scale to 8 bits, don't clip

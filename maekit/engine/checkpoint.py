@@ -3,12 +3,19 @@
 Saving is atomic (temp file in the same directory, fsync, rename), so a crash mid-save
 never leaves a truncated ``checkpoint-*.pth`` that looks valid. Loading uses
 ``torch.load(weights_only=True)``: nothing inside a checkpoint can run code.
+
+Files in an output folder: ``checkpoint-{epoch}.pth`` every ``--save_freq`` epochs and at the
+last (pruned to the newest ``--keep_last``), ``checkpoint-last.pth`` after every epoch and on a
+preemption stop (the auto-resume point), ``checkpoint-best.pth`` (fine-tuning, best top-1).
 """
 
 from __future__ import annotations
 
 import os
+import re
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -37,8 +44,11 @@ def atomic_save(obj: dict, path: str | Path) -> None:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
+            if os.environ.get("MAEKIT_DEBUG_SAVE_DELAY"):  # fault-injection hook for the kill tests
+                time.sleep(float(os.environ["MAEKIT_DEBUG_SAVE_DELAY"]))
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(e, OSError):
@@ -46,6 +56,105 @@ def atomic_save(obj: dict, path: str | Path) -> None:
                               "free disk space or choose another --output_dir "
                               "(earlier checkpoints are untouched)") from e  # fmt: skip
         raise
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename durable (POSIX); harmless where directories cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_link(src: str | Path, dst: str | Path) -> None:
+    """Make ``dst`` a second name of the finished file ``src`` (hard link, atomic replace);
+    copy when the file system has no hard links. No second write of a large checkpoint."""
+    src, dst = Path(src), Path(dst)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.link.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        atomic_save(read_checkpoint(src), dst)
+        return
+    os.replace(tmp, dst)
+    _fsync_dir(dst.parent)
+
+
+PERIODIC = re.compile(r"^checkpoint-(\d+)\.pth$")
+LAST, BEST = "checkpoint-last.pth", "checkpoint-best.pth"
+
+
+def periodic_checkpoints(folder: str | Path) -> list[tuple[int, Path]]:
+    """``checkpoint-{N}.pth`` files in ``folder`` as (N, path), newest first."""
+    found = []
+    for p in Path(folder).glob("checkpoint-*.pth"):
+        m = PERIODIC.match(p.name)
+        if m:
+            found.append((int(m.group(1)), p))
+    return sorted(found, reverse=True)
+
+
+def prune_checkpoints(folder: str | Path, keep_last: int | None) -> list[Path]:
+    """Delete all but the newest ``keep_last`` periodic checkpoints (never last/best)."""
+    if keep_last is None:
+        return []
+    doomed = [p for _, p in periodic_checkpoints(folder)[max(1, keep_last) :]]
+    for p in doomed:
+        p.unlink(missing_ok=True)
+    return doomed
+
+
+def remove_stale_temp_files(folder: str | Path) -> list[Path]:
+    """Temp files of saves that a crash interrupted (never valid checkpoints)."""
+    stale = [p for p in Path(folder).glob(".checkpoint-*.tmp") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
+def progress_of(ckpt: dict) -> tuple[int, int]:
+    """(epoch to continue at, step within it) that a checkpoint resumes to."""
+    resume = ckpt.get("resume") or {}
+    if "epoch" in resume:
+        return int(resume["epoch"]), int(resume.get("step", 0))
+    return int(ckpt.get("epoch", -1)) + 1, 0
+
+
+def find_resume_checkpoint(folder: str | Path) -> tuple[Path, dict] | None:
+    """The checkpoint in ``folder`` that resumes furthest and loads cleanly, with its contents.
+
+    ``checkpoint-last.pth`` is tried first; a periodic checkpoint newer than it (a crash between
+    the two writes) wins. Damaged files are skipped with a warning, never deleted.
+    """
+    folder = Path(folder)
+    candidates = [folder / LAST] if (folder / LAST).is_file() else []
+    candidates += [p for _, p in periodic_checkpoints(folder)]
+    best: tuple[tuple[int, int], Path, dict] | None = None
+    for path in candidates:
+        m = PERIODIC.match(path.name)
+        if best is not None and m and int(m.group(1)) + 1 <= best[0][0]:
+            break  # periodic files are newest first: nothing older can win
+        try:
+            ckpt = read_checkpoint(path)
+        except MaekitError as e:
+            print(f"maekit: warning: skipping damaged checkpoint for auto-resume: {e}",
+                  file=sys.stderr, flush=True)  # fmt: skip
+            continue
+        if not isinstance(ckpt, dict) or "model" not in ckpt:
+            print(f"maekit: warning: {path} is not a training checkpoint; not resuming from it",
+                  file=sys.stderr, flush=True)  # fmt: skip
+            continue
+        prog = progress_of(ckpt)
+        if best is None or prog > best[0]:
+            best = (prog, path, ckpt)
+    return None if best is None else (best[1], best[2])
 
 
 def save_checkpoint(
@@ -101,13 +210,15 @@ def read_checkpoint(path: str | Path) -> dict:
 
 
 def resume_from(
-    path: str,
+    path: str | Path,
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer | None,
     scaler: torch.amp.GradScaler | None,
+    ckpt: dict | None = None,
 ) -> tuple[int, dict]:
-    """Restore model/optimizer/scaler from ``path``; return (epoch to start from, whole checkpoint)."""
-    ckpt = read_checkpoint(path)
+    """Restore model/optimizer/scaler from ``path`` (or its already-read contents ``ckpt``);
+    return (epoch to start from, whole checkpoint)."""
+    ckpt = read_checkpoint(path) if ckpt is None else ckpt
     if "model" not in ckpt:
         raise MaekitError(f"{path} has no 'model' entry; is it a maekit/MAE checkpoint?")
     state = strip_wrapper_prefixes(ckpt["model"])
@@ -125,4 +236,4 @@ def resume_from(
         optimizer.load_state_dict(ckpt["optimizer"])
     if scaler is not None and ckpt.get("scaler") is not None:
         scaler.load_state_dict(ckpt["scaler"])
-    return int(ckpt.get("epoch", -1)) + 1, ckpt
+    return progress_of(ckpt)[0], ckpt

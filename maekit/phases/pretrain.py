@@ -8,7 +8,7 @@ from ..config import PretrainConfig
 from ..data import build_dataset, build_train_loader
 from ..data.transforms import pretrain_transform
 from ..engine.distributed import shutdown, wrap_ddp
-from ..engine.fit import fit, prepare_run, resolve_lr
+from ..engine.fit import fit, prepare_run, resolve_lr, seed_everything
 from ..engine.optim import build_adamw, weight_decay_groups
 from ..errors import MaekitError
 from ..models import create_model, get_entry, list_models
@@ -26,6 +26,7 @@ def run(cfg: PretrainConfig) -> list[dict]:
     """Pre-train and return the per-epoch log records."""
     cfg.validate()
     # Fail fast on a bad model name, size or data path before any process group or output exists.
+    seed_everything(cfg.seed)  # the initial weights follow --seed (DDP then broadcasts rank 0's)
     model = build_model(cfg)
     dataset = build_dataset(cfg.data_path, "train", pretrain_transform(cfg.input_size))
     ctx = prepare_run(cfg)

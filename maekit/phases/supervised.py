@@ -17,7 +17,7 @@ from ..data.transforms import eval_transform
 from ..engine.checkpoint import resume_from
 from ..engine.distributed import shutdown, wrap_ddp
 from ..engine.evaluate import build_eval_loader, evaluate
-from ..engine.fit import fit, prepare_run, resolve_lr
+from ..engine.fit import fit, prepare_run, resolve_lr, seed_everything
 from ..engine.trainer import LossFn
 from ..errors import MaekitError
 from ..models import create_model, get_entry, list_models
@@ -68,6 +68,7 @@ def run_supervised(cfg: SupervisedConfig, recipe: Recipe) -> list[dict]:
     if train_set is not None and num_classes_of(val_set) != nb_classes:
         raise MaekitError(f"train/ has {nb_classes} classes but val/ has {num_classes_of(val_set)}; "
                           "both need the same class folders")  # fmt: skip
+    seed_everything(cfg.seed)  # the new head's init follows --seed (DDP then broadcasts rank 0's)
     model = build_encoder(cfg, nb_classes, recipe.model_overrides)
     notes = (
         load_pretrained_encoder(model, cfg.finetune, cfg.use_global_pool()) if cfg.finetune else []

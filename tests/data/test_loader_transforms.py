@@ -73,9 +73,9 @@ def test_single_process_loader_is_shuffled_with_drop_last():
     assert isinstance(loader.sampler, DistributedSampler)
     assert loader.drop_last and len(loader) == 2
     loader.sampler.set_epoch(0)
-    e0 = [int(v) for x, _ in loader for v in x.view(-1)]
+    e0 = [int(v) for x, _, _ in loader for v in x.view(-1)]
     loader.sampler.set_epoch(1)
-    e1 = [int(v) for x, _ in loader for v in x.view(-1)]
+    e1 = [int(v) for x, _, _ in loader for v in x.view(-1)]
     assert len(e0) == 8 and len(set(e0)) == 8
     assert e0 != sorted(e0) or e1 != sorted(e1)
     assert e0 != e1  # reshuffled per epoch
@@ -87,7 +87,7 @@ def test_two_ranks_cover_disjoint_indices():
     for rank in (0, 1):
         loader = build_train_loader(ds, 2, rank, 2, 123, 0, False)
         loader.sampler.set_epoch(3)
-        seen.append(list(loader.sampler))
+        seen.append([i for _epoch, i in loader.sampler])
         assert len(loader) == 5
     assert len(seen[0]) == len(seen[1]) == 10
     assert set(seen[0]).isdisjoint(seen[1])
@@ -98,3 +98,4 @@ def test_same_seed_same_order_across_ranks_setup():
     a = build_train_loader(dataset(20), 2, 0, 2, 5, 0, False)
     b = build_train_loader(dataset(20), 2, 0, 2, 5, 0, False)
     assert list(a.sampler) == list(b.sampler)
+    assert {epoch for epoch, _ in a.sampler} == {0}

@@ -53,7 +53,8 @@ def test_pretrain_two_epochs_then_resume_to_three(image_folder: Path, tmp_path: 
     assert list(out.glob("events.out.tfevents.*")), "TensorBoard events missing"
 
     ckpt = torch.load(out / "checkpoint-1.pth", map_location="cpu", weights_only=True)
-    assert set(ckpt) == {"model", "optimizer", "epoch", "scaler", "args"}
+    assert set(ckpt) == {"model", "optimizer", "epoch", "scaler", "args", "resume"}
+    assert (out / "checkpoint-last.pth").is_file()
     assert ckpt["epoch"] == 1 and isinstance(ckpt["args"], dict)
     # The saved weights load strictly into a freshly built model of the same config.
     model = create_model("mae_vit_tiny_patch16", img_size=32, patch_size=8)

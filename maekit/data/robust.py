@@ -1,0 +1,100 @@
+"""Fetching a training sample reproducibly and without dying on a bad file.
+
+:class:`SeededSamples` wraps a dataset and is indexed by the ``(epoch, index)`` keys of
+:class:`~maekit.data.sampling.ResumableSampler`:
+
+- **Seeded augmentation.** Before a sample is transformed, python's ``random``, numpy's global
+  RNG and torch's CPU RNG are seeded from ``(seed, epoch, index)``. The random crop, flip,
+  RandAugment and erasing of a sample are then a function of the key alone, whatever the worker
+  count, and a run resumed mid-epoch sees exactly the augmentations of the uninterrupted run.
+  In the main process (``num_workers=0``) the global RNG states are saved and restored around
+  the fetch, so data loading never shifts the model's random stream (masking, drop path).
+- **Bad files.** An image that cannot be decoded (truncated, corrupt, zero bytes, not an
+  image) raises :class:`~maekit.data.folder.UnreadableImage`; the sample is replaced by the
+  next readable index (deterministically) and counted once. The count comes back with each sample,
+  so the loop can log it per epoch and stop when too large a fraction of the data is bad.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+
+import numpy as np
+import torch
+
+from ..errors import MaekitError
+from .folder import UnreadableImage
+
+MAX_CONSECUTIVE_BAD = 64  # more unreadable files in a row than this: the data is broken
+
+
+class TooManyBadImages(MaekitError):
+    pass
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A 63-bit seed, statistically independent for every (seed, epoch, index)."""
+    state = np.random.SeedSequence([seed % 2**63, epoch, index]).generate_state(2, np.uint32)
+    return (int(state[0]) << 31) ^ int(state[1])
+
+
+def _seed_all(s: int) -> None:
+    random.seed(s)
+    np.random.seed(s % 2**32)
+    torch.manual_seed(s)
+
+
+class SeededSamples(torch.utils.data.Dataset):
+    """``dataset[(epoch, index)] -> (image, target, n_skipped)`` with per-sample seeding and
+    bad-file substitution. Plain integer keys work too (epoch 0)."""
+
+    def __init__(
+        self, dataset: torch.utils.data.Dataset, seed: int, max_warnings: int = 10
+    ) -> None:
+        self.dataset = dataset
+        self.seed = seed
+        self.max_warnings = max_warnings
+        self._warned = 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getattr__(self, name: str):  # classes, samples, targets... of the wrapped dataset
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def __getitem__(self, key):
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        in_worker = torch.utils.data.get_worker_info() is not None
+        if in_worker:
+            return self._fetch(epoch, index)
+        # Main process: leave the training RNG streams exactly where they were.
+        py_state, np_state = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            try:
+                return self._fetch(epoch, index)
+            finally:
+                random.setstate(py_state)
+                np.random.set_state(np_state)
+
+    def _fetch(self, epoch: int, index: int):
+        n = len(self.dataset)
+        for skipped in range(min(n, MAX_CONSECUTIVE_BAD)):
+            i = (index + skipped) % n
+            _seed_all(sample_seed(self.seed, epoch, i))
+            try:
+                img, target = self.dataset[i]
+            except UnreadableImage as e:
+                if self._warned < self.max_warnings:
+                    self._warned += 1
+                    print(f"maekit: skipping unreadable image {e}", file=sys.stderr, flush=True)
+                continue
+            # Count the requested file only: a bad neighbour tried as its stand-in is counted
+            # when it is requested itself, so each unreadable file counts once per visit.
+            return img, target, int(skipped > 0)
+        raise TooManyBadImages(
+            f"{min(n, MAX_CONSECUTIVE_BAD)} images in a row from index {index} could not be read; "
+            "check --data_path (see the 'skipping unreadable image' warnings above)"
+        )

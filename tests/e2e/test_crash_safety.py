@@ -1,0 +1,188 @@
+"""End to end crash safety: SIGKILL at random points (one during a save) and SIGTERM mid-epoch,
+each auto-resumed, give bit-identical final weights; damaged newest checkpoints are skipped."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from tests.conftest import REPO, run_cli, write_image_folder
+
+TINY = ["--model", "mae_vit_tiny_patch16", "--input_size", "32", "--patch_size", "8",
+        "--batch_size", "4", "--warmup_epochs", "1", "--print_freq", "1", "--blr", "1e-3",
+        "--norm_pix_loss"]  # fmt: skip
+
+
+class Run:
+    """A `maekit` process whose stdout lines are collected by a thread (for kill timing)."""
+
+    def __init__(self, args: list[str], cwd: Path, extra_env: dict | None = None) -> None:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
+               "PYTHONPATH": str(REPO), **(extra_env or {})}  # fmt: skip
+        self.proc = subprocess.Popen([sys.executable, "-m", "maekit", *args], cwd=cwd, env=env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     start_new_session=True)  # fmt: skip
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    def wait_for(self, predicate, timeout: float = 120) -> None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if predicate():
+                return
+            if self.proc.poll() is not None:
+                raise AssertionError("process ended early:\n" + "".join(self.lines))
+            time.sleep(0.005)
+        self.kill()
+        raise AssertionError("timed out waiting:\n" + "".join(self.lines))
+
+    def saw(self, text: str) -> bool:
+        return any(text in line for line in list(self.lines))
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        os.killpg(self.proc.pid, sig)
+
+    def finish(self, timeout: float = 300) -> int:
+        rc = self.proc.wait(timeout=timeout)
+        self._reader.join(timeout=10)
+        return rc
+
+
+def final_weights(out: Path, epoch: int) -> dict[str, torch.Tensor]:
+    return torch.load(out / f"checkpoint-{epoch}.pth", map_location="cpu", weights_only=True)[
+        "model"
+    ]
+
+
+def assert_bit_identical(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs"
+
+
+def test_sigkill_at_random_points_auto_resumes_bit_identical(tmp_path: Path) -> None:
+    data = write_image_folder(tmp_path / "data", per_class=12)  # 24 images: 6 steps per epoch
+    args = ["pretrain", "--data_path", str(data), "--epochs", "3", "--num_workers", "1", *TINY]
+    ref = tmp_path / "ref"
+    r = run_cli([*args, "--output_dir", str(ref)], tmp_path)
+    assert r.returncode == 0, r.stderr
+
+    out = tmp_path / "killed"
+    cmd = [*args, "--output_dir", str(out)]
+    rnd = random.Random(1234)
+    slow_save = {"MAEKIT_DEBUG_SAVE_DELAY": "30"}
+    kills = 0
+
+    def saving() -> bool:
+        return any(out.glob(".checkpoint-*.tmp"))
+
+    # 1: killed while writing the very first checkpoint (a temp file, never a checkpoint).
+    run = Run(cmd, tmp_path, slow_save)
+    run.wait_for(saving)
+    run.kill()
+    run.finish()
+    kills += 1
+    assert not list(out.glob("checkpoint-*.pth"))
+    # 2: killed at a random point of epoch 1 (epoch 0 was saved).
+    run = Run(cmd, tmp_path)
+    run.wait_for(lambda: run.saw("Epoch [1]"))
+    time.sleep(rnd.uniform(0.0, 0.5))
+    run.kill()
+    run.finish()
+    kills += 1
+    # 3: killed while replacing checkpoint-last.pth after epoch 1: the old one must survive.
+    run = Run(cmd, tmp_path, slow_save)
+    run.wait_for(lambda: run.saw("auto-resumed"))
+    run.wait_for(saving)
+    run.kill()
+    run.finish()
+    kills += 1
+    ckpt = torch.load(out / "checkpoint-last.pth", map_location="cpu", weights_only=True)
+    assert ckpt["epoch"] in (0, 1)  # the previous save, complete and loadable
+    # 4: killed at a random point after resuming.
+    run = Run(cmd, tmp_path)
+    run.wait_for(lambda: run.saw("auto-resumed"))
+    time.sleep(rnd.uniform(0.0, 1.0))
+    run.kill()
+    run.finish()
+    kills += 1
+    # 5: runs to the end.
+    run = Run(cmd, tmp_path)
+    assert run.finish() == 0, "".join(run.lines)
+    assert run.saw("auto-resumed from")
+    assert kills >= 3
+    assert not list(out.glob(".checkpoint-*.tmp"))
+    assert_bit_identical(final_weights(ref, 2), final_weights(out, 2))
+
+
+def test_sigterm_mid_epoch_saves_exits_0_and_resumes_bit_identical(tmp_path: Path) -> None:
+    data = write_image_folder(tmp_path / "data", per_class=24)  # 48 images: 12 steps per epoch
+    args = ["pretrain", "--data_path", str(data), "--epochs", "2", "--num_workers", "0", *TINY]
+    ref = tmp_path / "ref"
+    r = run_cli([*args, "--output_dir", str(ref)], tmp_path)
+    assert r.returncode == 0, r.stderr
+
+    out = tmp_path / "term"
+    run = Run([*args, "--output_dir", str(out)], tmp_path)
+    run.wait_for(lambda: run.saw("Epoch [1] [1/12]"))
+    run.kill(signal.SIGTERM)
+    assert run.finish() == 0, "".join(run.lines)
+    assert run.saw("SIGTERM received")
+    ckpt = torch.load(out / "checkpoint-last.pth", map_location="cpu", weights_only=True)
+    assert ckpt["resume"]["epoch"] == 1 and 1 <= ckpt["resume"]["step"] < 12, ckpt["resume"]
+    assert ckpt["epoch"] == 0  # the last complete epoch, as in official checkpoints
+    step = ckpt["resume"]["step"]
+    assert run.saw(f"at epoch 1, step {step}")
+
+    run = Run([*args, "--output_dir", str(out)], tmp_path)
+    assert run.finish() == 0, "".join(run.lines)
+    assert run.saw(f"continuing at epoch 1, step {step}")
+    assert_bit_identical(final_weights(ref, 1), final_weights(out, 1))
+    epochs = [line for line in (out / "log.txt").read_text().splitlines()]
+    assert len(epochs) == 2  # epoch 0 once, epoch 1 once (logged when it completed)
+
+
+def test_auto_resume_skips_a_truncated_newest_checkpoint(tmp_path: Path) -> None:
+    data = write_image_folder(tmp_path / "data", per_class=4)  # 8 images: 2 steps per epoch
+    out = tmp_path / "run"
+    args = ["pretrain", "--data_path", str(data), "--num_workers", "0", "--save_freq", "1",
+            "--output_dir", str(out), *TINY]  # fmt: skip
+    r = run_cli([*args, "--epochs", "2"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    for name in ("checkpoint-last.pth", "checkpoint-1.pth"):  # both name epoch 1: damage both
+        p = out / name
+        p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+    r = run_cli([*args, "--epochs", "3"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "skipping damaged checkpoint" in r.stderr
+    assert f"auto-resumed from {out / 'checkpoint-0.pth'}: continuing at epoch 1" in r.stdout
+    ckpt = torch.load(out / "checkpoint-last.pth", map_location="cpu", weights_only=True)
+    assert ckpt["epoch"] == 2
+
+
+def test_finished_run_is_not_trained_again(tmp_path: Path) -> None:
+    data = write_image_folder(tmp_path / "data", per_class=4)
+    out = tmp_path / "run"
+    args = ["pretrain", "--data_path", str(data), "--num_workers", "0", "--epochs", "1",
+            "--output_dir", str(out), *TINY]  # fmt: skip
+    assert run_cli(args, tmp_path).returncode == 0
+    before = (out / "checkpoint-0.pth").stat().st_mtime_ns
+    r = run_cli(args, tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "nothing to do" in r.stdout and "raise --epochs" in r.stdout
+    assert (out / "checkpoint-0.pth").stat().st_mtime_ns == before
+    r = run_cli([*args, "--no_auto_resume"], tmp_path)  # explicitly starting over still works
+    assert r.returncode == 0, r.stderr and "auto-resumed" not in r.stdout
