@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from ..config import PlotConfig
 from ..errors import MaekitError
@@ -68,13 +69,17 @@ def plot_runs(runs: dict[str, list[dict]], metrics: list[str] | None = None) -> 
     fig = Figure(figsize=(4.2 * cols, 3.2 * rows), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     for ax, metric in zip(axes, metrics, strict=False):
-        for label, records in runs.items():
-            points = [(r.get("epoch", i), r[metric]) for i, r in enumerate(records) if metric in r]
+        for i, (label, records) in enumerate(runs.items()):
+            points = [(r.get("epoch", j), r[metric]) for j, r in enumerate(records) if metric in r]
             if points:
                 xs, ys = zip(*points, strict=True)
-                ax.plot(xs, ys, marker="." if len(xs) < 30 else None, label=label)
+                # color by run, not by line order, so a run has one color in every subplot
+                ax.plot(
+                    xs, ys, color=f"C{i % 10}", marker="." if len(xs) < 30 else None, label=label
+                )
         ax.set_title(metric)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         if metric.endswith("_lr"):
             ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))

@@ -110,7 +110,9 @@ def extract_features(
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                         pin_memory=env.device.type == "cuda")  # fmt: skip
     feats, labels = [], []
-    bar = tqdm(loader, desc=desc, disable=not (progress and env.is_main), dynamic_ncols=True)
+    # On a terminal a live bar; in a log file a line every 30 s instead of a carriage-return stream.
+    bar = tqdm(loader, desc=desc, disable=not (progress and env.is_main), dynamic_ncols=True,
+               mininterval=0.1 if sys.stderr.isatty() else 30.0)  # fmt: skip
     for imgs, targets in bar:
         imgs = imgs.to(env.device, non_blocking=True)
         with precision.autocast():

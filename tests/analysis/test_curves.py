@@ -45,6 +45,13 @@ def test_runs_are_overlaid_and_sparse_metrics_kept() -> None:
     (knn_line,) = by_title["knn_acc1"].lines
     assert list(knn_line.get_xdata()) == [1, 3]
     assert [line.get_label() for line in by_title["test_acc1"].lines] == ["ft"]
+    # a run keeps its color in every subplot, whichever runs the subplot has
+    assert by_title["test_acc1"].lines[0].get_color() == by_title["train_loss"].lines[1].get_color()
+    assert (
+        knn_line.get_color()
+        == by_title["train_loss"].lines[0].get_color()
+        != by_title["test_acc1"].lines[0].get_color()
+    )
 
 
 def test_incomplete_last_line_is_skipped(tmp_path: Path, capsys) -> None:
