@@ -7,9 +7,13 @@ import sys
 
 from . import __version__
 from .config import (
+    ExtractConfig,
     FinetuneConfig,
+    KnnConfig,
     LinprobeConfig,
+    PlotConfig,
     PretrainConfig,
+    VisualizeConfig,
     add_config_flags,
     config_from_args,
 )
@@ -28,13 +32,37 @@ PHASES = {
         "maekit.phases.linprobe",
     ),
 }
+# Looking at a trained model: same shape as PHASES (config, help, module with run(cfg)).
+TOOLS = {
+    "visualize": (
+        VisualizeConfig,
+        "reconstruction grid (original | masked | reconstruction | + visible) of a pre-training checkpoint",
+        "maekit.analysis.visualize",
+    ),
+    "plot": (
+        PlotConfig,
+        "PNG curves of the metrics in log.txt (several runs overlaid)",
+        "maekit.analysis.curves",
+    ),
+    "extract": (
+        ExtractConfig,
+        "encoder features of a dataset (no masking) to .safetensors or .npy",
+        "maekit.analysis.features",
+    ),
+    "knn": (
+        KnnConfig,
+        "weighted k-NN top-1/top-5 of the encoder's features (train/ bank, val/ queries)",
+        "maekit.analysis.knn",
+    ),
+}
+COMMANDS = {**PHASES, **TOOLS}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="maekit", description=__doc__)
     parser.add_argument("--version", action="version", version=f"maekit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (cls, help_text, _) in PHASES.items():
+    for name, (cls, help_text, _) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text,
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
         add_config_flags(p, cls)
@@ -51,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             for name in list_models():
                 print(f"{name:32s} {get_entry(name).kind}")
             return 0
-        cls, _, module = PHASES[args.command]
+        cls, _, module = COMMANDS[args.command]
         import importlib
 
         cfg = config_from_args(cls, args)

@@ -17,9 +17,18 @@ from dataclasses import dataclass, field
 from .errors import MaekitError
 
 
-def opt(default, help: str, choices: tuple | None = None, flag_aliases: tuple[str, ...] = ()):
-    """A config field with its CLI help text (and optional choices / extra flag names)."""
-    meta = {"help": help, "choices": choices, "aliases": flag_aliases}
+def opt(
+    default,
+    help: str,
+    choices: tuple | None = None,
+    flag_aliases: tuple[str, ...] = (),
+    positional: bool = False,
+):
+    """A config field with its CLI help text (and optional choices / extra flag names).
+
+    ``positional``: a list field read from the bare command-line arguments (``maekit plot DIR...``).
+    """
+    meta = {"help": help, "choices": choices, "aliases": flag_aliases, "positional": positional}
     if isinstance(default, list | dict):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -134,10 +143,28 @@ class PretrainConfig(CommonConfig):
         False, "use per-patch normalised pixels as the target (published recipe)"
     )
 
+    # k-NN monitoring of the encoder while pre-training (needs labels; an addition)
+    knn_eval_freq: int = opt(
+        0, "every N epochs (and at the last) log the k-NN top-1/top-5 of the encoder (0 = off)"
+    )
+    knn_max_bank: int | None = opt(
+        None, "k-NN bank: a fixed random subset of this many training images (none: all)"
+    )
+    knn_max_query: int | None = opt(
+        None, "k-NN queries: a fixed random subset of this many val images (none: all)"
+    )
+    knn_pool: str = opt("cls", "k-NN feature: the cls token or the mean of the patch tokens",
+                        choices=("cls", "mean"))  # fmt: skip
+
     def validate(self) -> None:
         super().validate()
         if not 0.0 <= self.mask_ratio < 1.0:
             raise MaekitError(f"--mask_ratio must be in [0, 1), got {self.mask_ratio}")
+        if self.knn_eval_freq < 0:
+            raise MaekitError(f"--knn_eval_freq must be >= 0 (0 = off), got {self.knn_eval_freq}")
+        for name in ("knn_max_bank", "knn_max_query"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise MaekitError(f"--{name} must be positive, got {getattr(self, name)}")
 
 
 # --------------------------------------------------------------------------- flags
@@ -159,7 +186,15 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
         meta = f.metadata
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         names = [f"--{f.name}", *meta.get("aliases", ())]
-        if tp is bool:
+        if typing.get_origin(tp) is list:  # list[str] -> one or more values
+            (elem,) = typing.get_args(tp)
+            if meta.get("positional"):
+                parser.add_argument(f.name, type=elem, nargs="+", metavar=f.name.upper(),
+                                    help=meta.get("help"))  # fmt: skip
+            else:
+                parser.add_argument(*names, dest=f.name, type=elem, nargs="+", default=default,
+                                    metavar=f.name.upper(), help=meta.get("help"))  # fmt: skip
+        elif tp is bool:
             group = parser.add_mutually_exclusive_group()
             group.add_argument(*names, dest=f.name, action="store_true", help=meta.get("help"))
             group.add_argument(
@@ -273,3 +308,148 @@ class LinprobeConfig(SupervisedConfig):
     warmup_epochs: float = opt(10, "epochs of linear lr warm-up")
 
     default_global_pool = False
+
+
+# --------------------------------------------------------------------------- analysis commands
+
+
+@dataclass
+class CheckpointModelConfig:
+    """What ``visualize``, ``extract`` and ``knn`` share: a model restored from a checkpoint.
+
+    Model name and sizes default to the ``args`` saved in the checkpoint; flags override them.
+    """
+
+    checkpoint: str = opt("", "checkpoint: pre-training (MAE) or fine-tuning/linear-probe .pth")
+    model: str | None = opt(None, "model name (none: the one saved in the checkpoint)")
+    input_size: int | None = opt(None, "image size in pixels (none: from the checkpoint)")
+    patch_size: int | None = opt(None, "patch size (none: from the checkpoint)")
+    in_chans: int | None = opt(None, "input channels (none: from the checkpoint)")
+    device: str = opt("auto", "'auto' (cuda if available), 'cuda', 'cuda:N' or 'cpu'")
+    seed: int = opt(0, "random seed (masking, image/subset choice, --random_init weights)")
+
+    def validate(self) -> None:
+        for name in ("input_size", "patch_size", "in_chans"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise MaekitError(f"--{name} must be a positive integer, got {value}")
+
+
+@dataclass
+class VisualizeConfig(CheckpointModelConfig):
+    images: list[str] = opt([], "image files to reconstruct (or use --data_path)")
+    data_path: str | None = opt(
+        None, "pick --num_images images from this dataset (val/ if present, else train)"
+    )
+    num_images: int = opt(8, "how many images to take from --data_path")
+    mask_ratio: float = opt(0.75, "fraction of patches removed, in [0, 1)")
+    norm_pix_loss: bool | None = opt(
+        None, "the model predicts per-patch normalised pixels (none: from the checkpoint)"
+    )
+    scale: int | None = opt(None, "integer upscaling of each cell (none: cells of at least 112 px)")
+    out: str = opt("reconstruction.png", "where to write the PNG grid")
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.checkpoint:
+            raise MaekitError(
+                "--checkpoint is required: a pre-training checkpoint with its decoder"
+            )
+        if bool(self.images) == bool(self.data_path):
+            raise MaekitError("give either --images PATH... or --data_path DIR (with --num_images)")
+        if self.num_images <= 0:
+            raise MaekitError(f"--num_images must be positive, got {self.num_images}")
+        if not 0.0 <= self.mask_ratio < 1.0:
+            raise MaekitError(f"--mask_ratio must be in [0, 1), got {self.mask_ratio}")
+        if self.scale is not None and self.scale <= 0:
+            raise MaekitError(f"--scale must be a positive integer, got {self.scale}")
+
+
+@dataclass
+class FeatureConfig(CheckpointModelConfig):
+    """Encoder features of a dataset: shared by ``extract`` and ``knn``."""
+
+    data_path: str = opt("fashion-mnist", "ImageNet-style folder (train/, val/) or 'fashion-mnist'")
+    pool: str = opt("cls", "feature: the cls token, the mean of the patch tokens, or all tokens",
+                    choices=("cls", "mean", "all"))  # fmt: skip
+    batch_size: int = opt(128, "images per forward pass (per process)")
+    num_workers: int = opt(4, "data-loading worker processes per rank (capped at the CPU count)")
+    amp: str = opt("none", "autocast: none = fp32 (exact); bf16/fp16 faster on GPUs; auto as in training",
+                   choices=("auto", "bf16", "fp16", "none"))  # fmt: skip
+    random_init: bool = opt(
+        False, "no checkpoint: a freshly initialised --model (seeded), as a baseline"
+    )
+
+    def validate(self) -> None:
+        super().validate()
+        if self.random_init and self.checkpoint:
+            raise MaekitError("--random_init and --checkpoint exclude each other; give one")
+        if not self.random_init and not self.checkpoint:
+            raise MaekitError(
+                "--checkpoint is required (or --random_init --model NAME for a baseline)"
+            )
+        if self.random_init and not self.model:
+            raise MaekitError("--random_init needs --model NAME (see `maekit models`)")
+        if self.batch_size <= 0:
+            raise MaekitError(f"--batch_size must be positive, got {self.batch_size}")
+        if self.num_workers < 0:
+            raise MaekitError(f"--num_workers must be >= 0, got {self.num_workers}")
+
+
+@dataclass
+class ExtractConfig(FeatureConfig):
+    split: str = opt("train", "which split to encode", choices=("train", "val"))
+    max_images: int | None = opt(
+        None, "encode a fixed random subset (--seed) of this many images, in dataset order"
+    )
+    out: str = opt("features.safetensors", "output: .safetensors, or .npy (+ a .json sidecar)")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.max_images is not None and self.max_images <= 0:
+            raise MaekitError(f"--max_images must be positive, got {self.max_images}")
+        if not self.out.endswith((".safetensors", ".npy")):
+            raise MaekitError(
+                f"--out {self.out}: use a .safetensors or .npy file name (the suffix picks the format)"
+            )
+
+
+@dataclass
+class KnnConfig(FeatureConfig):
+    pool: str = opt("cls", "feature: the cls token or the mean of the patch tokens",
+                    choices=("cls", "mean"))  # fmt: skip
+    k: int = opt(20, "neighbours that vote")
+    temperature: float = opt(0.07, "votes are weighted exp(cosine similarity / temperature)")
+    max_bank: int | None = opt(
+        None, "bank: a fixed random subset (--seed) of this many train images (none: all)"
+    )
+    max_query: int | None = opt(
+        None, "queries: a fixed random subset (--seed) of this many val images (none: all)"
+    )
+
+    def validate(self) -> None:
+        super().validate()
+        if self.k <= 0:
+            raise MaekitError(f"--k must be positive, got {self.k}")
+        if self.temperature <= 0:
+            raise MaekitError(f"--temperature must be positive, got {self.temperature}")
+        for name in ("max_bank", "max_query"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise MaekitError(f"--{name} must be positive, got {getattr(self, name)}")
+
+
+@dataclass
+class PlotConfig:
+    output_dirs: list[str] = opt(
+        [], "run folders holding log.txt (several are overlaid)", positional=True
+    )
+    metrics: list[str] = opt(
+        [], "metrics to plot (none given: every logged metric but epoch and timings)"
+    )
+    out: str | None = opt(
+        None, "PNG to write (none: DIR/curves.png for one run, else ./curves.png)"
+    )
+
+    def validate(self) -> None:
+        if not self.output_dirs:
+            raise MaekitError("give at least one run folder: maekit plot OUTPUT_DIR...")

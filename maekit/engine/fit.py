@@ -125,6 +125,7 @@ def fit(
     loss_fn: LossFn,
     lr: float,
     evaluate_fn: EvaluateFn | None = None,
+    epoch_metrics_fn: Callable[[int], dict[str, float]] | None = None,
 ) -> list[dict]:
     """Train ``cfg.start_epoch .. cfg.epochs-1``; log every epoch, save every ``save_freq``.
 
@@ -229,6 +230,8 @@ def fit(
                 log.update({f"test_{k}": test[k] for k in ("acc1", "acc5", "loss")})
                 improved = test["acc1"] > best
                 best = max(best, test["acc1"])
+            if epoch_metrics_fn is not None:  # e.g. kNN accuracy during pre-training
+                log.update(epoch_metrics_fn(epoch))
             log.update({"epoch": epoch, "train_img_per_s": round(stats["img_per_s"], 2),
                         "epoch_time_s": round(stats["time_s"], 2),
                         "wall_time_s": round(time.perf_counter() - run_start, 2)})  # fmt: skip

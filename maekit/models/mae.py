@@ -114,6 +114,19 @@ class MaskedAutoencoderViT(nn.Module):
             x = blk(x)
         return self.norm(x), mask, ids_restore
 
+    def forward_features(self, imgs: torch.Tensor) -> torch.Tensor:
+        """Encoder on every patch, in the original order, no masking: (N, 1+L, D) after the norm.
+
+        For feature extraction: forward_encoder(imgs, 0.0) also keeps every patch, but in a
+        random order, which scrambles per-token outputs. timm encoders have the same method.
+        """
+        x = self.patch_embed(imgs) + self.pos_embed[:, 1:, :]  # (N, L, D)
+        cls = (self.cls_token + self.pos_embed[:, :1, :]).expand(x.shape[0], -1, -1)
+        x = torch.cat([cls, x], dim=1)  # (N, 1+L, D)
+        for blk in self.blocks:
+            x = blk(x)
+        return self.norm(x)
+
     def forward_decoder(self, x: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
         x = self.decoder_embed(x)  # (N, 1+K, Dd)
         n, length = ids_restore.shape

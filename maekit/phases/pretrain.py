@@ -22,6 +22,24 @@ def build_model(cfg: PretrainConfig) -> torch.nn.Module:
     return create_model(cfg.model, norm_pix_loss=cfg.norm_pix_loss, **cfg.size_overrides())
 
 
+def knn_datasets(cfg: PretrainConfig) -> tuple:
+    """(bank, queries, number of classes) for --knn_eval_freq: train/ and val/ at the eval transform,
+    capped by --knn_max_bank / --knn_max_query (fixed random subsets)."""
+    from torch.utils.data import Subset
+
+    from ..analysis.features import subset_indices
+    from ..analysis.knn import labeled_splits
+    from ..data.transforms import eval_transform
+
+    try:
+        bank, queries, num_classes = labeled_splits(cfg.data_path, eval_transform(cfg.input_size))
+    except MaekitError as e:
+        raise MaekitError(f"--knn_eval_freq: {e} (or drop --knn_eval_freq)") from e
+    bank = Subset(bank, subset_indices(len(bank), cfg.knn_max_bank, cfg.seed))
+    queries = Subset(queries, subset_indices(len(queries), cfg.knn_max_query, cfg.seed))
+    return bank, queries, num_classes
+
+
 def run(cfg: PretrainConfig) -> list[dict]:
     """Pre-train and return the per-epoch log records."""
     cfg.validate()
@@ -29,6 +47,7 @@ def run(cfg: PretrainConfig) -> list[dict]:
     seed_everything(cfg.seed)  # the initial weights follow --seed (DDP then broadcasts rank 0's)
     model = build_model(cfg)
     dataset = build_dataset(cfg.data_path, "train", pretrain_transform(cfg.input_size))
+    knn_data = knn_datasets(cfg) if cfg.knn_eval_freq else None  # labels checked at start-up
     ctx = prepare_run(cfg)
     env = ctx.env
     try:
@@ -49,6 +68,13 @@ def run(cfg: PretrainConfig) -> list[dict]:
         def loss_fn(m: torch.nn.Module, imgs: torch.Tensor, _targets: torch.Tensor) -> torch.Tensor:
             return m(imgs, mask_ratio=mask_ratio)[0]
 
-        return fit(cfg, ctx, model, model_without_ddp, optimizer, loader, loss_fn, lr)
+        knn = None
+        if knn_data is not None:
+            from ..analysis.knn import knn_monitor
+
+            knn = knn_monitor(model_without_ddp, *knn_data, cfg.knn_eval_freq, cfg.epochs, env, ctx.precision,
+                              cfg.knn_pool, cfg.batch_size, ctx.num_workers)  # fmt: skip
+        return fit(cfg, ctx, model, model_without_ddp, optimizer, loader, loss_fn, lr,
+                   epoch_metrics_fn=knn)  # fmt: skip
     finally:
         shutdown()

@@ -1,0 +1,120 @@
+"""A model restored from a maekit checkpoint for analysis (reconstructions, features, kNN).
+
+Model name and sizes come from the ``args`` dict saved in every maekit checkpoint
+(``model``, ``input_size``, ``patch_size``, ``in_chans``, ``norm_pix_loss``); flags override
+them, and are needed for files without ``args`` (e.g. the released ``mae_pretrain_*.pth``).
+Pre-training checkpoints give the MAE model; fine-tune / linear-probe checkpoints give the
+encoder without its head (the head is not needed for features).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from ..config import CheckpointModelConfig
+from ..engine.checkpoint import read_checkpoint, shape_mismatches, strip_wrapper_prefixes
+from ..errors import MaekitError
+from ..models import create_model, get_entry
+
+# MAE weights the encoder does not need: features work without them (released encoder-only files).
+DECODER_PREFIXES = ("decoder_", "mask_token")
+
+
+@dataclass
+class CheckpointModel:
+    model: nn.Module
+    name: str
+    kind: str  # "pretrain" (MAE with decoder) or "encoder" (fine-tune / linear-probe ViT)
+    input_size: int
+    in_chans: int
+    norm_pix_loss: bool
+    has_decoder: bool
+    source: str  # the checkpoint path, or "random init"
+
+
+def _is_decoder_key(key: str) -> bool:
+    return key.startswith(DECODER_PREFIXES)
+
+
+def read_state(path: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """(state dict without wrapper prefixes, saved args or {}) of a checkpoint file."""
+    if not Path(path).is_file():
+        raise MaekitError(f"--checkpoint {path} does not exist; give a checkpoint-*.pth file")
+    ckpt = read_checkpoint(path)
+    state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
+    if (
+        not isinstance(state, dict)
+        or not state
+        or not all(isinstance(v, torch.Tensor) for v in state.values())
+    ):
+        raise MaekitError(f"--checkpoint {path} holds no state dict (expected a 'model' entry of tensors)")  # fmt: skip
+    args = ckpt.get("args") if isinstance(ckpt.get("args"), dict) else {}
+    return strip_wrapper_prefixes(state), args
+
+
+def load_checkpoint_model(
+    cfg: CheckpointModelConfig,
+    random_init: bool = False,
+    norm_pix_loss: bool | None = None,
+    need_decoder: bool = False,
+) -> CheckpointModel:
+    """Build the model the checkpoint (or, with ``random_init``, ``cfg.model``) describes; eval mode."""
+    state, args = ({}, {}) if random_init else read_state(cfg.checkpoint)
+    name = cfg.model or args.get("model")
+    if not name:
+        raise MaekitError(f"--checkpoint {cfg.checkpoint} has no saved config (args); pass --model "
+                          "(and --input_size/--patch_size if not the model's defaults)")  # fmt: skip
+    entry = get_entry(name)
+    input_size = cfg.input_size or args.get("input_size") or entry.defaults.get("img_size", 224)
+    patch_size = cfg.patch_size or args.get("patch_size")
+    in_chans = cfg.in_chans or args.get("in_chans") or 3
+    kw = {"img_size": input_size, "in_chans": in_chans}
+    if patch_size:
+        kw["patch_size"] = patch_size
+    if norm_pix_loss is None:
+        norm_pix_loss = bool(args.get("norm_pix_loss", False))
+    if entry.kind == "pretrain":
+        kw["norm_pix_loss"] = norm_pix_loss
+    else:
+        # No head: features only. A global-pool checkpoint carries fc_norm (and no final norm).
+        state = {k: v for k, v in state.items() if not k.startswith("head.")}
+        kw["num_classes"] = 0
+        kw["global_pool"] = "fc_norm.weight" in state if state else True
+    if random_init:
+        torch.manual_seed(cfg.seed)
+    model = create_model(name, **kw)
+    has_decoder = entry.kind == "pretrain"
+    source = "random init"
+    if not random_init:
+        source = cfg.checkpoint
+        wrong = shape_mismatches(state, model)
+        if wrong:
+            own = model.state_dict()
+            raise MaekitError(
+                f"--checkpoint {cfg.checkpoint} does not fit {name} at {input_size} px: other shapes for "
+                + ", ".join(
+                    f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in wrong[:4]
+                )
+                + "; pass the --model/--input_size/--patch_size it was trained with"
+            )
+        result = model.load_state_dict(state, strict=False)
+        decoder_missing = [k for k in result.missing_keys if _is_decoder_key(k)]
+        missing = [k for k in result.missing_keys if not _is_decoder_key(k)]
+        unexpected = [k for k in result.unexpected_keys if not _is_decoder_key(k)]
+        if missing or unexpected:
+            raise MaekitError(
+                f"--checkpoint {cfg.checkpoint} does not match {name}: missing {missing[:6]}, "
+                f"unexpected {unexpected[:6]}; pass the --model it was trained with"
+            )
+        has_decoder = has_decoder and not decoder_missing
+    if need_decoder and not has_decoder:
+        what = "a fine-tuned encoder" if entry.kind == "encoder" else "encoder-only weights"
+        raise MaekitError(f"--checkpoint {cfg.checkpoint} is {what} ({name}) without the MAE decoder; "
+                          "reconstructions need a full pre-training checkpoint")  # fmt: skip
+    model.eval()
+    return CheckpointModel(model, name, entry.kind, input_size, in_chans, norm_pix_loss,
+                           has_decoder, source)  # fmt: skip

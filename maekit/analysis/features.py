@@ -1,0 +1,245 @@
+"""``maekit extract``: encoder features of a dataset, no masking, batched, under torchrun too.
+
+Each process encodes a disjoint shard (rank, rank + world, ...; no padded samples, so every
+image is encoded exactly once) and rank 0 gathers the rows back into dataset order and
+writes them. Output formats (the suffix of ``--out`` picks one):
+
+- ``.safetensors``: tensors ``features`` (N, D) or (N, T, D) float32 and ``labels`` (N,)
+  int64 (-1 for unlabeled images); metadata ``names`` (JSON list of file names relative to
+  the data path), ``classes`` (JSON list), ``pool``, ``model``, ``checkpoint``.
+- ``.npy``: the features array; a sidecar ``<name>.json`` beside it holds ``labels``,
+  ``names``, ``classes``, ``pool``, ``model``, ``checkpoint``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm import tqdm
+
+from ..config import ExtractConfig
+from ..engine.distributed import DistEnv, init_distributed, shutdown
+from ..engine.evaluate import ShardSampler
+from ..engine.precision import Precision, resolve_precision
+from ..errors import MaekitError
+
+POOLS = ("cls", "mean", "all")
+
+
+def encode(model: torch.nn.Module, imgs: torch.Tensor, pool: str) -> torch.Tensor:
+    """Features of a batch: cls token (N, D), mean of the patch tokens (N, D), or all (N, T, D).
+
+    The mean goes through the model's ``fc_norm`` where it has one (a global-pool fine-tuned
+    encoder), so it is exactly what that model's head sees.
+    """
+    tokens = model.forward_features(imgs)  # (N, prefix + L, D)
+    if pool == "all":
+        return tokens
+    if pool == "cls":
+        return tokens[:, 0]
+    if pool != "mean":
+        raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
+    prefix = getattr(model, "num_prefix_tokens", 1)  # timm's count of cls/register tokens
+    pooled = tokens[:, prefix:].mean(dim=1)
+    fc_norm = getattr(model, "fc_norm", None)
+    return fc_norm(pooled) if fc_norm is not None else pooled
+
+
+def subset_indices(length: int, limit: int | None, seed: int) -> list[int]:
+    """A fixed random subset of ``range(length)`` of size ``limit`` (all if None), in order.
+
+    Random rather than the first ``limit`` because class folders are sorted by class.
+    """
+    if limit is None or limit >= length:
+        return list(range(length))
+    g = torch.Generator().manual_seed(seed)
+    return sorted(torch.randperm(length, generator=g)[:limit].tolist())
+
+
+def gather_in_order(local: torch.Tensor, total: int, env: DistEnv) -> torch.Tensor | None:
+    """Rows of each rank's ShardSampler shard -> all ``total`` rows in dataset order, on rank 0.
+
+    Rank r holds dataset rows r, r + W, r + 2W, ...; shards differ in length by at most one,
+    so each is padded to the longest for the collective and the padding is cut off after
+    interleaving. Other ranks get None. Single-process: ``local`` itself.
+    """
+    if not env.distributed:
+        return local
+    world = env.world_size
+    longest = -(-total // world)
+    padded = local.new_zeros((longest, *local.shape[1:]))
+    padded[: local.shape[0]] = local
+    if not env.is_main:
+        dist.gather(padded, dst=0)
+        return None
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.gather(padded, parts, dst=0)
+    # parts[r][j] is dataset row j * W + r: stacking along dim 1 puts the rows in order.
+    ordered = torch.stack(parts, dim=1).reshape(longest * world, *local.shape[1:])
+    return ordered[:total]
+
+
+@torch.no_grad()
+def extract_features(
+    model: torch.nn.Module,
+    dataset: Dataset,
+    pool: str,
+    batch_size: int,
+    env: DistEnv,
+    precision: Precision,
+    num_workers: int = 0,
+    progress: bool = True,
+    desc: str = "features",
+) -> tuple[torch.Tensor, torch.Tensor] | tuple[None, None]:
+    """(features float32, labels int64) of the whole dataset on rank 0, in dataset order; (None,
+    None) on the other ranks. Every rank must call it (it ends in a collective)."""
+    if len(dataset) < env.world_size:
+        raise MaekitError(f"{len(dataset)} images for {env.world_size} processes; "
+                          "run with fewer processes")  # fmt: skip
+    was_training = model.training
+    model.eval()
+    sampler = ShardSampler(len(dataset), env.rank, env.world_size)
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                        pin_memory=env.device.type == "cuda")  # fmt: skip
+    feats, labels = [], []
+    # On a terminal a live bar; in a log file a line every 30 s instead of a carriage-return stream.
+    bar = tqdm(loader, desc=desc, disable=not (progress and env.is_main), dynamic_ncols=True,
+               mininterval=0.1 if sys.stderr.isatty() else 30.0)  # fmt: skip
+    for imgs, targets in bar:
+        imgs = imgs.to(env.device, non_blocking=True)
+        with precision.autocast():
+            f = encode(model, imgs, pool)
+        feats.append(f.float())
+        labels.append(torch.as_tensor(targets, dtype=torch.int64, device=env.device))
+    model.train(was_training)
+    feats = gather_in_order(torch.cat(feats), len(dataset), env)
+    labels = gather_in_order(torch.cat(labels), len(dataset), env)
+    if feats is None:
+        return None, None
+    return feats.cpu(), labels.cpu()
+
+
+def sample_names(dataset: Dataset, data_path: str, split: str) -> list[str]:
+    """A name per image: its file path relative to the data path, or ``split/index`` for
+    datasets without files (Fashion-MNIST)."""
+    indices = list(range(len(dataset)))
+    while isinstance(dataset, Subset):
+        indices = [dataset.indices[i] for i in indices]
+        dataset = dataset.dataset
+    samples = getattr(dataset, "samples", None)
+    if samples is None:
+        return [f"{split}/{i:06d}" for i in indices]
+    paths = [s[0] if isinstance(s, tuple) else s for s in samples]
+    return [os.path.relpath(paths[i], data_path) for i in indices]
+
+
+def is_labeled(dataset: Dataset) -> bool:
+    """False for a flat folder of images (every label 0 means nothing)."""
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    return len(getattr(dataset, "classes", ())) > 1
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_features(
+    path: str | Path, features: torch.Tensor, labels: torch.Tensor, names: list[str], meta: dict
+) -> list[Path]:
+    """Write features + labels + names (+ ``meta`` strings) atomically; returns the files written."""
+    path = Path(path)
+    info = {"names": names, **meta}
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        tensors = {"features": features.contiguous(), "labels": labels.contiguous()}
+        metadata = {k: v if isinstance(v, str) else json.dumps(v) for k, v in info.items()}
+        _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+        return [path]
+    if path.suffix == ".npy":
+        sidecar = path.with_suffix(".json")
+
+        def write_npy(tmp: str) -> None:
+            with open(tmp, "wb") as f:
+                np.save(f, features.numpy())
+
+        _atomic_write(path, write_npy)
+        text = json.dumps({"labels": labels.tolist(), **info})
+        _atomic_write(sidecar, lambda tmp: Path(tmp).write_text(text))
+        return [path, sidecar]
+    raise MaekitError(f"--out {path}: use a .safetensors or .npy file name")
+
+
+def load_features(path: str | Path) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Read what :func:`save_features` wrote: (features, labels, {names, classes, pool, ...})."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = {k: (json.loads(v) if k in ("names", "classes") else v)
+                    for k, v in (f.metadata() or {}).items()}  # fmt: skip
+            return f.get_tensor("features"), f.get_tensor("labels"), meta
+    meta = json.loads(path.with_suffix(".json").read_text())
+    labels = torch.tensor(meta.pop("labels"), dtype=torch.int64)
+    return torch.from_numpy(np.load(path)), labels, meta
+
+
+def run(cfg: ExtractConfig) -> Path | None:
+    """``maekit extract``: returns the output path on rank 0."""
+    from ..data import build_dataset
+    from ..data.transforms import eval_transform
+    from .checkpoint_model import load_checkpoint_model
+
+    cfg.validate()
+    out = Path(cfg.out)
+    if not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
+        raise MaekitError(f"--out {out}: folder {out.parent} does not exist or is not writable")
+    # Everything that can fail on user input, before any process group exists.
+    loaded = load_checkpoint_model(cfg, random_init=cfg.random_init)
+    dataset = build_dataset(cfg.data_path, cfg.split, eval_transform(loaded.input_size))
+    dataset = Subset(dataset, subset_indices(len(dataset), cfg.max_images, cfg.seed))
+    labeled = is_labeled(dataset)
+    env = init_distributed(cfg.device)
+    try:
+        model = loaded.model.to(env.device)
+        precision = resolve_precision(cfg.amp, env.device)
+        workers = min(cfg.num_workers, os.cpu_count() or 1)
+        if env.is_main:
+            print(f"encoding {len(dataset)} {cfg.split} images of {cfg.data_path} with {loaded.name} "
+                  f"({loaded.source}), pool {cfg.pool}, on {env.device} x {env.world_size}",
+                  file=sys.stderr)  # fmt: skip
+        feats, labels = extract_features(model, dataset, cfg.pool, cfg.batch_size, env, precision,
+                                         workers, desc=f"extract {cfg.split}")  # fmt: skip
+        if not env.is_main:
+            return None
+        if not labeled:
+            labels = torch.full_like(labels, -1)
+        base = dataset.dataset
+        meta = {"classes": list(getattr(base, "classes", ())) if labeled else [], "pool": cfg.pool,
+                "model": loaded.name, "checkpoint": loaded.source, "split": cfg.split}  # fmt: skip
+        written = save_features(
+            out, feats, labels, sample_names(dataset, cfg.data_path, cfg.split), meta
+        )
+        print(
+            f"wrote {', '.join(map(str, written))}: features {tuple(feats.shape)}, labels {tuple(labels.shape)}"
+        )
+        return out
+    finally:
+        shutdown()

@@ -1,0 +1,235 @@
+"""``maekit visualize``: what the MAE reconstructs, as a PNG grid.
+
+One row per image: original | masked (removed patches grey) | reconstruction | reconstruction
+with the visible patches pasted back from the original. A model trained with
+``norm_pix_loss`` predicts each patch normalised by its own mean and variance; those
+predictions are mapped back with the statistics of the same patch of the input (the official
+demo skips this, which is why norm-pix reconstructions look garbled there). The figure title
+says which was done. Works for any model with MAE's interface: ``forward(imgs, mask_ratio,
+noise) -> loss, pred, mask``, ``patchify``, ``unpatchify`` and ``norm_pix_loss``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+from torchvision.transforms import functional as TF
+
+from ..config import VisualizeConfig
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from ..errors import MaekitError
+
+COLUMNS = ("original", "masked", "reconstruction", "recon. + visible")
+MASK_GREY = 128
+NORM_PIX_EPS = 1.0e-6  # the model's norm-pix target: (t - mean) / sqrt(var + eps)
+
+
+# --------------------------------------------------------------------------- pure tensor helpers
+
+
+def normalize_patches(patches: torch.Tensor, eps: float = NORM_PIX_EPS) -> torch.Tensor:
+    """The norm-pix target: each patch (N, L, P) minus its mean, over sqrt(unbiased var + eps)."""
+    mean = patches.mean(dim=-1, keepdim=True)
+    var = patches.var(dim=-1, keepdim=True)
+    return (patches - mean) / (var + eps) ** 0.5
+
+
+def denormalize_patches(
+    pred: torch.Tensor, patches: torch.Tensor, eps: float = NORM_PIX_EPS
+) -> torch.Tensor:
+    """Inverse of :func:`normalize_patches` with the statistics of ``patches`` (the input's own
+    patches): norm-pix predictions (N, L, P) -> pixel values (N, L, P)."""
+    mean = patches.mean(dim=-1, keepdim=True)
+    var = patches.var(dim=-1, keepdim=True)
+    return pred * (var + eps) ** 0.5 + mean
+
+
+def to_uint8(imgs: torch.Tensor) -> np.ndarray:
+    """ImageNet-normalised (N, 3, H, W) -> (N, H, W, 3) uint8."""
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    px = (imgs.float().cpu() * std + mean).clamp(0, 1) * 255
+    return px.round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def from_uint8(arrays: np.ndarray) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> ImageNet-normalised (N, 3, H, W) float32, as training feeds the model."""
+    x = torch.from_numpy(np.ascontiguousarray(arrays)).permute(0, 3, 1, 2).float() / 255
+    return TF.normalize(x, IMAGENET_MEAN, IMAGENET_STD)
+
+
+@torch.no_grad()
+def reconstruct(
+    model: torch.nn.Module, imgs: torch.Tensor, mask_ratio: float, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(reconstruction (N, C, H, W) in the input's normalised space, pixel mask (N, H, W) bool,
+    True = removed). The masking noise comes from ``seed``, so a grid is reproducible."""
+    model.eval()
+    patches = model.patchify(imgs)  # (N, L, p*p*C)
+    noise = torch.rand(patches.shape[:2], generator=torch.Generator().manual_seed(seed))
+    _, pred, mask = model(imgs, mask_ratio=mask_ratio, noise=noise.to(imgs.device))
+    pred = pred.float()
+    if model.norm_pix_loss:
+        pred = denormalize_patches(pred, patches.float())
+    # The patch mask painted onto pixels with the model's own unpatchify (any patch geometry).
+    mask_px = model.unpatchify(mask[..., None].expand_as(patches).float())[:, 0] > 0.5
+    return model.unpatchify(pred), mask_px
+
+
+def grid_columns(original: np.ndarray, recon: np.ndarray, mask_px: np.ndarray) -> list[np.ndarray]:
+    """The four (N, H, W, 3) uint8 columns. Visible pixels of the last are the original's, exactly."""
+    m = mask_px[..., None]
+    return [
+        original,
+        np.where(m, np.uint8(MASK_GREY), original),
+        recon,
+        np.where(m, recon, original),
+    ]
+
+
+# --------------------------------------------------------------------------- the picture
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, ImportError, OSError):  # old Pillow / no FreeType: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def _wrap(text: str, font, width: int, draw: ImageDraw.ImageDraw) -> list[str]:
+    lines, line = [], ""
+    for word in text.split():
+        trial = f"{line} {word}".strip()
+        if line and draw.textlength(trial, font=font) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = trial
+    return lines + [line] if line else lines
+
+
+@dataclass(frozen=True)
+class GridLayout:
+    rows: int
+    cell: int  # cell side in pixels (image side x scale)
+    pad: int
+    top: int  # height of the title and column headers above the first row
+    cols: int = len(COLUMNS)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of the whole picture."""
+        return (self.cols * self.cell + (self.cols + 1) * self.pad,
+                self.top + self.rows * self.cell + (self.rows + 1) * self.pad)  # fmt: skip
+
+    def cell_box(self, row: int, col: int) -> tuple[int, int, int, int]:
+        """(left, upper, right, lower) of one cell, PIL crop order."""
+        x = self.pad + col * (self.cell + self.pad)
+        y = self.top + self.pad + row * (self.cell + self.pad)
+        return x, y, x + self.cell, y + self.cell
+
+
+def render_grid(
+    columns: list[np.ndarray], title: str, scale: int, pad: int = 4
+) -> tuple[Image.Image, GridLayout]:
+    """Columns of (N, H, W, 3) uint8 images -> the picture (nearest-neighbour upscaled by
+    ``scale``, so pixels stay comparable) with a wrapped title and column headers."""
+    n, h, w, _ = columns[0].shape
+    if h != w:
+        raise ValueError(f"square images expected, got {h}x{w}")
+    cell = h * scale
+    width = len(columns) * cell + (len(columns) + 1) * pad
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    font, small = _font(13), _font(11)
+    lines = _wrap(title, font, width - 2 * pad, probe)
+    line_h = int(probe.textbbox((0, 0), "Ag", font=font)[3]) + 3
+    head_h = int(probe.textbbox((0, 0), "Ag", font=small)[3]) + 6
+    layout = GridLayout(rows=n, cell=cell, pad=pad, top=pad + line_h * len(lines) + head_h)
+    canvas = Image.new("RGB", layout.size, (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for i, line in enumerate(lines):
+        draw.text((pad, pad + i * line_h), line, fill=(0, 0, 0), font=font)
+    for c, name in enumerate(COLUMNS[: len(columns)]):
+        x0 = layout.cell_box(0, c)[0]
+        tw = draw.textlength(name, font=small)
+        draw.text((x0 + max(0, (cell - tw) / 2), layout.top - head_h + 2), name, fill=(60, 60, 60), font=small)  # fmt: skip
+    for c, col in enumerate(columns):
+        for r in range(n):
+            up = col[r].repeat(scale, axis=0).repeat(scale, axis=1)
+            canvas.paste(Image.fromarray(up), layout.cell_box(r, c)[:2])
+    return canvas, layout
+
+
+def describe(name: str, input_size: int, patch_size: int, mask_ratio: float, seed: int,
+             norm_pix: bool) -> str:  # fmt: skip
+    """The figure title: what was run, and how the predictions were turned into pixels."""
+    how = ("norm_pix_loss model: predictions de-normalised with each patch's own mean/var"
+           if norm_pix else "pixel-target model: predictions shown as they are")  # fmt: skip
+    return f"{name} ({input_size} px, patch {patch_size}), mask ratio {mask_ratio:g}, seed {seed}. {how}"
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def load_images(cfg: VisualizeConfig, input_size: int) -> np.ndarray:
+    """(N, S, S, 3) uint8: resized (shorter side, bicubic) and centre-cropped to the model's size."""
+    from ..data import BUILTIN, build_dataset
+    from ..data.folder import load_rgb
+    from .features import subset_indices
+
+    if cfg.images:
+        missing = [p for p in cfg.images if not Path(p).is_file()]
+        if missing:
+            raise MaekitError(f"--images: {', '.join(missing[:4])} not found")
+        pils = []
+        for p in cfg.images:
+            try:
+                pils.append(load_rgb(p))
+            except OSError as e:
+                raise MaekitError(f"--images: cannot read {p} as an image ({e})") from e
+    else:
+        has_val = cfg.data_path in BUILTIN or (Path(cfg.data_path) / "val").is_dir()
+        ds = build_dataset(cfg.data_path, "val" if has_val else "train", transform=None)
+        pils = [ds[i][0] for i in subset_indices(len(ds), cfg.num_images, cfg.seed)]
+    out = []
+    for img in pils:
+        img = TF.resize(img, input_size, interpolation=TF.InterpolationMode.BICUBIC)
+        out.append(np.asarray(TF.center_crop(img, input_size), dtype=np.uint8))
+    return np.stack(out)
+
+
+def run(cfg: VisualizeConfig) -> Path:
+    """``maekit visualize``: write the grid, return its path."""
+    from ..engine.distributed import resolve_device
+    from .checkpoint_model import load_checkpoint_model
+
+    cfg.validate()
+    out = Path(cfg.out)
+    if out.suffix.lower() != ".png":
+        raise MaekitError(f"--out {out}: give a .png file name")
+    if not out.parent.is_dir():
+        raise MaekitError(f"--out {out}: folder {out.parent} does not exist")
+    loaded = load_checkpoint_model(cfg, norm_pix_loss=cfg.norm_pix_loss, need_decoder=True)
+    if loaded.in_chans != 3:
+        raise MaekitError(f"visualize shows RGB models; this one takes {loaded.in_chans} channels")
+    original = load_images(cfg, loaded.input_size)
+    device = resolve_device(cfg.device)
+    model = loaded.model.to(device)
+    recon, mask_px = reconstruct(model, from_uint8(original).to(device), cfg.mask_ratio, cfg.seed)
+    columns = grid_columns(original, to_uint8(recon), mask_px.cpu().numpy())
+    scale = cfg.scale or max(1, math.ceil(112 / loaded.input_size))
+    title = describe(loaded.name, loaded.input_size, model.patch_size, cfg.mask_ratio, cfg.seed,
+                     bool(model.norm_pix_loss))  # fmt: skip
+    picture, _ = render_grid(columns, title, scale)
+    try:
+        picture.save(out)
+    except OSError as e:
+        raise MaekitError(f"could not write {out}: {e.strerror or e}; choose another --out") from e
+    print(f"wrote {out}: {len(original)} images, {title}")
+    return out

@@ -1,0 +1,166 @@
+"""Reconstruction grid: layout, exact visible pixels, norm-pix de-normalisation, the command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from maekit.analysis.visualize import (
+    MASK_GREY,
+    denormalize_patches,
+    from_uint8,
+    grid_columns,
+    normalize_patches,
+    reconstruct,
+    render_grid,
+    to_uint8,
+)
+from maekit.cli import main
+from maekit.models import create_model
+from maekit.models.masking import patchify, unpatchify
+from tests.analysis.conftest import write_finetune_checkpoint, write_mae_checkpoint
+from tests.conftest import write_image_folder
+
+
+def tiny_mae(norm_pix_loss: bool = False) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return create_model(
+        "mae_vit_tiny_patch16", img_size=32, patch_size=8, norm_pix_loss=norm_pix_loss
+    )
+
+
+def random_images(n: int, size: int = 32, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+def test_grid_size_and_pixel_layout(tmp_path: Path) -> None:
+    original = random_images(3)
+    recon, mask_px = reconstruct(tiny_mae(), from_uint8(original), mask_ratio=0.75, seed=1)
+    columns = grid_columns(original, to_uint8(recon), mask_px.numpy())
+    picture, layout = render_grid(columns, "a title", scale=2, pad=4)
+    picture.save(tmp_path / "g.png")
+    png = np.asarray(Image.open(tmp_path / "g.png").convert("RGB"))  # what a user gets back
+
+    cell = 64  # 32 px x scale 2
+    assert picture.size == (4 * cell + 5 * 4, layout.top + 3 * cell + 4 * 4)
+    assert png.shape == (picture.size[1], picture.size[0], 3) and layout.top > 0
+    for r in range(3):
+        x0, y0, x1, y1 = layout.cell_box(r, 0)
+        cells = [png[y0:y1, x0 + c * (cell + 4) : x1 + c * (cell + 4)] for c in range(4)]
+        removed = mask_px[r].numpy().repeat(2, 0).repeat(2, 1)  # at the upscaled size
+        # 16 patches of 8x8, 12 removed, each patch removed as a whole
+        per_patch = mask_px[r].reshape(4, 8, 4, 8).permute(0, 2, 1, 3).reshape(16, 64)
+        assert (per_patch.all(1) | ~per_patch.any(1)).all() and per_patch.all(1).sum() == 12
+        assert np.array_equal(cells[0], original[r].repeat(2, 0).repeat(2, 1))
+        assert np.array_equal(
+            cells[3][~removed], cells[0][~removed]
+        )  # visible: the original, exactly
+        assert np.array_equal(cells[3][removed], cells[2][removed])  # removed: the reconstruction
+        assert (cells[1][removed] == MASK_GREY).all()
+        assert np.array_equal(cells[1][~removed], cells[0][~removed])
+        assert not np.array_equal(cells[2], cells[0])  # the model's output, not a copy
+
+
+def test_denormalisation_round_trip() -> None:
+    patches = torch.randn(2, 16, 192) * 3 + 1
+    assert torch.allclose(
+        denormalize_patches(normalize_patches(patches), patches), patches, atol=1e-5
+    )
+    # normalize_patches is the model's norm-pix target: predicting it gives zero loss.
+    model = tiny_mae(norm_pix_loss=True)
+    imgs = from_uint8(random_images(2))
+    target = normalize_patches(patchify(imgs, 8))
+    assert model.forward_loss(imgs, target, torch.ones(2, 16)).item() < 1e-10
+
+
+class OracleMAE(torch.nn.Module):
+    """Predicts the perfect norm-pix target: a correct de-normalisation gives back the input."""
+
+    patch_size = 8
+
+    def __init__(self, norm_pix_loss: bool) -> None:
+        super().__init__()
+        self.norm_pix_loss = norm_pix_loss
+
+    def patchify(self, imgs):
+        return patchify(imgs, 8)
+
+    def unpatchify(self, x):
+        return unpatchify(x, 8)
+
+    def forward(self, imgs, mask_ratio, noise):
+        mask = (noise > noise.median(dim=1, keepdim=True).values).float()
+        return torch.zeros(()), normalize_patches(self.patchify(imgs)), mask
+
+
+def test_norm_pix_predictions_are_denormalised_with_each_patch_stats() -> None:
+    imgs = from_uint8(random_images(2))
+    recon, _ = reconstruct(OracleMAE(norm_pix_loss=True), imgs, 0.5, seed=0)
+    assert torch.allclose(recon, imgs, atol=1e-4)
+    garbled, _ = reconstruct(OracleMAE(norm_pix_loss=False), imgs, 0.5, seed=0)
+    assert not torch.allclose(garbled, imgs, atol=0.1)
+
+
+def write_images(folder: Path, n: int) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, arr in enumerate(random_images(n, size=40, seed=3)):
+        paths.append(str(folder / f"img{i}.{'png' if i % 2 else 'jpg'}"))
+        Image.fromarray(arr[:, :36]).save(paths[-1])  # not square: resized and centre-cropped
+    return paths
+
+
+def test_visualize_command_reads_sizes_from_the_checkpoint(
+    tmp_path: Path, mae_checkpoint, capsys
+) -> None:
+    images = write_images(tmp_path / "imgs", 2)
+    out2, out3 = tmp_path / "two.png", tmp_path / "three.png"
+    assert main(["visualize", "--checkpoint", str(mae_checkpoint), "--images", *images, "--out", str(out2),
+                 "--device", "cpu"]) == 0  # fmt: skip
+    assert "de-normalised with each patch's own mean/var" in capsys.readouterr().out
+    data = write_image_folder(tmp_path / "data", classes=2, per_class=3)
+    assert main(["visualize", "--checkpoint", str(mae_checkpoint), "--data_path", str(data), "--num_images", "3",
+                 "--out", str(out3), "--device", "cpu", "--no_norm_pix_loss", "--mask_ratio", "0.5"]) == 0  # fmt: skip
+    assert "predictions shown as they are" in capsys.readouterr().out
+    w2, h2 = Image.open(out2).size
+    w3, h3 = Image.open(out3).size
+    cell = 32 * 4  # 32 px from the checkpoint's args, upscaled to at least 112 px
+    assert w2 == w3 == 4 * cell + 5 * 4
+    assert h3 - h2 == cell + 4  # one more row
+
+
+@pytest.mark.parametrize("kind", ["finetune", "encoder_only"])
+def test_visualize_needs_the_decoder(tmp_path: Path, capsys, kind: str) -> None:
+    if kind == "finetune":
+        ckpt = write_finetune_checkpoint(tmp_path / "ft.pth")
+    else:  # a released-style file: the MAE encoder without decoder weights
+        ckpt = write_mae_checkpoint(tmp_path / "full.pth")
+        state = torch.load(ckpt, weights_only=True)
+        state["model"] = {
+            k: v for k, v in state["model"].items() if not k.startswith(("decoder", "mask_token"))
+        }
+        torch.save(state, ckpt)
+    images = write_images(tmp_path / "imgs", 1)
+    assert (
+        main(
+            [
+                "visualize",
+                "--checkpoint",
+                str(ckpt),
+                "--images",
+                *images,
+                "--out",
+                str(tmp_path / "x.png"),
+            ]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert (
+        err.startswith("maekit visualize: error:") and "decoder" in err and "Traceback" not in err
+    )
+    assert not (tmp_path / "x.png").exists()
