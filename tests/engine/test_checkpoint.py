@@ -11,7 +11,19 @@ import torch
 import torch.nn as nn
 
 from maekit.config import PretrainConfig
-from maekit.engine.checkpoint import atomic_save, read_checkpoint, resume_from, save_checkpoint
+from maekit.engine.checkpoint import (
+    BEST,
+    LAST,
+    atomic_link,
+    atomic_save,
+    find_resume_checkpoint,
+    progress_of,
+    prune_checkpoints,
+    read_checkpoint,
+    remove_stale_temp_files,
+    resume_from,
+    save_checkpoint,
+)
 from maekit.errors import MaekitError
 
 
@@ -253,3 +265,82 @@ def test_interrupt_during_save_is_reraised_and_cleaned(tmp_path, monkeypatch):
         atomic_save({"a": 1}, tmp_path / "x.pth")
     monkeypatch.undo()
     assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- crash safety
+
+
+def _save(folder: Path, name: str, epoch: int, resume: dict | None = None) -> Path:
+    model = make_model(seed=epoch)
+    extra = {"resume": resume} if resume is not None else None
+    save_checkpoint(folder / name, model, None, epoch, None, {}, extra=extra)
+    return folder / name
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+
+
+def test_keep_last_prunes_old_periodic_checkpoints_only(tmp_path):
+    for e in range(5):
+        _save(tmp_path, f"checkpoint-{e}.pth", e)
+    _save(tmp_path, LAST, 4)
+    _save(tmp_path, BEST, 2)
+    removed = prune_checkpoints(tmp_path, 2)
+    assert sorted(p.name for p in removed) == [
+        "checkpoint-0.pth",
+        "checkpoint-1.pth",
+        "checkpoint-2.pth",
+    ]
+    assert sorted(p.name for p in tmp_path.glob("*.pth")) == [
+        "checkpoint-3.pth", "checkpoint-4.pth", BEST, LAST]  # fmt: skip
+    assert prune_checkpoints(tmp_path, None) == []  # default: keep everything
+
+
+def test_atomic_link_gives_a_second_name_without_a_second_write(tmp_path):
+    src = _save(tmp_path, LAST, 3)
+    atomic_link(src, tmp_path / "checkpoint-3.pth")
+    assert (tmp_path / "checkpoint-3.pth").read_bytes() == src.read_bytes()
+    _save(tmp_path, LAST, 4)  # replacing last (a new inode) leaves the periodic file alone
+    assert read_checkpoint(tmp_path / "checkpoint-3.pth")["epoch"] == 3
+    assert not leftovers(tmp_path)
+
+
+def test_find_resume_prefers_the_furthest_progress(tmp_path):
+    _save(tmp_path, "checkpoint-0.pth", 0)
+    _save(tmp_path, "checkpoint-1.pth", 1)
+    _save(tmp_path, LAST, 1, resume={"epoch": 2, "step": 5})  # mid-epoch stop in epoch 2
+    path, ckpt = find_resume_checkpoint(tmp_path)
+    assert path.name == LAST and progress_of(ckpt) == (2, 5)
+
+
+def test_find_resume_takes_a_periodic_file_newer_than_last(tmp_path):
+    _save(tmp_path, LAST, 1)
+    _save(tmp_path, "checkpoint-2.pth", 2)  # killed before last was rewritten
+    path, ckpt = find_resume_checkpoint(tmp_path)
+    assert path.name == "checkpoint-2.pth" and progress_of(ckpt) == (3, 0)
+
+
+def test_find_resume_skips_damaged_files_with_a_warning(tmp_path, capsys):
+    _save(tmp_path, "checkpoint-0.pth", 0)
+    _truncate(_save(tmp_path, "checkpoint-1.pth", 1))
+    _truncate(_save(tmp_path, LAST, 1))
+    (tmp_path / "checkpoint-2.pth").write_bytes(b"")
+    path, ckpt = find_resume_checkpoint(tmp_path)
+    assert path.name == "checkpoint-0.pth" and ckpt["epoch"] == 0
+    err = capsys.readouterr().err
+    assert err.count("skipping damaged checkpoint") == 3
+    assert (tmp_path / LAST).exists()  # damaged files are reported, never deleted
+
+
+def test_find_resume_in_an_empty_folder(tmp_path):
+    assert find_resume_checkpoint(tmp_path) is None
+    _truncate(_save(tmp_path, LAST, 0))
+    assert find_resume_checkpoint(tmp_path) is None
+
+
+def test_stale_temp_files_of_interrupted_saves_are_removed(tmp_path):
+    (tmp_path / ".checkpoint-3.pth.abc.tmp").write_bytes(b"partial")
+    keep = _save(tmp_path, "checkpoint-2.pth", 2)
+    assert [p.name for p in remove_stale_temp_files(tmp_path)] == [".checkpoint-3.pth.abc.tmp"]
+    assert keep.exists() and not leftovers(tmp_path)

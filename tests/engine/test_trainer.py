@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn as nn
@@ -231,3 +233,67 @@ def test_clip_grad_limits_the_update(tmp_path):
     assert unclipped > 10.0  # the gradient really is large
     clipped = _delta_norm(0.5, tmp_path)
     assert clipped == pytest.approx(0.5, rel=1e-3)
+
+
+class NanAt:
+    """Finite squared error, except NaN at the given (0-based) calls."""
+
+    def __init__(self, bad_calls: set[int]):
+        self.bad, self.calls = bad_calls, 0
+
+    def __call__(self, m, x, y):
+        loss = (m(x) - y).pow(2).mean()
+        i, self.calls = self.calls, self.calls + 1
+        return loss * float("nan") if i in self.bad else loss
+
+
+def test_nan_loss_names_the_exact_step_even_between_print_points(tmp_path):
+    model, loader = tiny_model(), tiny_loader(8)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(NonFiniteLossError, match=r"epoch 2, step 5 \(of 8\)"):
+        run_epoch(
+            model, loader, opt, NanAt({5, 6}), LoopSettings(**SCHED, print_freq=100), 2, tmp_path
+        )
+
+
+def test_max_nonfinite_skips_bad_steps_without_touching_the_weights(tmp_path):
+    model, loader = tiny_model(), tiny_loader(6)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    steps = count_steps(opt)
+    stats = run_epoch(model, loader, opt, NanAt({1, 4}),
+                      LoopSettings(**SCHED, print_freq=2, max_nonfinite=2), 0, tmp_path)  # fmt: skip
+    assert len(steps) == 4  # 6 batches, 2 skipped
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert math.isfinite(stats["loss"])
+
+
+def test_max_nonfinite_budget_exceeded_stops(tmp_path):
+    model, loader = tiny_model(), tiny_loader(6)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(NonFiniteLossError, match="more than --max_nonfinite 1 .*epoch 0, step 4"):
+        run_epoch(model, loader, opt, NanAt({1, 4}),
+                  LoopSettings(**SCHED, print_freq=2, max_nonfinite=1), 0, tmp_path)  # fmt: skip
+
+
+def test_stop_request_ends_the_epoch_at_an_update_boundary(tmp_path):
+    from maekit.engine.preemption import StopRequest
+    from maekit.engine.trainer import EpochState
+
+    model, loader = tiny_model(), tiny_loader(8)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    stop = StopRequest()
+    calls = []
+
+    def loss_fn(m, x, y):
+        calls.append(1)
+        if len(calls) == 3:
+            stop.requested = True  # as the signal handler would, during step 2
+        return (m(x) - y).pow(2).mean()
+
+    precision = resolve_precision("none", CPU)
+    state = EpochState()
+    stats = train_one_epoch(model, loader, opt, loss_fn, 0, LoopSettings(**SCHED, accum_iter=2),
+                            precision, precision.grad_scaler(), ENV, RunRecorder(str(tmp_path), None, False),
+                            state=state, stop=stop)  # fmt: skip
+    assert stats["state"].stopped and stats["state"].step == 4  # finished the accumulation window
+    assert len(calls) == 4
