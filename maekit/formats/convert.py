@@ -40,6 +40,10 @@ def convert(
     src, dst = Path(src), Path(dst)
     if to not in TARGETS:
         raise MaekitError(f"--to must be one of {', '.join(TARGETS)}, got {to!r}")
+    if global_pool is not None and to != "timm":
+        raise MaekitError(
+            "--global_pool/--cls_token choose timm's pooling: use them with --to timm"
+        )
     if dst.exists() and (force is False or dst.resolve() == src.resolve()):
         raise MaekitError(
             f"{dst} already exists; choose another output path"

@@ -74,3 +74,16 @@ def test_cli_errors_are_one_line(tmp_path):
     assert r.stderr.startswith("maekit convert: error: checkpoint") and "does not exist" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out.pth").exists()
+
+
+def test_pool_flags_only_with_timm(tmp_path, capsys):
+    torch.save({"model": tiny_mae().state_dict()}, tmp_path / "a.pth")
+    args = [
+        "convert",
+        str(tmp_path / "a.pth"),
+        str(tmp_path / "b.pth"),
+        "--to",
+        "maekit",
+        "--global_pool",
+    ]
+    assert main(args) == 2 and "--to timm" in capsys.readouterr().err
