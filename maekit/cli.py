@@ -67,12 +67,36 @@ def build_parser() -> argparse.ArgumentParser:
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
         add_config_flags(p, cls)
     sub.add_parser("models", help="list registered model names")
+    conv = sub.add_parser(
+        "convert",
+        help="re-save a checkpoint (official .pth, PLSC .pd/.pdparams, safetensors, timm) "
+        "for maekit, timm or safetensors",
+        description="Read any checkpoint maekit understands (safely: nothing in it runs) and "
+        "write it as a maekit .pth, a .safetensors file, or encoder weights that "
+        "timm.create_model('vit_*') loads with strict=True.",
+    )
+    conv.add_argument("input", metavar="IN", help="checkpoint to read")
+    conv.add_argument("output", metavar="OUT", help="file to write")
+    conv.add_argument("--to", required=True, choices=("maekit", "timm", "safetensors"),
+                      help="output format (timm: .safetensors if OUT ends so, else .pth)")  # fmt: skip
+    pool = conv.add_mutually_exclusive_group()
+    pool.add_argument("--global_pool", dest="global_pool", action="store_const", const=True,
+                      help="--to timm: for timm's global_pool='avg' (MAE norm -> fc_norm)")  # fmt: skip
+    pool.add_argument("--cls_token", dest="global_pool", action="store_const", const=False,
+                      help="--to timm: for timm's global_pool='token'")  # fmt: skip
+    conv.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "convert":
+            from .formats.convert import convert
+
+            for line in convert(args.input, args.output, args.to, args.global_pool, args.force):
+                print(line)
+            return 0
         if args.command == "models":
             from .models import get_entry, list_models
 

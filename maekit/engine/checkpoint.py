@@ -195,18 +195,15 @@ def shape_mismatches(state: dict[str, torch.Tensor], model: torch.nn.Module) -> 
 
 
 def read_checkpoint(path: str | Path) -> dict:
-    """Load a checkpoint dict safely (tensors and plain containers only)."""
-    path = Path(path)
-    if not path.is_file():
-        raise MaekitError(
-            f"checkpoint {path} does not exist; check the path given to --resume/--finetune"
-        )
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated, not a checkpoint, or carries forbidden objects
-        lines = str(e).strip().splitlines()
-        reason = lines[0] if lines else f"{type(e).__name__} (empty or truncated file)"
-        raise MaekitError(f"could not read checkpoint {path}: {reason}") from e
+    """Load a checkpoint dict safely (tensors, numpy arrays, plain containers only).
+
+    Any format maekit reads (see :mod:`maekit.formats.loader`): PyTorch files come back as
+    saved, with an official ``args`` Namespace turned into a dict; Paddle and safetensors
+    files as {model (in our names), epoch, args, optimizer: None, scaler: None}.
+    """
+    from ..formats.loader import read_checkpoint_dict  # the formats package imports this module
+
+    return read_checkpoint_dict(path)
 
 
 def resume_from(

@@ -1,7 +1,8 @@
 """Initialising a fine-tune / linear-probe encoder from a pre-training checkpoint.
 
-The official rules: take ``ckpt['model']``; drop ``head.*`` when its shape differs from the
-new head's; resize ``pos_embed`` bicubically to the new patch grid (cls row kept); load
+Any checkpoint format is accepted (:mod:`maekit.formats`: official/our .pth, PLSC .pd and
+.pdparams, safetensors, timm). The official rules: take ``ckpt['model']``; drop ``head.*``
+when its shape differs from the new head's; resize ``pos_embed`` bicubically to the new patch grid (cls row kept); load
 non-strictly; the missing keys must be exactly the head (+ ``fc_norm`` with global pool);
 re-initialise the head with trunc_normal(std=2e-5). Decoder, ``mask_token`` and (with
 global pool) the encoder ``norm`` are simply unused.
@@ -15,8 +16,9 @@ import torch
 import torch.nn as nn
 from timm.layers import trunc_normal_
 
-from ..engine.checkpoint import read_checkpoint, shape_mismatches, strip_wrapper_prefixes
+from ..engine.checkpoint import shape_mismatches, strip_wrapper_prefixes
 from ..errors import MaekitError
+from ..formats.loader import load_state_dict
 from .pos_embed import interpolate_pos_embed
 
 
@@ -60,12 +62,11 @@ def adapt_state_dict(
 
 
 def load_pretrained_encoder(model: nn.Module, path: str | Path, global_pool: bool) -> list[str]:
-    """Load ``path`` into ``model`` by the official fine-tuning rules; returns notes for the log."""
-    ckpt = read_checkpoint(path)
-    state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise MaekitError(f"{path} holds no state dict (expected a 'model' entry of tensors)")
+    """Load ``path`` (any format :mod:`maekit.formats` reads) into ``model`` by the official
+    fine-tuning rules; returns the one-line summary for the log."""
+    state, report = load_state_dict(path)
     state, notes = adapt_state_dict(state, model, str(path))
+    report.notes += notes
     wrong = shape_mismatches(state, model)
     if wrong:
         own = model.state_dict()
@@ -88,7 +89,7 @@ def load_pretrained_encoder(model: nn.Module, path: str | Path, global_pool: boo
     if "head.weight" in missing:  # a pre-training checkpoint: new head, official init
         trunc_normal_(model.head.weight, std=2e-5)
         nn.init.zeros_(model.head.bias)
-    notes.append(f"loaded {len(state) - len(result.unexpected_keys)} tensors from {path}; "
-                 f"newly initialised: {', '.join(sorted(missing)) or 'none'}; "
-                 f"unused: {len(result.unexpected_keys)}")  # fmt: skip
-    return notes
+    report.loaded = len(state) - len(result.unexpected_keys)
+    report.missing, report.unused = sorted(missing), list(result.unexpected_keys)
+    report.missing_label = "newly initialised"
+    return [report.summary()]

@@ -1,0 +1,71 @@
+"""``maekit convert IN OUT --to {maekit,timm,safetensors}``: re-save any readable checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..engine.checkpoint import atomic_save
+from ..errors import MaekitError
+from .loader import read_file
+from .timm_names import timm_create_call, to_timm
+
+TARGETS = ("maekit", "timm", "safetensors")
+
+
+def save_safetensors(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    from safetensors.torch import save_file
+
+    # safetensors wants contiguous tensors that share no memory
+    state = {k: v.detach().contiguous().clone() for k, v in state.items()}
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        save_file(state, str(tmp), metadata=metadata)
+        tmp.replace(path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise MaekitError(f"could not write {path}: {e.strerror or e}") from e
+
+
+def convert(
+    src: str | Path, dst: str | Path, to: str, global_pool: bool | None = None, force: bool = False
+) -> list[str]:
+    """Convert ``src`` (any format :mod:`.loader` reads) to ``dst``; returns lines to print.
+
+    ``maekit``: {model, epoch, args} .pth for --finetune / :func:`maekit.load_checkpoint`.
+    ``safetensors``: the state dict in our names. ``timm``: encoder weights in timm's names
+    (``.safetensors`` if ``dst`` ends so, else a bare .pth state dict).
+    """
+    src, dst = Path(src), Path(dst)
+    if to not in TARGETS:
+        raise MaekitError(f"--to must be one of {', '.join(TARGETS)}, got {to!r}")
+    if global_pool is not None and to != "timm":
+        raise MaekitError(
+            "--global_pool/--cls_token choose timm's pooling: use them with --to timm"
+        )
+    if dst.exists() and (force is False or dst.resolve() == src.resolve()):
+        raise MaekitError(
+            f"{dst} already exists; choose another output path"
+            + ("" if dst.resolve() == src.resolve() else " or pass --force to overwrite it")
+        )
+    if not dst.parent.is_dir():
+        raise MaekitError(f"output folder {dst.parent} does not exist; create it first")
+    ckpt = read_file(src)
+    lines = [ckpt.report.summary()]
+    state = ckpt.model
+    if to == "maekit":
+        keep = {k: ckpt.extras[k] for k in ("epoch", "args") if k in ckpt.extras}
+        atomic_save({"model": state, **keep}, dst)
+    elif to == "safetensors":
+        save_safetensors(state, dst, {"format": "pt", "converted_from": src.name})
+    else:
+        state, notes, pool = to_timm(state, global_pool)
+        lines += notes
+        if dst.suffix == ".safetensors":
+            save_safetensors(state, dst, {"format": "pt"})
+        else:
+            atomic_save(state, dst)
+        lines.append(f"load it with: {timm_create_call(state, pool)}")
+    lines.append(f"wrote {dst} ({to}, {len(state)} tensors)")
+    return lines

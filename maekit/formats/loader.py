@@ -1,0 +1,198 @@
+"""The one way maekit reads weights: detect the format, load it safely, convert to our names.
+
+Formats, recognised by content (the suffix only breaks ties):
+
+- PyTorch ``.pth`` (zip or legacy): ours and the official MAE/ConvMAE files
+  (``mae_pretrain_vit_*.pth``, ``*_full.pth``, ``mae_visualize_*.pth``, fine-tune and
+  linear-probe checkpoints), timm weights, and bare state dicts. The weights are taken from
+  ``model``, else ``state_dict``, else the dict itself; ``module.`` / ``_orig_mod.``
+  prefixes are stripped. Read with ``torch.load(weights_only=True)``.
+- PLSC Paddle ``.pd`` checkpoints and ``.pdparams`` (see :mod:`.paddle`), read with the
+  restricted unpickler.
+- ``.safetensors`` (no code at all in the format).
+
+Our module names are timm's and the official ones, so only Paddle files need renaming.
+"""
+
+from __future__ import annotations
+
+import argparse
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from ..engine.checkpoint import shape_mismatches
+from ..errors import MaekitError
+from .paddle import read_paddle
+from .report import LoadReport
+from .safe_pickle import load_pickle, load_torch, unreadable
+
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+STATE_KEYS = ("model", "state_dict")  # where checkpoints keep their weights, in order
+
+
+@dataclass
+class Checkpoint:
+    model: dict[str, torch.Tensor]  # converted to our names
+    extras: dict  # the other top-level entries (epoch, args as a dict, optimizer, ...)
+    report: LoadReport
+
+
+def detect_format(path: str | Path) -> str:
+    """``'torch'`` (zip or legacy .pth), ``'pickle'`` (plain pickle: Paddle) or ``'safetensors'``."""
+    path = Path(path)
+    if not path.is_file():
+        raise MaekitError(
+            f"checkpoint {path} does not exist; check the path given to --resume/--finetune"
+        )
+    with open(path, "rb") as f:
+        head = f.read(9)
+    size = path.stat().st_size
+    if not head:
+        raise MaekitError(f"could not read checkpoint {path}: the file is empty")
+    if len(head) == 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] < size:
+        return "safetensors"  # 8-byte header length, then the JSON header
+    if head.startswith(b"PK"):  # torch.save's zip container (possibly truncated)
+        return "torch"
+    if head[0] == 0x80:  # pickle protocol >= 2: Paddle, or torch's legacy format (checked later)
+        return "pickle"
+    if path.suffix == ".safetensors":
+        return "safetensors"
+    raise MaekitError(
+        f"could not read checkpoint {path}: not a PyTorch, Paddle or safetensors file; "
+        "give a .pth, .pd, .pdparams or .safetensors checkpoint"
+    )
+
+
+def _plain_args(obj: dict) -> dict:
+    """Official checkpoints pickle ``args`` as an argparse.Namespace; we keep a plain dict."""
+    if isinstance(obj.get("args"), argparse.Namespace):
+        return {**obj, "args": vars(obj["args"])}
+    return obj
+
+
+def _is_state(obj: object) -> bool:
+    return (
+        isinstance(obj, dict)
+        and bool(obj)
+        and all(isinstance(v, torch.Tensor) for v in obj.values())
+    )
+
+
+def read_raw(path: str | Path) -> tuple[object, str]:
+    """Load ``path`` safely without interpreting it: (object, format from :func:`detect_format`)."""
+    fmt = detect_format(path)
+    if fmt == "safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu"), fmt
+        except Exception as e:
+            raise unreadable(path, e) from e
+    if fmt == "torch":
+        return load_torch(path), fmt
+    obj = load_pickle(path)
+    if isinstance(obj, int) and obj == torch.serialization.MAGIC_NUMBER:  # legacy torch file
+        return load_torch(path), "torch"
+    return obj, fmt
+
+
+def _from_torch(obj: object, path: Path) -> tuple[dict, dict, str]:
+    if isinstance(obj, dict):
+        for key in STATE_KEYS:
+            if _is_state(obj.get(key)):
+                extras = _plain_args({k: v for k, v in obj.items() if k != key})
+                epoch = f", epoch {extras['epoch']}" if isinstance(extras.get("epoch"), int) else ""
+                return obj[key], extras, f"PyTorch checkpoint ('{key}' entry{epoch})"
+        if _is_state(obj):
+            return obj, {}, "PyTorch state dict"
+    raise MaekitError(
+        f"{path} holds no state dict (expected a 'model' or 'state_dict' entry of tensors, "
+        "or a dict of tensors)"
+    )
+
+
+def _strip_prefixes(state: dict) -> tuple[dict, dict[str, int]]:
+    """Remove DDP's ``module.`` and torch.compile's ``_orig_mod.`` (in any nesting); counts."""
+    out, counts = {}, {}
+    for k, v in state.items():
+        while k.startswith(WRAPPER_PREFIXES):
+            prefix = next(p for p in WRAPPER_PREFIXES if k.startswith(p))
+            counts[prefix] = counts.get(prefix, 0) + 1
+            k = k[len(prefix) :]
+        out[k] = v
+    return out, counts
+
+
+def read_file(path: str | Path) -> Checkpoint:
+    """Load any supported checkpoint and convert its weights to our names."""
+    return _convert(*read_raw(path), Path(path))
+
+
+def _convert(obj: object, fmt: str, path: Path) -> Checkpoint:
+    notes: list[str] = []
+    if fmt == "safetensors":
+        state, extras, source = obj, {}, "safetensors"
+        if not state:
+            raise MaekitError(f"{path} holds no tensors")
+    elif fmt == "torch":
+        state, extras, source = _from_torch(obj, path)
+    else:
+        state, extras, notes, source = read_paddle(obj, str(path))
+    state, stripped = _strip_prefixes(state)
+    if stripped:
+        notes.insert(0, "stripped " + ", ".join(f"'{p}' ({n} keys)" for p, n in stripped.items()))
+    return Checkpoint(state, extras, LoadReport(str(path), source, len(state), notes))
+
+
+def read_checkpoint_dict(path: str | Path) -> dict:
+    """The checkpoint as a dict with ``model`` etc. (for resuming): PyTorch files as saved,
+    with ``args`` as a plain dict; other formats as {model (converted), epoch, args}."""
+    obj, fmt = read_raw(path)
+    if fmt == "torch":
+        if not isinstance(obj, dict):
+            raise MaekitError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict")
+        return _plain_args(obj)
+    ckpt = _convert(obj, fmt, Path(path))
+    return {"model": ckpt.model, "optimizer": None, "scaler": None, **ckpt.extras}
+
+
+def load_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], LoadReport]:
+    """(state dict in our names, report) for any supported checkpoint."""
+    ckpt = read_file(path)
+    return ckpt.model, ckpt.report
+
+
+def load_checkpoint(
+    path: str | Path, model: nn.Module | None = None, strict: bool = False, verbose: bool = True
+) -> dict[str, torch.Tensor]:
+    """Read any supported checkpoint into a state dict with our (= timm's) names.
+
+    With ``model``, also load it (non-strict unless ``strict``; shapes must match) and report
+    missing and unused keys. ``verbose`` prints the one-line summary.
+    """
+    state, report = load_state_dict(path)
+    if model is not None:
+        own = model.state_dict()
+        wrong = shape_mismatches(state, model)
+        if wrong:
+            raise MaekitError(
+                f"{path} does not fit {type(model).__name__}: shape mismatch for "
+                + ", ".join(
+                    f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in wrong[:6]
+                )
+            )
+        report.missing = [k for k in own if k not in state]
+        report.unused = [k for k in state if k not in own]
+        report.loaded = len(state) - len(report.unused)
+        if strict and (report.missing or report.unused):
+            raise MaekitError(
+                f"{path} does not match {type(model).__name__} exactly: {report.summary()}"
+            )
+        model.load_state_dict(state, strict=False)
+    if verbose:
+        print(report.summary())
+    return state

@@ -1,0 +1,122 @@
+"""Our encoders <-> timm's ``VisionTransformer`` state dicts.
+
+Our ViT encoders *are* timm VisionTransformers and the MAE encoder uses the same module
+names, so most keys carry over unchanged in both directions. What differs:
+
+- an MAE pre-training checkpoint also holds the decoder and ``mask_token`` (dropped);
+- the final norm: timm's ``global_pool='token'`` model applies ``norm`` to every token, its
+  ``global_pool='avg'`` model has no ``norm`` and applies ``fc_norm`` to the pooled features.
+  Exporting an MAE encoder for an 'avg' model moves ``norm`` to ``fc_norm`` (the usual choice
+  for MAE features; the official fine-tuning instead starts ``fc_norm`` afresh);
+- the linear-probe head ``BatchNorm1d(affine=False) -> Linear`` (``head.0``, ``head.1``) is
+  folded into the single Linear ``head`` timm has (exact in eval mode).
+
+timm -> ours needs no renaming: timm's files load through :mod:`.loader` as they are.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import MaekitError
+
+MAE_ONLY_PREFIXES = ("decoder_", "mask_token")
+LINPROBE_BN_EPS = 1e-6  # the official linear probe's BatchNorm1d eps
+# embed_dim -> (timm name stem, standard depth)
+TIMM_VITS = {
+    192: ("vit_tiny", 12),
+    384: ("vit_small", 12),
+    768: ("vit_base", 12),
+    1024: ("vit_large", 24),
+    1280: ("vit_huge", 32),
+}
+
+
+def _rename(state: dict, old: str, new: str) -> dict:
+    return {(new + k[len(old) :] if k.startswith(old + ".") else k): v for k, v in state.items()}
+
+
+def _fold_linprobe_head(state: dict) -> dict:
+    """head.0 (BatchNorm1d) + head.1 (Linear) -> one Linear ``head``: W' = W/s, b' = b - W' m."""
+    mean, var = state["head.0.running_mean"].double(), state["head.0.running_var"].double()
+    scale = 1.0 / torch.sqrt(var + LINPROBE_BN_EPS)
+    shift = -mean * scale
+    if "head.0.weight" in state:  # an affine BatchNorm, should one appear
+        scale = scale * state["head.0.weight"].double()
+        shift = shift * state["head.0.weight"].double() + state["head.0.bias"].double()
+    weight, bias = state["head.1.weight"].double(), state["head.1.bias"].double()
+    dtype = state["head.1.weight"].dtype
+    out = {k: v for k, v in state.items() if not k.startswith(("head.0.", "head.1."))}
+    out["head.weight"] = (weight * scale[None, :]).to(dtype)
+    out["head.bias"] = (bias + weight @ shift).to(dtype)
+    return out
+
+
+def to_timm(
+    state: dict[str, torch.Tensor], global_pool: bool | None = None
+) -> tuple[dict[str, torch.Tensor], list[str], bool]:
+    """Our encoder / MAE state dict -> timm ViT names.
+
+    ``global_pool``: True for timm's ``global_pool='avg'``, False for ``'token'``, None to keep
+    what the checkpoint was trained with (``fc_norm`` present -> avg). Returns (state, notes,
+    global_pool used).
+    """
+    if any(k.startswith(("blocks3.", "patch_embed4.")) for k in state):
+        raise MaekitError(
+            "this is a ConvMAE checkpoint and timm has no ConvMAE model; "
+            "convert it --to maekit or --to safetensors instead"
+        )
+    if "patch_embed.proj.weight" not in state or "pos_embed" not in state:
+        raise MaekitError("not a ViT/MAE encoder state dict (no patch_embed.proj.weight or "
+                          "pos_embed); only ViT encoders can be exported to timm")  # fmt: skip
+    notes = []
+    out = {k: v for k, v in state.items() if not k.startswith(MAE_ONLY_PREFIXES)}
+    if len(out) < len(state):
+        notes.append(f"dropped the MAE decoder and mask_token ({len(state) - len(out)} tensors)")
+    has_norm, has_fc_norm = "norm.weight" in out, "fc_norm.weight" in out
+    if global_pool is None:
+        global_pool = has_fc_norm and not has_norm
+    if global_pool and not has_fc_norm:
+        out = _rename(out, "norm", "fc_norm")
+        notes.append(
+            "renamed norm -> fc_norm (timm's global_pool='avg' normalises pooled features)"
+        )
+    elif not global_pool and not has_norm:
+        raise MaekitError(
+            "this encoder was fine-tuned with global pooling (it has fc_norm, no norm), so it "
+            "has no cls-token head; export it with --global_pool (timm global_pool='avg')"
+        )
+    else:
+        unused = "norm" if global_pool else "fc_norm"
+        n = sum(k.startswith(unused + ".") for k in out)
+        if n:
+            out = {k: v for k, v in out.items() if not k.startswith(unused + ".")}
+            notes.append(
+                f"dropped {unused} (unused by timm's global_pool={'avg' if global_pool else 'token'!r})"
+            )
+    if "head.0.running_mean" in out:
+        out = _fold_linprobe_head(out)
+        out.pop("head.0.num_batches_tracked", None)
+        notes.append("folded the linear-probe BatchNorm into the head Linear")
+    return out, notes, global_pool
+
+
+def timm_create_call(state: dict[str, torch.Tensor], global_pool: bool) -> str:
+    """The ``timm.create_model(...)`` call whose model loads ``state`` (a to_timm result) strictly."""
+    dim, _, patch, _ = state["patch_embed.proj.weight"].shape
+    in_chans = state["patch_embed.proj.weight"].shape[1]
+    tokens = state["pos_embed"].shape[1] - (1 if "cls_token" in state else 0)
+    img_size = round(tokens**0.5) * patch
+    depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
+    num_classes = state["head.weight"].shape[0] if "head.weight" in state else 0
+    stem, std_depth = TIMM_VITS.get(dim, ("vit_base", 12))
+    name = f"{stem}_patch{14 if stem == 'vit_huge' else 16}_224"
+    kw = [f"pretrained=False, img_size={img_size}, patch_size={patch}, num_classes={num_classes}",
+          f"global_pool={'avg' if global_pool else 'token'!r}"]  # fmt: skip
+    if in_chans != 3:
+        kw.append(f"in_chans={in_chans}")
+    if dim not in TIMM_VITS:
+        kw.append(f"embed_dim={dim}, num_heads=<your model's heads>")
+    if depth != std_depth:
+        kw.append(f"depth={depth}")
+    return f"timm.create_model({name!r}, {', '.join(kw)})"
