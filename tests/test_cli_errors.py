@@ -52,6 +52,15 @@ CASES: dict[str, tuple[list[str], str]] = {
         ["--data_path", "flat", *TINY, *OK, "--mask_ratio", "-0.5"],
         "--mask_ratio",
     ),
+    "keep_last_zero": (["--data_path", "flat", *TINY, *OK, "--keep_last", "0"], "--keep_last"),
+    "max_bad_frac_above_one": (
+        ["--data_path", "flat", *TINY, *OK, "--max_bad_frac", "1.5"],
+        "--max_bad_frac",
+    ),
+    "max_nonfinite_negative": (
+        ["--data_path", "flat", *TINY, *OK, "--max_nonfinite", "-1"],
+        "--max_nonfinite",
+    ),
     "batch_size_zero": (["--data_path", "flat", *TINY, *OK, "--batch_size", "0"], "--batch_size"),
     "epochs_zero": (
         ["--data_path", "flat", *TINY, "--warmup_epochs", "0", "--device", "cpu", "--epochs", "0"],

@@ -3,6 +3,7 @@ each auto-resumed, give bit-identical final weights; damaged newest checkpoints 
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -12,7 +13,9 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
 from tests.conftest import REPO, run_cli, write_image_folder
 
@@ -186,3 +189,37 @@ def test_finished_run_is_not_trained_again(tmp_path: Path) -> None:
     assert (out / "checkpoint-0.pth").stat().st_mtime_ns == before
     r = run_cli([*args, "--no_auto_resume"], tmp_path)  # explicitly starting over still works
     assert r.returncode == 0, r.stderr and "auto-resumed" not in r.stdout
+
+
+def test_bad_images_are_skipped_counted_exactly_and_training_completes(tmp_path: Path) -> None:
+    from tests.data.test_robust_sampling import _save_bad_and_odd_files
+
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    bad, odd = _save_bad_and_odd_files(flat)
+    rng = np.random.default_rng(1)
+    for i in range(24 - len(bad) - len(odd)):  # 24 files: 6 full batches, every file visited
+        Image.fromarray((rng.random((30, 30, 3)) * 255).astype(np.uint8)).save(flat / f"g{i}.png")
+    out = tmp_path / "run"
+    r = run_cli(["pretrain", "--data_path", str(flat), "--epochs", "2", "--num_workers", "1",
+                 "--max_bad_frac", "0.5", "--output_dir", str(out), *TINY], tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    log = [json.loads(line) for line in (out / "log.txt").read_text().splitlines()]
+    assert [rec["bad_images_skipped"] for rec in log] == [len(bad), len(bad)]
+    assert "4 unreadable images skipped" in r.stdout
+    for name in bad:
+        assert name in r.stderr  # each named in a warning
+
+
+def test_too_many_bad_images_stop_with_a_clear_error(tmp_path: Path) -> None:
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i in range(8):
+        Image.fromarray(np.full((20, 20, 3), 9 * i, np.uint8)).save(flat / f"g{i}.png")
+        (flat / f"b{i}.jpg").write_bytes(b"\xff\xd8 not really")
+    out = tmp_path / "run"
+    r = run_cli(["pretrain", "--data_path", str(flat), "--epochs", "1", "--num_workers", "0",
+                 "--output_dir", str(out), *TINY], tmp_path)  # fmt: skip
+    assert r.returncode == 2
+    assert "could not be read" in r.stderr and "--max_bad_frac" in r.stderr
+    assert "Traceback" not in r.stderr
