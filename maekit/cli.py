@@ -7,6 +7,7 @@ import sys
 
 from . import __version__
 from .config import (
+    BenchConfig,
     ExtractConfig,
     FinetuneConfig,
     KnnConfig,
@@ -53,6 +54,12 @@ TOOLS = {
         KnnConfig,
         "weighted k-NN top-1/top-5 of the encoder's features (train/ bank, val/ queries)",
         "maekit.analysis.knn",
+    ),
+    "bench": (
+        BenchConfig,
+        "training-step speed (img/s, peak memory, FLOP/s, MFU) on synthetic batches, fast vs "
+        "--reference; or the input pipeline (--pipeline)",
+        "maekit.bench",
     ),
 }
 COMMANDS = {**PHASES, **TOOLS}

@@ -66,6 +66,13 @@ class CommonConfig:
     )
     num_workers: int = opt(10, "data-loading worker processes per rank (capped at the CPU count)")
     pin_mem: bool = opt(True, "pin host memory for faster GPU copies (--no_pin_mem to disable)")
+    # --- speed (see `maekit bench`) ---
+    compile: bool = opt(
+        False, "torch.compile the model for the training step (first steps compile)"
+    )
+    grad_ckpt: bool = opt(
+        False, "activation checkpointing of the transformer blocks: less memory, ~1/3 more compute"
+    )
     # --- run ---
     output_dir: str = opt("./output_dir", "where checkpoints, log.txt and config.json go")
     log_dir: str | None = opt(None, "TensorBoard directory (default: output_dir)")
@@ -453,3 +460,63 @@ class PlotConfig:
     def validate(self) -> None:
         if not self.output_dirs:
             raise MaekitError("give at least one run folder: maekit plot OUTPUT_DIR...")
+
+
+# --------------------------------------------------------------------------- benchmark
+
+
+@dataclass
+class BenchConfig:
+    """``maekit bench``: training-step speed on synthetic batches, or the input pipeline."""
+
+    model: str = opt("mae_vit_base_patch16", "registered model name (see `maekit models`)")
+    phase: str = opt("pretrain", "whose training step to build (its model kind, optimizer, loss)",
+                     choices=("pretrain", "finetune", "linprobe"))  # fmt: skip
+    batch_size: int = opt(64, "images per step")
+    input_size: int = opt(224, "image size in pixels (square)")
+    patch_size: int | None = opt(None, "override the model's patch size")
+    in_chans: int = opt(3, "input channels")
+    nb_classes: int = opt(1000, "classes of the synthetic labels (finetune / linprobe)")
+    mask_ratio: float = opt(0.75, "pretrain: fraction of patches removed")
+    device: str = opt("auto", "'auto' (cuda if available), 'cuda', 'cuda:N' or 'cpu'")
+    amp: str = opt("auto", "precision of the measured run (the reference is always fp32)",
+                   choices=("auto", "bf16", "fp16", "none"))  # fmt: skip
+    compile: bool = opt(False, "torch.compile the model (compilation happens in the warm-up)")
+    grad_ckpt: bool = opt(False, "activation checkpointing of the transformer blocks")
+    steps: int = opt(10, "timed training steps")
+    warmup: int = opt(3, "untimed steps first (allocator, cuDNN/compile, optimizer state)")
+    reference: bool = opt(
+        False,
+        "also run the plain way (fp32, eager, unfused attention and AdamW, loss read every step) "
+        "in the same process, and report the speed-up",
+    )
+    peak_tflops: float | None = opt(
+        None, "device peak (TFLOP/s) for MFU (default: a table for A100/H100/H200 bf16/fp16)"
+    )
+    seed: int = opt(0, "random seed (weights, batch, masking)")
+    json: bool = opt(False, "print one JSON object instead of the table")
+    # input pipeline
+    pipeline: bool = opt(
+        False, "measure the input pipeline (decode + the phase's augmentation) instead"
+    )
+    data_path: str = opt("fashion-mnist", "pipeline: image folder or 'fashion-mnist'")
+    num_workers: int = opt(2, "pipeline: loader worker processes (0: in the main process)")
+    images: int = opt(512, "pipeline: images to load after the warm-up batch")
+
+    def validate(self) -> None:
+        positive = {"batch_size": self.batch_size, "input_size": self.input_size,
+                    "in_chans": self.in_chans, "nb_classes": self.nb_classes, "steps": self.steps,
+                    "images": self.images}  # fmt: skip
+        for name, value in positive.items():
+            if value <= 0:
+                raise MaekitError(f"--{name} must be a positive integer, got {value}")
+        if self.patch_size is not None and self.patch_size <= 0:
+            raise MaekitError(f"--patch_size must be positive, got {self.patch_size}")
+        if self.warmup < 0:
+            raise MaekitError(f"--warmup must be >= 0, got {self.warmup}")
+        if self.num_workers < 0:
+            raise MaekitError(f"--num_workers must be >= 0, got {self.num_workers}")
+        if not 0.0 <= self.mask_ratio < 1.0:
+            raise MaekitError(f"--mask_ratio must be in [0, 1), got {self.mask_ratio}")
+        if self.peak_tflops is not None and self.peak_tflops <= 0:
+            raise MaekitError(f"--peak_tflops must be positive, got {self.peak_tflops}")

@@ -128,6 +128,8 @@ def train_one_epoch(
     stop_agreed = False
     skip_nonfinite = settings.max_nonfinite > 0
     params = [p for g in optimizer.param_groups for p in g["params"]]
+    ddp = getattr(model, "_orig_mod", model)  # --compile wraps the DDP module
+    ddp = ddp if isinstance(ddp, DistributedDataParallel) else None
     optimizer.zero_grad(set_to_none=True)
     start = time.perf_counter()
 
@@ -147,11 +149,7 @@ def train_one_epoch(
         samples = samples.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
         update = (step + 1) % accum == 0
-        sync_ctx = (
-            model.no_sync()
-            if isinstance(model, DistributedDataParallel) and not update
-            else contextlib.nullcontext()
-        )
+        sync_ctx = ddp.no_sync() if ddp is not None and not update else contextlib.nullcontext()
         with sync_ctx:
             with precision.autocast():
                 loss = loss_fn(model, samples, targets)

@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
+from torch.utils.checkpoint import checkpoint
 
 from .masking import patchify, random_masking, unpatchify
 from .pos_embed import sincos_2d
@@ -38,6 +39,8 @@ class MaskedAutoencoderViT(nn.Module):
         self.patch_size = patch_size
         self.in_chans = in_chans
         self.norm_pix_loss = norm_pix_loss
+        # Recompute block activations in backward (set by the phase's --grad_ckpt, as timm's).
+        self.grad_checkpointing = False
 
         # --- encoder ---
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
@@ -92,6 +95,18 @@ class MaskedAutoencoderViT(nn.Module):
         nn.init.normal_(self.mask_token, std=0.02)
         self.apply(_init_linear_and_norm)
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Activation checkpointing of every encoder and decoder block (timm's method name)."""
+        self.grad_checkpointing = enable
+
+    def _run_blocks(self, blocks: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
+        # Checkpointed blocks keep only their input for backward and re-run forward there;
+        # the non-reentrant variant also restores the RNG (drop path), so gradients are exact.
+        ckpt = self.grad_checkpointing and torch.is_grad_enabled()
+        for blk in blocks:
+            x = checkpoint(blk, x, use_reentrant=False) if ckpt else blk(x)
+        return x
+
     # --- pure helpers bound to this model's geometry ---
     def patchify(self, imgs: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) -> (N, L, p*p*C)."""
@@ -110,8 +125,7 @@ class MaskedAutoencoderViT(nn.Module):
         x, mask, ids_restore = random_masking(x, mask_ratio, noise)  # (N, K, D)
         cls = (self.cls_token + self.pos_embed[:, :1, :]).expand(x.shape[0], -1, -1)
         x = torch.cat([cls, x], dim=1)  # (N, 1+K, D)
-        for blk in self.blocks:
-            x = blk(x)
+        x = self._run_blocks(self.blocks, x)
         return self.norm(x), mask, ids_restore
 
     def forward_features(self, imgs: torch.Tensor) -> torch.Tensor:
@@ -123,8 +137,7 @@ class MaskedAutoencoderViT(nn.Module):
         x = self.patch_embed(imgs) + self.pos_embed[:, 1:, :]  # (N, L, D)
         cls = (self.cls_token + self.pos_embed[:, :1, :]).expand(x.shape[0], -1, -1)
         x = torch.cat([cls, x], dim=1)  # (N, 1+L, D)
-        for blk in self.blocks:
-            x = blk(x)
+        x = self._run_blocks(self.blocks, x)
         return self.norm(x)
 
     def forward_decoder(self, x: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
@@ -135,8 +148,7 @@ class MaskedAutoencoderViT(nn.Module):
         x_ = torch.gather(x_, 1, ids_restore.unsqueeze(-1).expand(-1, -1, x.shape[2]))  # unshuffle
         x = torch.cat([x[:, :1, :], x_], dim=1)  # cls stays first: (N, 1+L, Dd)
         x = x + self.decoder_pos_embed
-        for blk in self.decoder_blocks:
-            x = blk(x)
+        x = self._run_blocks(self.decoder_blocks, x)
         x = self.decoder_pred(self.decoder_norm(x))  # (N, 1+L, p*p*C)
         return x[:, 1:, :]
 

@@ -6,6 +6,8 @@ soft-target or label-smoothing cross-entropy, drop path.
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
@@ -34,26 +36,36 @@ def build_mixup(cfg: FinetuneConfig, nb_classes: int) -> Mixup | None:
                  label_smoothing=cfg.smoothing, num_classes=nb_classes)  # fmt: skip
 
 
+def build_optimizer(
+    cfg: FinetuneConfig, model: torch.nn.Module, lr: float
+) -> torch.optim.Optimizer:
+    """AdamW over layer-decay groups (fused kernel where available)."""
+    groups = layer_decay_groups(
+        model, cfg.weight_decay, cfg.layer_decay, skip=model.no_weight_decay()
+    )
+    return build_adamw(groups, lr, device=next(model.parameters()).device)
+
+
+def build_loss(cfg: FinetuneConfig, nb_classes: int) -> LossFn:
+    """loss_fn(model, samples, targets): mixup/cutmix (if on), then the criterion."""
+    criterion = build_criterion(cfg)
+    mixup = build_mixup(cfg, nb_classes)
+
+    def loss_fn(
+        model: torch.nn.Module, samples: torch.Tensor, targets: torch.Tensor
+    ) -> torch.Tensor:
+        if mixup is not None:
+            samples, targets = mixup(samples, targets)
+        return criterion(model(samples), targets)
+
+    return loss_fn
+
+
+def model_overrides(cfg: FinetuneConfig) -> dict:
+    return {"drop_path_rate": cfg.drop_path}
+
+
 def run(cfg: FinetuneConfig) -> list[dict]:
-    def build_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
-        groups = layer_decay_groups(
-            model, cfg.weight_decay, cfg.layer_decay, skip=model.no_weight_decay()
-        )
-        return build_adamw(groups, lr, device=next(model.parameters()).device)
-
-    def build_loss(nb_classes: int) -> LossFn:
-        criterion = build_criterion(cfg)
-        mixup = build_mixup(cfg, nb_classes)
-
-        def loss_fn(
-            model: torch.nn.Module, samples: torch.Tensor, targets: torch.Tensor
-        ) -> torch.Tensor:
-            if mixup is not None:
-                samples, targets = mixup(samples, targets)
-            return criterion(model(samples), targets)
-
-        return loss_fn
-
     recipe = Recipe(
         train_transform=finetune_transform(
             cfg.input_size,
@@ -65,8 +77,8 @@ def run(cfg: FinetuneConfig) -> list[dict]:
             cfg.crop_min,
         ),
         adapt_model=lambda m: m,
-        build_optimizer=build_optimizer,
-        build_loss=build_loss,
-        model_overrides={"drop_path_rate": cfg.drop_path},
+        build_optimizer=partial(build_optimizer, cfg),
+        build_loss=partial(build_loss, cfg),
+        model_overrides=model_overrides(cfg),
     )
     return run_supervised(cfg, recipe)

@@ -6,6 +6,9 @@ LARS on the head only; RandomResizedCrop + flip; plain cross-entropy.
 
 from __future__ import annotations
 
+from functools import partial
+
+import torch
 import torch.nn as nn
 from timm.layers import trunc_normal_
 
@@ -27,18 +30,26 @@ def attach_probe_head(model: nn.Module) -> nn.Module:
     return model
 
 
-def run(cfg: LinprobeConfig) -> list[dict]:
-    def build_loss(_nb_classes: int) -> LossFn:
-        criterion = nn.CrossEntropyLoss()
-        return lambda model, samples, targets: criterion(model(samples), targets)
+def build_optimizer(cfg: LinprobeConfig, model: nn.Module, lr: float) -> torch.optim.Optimizer:
+    """LARS on the head only (the encoder is frozen)."""
+    return LARS(model.head.parameters(), lr=lr, weight_decay=cfg.weight_decay)
 
+
+def build_loss(cfg: LinprobeConfig, nb_classes: int) -> LossFn:
+    criterion = nn.CrossEntropyLoss()
+    return lambda model, samples, targets: criterion(model(samples), targets)
+
+
+def model_overrides(cfg: LinprobeConfig) -> dict:
+    return {}
+
+
+def run(cfg: LinprobeConfig) -> list[dict]:
     recipe = Recipe(
         train_transform=linprobe_transform(cfg.input_size, cfg.crop_min),
         adapt_model=attach_probe_head,
-        build_optimizer=lambda model, lr: LARS(
-            model.head.parameters(), lr=lr, weight_decay=cfg.weight_decay
-        ),
-        build_loss=build_loss,
-        model_overrides={},
+        build_optimizer=partial(build_optimizer, cfg),
+        build_loss=partial(build_loss, cfg),
+        model_overrides=model_overrides(cfg),
     )
     return run_supervised(cfg, recipe)

@@ -8,8 +8,10 @@ from ..config import PretrainConfig
 from ..data import build_dataset, build_train_loader
 from ..data.transforms import pretrain_transform
 from ..engine.distributed import shutdown, wrap_ddp
+from ..engine.fastpath import apply_fast_paths
 from ..engine.fit import fit, prepare_run, resolve_lr, seed_everything
 from ..engine.optim import build_adamw, weight_decay_groups
+from ..engine.trainer import LossFn
 from ..errors import MaekitError
 from ..models import create_model, get_entry, list_models
 
@@ -20,6 +22,24 @@ def build_model(cfg: PretrainConfig) -> torch.nn.Module:
         raise MaekitError(f"{cfg.model!r} is not a pre-training model; `maekit pretrain` takes one of: "
                           + ", ".join(list_models("pretrain")))  # fmt: skip
     return create_model(cfg.model, norm_pix_loss=cfg.norm_pix_loss, **cfg.size_overrides())
+
+
+def build_optimizer(
+    cfg: PretrainConfig, model: torch.nn.Module, lr: float
+) -> torch.optim.Optimizer:
+    """AdamW(0.9, 0.95), no decay for biases and 1-D params (fused kernel where available)."""
+    groups = weight_decay_groups(model, cfg.weight_decay)
+    return build_adamw(groups, lr, betas=(0.9, 0.95), device=next(model.parameters()).device)
+
+
+def build_loss(cfg: PretrainConfig) -> LossFn:
+    """loss_fn(model, imgs, targets): the MAE reconstruction loss (labels unused)."""
+    mask_ratio = cfg.mask_ratio
+
+    def loss_fn(m: torch.nn.Module, imgs: torch.Tensor, _targets: torch.Tensor) -> torch.Tensor:
+        return m(imgs, mask_ratio=mask_ratio)[0]
+
+    return loss_fn
 
 
 def knn_datasets(cfg: PretrainConfig) -> tuple:
@@ -59,14 +79,10 @@ def run(cfg: PretrainConfig) -> list[dict]:
             )
         model.to(env.device)
         model_without_ddp = model
-        model = wrap_ddp(model, env)
+        model = apply_fast_paths(wrap_ddp(model, env), cfg, model_without_ddp)
         lr, _ = resolve_lr(cfg, env)
-        groups = weight_decay_groups(model_without_ddp, cfg.weight_decay)
-        optimizer = build_adamw(groups, lr, betas=(0.9, 0.95), device=env.device)
-        mask_ratio = cfg.mask_ratio
-
-        def loss_fn(m: torch.nn.Module, imgs: torch.Tensor, _targets: torch.Tensor) -> torch.Tensor:
-            return m(imgs, mask_ratio=mask_ratio)[0]
+        optimizer = build_optimizer(cfg, model_without_ddp, lr)
+        loss_fn = build_loss(cfg)
 
         knn = None
         if knn_data is not None:

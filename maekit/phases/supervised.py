@@ -17,6 +17,7 @@ from ..data.transforms import eval_transform
 from ..engine.checkpoint import resume_from
 from ..engine.distributed import shutdown, wrap_ddp
 from ..engine.evaluate import build_eval_loader, evaluate
+from ..engine.fastpath import apply_fast_paths
 from ..engine.fit import fit, prepare_run, resolve_lr, seed_everything
 from ..engine.trainer import LossFn
 from ..errors import MaekitError
@@ -115,7 +116,7 @@ def run_supervised(cfg: SupervisedConfig, recipe: Recipe) -> list[dict]:
             n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
             print(f"data: {cfg.data_path} ({len(train_set)} train / {len(val_set)} val images, {nb_classes} "
                   f"classes), {len(loader)} steps/epoch per process; {n_params / 1e6:.2f}M trainable params")  # fmt: skip
-        model = wrap_ddp(model, env)
+        model = apply_fast_paths(wrap_ddp(model, env), cfg, model_without_ddp)
         lr, _ = resolve_lr(cfg, env)
         optimizer = recipe.build_optimizer(model_without_ddp, lr)
         loss_fn = recipe.build_loss(nb_classes)

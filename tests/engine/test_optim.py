@@ -87,8 +87,25 @@ def test_build_adamw_on_cpu(mae):
     for g in opt.param_groups:
         assert g["betas"] == (0.9, 0.95)
         assert g["lr"] == pytest.approx(2e-3)
-        assert not g.get("fused")
+        assert g["fused"]  # the fused CPU kernel (torch >= 2.4)
     assert sorted(g["weight_decay"] for g in opt.param_groups) == [0.0, WD]
+
+
+def test_fused_adamw_makes_the_per_parameter_loop_update():
+    torch.manual_seed(0)
+    a, b = nn.Linear(5, 4), nn.Linear(5, 4)
+    b.load_state_dict(a.state_dict())
+    fused = build_adamw(weight_decay_groups(a, 0.1), lr=0.05, device=torch.device("cpu"))
+    loop = torch.optim.AdamW(weight_decay_groups(b, 0.1), lr=0.05, foreach=False)
+    x = torch.randn(8, 5)
+    for _ in range(3):
+        for model, opt in ((a, fused), (b, loop)):
+            opt.zero_grad()
+            model(x).pow(2).mean().backward()
+            opt.step()
+    assert not torch.equal(a.weight, torch.zeros_like(a.weight))
+    torch.testing.assert_close(a.weight, b.weight, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(a.bias, b.bias, rtol=1e-6, atol=1e-7)
 
 
 def test_build_adamw_steps_on_cpu():

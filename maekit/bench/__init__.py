@@ -1,0 +1,104 @@
+"""``maekit bench``: how fast a phase trains on this machine, and how much faster than the plain
+way; or how fast the input pipeline feeds it (``--pipeline``).
+
+The result is a table on the terminal, or one JSON object with ``--json``.
+"""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from ..config import BenchConfig
+from ..engine.distributed import resolve_device
+from .hardware import device_name, peak_tflops
+from .pipeline import measure_pipeline
+from .step import StepResult, count_flops, measure
+
+
+def _rates(r: StepResult, flops_per_step: float | None, peak: float | None) -> dict:
+    """The result plus achieved TFLOP/s and MFU (when the FLOPs and the peak are known)."""
+    d = r.as_dict()
+    d["tflops"] = flops_per_step / (r.step_ms / 1000) / 1e12 if flops_per_step else None
+    d["mfu"] = d["tflops"] / peak if d["tflops"] is not None and peak else None
+    return d
+
+
+def bench_step(cfg: BenchConfig) -> dict:
+    """Measure the fast mode (and the reference with ``--reference``); one flat dict: the fast
+    mode's figures at the top level, the reference's under ``reference``, and their ratios."""
+    device = resolve_device(cfg.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    # FLOPs first: on the meta device it costs nothing, and it imports and builds everything
+    # once, so that start-up allocations are not counted in the first mode's peak memory.
+    flops = count_flops(cfg, device)
+    fast = measure(cfg, device, reference=False)
+    ref = measure(cfg, device, reference=True) if cfg.reference else None
+    name = device_name(device)
+    out = {
+        "model": cfg.model, "phase": cfg.phase, "batch_size": cfg.batch_size,
+        "input_size": cfg.input_size, "patch_size": cfg.patch_size, "device": str(device),
+        "device_name": name, "steps": cfg.steps, "warmup": cfg.warmup,
+        "gflops_per_image": flops / cfg.batch_size / 1e9 if flops else None,
+        "peak_tflops": peak_tflops(name, fast.precision, cfg.peak_tflops),
+        "torch": torch.__version__,
+    }  # fmt: skip
+    out.update(_rates(fast, flops, out["peak_tflops"]))
+    if ref is not None:
+        out["reference"] = _rates(ref, flops, peak_tflops(name, ref.precision, cfg.peak_tflops))
+        out["speedup"] = fast.img_per_s / ref.img_per_s
+        out["mem_ratio"] = fast.peak_mem_mb / ref.peak_mem_mb if ref.peak_mem_mb > 0 else None
+    return out
+
+
+def _fmt(v, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def step_table(out: dict) -> str:
+    lines = [
+        f"maekit bench: {out['model']} {out['phase']}, batch {out['batch_size']} at "
+        f"{out['input_size']} px on {out['device']} ({out['device_name']})",
+        f"model FLOPs per image (forward + backward): {_fmt(out['gflops_per_image'], '.1f')} G",
+        f"{'mode':10s} {'precision':9s} {'attention':9s} {'optimizer':16s} {'compile':7s} "
+        f"{'ckpt':5s} {'img/s':>9s} {'step ms':>9s} {'peak MB':>9s} {'TFLOP/s':>8s} "
+        f"{'MFU':>6s} {'loss':>8s}",
+    ]
+    rows = [out] + ([out["reference"]] if "reference" in out else [])
+    for r in rows:
+        mfu = "-" if r["mfu"] is None else f"{r['mfu'] * 100:.1f}%"
+        lines.append(
+            f"{r['mode']:10s} {r['precision']:9s} {'fused' if r['fused_attn'] else 'matmul':9s} "
+            f"{r['optimizer']:16s} {'yes' if r['compile'] else 'no':7s} "
+            f"{'yes' if r['grad_ckpt'] else 'no':5s} {r['img_per_s']:9.2f} {r['step_ms']:9.1f} "
+            f"{r['peak_mem_mb']:9.0f} {_fmt(r['tflops'], '8.2f')} {mfu:>6s} "
+            f"{r['loss']:8.4f}"
+        )
+    if "speedup" in out:
+        mem = out["mem_ratio"]
+        lines.append(
+            f"fast / reference: {out['speedup']:.2f}x throughput, {_fmt(mem, '.2f')}x peak memory"
+        )
+    return "\n".join(lines)
+
+
+def pipeline_table(out: dict) -> str:
+    return (
+        f"maekit bench --pipeline: {out['data_path']} with the {out['phase']} transform at "
+        f"{out['input_size']} px, batch {out['batch_size']}, {out['num_workers']} workers "
+        f"({out['cpus']} CPUs)\n{out['images']} images: {out['img_per_s']:.1f} img/s, "
+        f"{out['img_per_s_per_worker']:.1f} img/s per worker"
+    )
+
+
+def run(cfg: BenchConfig) -> dict:
+    cfg.validate()
+    if cfg.pipeline:
+        out = measure_pipeline(cfg)
+        print(json.dumps(out) if cfg.json else pipeline_table(out), flush=True)
+    else:
+        out = bench_step(cfg)
+        print(json.dumps(out) if cfg.json else step_table(out), flush=True)
+    return out

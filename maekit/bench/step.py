@@ -1,0 +1,211 @@
+"""Training-step throughput of a phase on synthetic batches, the fast way and the plain way.
+
+The step is the phases' own: the model, optimizer and loss come from the phase modules'
+builders (so any registered model works, whatever its family), and the step runs inside the
+shared training loop (:func:`maekit.engine.trainer.train_one_epoch`) over a fixed batch that
+already lives on the device. Only the input pipeline is left out (see :mod:`.pipeline`).
+
+Two modes, built from the same seed so that they start from the same weights:
+
+- ``fast`` (the default): ``--amp auto`` (bf16 where the device runs it fast), fused
+  scaled-dot-product attention, fused AdamW, the loss read from the device every
+  ``print_freq`` (20) steps only, plus ``--compile`` / ``--grad_ckpt`` when given.
+- ``reference``: fp32, eager, attention as explicit matmul + softmax, AdamW's per-parameter
+  loop, the loss read every step (``print_freq`` 1): the official code's way of running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import io
+import time
+from dataclasses import dataclass
+
+import torch
+
+from ..config import BenchConfig, FinetuneConfig, LinprobeConfig, PretrainConfig
+from ..engine.distributed import DistEnv
+from ..engine.fastpath import apply_fast_paths, fused_attention_modules, set_fused_attention
+from ..engine.precision import resolve_precision
+from ..engine.progress import RunRecorder
+from ..engine.schedule import scaled_lr
+from ..engine.trainer import LoopSettings, LossFn, train_one_epoch
+from ..errors import MaekitError
+from .hardware import MemoryMeter, synchronize
+
+PHASE_CONFIGS = {"pretrain": PretrainConfig, "finetune": FinetuneConfig, "linprobe": LinprobeConfig}
+FAST_PRINT_FREQ = 20  # the phases' default --print_freq
+
+
+@dataclass
+class StepResult:
+    mode: str  # "fast" or "reference"
+    precision: str
+    compile: bool
+    grad_ckpt: bool
+    fused_attn: bool
+    optimizer: str
+    loss_read_every: int  # steps between host reads of the loss
+    img_per_s: float
+    step_ms: float
+    peak_mem_mb: float
+    loss: float  # mean training loss of the timed steps
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def phase_config(cfg: BenchConfig, reference: bool):
+    """The phase's own config with the benchmark's geometry and switches (defaults otherwise)."""
+    pc = PHASE_CONFIGS[cfg.phase](
+        model=cfg.model, batch_size=cfg.batch_size, input_size=cfg.input_size,
+        patch_size=cfg.patch_size, in_chans=cfg.in_chans, device=cfg.device, seed=cfg.seed,
+        amp="none" if reference else cfg.amp, compile=cfg.compile and not reference,
+        grad_ckpt=cfg.grad_ckpt and not reference,
+        print_freq=1 if reference else FAST_PRINT_FREQ,
+    )  # fmt: skip
+    if cfg.phase == "pretrain":
+        pc.mask_ratio = cfg.mask_ratio
+    pc.validate()
+    return pc
+
+
+def phase_module(phase: str):
+    import importlib
+
+    return importlib.import_module(f"maekit.phases.{phase}")
+
+
+def build_model(pc, phase: str, nb_classes: int) -> torch.nn.Module:
+    """The phase's model, as its run() builds it (kind checked, phase overrides applied)."""
+    mod = phase_module(phase)
+    if phase == "pretrain":
+        return mod.build_model(pc)
+    from ..phases.supervised import build_encoder
+
+    model = build_encoder(pc, nb_classes, mod.model_overrides(pc))
+    if phase == "linprobe":
+        model = mod.attach_probe_head(model)
+    return model
+
+
+def build_loss(pc, phase: str, nb_classes: int) -> LossFn:
+    mod = phase_module(phase)
+    return mod.build_loss(pc) if phase == "pretrain" else mod.build_loss(pc, nb_classes)
+
+
+def plain_optimizer(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """The same AdamW (groups, hyper-parameters) with the per-parameter loop implementation.
+
+    Other optimizers (LARS) have a single implementation and are returned as they are.
+    """
+    if not isinstance(optimizer, torch.optim.AdamW):
+        return optimizer
+    plain = {"fused": False, "foreach": False}
+    groups = [{**g, **plain} for g in optimizer.param_groups]
+    accepted = inspect.signature(torch.optim.AdamW).parameters
+    defaults = {k: v for k, v in optimizer.defaults.items() if k in accepted}
+    return torch.optim.AdamW(groups, **{**defaults, **plain})
+
+
+def optimizer_name(optimizer: torch.optim.Optimizer) -> str:
+    name = type(optimizer).__name__
+    if isinstance(optimizer, torch.optim.AdamW):
+        g = optimizer.param_groups[0]
+        impl = "fused" if g.get("fused") else "foreach" if g.get("foreach") else "loop"
+        return f"{name}({impl})"
+    return name
+
+
+def synthetic_batch(cfg: BenchConfig, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed batch of normalised-image-like noise and random labels, on the device."""
+    g = torch.Generator().manual_seed(cfg.seed)
+    x = torch.randn(cfg.batch_size, cfg.in_chans, cfg.input_size, cfg.input_size, generator=g)
+    y = torch.randint(0, cfg.nb_classes, (cfg.batch_size,), generator=g)
+    return x.to(device), y.to(device)
+
+
+def _epoch(model, batch, steps, optimizer, loss_fn, settings, precision, scaler, env) -> dict:
+    recorder = RunRecorder(".", None, enabled=False)
+    with contextlib.redirect_stdout(io.StringIO()):  # the loop's progress lines
+        return train_one_epoch(model, [batch] * steps, optimizer, loss_fn, 0, settings, precision,
+                               scaler, env, recorder)  # fmt: skip
+
+
+def measure(cfg: BenchConfig, device: torch.device, reference: bool) -> StepResult:
+    """Build the phase's step in one mode, warm up, time ``cfg.steps`` steps."""
+    pc = phase_config(cfg, reference)
+    meter = MemoryMeter(device)
+    meter.start()
+    torch.manual_seed(cfg.seed)  # same initial weights and masking stream in both modes
+    model = build_model(pc, cfg.phase, cfg.nb_classes).to(device)
+    set_fused_attention(model, not reference)
+    step_model = apply_fast_paths(model, pc, model)
+    lr = scaled_lr(pc.blr, cfg.batch_size)
+    optimizer = phase_module(cfg.phase).build_optimizer(pc, model, lr)
+    if reference:
+        optimizer = plain_optimizer(optimizer)
+    loss_fn = build_loss(pc, cfg.phase, cfg.nb_classes)
+    precision = resolve_precision(pc.amp, device)
+    scaler = precision.grad_scaler()
+    env = DistEnv(0, 1, 0, device)
+    # Constant lr (min_lr = lr, no warm-up): the schedule's cost stays, its shape is irrelevant.
+    settings = LoopSettings(lr=lr, min_lr=lr, warmup_epochs=0.0, epochs=1, print_freq=pc.print_freq)
+    batch = synthetic_batch(cfg, device)
+    args = (optimizer, loss_fn, settings, precision, scaler, env)
+    try:
+        if cfg.warmup:
+            _epoch(step_model, batch, cfg.warmup, *args)
+        synchronize(device)
+        meter.reset_peak()
+        start = time.perf_counter()
+        stats = _epoch(step_model, batch, cfg.steps, *args)  # ends with a host read: synchronised
+        synchronize(device)
+        elapsed = time.perf_counter() - start
+    except torch.OutOfMemoryError as e:
+        raise MaekitError(
+            f"out of memory at --batch_size {cfg.batch_size} ({'reference' if reference else 'fast'} "
+            "mode); lower --batch_size or add --grad_ckpt"
+        ) from e
+    except Exception as e:
+        if not pc.compile or isinstance(e, MaekitError):
+            raise
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise MaekitError(f"--compile failed ({type(e).__name__}: {first}); drop --compile") from e
+    fused_on, _ = fused_attention_modules(model)
+    result = StepResult(
+        mode="reference" if reference else "fast", precision=precision.name, compile=pc.compile,
+        grad_ckpt=pc.grad_ckpt, fused_attn=fused_on > 0, optimizer=optimizer_name(optimizer),
+        loss_read_every=min(pc.print_freq, cfg.steps), img_per_s=cfg.steps * cfg.batch_size / elapsed,
+        step_ms=elapsed / cfg.steps * 1000, peak_mem_mb=meter.peak_mb(), loss=stats["loss"],
+    )  # fmt: skip
+    del step_model, model, optimizer, batch, stats
+    if pc.compile:
+        torch._dynamo.reset()  # drop the compiled graphs (they hold the model)
+    return result
+
+
+def count_flops(cfg: BenchConfig, device: torch.device) -> float | None:
+    """FLOPs of one training step's forward + backward (the model's FLOPs: no recompute from
+    --grad_ckpt, attention counted as its matmuls), via FlopCounterMode, once.
+
+    Counted on the meta device (shapes only, free); a model that cannot be built there is
+    counted on ``device`` instead. None when neither works.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    pc = phase_config(cfg, reference=True)
+    loss_fn = build_loss(pc, cfg.phase, cfg.nb_classes)
+    for where in (torch.device("meta"), device):
+        try:
+            with torch.device(where):
+                model = build_model(pc, cfg.phase, cfg.nb_classes)
+            set_fused_attention(model, False)  # the CPU fused kernel has no FLOP formula
+            x, y = synthetic_batch(cfg, where)
+            with FlopCounterMode(display=False) as counter:
+                loss_fn(model, x, y).backward()
+            return float(counter.get_total_flops())
+        except Exception:  # a meta-unfriendly model: try the real device
+            continue
+    return None
