@@ -1,0 +1,135 @@
+"""`maekit bench` on tiny models: the figures exist and are sane, the fast and the reference
+modes really differ in how they run and agree on the loss (fp32 on CPU)."""
+
+from __future__ import annotations
+
+import json
+import math
+from functools import partial
+
+import pytest
+import torch
+
+from maekit.bench import bench_step, step_table
+from maekit.bench.step import measure, phase_config, plain_optimizer
+from maekit.config import BenchConfig
+from maekit.errors import MaekitError
+from tests.conftest import run_cli
+
+CPU = torch.device("cpu")
+TINY = dict(model="mae_vit_tiny_patch16", input_size=32, patch_size=8, batch_size=2, steps=2,
+            warmup=1, device="cpu", amp="none")  # fmt: skip
+
+
+def test_bench_reports_positive_figures_and_the_reference_ratio():
+    out = bench_step(BenchConfig(**TINY, reference=True))
+    for key in ("img_per_s", "step_ms", "peak_mem_mb", "gflops_per_image", "tflops"):
+        assert out[key] > 0, key
+        assert out["reference"][key if key != "gflops_per_image" else "img_per_s"] > 0
+    # throughput and step time are two views of one measurement
+    assert out["img_per_s"] == pytest.approx(2 / (out["step_ms"] / 1000), rel=1e-6)
+    assert out["speedup"] == pytest.approx(out["img_per_s"] / out["reference"]["img_per_s"])
+    assert out["mfu"] is None and out["peak_tflops"] is None  # unknown CPU peak, none given
+    assert math.isfinite(out["loss"])
+    json.dumps(out)  # serialisable as it is
+    table = step_table(out)
+    assert "fast / reference" in table and "reference" in table
+
+
+def test_model_flops_match_the_analytic_count():
+    """ViT-B/16 MAE pre-training is 58.5 GFLOP per image (forward + backward, 2 FLOPs per MAC):
+    counted on the meta device, so no real compute."""
+    from maekit.bench.step import count_flops
+
+    cfg = BenchConfig(model="mae_vit_base_patch16", batch_size=2, device="cpu")
+    assert count_flops(cfg, CPU) / 2 / 1e9 == pytest.approx(58.46, abs=0.05)
+
+
+def test_peak_tflops_gives_mfu():
+    out = bench_step(BenchConfig(**TINY, peak_tflops=1.0))
+    assert out["peak_tflops"] == 1.0
+    assert out["mfu"] == pytest.approx(out["tflops"] / 1.0)
+
+
+@pytest.mark.parametrize("phase,model", [("pretrain", "mae_vit_tiny_patch16"),
+                                         ("finetune", "vit_tiny_patch16"),
+                                         ("linprobe", "vit_tiny_patch16")])  # fmt: skip
+def test_fast_and_reference_run_differently_but_give_the_same_loss(phase, model):
+    cfg = BenchConfig(**{**TINY, "model": model, "steps": 3}, phase=phase, nb_classes=7)
+    fast = measure(cfg, CPU, reference=False)
+    ref = measure(cfg, CPU, reference=True)
+    assert fast.fused_attn and not ref.fused_attn
+    assert (fast.loss_read_every, ref.loss_read_every) == (3, 1)
+    if phase != "linprobe":  # LARS has one implementation
+        assert fast.optimizer == "AdamW(fused)" and ref.optimizer == "AdamW(loop)"
+    # same weights, batch and masking stream: the speed-ups do not change the numbers
+    assert math.isfinite(fast.loss)
+    assert fast.loss == pytest.approx(ref.loss, rel=1e-5)
+
+
+def test_grad_ckpt_mode_gives_the_same_loss():
+    plain = measure(BenchConfig(**TINY), CPU, reference=False)
+    ckpt = measure(BenchConfig(**TINY, grad_ckpt=True), CPU, reference=False)
+    assert ckpt.grad_ckpt and not plain.grad_ckpt
+    assert ckpt.loss == pytest.approx(plain.loss, rel=1e-6)
+
+
+def test_compile_mode_runs_the_compiled_model(monkeypatch):
+    """The --compile path end to end; the aot_eager backend keeps it fast and keeps eager RNG,
+    so the loss must equal the eager fast mode's (inductor numerics: tests/engine/test_fastpath)."""
+    if not hasattr(torch, "compile"):
+        pytest.skip("torch.compile is not available")
+    monkeypatch.setattr(torch, "compile", partial(torch.compile, backend="aot_eager"))
+    eager = measure(BenchConfig(**TINY), CPU, reference=False)
+    compiled = measure(BenchConfig(**TINY, compile=True), CPU, reference=False)
+    assert compiled.compile and not eager.compile
+    assert compiled.loss == pytest.approx(eager.loss, rel=1e-5)
+
+
+def test_reference_never_compiles_or_checkpoints():
+    pc = phase_config(BenchConfig(**{**TINY, "amp": "bf16"}, compile=True, grad_ckpt=True), True)
+    assert (pc.compile, pc.grad_ckpt, pc.amp, pc.print_freq) == (False, False, "none", 1)
+
+
+def test_plain_optimizer_keeps_groups_and_hyperparameters():
+    lin = torch.nn.Linear(3, 2)
+    groups = [{"params": [lin.weight], "weight_decay": 0.05, "lr_scale": 0.5},
+              {"params": [lin.bias], "weight_decay": 0.0}]  # fmt: skip
+    fused = torch.optim.AdamW(groups, lr=0.1, betas=(0.9, 0.95), fused=True)
+    plain = plain_optimizer(fused)
+    assert plain is not fused
+    for a, b in zip(fused.param_groups, plain.param_groups, strict=True):
+        assert a["params"] == b["params"]
+        assert {k: a[k] for k in ("lr", "betas", "weight_decay", "eps")} == {
+            k: b[k] for k in ("lr", "betas", "weight_decay", "eps")
+        }
+        assert a.get("lr_scale") == b.get("lr_scale")
+        assert b["fused"] is False and b["foreach"] is False
+
+
+def test_wrong_model_kind_for_the_phase_is_a_clear_error():
+    with pytest.raises(MaekitError, match="not a pre-training model"):
+        measure(BenchConfig(**{**TINY, "model": "vit_tiny_patch16"}), CPU, reference=False)
+
+
+def test_cli_json_is_one_valid_object(tmp_path):
+    args = ["bench", "--json", "--reference"]
+    for k, v in TINY.items():
+        args += [f"--{k}", str(v)]
+    r = run_cli(args, tmp_path, timeout=240)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)  # nothing else on stdout
+    assert {"img_per_s", "peak_mem_mb", "step_ms", "reference", "speedup"} <= out.keys()
+    assert out["model"] == "mae_vit_tiny_patch16" and out["batch_size"] == 2
+
+
+@pytest.mark.parametrize("args,text", [(["--steps", "0"], "--steps"),
+                                       (["--model", "vit_gigantic"], "unknown model"),
+                                       (["--phase", "finetune"], "pre-training model")])  # fmt: skip
+def test_cli_bad_input_is_one_error_line(tmp_path, args, text):
+    base = ["bench", "--device", "cpu", "--input_size", "32", "--patch_size", "8",
+            "--batch_size", "2", "--steps", "1", "--warmup", "0", "--model", "mae_vit_tiny_patch16"]  # fmt: skip
+    r = run_cli(base + args, tmp_path, timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.startswith("maekit bench: error:") and text in r.stderr
+    assert "Traceback" not in r.stderr
