@@ -162,9 +162,16 @@ class PretrainConfig(CommonConfig):
     )
     knn_pool: str = opt("cls", "k-NN feature: the cls token or the mean of the patch tokens",
                         choices=("cls", "mean"))  # fmt: skip
+    gpu_decode: bool = opt(
+        False, "decode JPEGs and crop/flip on the GPU (nvJPEG): image folders on CUDA only"
+    )
 
     def validate(self) -> None:
         super().validate()
+        if self.gpu_decode and self.data_path in ("fashion-mnist", "fashion_mnist", "fmnist"):
+            raise MaekitError(
+                "--gpu_decode decodes JPEG folders; drop it for --data_path fashion-mnist"
+            )
         if not 0.0 <= self.mask_ratio < 1.0:
             raise MaekitError(f"--mask_ratio must be in [0, 1), got {self.mask_ratio}")
         if self.knn_eval_freq < 0:
@@ -501,6 +508,9 @@ class BenchConfig:
     )
     data_path: str = opt("fashion-mnist", "pipeline: image folder or 'fashion-mnist'")
     num_workers: int = opt(2, "pipeline: loader worker processes (0: in the main process)")
+    gpu_decode: bool = opt(
+        False, "pipeline: decode JPEGs and crop/flip on the GPU (pretrain transform)"
+    )
     images: int = opt(512, "pipeline: images to load after the warm-up batch")
 
     def validate(self) -> None:

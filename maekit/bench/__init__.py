@@ -86,7 +86,8 @@ def step_table(out: dict) -> str:
 
 def pipeline_table(out: dict) -> str:
     return (
-        f"maekit bench --pipeline: {out['data_path']} with the {out['phase']} transform at "
+        f"maekit bench --pipeline: {out['data_path']} with the {out['phase']} transform"
+        f"{' on the GPU (nvJPEG decode)' if out['gpu_decode'] else ''} at "
         f"{out['input_size']} px, batch {out['batch_size']}, {out['num_workers']} workers "
         f"({out['cpus']} CPUs)\n{out['images']} images: {out['img_per_s']:.1f} img/s, "
         f"{out['img_per_s_per_worker']:.1f} img/s per worker"

@@ -11,8 +11,16 @@ import time
 
 from ..config import BenchConfig, FinetuneConfig
 from ..data import build_dataset, build_train_loader
-from ..data.transforms import finetune_transform, linprobe_transform, pretrain_transform
-from .hardware import cpu_count
+from ..data.gpu_decode import GpuDecodeLoader, collate_encoded, encoded_folder
+from ..data.transforms import (
+    PRETRAIN_SCALE,
+    finetune_transform,
+    linprobe_transform,
+    pretrain_transform,
+)
+from ..engine.distributed import resolve_device
+from ..errors import MaekitError
+from .hardware import cpu_count, synchronize
 
 
 def phase_transform(phase: str, input_size: int):
@@ -27,9 +35,21 @@ def phase_transform(phase: str, input_size: int):
 
 
 def measure_pipeline(cfg: BenchConfig) -> dict:
+    """img/s of the phase's training loader; with ``--gpu_decode`` (pre-training transform) the
+    batches are decoded and augmented on the GPU, and the figure is end to end to GPU memory."""
     dataset = build_dataset(cfg.data_path, "train", phase_transform(cfg.phase, cfg.input_size))
     workers = min(cfg.num_workers, cpu_count())
-    loader = build_train_loader(dataset, cfg.batch_size, 0, 1, cfg.seed, workers, pin_memory=False)
+    device = None
+    if cfg.gpu_decode:
+        device = resolve_device(cfg.device)
+        if device.type != "cuda" or cfg.phase != "pretrain":
+            raise MaekitError("--gpu_decode needs a CUDA device and --phase pretrain")
+        dataset = encoded_folder(dataset, PRETRAIN_SCALE)
+    loader = build_train_loader(dataset, cfg.batch_size, 0, 1, cfg.seed, workers,
+                                pin_memory=device is not None,
+                                collate_fn=collate_encoded if device is not None else None)  # fmt: skip
+    if device is not None:
+        loader = GpuDecodeLoader(loader, device, cfg.input_size)
     epoch, loaded, start = 0, None, 0.0
     while loaded is None or loaded < cfg.images:
         loader.sampler.set_epoch(epoch)
@@ -41,10 +61,12 @@ def measure_pipeline(cfg: BenchConfig) -> dict:
             if loaded >= cfg.images:
                 break
         epoch += 1
+    if device is not None:
+        synchronize(device)
     elapsed = time.perf_counter() - start
     rate = loaded / elapsed
     return {
         "data_path": cfg.data_path, "phase": cfg.phase, "input_size": cfg.input_size,
         "batch_size": cfg.batch_size, "num_workers": workers, "cpus": cpu_count(),
-        "images": loaded, "img_per_s": rate, "img_per_s_per_worker": rate / max(1, workers),
+        "gpu_decode": device is not None, "images": loaded, "img_per_s": rate, "img_per_s_per_worker": rate / max(1, workers),
     }  # fmt: skip

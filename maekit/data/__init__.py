@@ -46,6 +46,7 @@ def build_train_loader(
     seed: int,
     num_workers: int,
     pin_memory: bool,
+    collate_fn=None,
 ) -> DataLoader:
     """Distributed, shuffled sampler (also for one process, like the official) with drop_last.
 
@@ -67,6 +68,7 @@ def build_train_loader(
         pin_memory=pin_memory,
         drop_last=True,
         persistent_workers=num_workers > 0,
+        collate_fn=collate_fn,  # None: torch's default (stacks samples)
         # Own generator: creating an epoch's iterator must not draw from the global torch RNG,
         # which belongs to the model (masking, drop path) and is restored exactly on resume.
         generator=torch.Generator().manual_seed(seed),

@@ -6,7 +6,8 @@ import torch
 
 from ..config import PretrainConfig
 from ..data import build_dataset, build_train_loader
-from ..data.transforms import pretrain_transform
+from ..data.gpu_decode import GpuDecodeLoader, collate_encoded, encoded_folder
+from ..data.transforms import PRETRAIN_SCALE, pretrain_transform
 from ..engine.distributed import shutdown, wrap_ddp
 from ..engine.fastpath import apply_fast_paths
 from ..engine.fit import fit, prepare_run, resolve_lr, seed_everything
@@ -42,6 +43,15 @@ def build_loss(cfg: PretrainConfig) -> LossFn:
     return loss_fn
 
 
+def gpu_dataset(cfg: PretrainConfig, dataset):
+    """--gpu_decode: the folder's files as bytes + crop/flip draws (decoded on the GPU)."""
+    from ..engine.distributed import resolve_device
+
+    if resolve_device(cfg.device).type != "cuda":
+        raise MaekitError("--gpu_decode needs a CUDA device (nvJPEG); drop it to decode on the CPU")
+    return encoded_folder(dataset, PRETRAIN_SCALE)
+
+
 def knn_datasets(cfg: PretrainConfig) -> tuple:
     """(bank, queries, number of classes) for --knn_eval_freq: train/ and val/ at the eval transform,
     capped by --knn_max_bank / --knn_max_query (fixed random subsets)."""
@@ -67,12 +77,16 @@ def run(cfg: PretrainConfig) -> list[dict]:
     seed_everything(cfg.seed)  # the initial weights follow --seed (DDP then broadcasts rank 0's)
     model = build_model(cfg)
     dataset = build_dataset(cfg.data_path, "train", pretrain_transform(cfg.input_size))
+    if cfg.gpu_decode:
+        dataset = gpu_dataset(cfg, dataset)
     knn_data = knn_datasets(cfg) if cfg.knn_eval_freq else None  # labels checked at start-up
     ctx = prepare_run(cfg)
     env = ctx.env
     try:
         loader = build_train_loader(dataset, cfg.batch_size, env.rank, env.world_size, cfg.seed, ctx.num_workers,
-                                    ctx.pin_memory)  # fmt: skip
+                                    ctx.pin_memory, collate_fn=collate_encoded if cfg.gpu_decode else None)  # fmt: skip
+        if cfg.gpu_decode:
+            loader = GpuDecodeLoader(loader, env.device, cfg.input_size)
         if env.is_main:
             print(
                 f"data: {cfg.data_path} ({len(dataset)} images), {len(loader)} steps/epoch per process"
