@@ -76,6 +76,7 @@ for i in range(512):  # upsampled noise: smooth content, JPEG sizes like photos 
 EOF
 WORKERS=$($PY -c "import os; print(len(os.sched_getaffinity(0)))")
 run pipeline_pretrain 30 --pipeline --data_path "$TMP/jpegs" --phase pretrain --batch_size 128 --num_workers "$WORKERS" --images 4096
+run pipeline_gpu_decode 30 --pipeline --gpu_decode --device cuda --data_path "$TMP/jpegs" --phase pretrain --batch_size 128 --num_workers "$WORKERS" --images 4096
 run mae_l_pretrain_compile 150 --model mae_vit_large_patch16 --phase pretrain --batch_size 128 "${COMPILED[@]}"
 
 $PY - "$TMP" "$OUT" "$(($(date +%s) - START))" <<'EOF'
