@@ -58,4 +58,6 @@ def test_convmae_pretrain_finetune_linprobe(tmp_path: Path) -> None:
     probed = torch.load(lp / "checkpoint-0.pth", map_location="cpu", weights_only=False)["model"]
     assert {"head.0.running_mean", "head.1.weight"} <= probed.keys()
     # frozen encoder: the pre-trained weights are unchanged
-    assert torch.equal(probed["blocks3.0.attn.qkv.weight"], ckpt["model"]["blocks3.0.attn.qkv.weight"])
+    assert torch.equal(
+        probed["blocks3.0.attn.qkv.weight"], ckpt["model"]["blocks3.0.attn.qkv.weight"]
+    )
