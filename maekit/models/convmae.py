@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 from timm.models.vision_transformer import Block
 
-from .convvit import ConvViTBackbone, _nchw
+from .convvit import ConvViTBackbone, _nchw, _nhwc
 from .loss import masked_patch_mse
 from .mae import _init_linear_and_norm
 from .masking import draw_mask, patchify, unpatchify
@@ -105,8 +105,8 @@ class MaskedAutoencoderConvViT(ConvViTBackbone):
         ids_keep, mask, ids_restore = draw_mask(n, self.num_patches, mask_ratio, noise, imgs.device)
         x, stage1, stage2 = self.forward_stages(imgs, visible=1 - mask)  # x: (N, L, D3)
         # multi-scale features on the token grid, (N, L, D3) each
-        stage1 = self.stage1_output_decode(_nchw(stage1)).flatten(2).transpose(1, 2)
-        stage2 = self.stage2_output_decode(_nchw(stage2)).flatten(2).transpose(1, 2)
+        stage1 = _nhwc(self.stage1_output_decode(_nchw(stage1))).flatten(1, 2)
+        stage2 = _nhwc(self.stage2_output_decode(_nchw(stage2))).flatten(1, 2)
         x = _gather_tokens(x + self.pos_embed, ids_keep)  # (N, K, D3): visible tokens only
         for blk in self.blocks3:
             x = blk(x)
