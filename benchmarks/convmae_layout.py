@@ -55,7 +55,8 @@ def main() -> None:
           f"{torch.get_num_threads()} threads, median of {args.steps} steps (forward + backward):")  # fmt: skip
     for name, ts in times.items():
         med = statistics.median(ts)
-        print(f"  {name:24s} {med * 1000:8.1f} ms/step  {args.batch_size / med:7.1f} img/s")
+        print(f"  {name:24s} {med * 1000:8.1f} ms/step (min {min(ts) * 1000:.1f})  "
+              f"{args.batch_size / med:7.1f} img/s")  # fmt: skip
 
 
 if __name__ == "__main__":
