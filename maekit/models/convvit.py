@@ -191,7 +191,9 @@ class ConvViTBackbone(nn.Module):
             vis1 = upsample_mask(visible, self.grid_size, 4).unsqueeze(-1)  # (N, 4h, 4w, 1)
             vis2 = upsample_mask(visible, self.grid_size, 2).unsqueeze(-1)  # (N, 2h, 2w, 1)
         # channels_last image (a cheap 3-channel copy): the first conv then writes NHWC directly
-        x = self.patch_embed1(_nhwc(imgs.contiguous(memory_format=torch.channels_last)))  # (N, 4h, 4w, D1)
+        x = self.patch_embed1(
+            _nhwc(imgs.contiguous(memory_format=torch.channels_last))
+        )  # (N, 4h, 4w, D1)
         for blk in self.blocks1:
             x = blk(x, vis1)
         stage1 = x
