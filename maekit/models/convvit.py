@@ -20,7 +20,8 @@ Layout: stages 1-2 keep activations channels-last, (N, H, W, C). The LayerNorms 
 NCHW <-> NHWC permute-and-copy around every LayerNorm as in the official code; only the
 depthwise and patch-embed convs see an NCHW *view* of the same memory (channels_last
 strides, which torch's CPU and CUDA convs take natively). Numbers are the official
-formulation's: tests compare against it in float64. BENCHMARKS.md has the timing.
+formulation's: tests compare against it in float64. BENCHMARKS.md has the timing (on the
+project's CPU, no measurable difference either way).
 """
 
 from __future__ import annotations
@@ -150,10 +151,8 @@ class ConvViTBackbone(nn.Module):
             )
         self.patch_size = patch_size
         self.in_chans = in_chans
-        self.grid_size: tuple[int, int] = (
-            self.img_size[0] // patch_size,
-            self.img_size[1] // patch_size,
-        )
+        h, w = self.img_size
+        self.grid_size: tuple[int, int] = (h // patch_size, w // patch_size)
         self.num_patches = self.grid_size[0] * self.grid_size[1]
         d1, d2, d3 = embed_dim
         self.embed_dim = d3
@@ -190,10 +189,9 @@ class ConvViTBackbone(nn.Module):
         if visible is not None:  # the token mask, block-wise on the finer conv grids
             vis1 = upsample_mask(visible, self.grid_size, 4).unsqueeze(-1)  # (N, 4h, 4w, 1)
             vis2 = upsample_mask(visible, self.grid_size, 2).unsqueeze(-1)  # (N, 2h, 2w, 1)
-        # channels_last image (a cheap 3-channel copy): the first conv then writes NHWC directly
-        x = self.patch_embed1(
-            _nhwc(imgs.contiguous(memory_format=torch.channels_last))
-        )  # (N, 4h, 4w, D1)
+        # a channels_last image (a cheap 3-channel copy), so the first conv writes NHWC directly
+        imgs = imgs.contiguous(memory_format=torch.channels_last)
+        x = self.patch_embed1(_nhwc(imgs))  # (N, 4h, 4w, D1)
         for blk in self.blocks1:
             x = blk(x, vis1)
         stage1 = x
