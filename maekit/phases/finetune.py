@@ -12,7 +12,7 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
 from ..config import FinetuneConfig
 from ..data.transforms import finetune_transform
-from ..engine.optim import build_adamw, layer_decay_groups
+from ..engine.optim import build_adamw, layer_decay_groups, layer_rule
 from ..engine.trainer import LossFn
 from .supervised import Recipe, run_supervised
 
@@ -36,9 +36,9 @@ def build_mixup(cfg: FinetuneConfig, nb_classes: int) -> Mixup | None:
 
 def run(cfg: FinetuneConfig) -> list[dict]:
     def build_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
-        groups = layer_decay_groups(
-            model, cfg.weight_decay, cfg.layer_decay, skip=model.no_weight_decay()
-        )
+        layer_id, num_layers = layer_rule(model, cfg.layer_decay_rule)
+        groups = layer_decay_groups(model, cfg.weight_decay, cfg.layer_decay, skip=model.no_weight_decay(),
+                                    layer_id=layer_id, num_layers=num_layers)  # fmt: skip
         return build_adamw(groups, lr, device=next(model.parameters()).device)
 
     def build_loss(nb_classes: int) -> LossFn:
