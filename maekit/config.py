@@ -275,6 +275,12 @@ class FinetuneConfig(SupervisedConfig):
     layer_decay: float = opt(
         0.75, "layer-wise lr decay: block i gets lr * layer_decay ** (L + 1 - i)"
     )
+    layer_decay_rule: str = opt(
+        "official",
+        "ConvViT layer ids for --layer_decay: 'official' (ConvMAE: patch embeds and stage-1/2 "
+        "conv blocks are layer 0) or 'plsc' (blocks1.i/blocks2.i are layer i+1); no effect on ViTs",
+        choices=("official", "plsc"),
+    )
     drop_path: float = opt(0.1, "stochastic depth rate")
     # augmentation (timm create_transform)
     color_jitter: float | None = opt(None, "color jitter factor (only when --aa is off)")

@@ -47,6 +47,20 @@ CASES: dict[str, tuple[list[str], str]] = {
         ],
         "divisible",
     ),  # fmt: skip
+    "convmae_patch_size": (
+        [
+            "--data_path",
+            "flat",
+            "--model",
+            "convmae_convvit_small_patch16",
+            "--input_size",
+            "36",
+            "--patch_size",
+            "6",
+            *OK,
+        ],
+        "multiple of 4",
+    ),  # fmt: skip
     "mask_ratio_one": (["--data_path", "flat", *TINY, *OK, "--mask_ratio", "1.0"], "--mask_ratio"),
     "mask_ratio_negative": (
         ["--data_path", "flat", *TINY, *OK, "--mask_ratio", "-0.5"],

@@ -45,6 +45,10 @@ CASES: dict[str, tuple[str, list[str], str]] = {
                                     "32", "--patch_size", "8", *OK], "vit_tiny_patch16"),
     "linprobe_pretrain_model": ("linprobe", ["--data_path", "data", "--model", "mae_vit_tiny_patch16",
                                              "--input_size", "32", "--patch_size", "8", *OK], "pre-training"),
+    "convvit_cls_token": ("linprobe", ["--data_path", "data", "--model", "convvit_small_patch16", "--input_size",
+                                       "32", "--patch_size", "4", *OK, "--cls_token"], "--cls_token"),
+    "convvit_patch_size": ("finetune", ["--data_path", "data", "--model", "convvit_small_patch16", "--input_size",
+                                        "36", "--patch_size", "6", *OK], "multiple of 4"),
 }  # fmt: skip
 
 
@@ -138,6 +142,7 @@ def test_specific_messages(results):
     assert "mutually exclusive" in results["both_pool_flags"].stderr
     assert "--eval" in results["eval_without_checkpoint"].stderr
     assert "pre-training model" in results["pretrain_model"].stderr
+    assert "no cls token" in results["convvit_cls_token"].stderr
 
 
 def test_bad_input_creates_no_output(results, subprocess_results, scratch):

@@ -97,6 +97,7 @@ class MemoryMeter:
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
             return
+        _trim_heap()  # freed warm-up memory still held by malloc is not a peak of the steps
         try:
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")

@@ -7,10 +7,13 @@ all-reduced. Without it every rank evaluates the whole set.
 
 from __future__ import annotations
 
+import sys
+
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Sampler
 
+from ..data.folder import UnreadableImage
 from .distributed import DistEnv, all_reduce_sum
 from .precision import Precision
 
@@ -28,15 +31,44 @@ class ShardSampler(Sampler[int]):
         return len(self.indices)
 
 
+class SkipUnreadable(torch.utils.data.Dataset):
+    """Evaluation data that drops files that cannot be decoded (warned about, not counted in
+    the metrics' ``n``) instead of ending a run after its training epoch."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        try:
+            return self.dataset[i]
+        except UnreadableImage as e:
+            print(f"maekit: skipping unreadable evaluation image {e}", file=sys.stderr, flush=True)
+            return None
+
+
+def _collate_readable(batch):
+    kept = [b for b in batch if b is not None]
+    if not kept:
+        return None
+    return torch.utils.data.default_collate(kept)
+
+
 def build_eval_loader(
     dataset, batch_size: int, env: DistEnv, dist_eval: bool, num_workers: int, pin_memory: bool
 ) -> DataLoader:
+    """Sequential (or, with --dist_eval, exact per-rank shards) over ``dataset``; its own RNG
+    generator so evaluating never draws from the training random streams."""
+    dataset = SkipUnreadable(dataset)
     if dist_eval and env.distributed:
         sampler = ShardSampler(len(dataset), env.rank, env.world_size)
     else:
         sampler = torch.utils.data.SequentialSampler(dataset)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      pin_memory=pin_memory, drop_last=False)  # fmt: skip
+                      pin_memory=pin_memory, drop_last=False, collate_fn=_collate_readable,
+                      generator=torch.Generator())  # fmt: skip
 
 
 @torch.no_grad()
@@ -46,7 +78,10 @@ def evaluate(
     """Returns {'acc1', 'acc5', 'loss', 'n'}; accuracies in percent, as the official logs them."""
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=env.device)  # loss, correct1, correct5, n
-    for images, targets in loader:
+    for batch in loader:
+        if batch is None:  # every image of the batch unreadable
+            continue
+        images, targets = batch
         images = images.to(env.device, non_blocking=True)
         targets = targets.to(env.device, non_blocking=True)
         with precision.autocast():

@@ -53,22 +53,53 @@ def vit_layer_id(name: str, num_layers: int) -> int:
     return num_layers
 
 
+def convvit_layer_id(name: str, num_layers: int) -> int:
+    """Official ConvMAE layer ids: the whole conv part (patch embeds 1-4, pos_embed, stage-1/2
+    conv blocks) is layer 0; blocks3.i is i+1; the rest (fc_norm, head) num_layers."""
+    if name == "pos_embed" or name.startswith(("patch_embed", "blocks1.", "blocks2.")):
+        return 0
+    if name.startswith("blocks3."):
+        return int(name.split(".")[1]) + 1
+    return num_layers
+
+
+def convvit_layer_id_plsc(name: str, num_layers: int) -> int:
+    """PLSC's ConvViT variant: blocks1.i and blocks2.i get id i+1 (like blocks3.i), not 0."""
+    if name.startswith(("blocks1.", "blocks2.")):
+        return int(name.split(".")[1]) + 1
+    return convvit_layer_id(name, num_layers)
+
+
+LayerRule = tuple[Callable[[str, int], int], int]
+
+
+def layer_rule(model: nn.Module, convvit_rule: str = "official") -> LayerRule:
+    """(layer-id function, num_layers) for ``model``: a ConvViT (it has ``blocks3``) counts its
+    transformer stage only, a ViT its ``blocks``; ``convvit_rule`` 'official' or 'plsc'."""
+    if hasattr(model, "blocks3"):
+        rule = convvit_layer_id_plsc if convvit_rule == "plsc" else convvit_layer_id
+        return rule, len(model.blocks3) + 1
+    return vit_layer_id, len(model.blocks) + 1
+
+
 def layer_decay_groups(
     model: nn.Module,
     weight_decay: float,
     layer_decay: float,
     skip: Iterable[str] = (),
-    layer_id: Callable[[str, int], int] = vit_layer_id,
+    layer_id: Callable[[str, int], int] | None = None,
     num_layers: int | None = None,
 ) -> list[dict]:
     """Fine-tuning groups: per (layer, decay) with lr_scale = layer_decay ** (num_layers - id).
 
-    No weight decay for 1-D params and names in ``skip`` (pos_embed, cls_token). ``num_layers``
-    defaults to len(model.blocks) + 1.
+    No weight decay for 1-D params and names in ``skip`` (pos_embed, cls_token). ``layer_id``
+    and ``num_layers`` default to the model's official rule (:func:`layer_rule`).
     """
     skip = set(skip)
+    default_id, default_layers = layer_rule(model)
+    layer_id = layer_id or default_id
     if num_layers is None:
-        num_layers = len(model.blocks) + 1
+        num_layers = default_layers
     groups: dict[tuple[int, bool], dict] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:

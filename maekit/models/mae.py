@@ -15,6 +15,7 @@ from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
 from torch.utils.checkpoint import checkpoint
 
+from .loss import masked_patch_mse
 from .masking import patchify, random_masking, unpatchify
 from .pos_embed import sincos_2d
 
@@ -156,13 +157,7 @@ class MaskedAutoencoderViT(nn.Module):
         self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor
     ) -> torch.Tensor:
         """Mean squared error per patch, averaged over removed patches only."""
-        target = self.patchify(imgs)
-        if self.norm_pix_loss:
-            mean = target.mean(dim=-1, keepdim=True)
-            var = target.var(dim=-1, keepdim=True)  # unbiased, as the official
-            target = (target - mean) / (var + 1.0e-6) ** 0.5
-        loss = ((pred.float() - target.float()) ** 2).mean(dim=-1)  # (N, L)
-        return (loss * mask).sum() / mask.sum()
+        return masked_patch_mse(self.patchify(imgs), pred, mask, self.norm_pix_loss)
 
     def forward(
         self, imgs: torch.Tensor, mask_ratio: float = 0.75, noise: torch.Tensor | None = None

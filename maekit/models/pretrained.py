@@ -46,7 +46,8 @@ def adapt_state_dict(
         and state["pos_embed"].shape != own["pos_embed"].shape
     ):
         extra = 1 if getattr(model, "cls_token", None) is not None else 0
-        grid = tuple(model.patch_embed.grid_size)
+        # ConvViT keeps its token grid on the model (it has no single patch_embed)
+        grid = tuple(getattr(model, "grid_size", None) or model.patch_embed.grid_size)
         old = tuple(state["pos_embed"].shape)
         try:
             state["pos_embed"] = interpolate_pos_embed(state["pos_embed"], grid, extra)

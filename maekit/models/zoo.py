@@ -1,5 +1,7 @@
 """The size table: every registered model and its defaults, readable as data."""
 
+from .convmae import MaskedAutoencoderConvViT
+from .convvit import ConvViT
 from .mae import MaskedAutoencoderViT
 from .registry import register_model
 from .vit import VisionTransformerEncoder
@@ -42,3 +44,24 @@ for _name, _cfg in VIT_SIZES.items():
     register_model(_name, VisionTransformerEncoder, kind="encoder", **_cfg)
 for _alias, _name in VIT_ALIASES.items():
     register_model(_alias, VisionTransformerEncoder, kind="encoder", **VIT_SIZES[_name])
+
+# ConvMAE (three stages: conv, conv, transformer). patch_size is the overall stride, split as
+# (P/4, 2, 2) over the stages (see convvit.py). The small variant is CPU-sized: about a
+# quarter of Base's encoder width at the same depth, with a light decoder.
+_CONVVIT_SMALL = dict(embed_dim=(128, 256, 384), depth=(2, 2, 11), num_heads=6, patch_size=16)
+_CONVVIT_BASE = dict(embed_dim=(256, 384, 768), depth=(2, 2, 11), num_heads=12, patch_size=16)
+
+CONVMAE_SIZES: dict[str, dict] = {
+    "convmae_convvit_small_patch16": dict(**_CONVVIT_SMALL, decoder_embed_dim=256, decoder_depth=4,
+                                          decoder_num_heads=8),
+    "convmae_convvit_base_patch16": dict(**_CONVVIT_BASE, **_OFFICIAL_DECODER),
+}  # fmt: skip
+CONVVIT_SIZES: dict[str, dict] = {
+    "convvit_small_patch16": _CONVVIT_SMALL,
+    "convvit_base_patch16": _CONVVIT_BASE,
+}
+
+for _name, _cfg in CONVMAE_SIZES.items():
+    register_model(_name, MaskedAutoencoderConvViT, kind="pretrain", **_cfg)
+for _name, _cfg in CONVVIT_SIZES.items():
+    register_model(_name, ConvViT, kind="encoder", **_cfg)

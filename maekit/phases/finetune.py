@@ -14,7 +14,7 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
 from ..config import FinetuneConfig
 from ..data.transforms import finetune_transform
-from ..engine.optim import build_adamw, layer_decay_groups
+from ..engine.optim import build_adamw, layer_decay_groups, layer_rule
 from ..engine.trainer import LossFn
 from .supervised import Recipe, run_supervised
 
@@ -39,10 +39,10 @@ def build_mixup(cfg: FinetuneConfig, nb_classes: int) -> Mixup | None:
 def build_optimizer(
     cfg: FinetuneConfig, model: torch.nn.Module, lr: float
 ) -> torch.optim.Optimizer:
-    """AdamW over layer-decay groups (fused kernel where available)."""
-    groups = layer_decay_groups(
-        model, cfg.weight_decay, cfg.layer_decay, skip=model.no_weight_decay()
-    )
+    """AdamW over layer-decay groups (the model family's layer rule; fused kernel where available)."""
+    layer_id, num_layers = layer_rule(model, cfg.layer_decay_rule)
+    groups = layer_decay_groups(model, cfg.weight_decay, cfg.layer_decay, skip=model.no_weight_decay(),
+                                layer_id=layer_id, num_layers=num_layers)  # fmt: skip
     return build_adamw(groups, lr, device=next(model.parameters()).device)
 
 

@@ -51,7 +51,13 @@ def build_encoder(cfg: SupervisedConfig, nb_classes: int, overrides: dict) -> to
     if entry.kind != "encoder":
         raise MaekitError(f"{cfg.model!r} is a pre-training model; fine-tuning and linear probing take an "
                           f"encoder: {', '.join(list_models('encoder'))}")  # fmt: skip
-    return create_model(cfg.model, num_classes=nb_classes, global_pool=cfg.use_global_pool(),
+    global_pool = cfg.use_global_pool()
+    if not getattr(entry.cls, "has_cls_token", True):  # ConvViT: global pooling only
+        if cfg.cls_token:
+            raise MaekitError(f"{cfg.model!r} has no cls token (it classifies the mean of its tokens); "
+                              "drop --cls_token")  # fmt: skip
+        global_pool = True
+    return create_model(cfg.model, num_classes=nb_classes, global_pool=global_pool,
                         **cfg.size_overrides(), **overrides)  # fmt: skip
 
 
@@ -72,7 +78,7 @@ def run_supervised(cfg: SupervisedConfig, recipe: Recipe) -> list[dict]:
     seed_everything(cfg.seed)  # the new head's init follows --seed (DDP then broadcasts rank 0's)
     model = build_encoder(cfg, nb_classes, recipe.model_overrides)
     notes = (
-        load_pretrained_encoder(model, cfg.finetune, cfg.use_global_pool()) if cfg.finetune else []
+        load_pretrained_encoder(model, cfg.finetune, model.uses_global_pool) if cfg.finetune else []
     )
     model = recipe.adapt_model(model)
 

@@ -11,6 +11,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
@@ -178,3 +179,25 @@ def test_sharded_evaluation_on_two_processes_equals_single_process(tmp_path: Pat
         # loss sums per batch in float32; the batches differ, so allow rounding
         assert r["loss"] == pytest.approx(single["loss"], rel=1e-6)
     assert 0 < single["acc5"] < 100  # a non-trivial case (6 classes, some top-5 misses)
+
+
+def test_unreadable_evaluation_images_are_skipped_not_fatal(tmp_path):
+    from PIL import Image
+
+    from maekit.data import build_dataset
+    from maekit.data.transforms import eval_transform
+    from maekit.engine.precision import resolve_precision
+
+    for c in range(2):
+        d = tmp_path / "val" / f"c{c}"
+        d.mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((16, 16, 3), 40 * i + c, np.uint8)).save(d / f"{i}.png")
+    (tmp_path / "val" / "c1" / "9.png").write_bytes(b"")
+    ds = build_dataset(str(tmp_path), "val", eval_transform(16))
+    env = DistEnv(0, 1, 0, torch.device("cpu"))
+    loader = build_eval_loader(ds, 4, env, False, 0, False)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 2))
+    stats = evaluate(model, loader, env, resolve_precision("none", torch.device("cpu")), False)
+    assert stats["n"] == 6

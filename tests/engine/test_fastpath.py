@@ -174,3 +174,36 @@ def test_compiled_mae_gives_the_eager_loss_and_gradients():
     loss = compiled(imgs, 0.75, noise)[0]
     loss.backward()
     _assert_same((loss.detach(), _grads(model)), eager, rtol=1e-4, atol=1e-5)
+
+
+# --- ConvMAE / ConvViT --------------------------------------------------------------------
+
+CONV_SMALL = dict(img_size=32, patch_size=4, depth=(1, 1, 2))
+
+
+def test_convmae_grad_ckpt_same_loss_and_gradients_in_every_stage():
+    torch.manual_seed(0)
+    model = create_model("convmae_convvit_small_patch16", **CONV_SMALL, decoder_depth=1)
+    imgs = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    noise = torch.rand(2, 64, generator=torch.Generator().manual_seed(1))
+    plain = _mae_loss_and_grads(model, imgs, noise)
+    calls = [0]
+    for blk in [*model.blocks1, *model.blocks2, *model.blocks3, *model.decoder_blocks]:
+        blk.attn.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    enable_grad_checkpointing(model)
+    ckpt = _mae_loss_and_grads(model, imgs, noise)
+    assert calls[0] == 2 * 5  # conv stages, transformer stage and decoder all re-run
+    _assert_same(ckpt, plain, rtol=0, atol=1e-6)
+    set_fused_attention(model, False)
+    assert fused_attention_modules(model) == (0, 2 + 1)  # stage-3 + decoder blocks
+
+
+def test_convvit_grad_ckpt_with_drop_path_same_loss_and_gradients():
+    torch.manual_seed(0)
+    model = create_model("convvit_small_patch16", **CONV_SMALL, num_classes=5, drop_path_rate=0.3)
+    imgs = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 3, 4])
+    plain = _vit_loss_and_grads(model.train(), imgs, labels)
+    enable_grad_checkpointing(model)
+    ckpt = _vit_loss_and_grads(model, imgs, labels)
+    _assert_same(ckpt, plain, rtol=0, atol=1e-6)

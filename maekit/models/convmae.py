@@ -1,0 +1,143 @@
+"""ConvMAE: masked autoencoding with a hybrid conv-transformer encoder (Gao et al. 2022).
+
+The encoder is the ConvViT backbone (see convvit.py). One random mask is drawn on the
+stage-3 token grid and upsampled block-wise to the stage-1 (4x) and stage-2 (2x) grids; the
+conv blocks zero masked positions before their depthwise conv, so visible outputs never see
+masked pixels. Stage 3 runs on the visible tokens only. Multi-scale fusion: the stage-1 and
+stage-2 outputs are brought to the token grid by a 4x4/4 and a 2x2/2 conv
+(``stage1_output_decode``, ``stage2_output_decode``), taken at the visible tokens and added
+to the stage-3 output before the final LayerNorm. The decoder and loss are MAE's, without a
+cls token. Names, shapes, eps and init follow the official code; ``forward`` has MAE's
+signature. Single-device and precision-agnostic: no DDP, no autocast here.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+import torch.nn as nn
+from timm.models.vision_transformer import Block
+
+from .convvit import ConvViTBackbone, _nchw, _nhwc
+from .loss import masked_patch_mse
+from .mae import _init_linear_and_norm
+from .masking import draw_mask, patchify, unpatchify
+from .pos_embed import sincos_2d
+
+
+def _gather_tokens(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """(N, L, D) at (N, K) indices -> (N, K, D)."""
+    return torch.gather(x, 1, ids.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+class MaskedAutoencoderConvViT(ConvViTBackbone):
+    def __init__(
+        self,
+        img_size: int | tuple[int, int] = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        embed_dim: tuple[int, int, int] = (256, 384, 768),
+        depth: tuple[int, int, int] = (2, 2, 11),
+        num_heads: int = 12,
+        decoder_embed_dim: int = 512,
+        decoder_depth: int = 8,
+        decoder_num_heads: int = 16,
+        mlp_ratio: float = 4.0,
+        norm_pix_loss: bool = False,
+    ) -> None:
+        super().__init__(img_size, patch_size, in_chans, embed_dim, depth, num_heads, mlp_ratio)
+        norm_layer = partial(nn.LayerNorm, eps=1e-6)
+        d1, d2, d3 = embed_dim
+        self.norm_pix_loss = norm_pix_loss
+        L = self.num_patches
+
+        # --- encoder: multi-scale fusion and the parts around stage 3 ---
+        self.stage1_output_decode = nn.Conv2d(d1, d3, kernel_size=4, stride=4)
+        self.stage2_output_decode = nn.Conv2d(d2, d3, kernel_size=2, stride=2)
+        # Fixed sin-cos table (no cls slot); a Parameter so the state-dict name matches.
+        self.pos_embed = nn.Parameter(torch.zeros(1, L, d3), requires_grad=False)
+        self.norm = norm_layer(d3)
+
+        # --- decoder (MAE's, without a cls token) ---
+        self.decoder_embed = nn.Linear(d3, decoder_embed_dim, bias=True)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
+        self.decoder_pos_embed = nn.Parameter(
+            torch.zeros(1, L, decoder_embed_dim), requires_grad=False
+        )
+        self.decoder_blocks = nn.ModuleList(
+            Block(decoder_embed_dim, decoder_num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm_layer)
+            for _ in range(decoder_depth)
+        )  # fmt: skip
+        self.decoder_norm = norm_layer(decoder_embed_dim)
+        self.decoder_pred = nn.Linear(decoder_embed_dim, patch_size**2 * in_chans, bias=True)
+
+        self.initialize_weights()
+
+    @torch.no_grad()
+    def initialize_weights(self) -> None:
+        """Official init: sin-cos tables, xavier on every Linear, LayerNorm 1/0, convs torch's."""
+        self.pos_embed.copy_(sincos_2d(self.pos_embed.shape[-1], self.grid_size)[None])
+        self.decoder_pos_embed.copy_(
+            sincos_2d(self.decoder_pos_embed.shape[-1], self.grid_size)[None]
+        )
+        # The official treats the *stage-3* patch-embed conv like a Linear (xavier on its
+        # matrix view); the other convs keep torch's default init.
+        w = self.patch_embed3.proj.weight
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.normal_(self.mask_token, std=0.02)
+        self.apply(_init_linear_and_norm)  # xavier_uniform Linear, zero bias; LayerNorm 1/0
+
+    # --- pure helpers bound to this model's geometry ---
+    def patchify(self, imgs: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) -> (N, L, P*P*C), P = the overall stride."""
+        return patchify(imgs, self.patch_size)
+
+    def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, L, P*P*C) -> (N, C, H, W)."""
+        return unpatchify(x, self.patch_size, self.grid_size, self.in_chans)
+
+    # --- forward pieces ---
+    def forward_encoder(
+        self, imgs: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        n = imgs.shape[0]
+        ids_keep, mask, ids_restore = draw_mask(n, self.num_patches, mask_ratio, noise, imgs.device)
+        x, stage1, stage2 = self.forward_stages(imgs, visible=1 - mask)  # x: (N, L, D3)
+        # multi-scale features on the token grid, (N, L, D3) each
+        stage1 = _nhwc(self.stage1_output_decode(_nchw(stage1))).flatten(1, 2)
+        stage2 = _nhwc(self.stage2_output_decode(_nchw(stage2))).flatten(1, 2)
+        x = _gather_tokens(x + self.pos_embed, ids_keep)  # (N, K, D3): visible tokens only
+        for blk in self.blocks3:
+            x = self.run_block(blk, x)
+        x = x + _gather_tokens(stage1, ids_keep) + _gather_tokens(stage2, ids_keep)
+        return self.norm(x), mask, ids_restore
+
+    def forward_decoder(self, x: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
+        x = self.decoder_embed(x)  # (N, K, Dd)
+        n, length = ids_restore.shape
+        mask_tokens = self.mask_token.expand(n, length - x.shape[1], -1)
+        x = torch.cat([x, mask_tokens], dim=1)  # (N, L, Dd), shuffled order
+        x = _gather_tokens(x, ids_restore)  # unshuffle
+        x = x + self.decoder_pos_embed
+        for blk in self.decoder_blocks:
+            x = self.run_block(blk, x)
+        return self.decoder_pred(self.decoder_norm(x))  # (N, L, P*P*C)
+
+    def forward_loss(
+        self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Mean squared error per patch, averaged over removed patches only."""
+        return masked_patch_mse(self.patchify(imgs), pred, mask, self.norm_pix_loss)
+
+    def forward(
+        self, imgs: torch.Tensor, mask_ratio: float = 0.75, noise: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        latent, mask, ids_restore = self.forward_encoder(imgs, mask_ratio, noise)
+        pred = self.forward_decoder(latent, ids_restore)  # (N, L, P*P*C)
+        loss = self.forward_loss(imgs, pred, mask)
+        return loss, pred, mask
+
+    def no_weight_decay(self) -> set[str]:
+        """Names excluded from weight decay beyond 1-D params; pre-training excludes none."""
+        return set()
