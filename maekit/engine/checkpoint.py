@@ -179,13 +179,10 @@ def save_checkpoint(
 
 
 def strip_wrapper_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Remove DDP's ``module.`` and torch.compile's ``_orig_mod.`` prefixes."""
-    out = {}
-    for k, v in state.items():
-        for prefix in ("module.", "_orig_mod."):
-            k = k.removeprefix(prefix)
-        out[k] = v
-    return out
+    """Remove DDP's ``module.`` and torch.compile's ``_orig_mod.`` prefixes (the loader's rule)."""
+    from ..formats.loader import strip_prefixes  # formats imports this module: resolve lazily
+
+    return strip_prefixes(state)[0]
 
 
 def shape_mismatches(state: dict[str, torch.Tensor], model: torch.nn.Module) -> list[str]:

@@ -115,7 +115,7 @@ def _from_torch(obj: object, path: Path) -> tuple[dict, dict, str]:
     )
 
 
-def _strip_prefixes(state: dict) -> tuple[dict, dict[str, int]]:
+def strip_prefixes(state: dict) -> tuple[dict, dict[str, int]]:
     """Remove DDP's ``module.`` and torch.compile's ``_orig_mod.`` (in any nesting); counts."""
     out, counts = {}, {}
     for k, v in state.items():
@@ -142,7 +142,7 @@ def _convert(obj: object, fmt: str, path: Path) -> Checkpoint:
         state, extras, source = _from_torch(obj, path)
     else:
         state, extras, notes, source = read_paddle(obj, str(path))
-    state, stripped = _strip_prefixes(state)
+    state, stripped = strip_prefixes(state)
     if stripped:
         notes.insert(0, "stripped " + ", ".join(f"'{p}' ({n} keys)" for p, n in stripped.items()))
     return Checkpoint(state, extras, LoadReport(str(path), source, len(state), notes))
