@@ -73,6 +73,10 @@ class CommonConfig:
     grad_ckpt: bool = opt(
         False, "activation checkpointing of the transformer blocks: less memory, ~1/3 more compute"
     )
+    # --- distributed training ---
+    dist_mode: str = opt("ddp", "multi-process training: ddp (replicated weights) or fsdp (FSDP2: "
+                         "weights, gradients and optimizer state sharded per block; ViT-L/H)",
+                         choices=("ddp", "fsdp"))  # fmt: skip
     # --- run ---
     output_dir: str = opt("./output_dir", "where checkpoints, log.txt and config.json go")
     log_dir: str | None = opt(None, "TensorBoard directory (default: output_dir)")

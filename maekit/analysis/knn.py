@@ -20,6 +20,7 @@ from torch.utils.data import Dataset, Subset
 from ..config import KnnConfig
 from ..engine.distributed import DistEnv, broadcast_object, init_distributed, shutdown
 from ..engine.precision import Precision, resolve_precision
+from ..engine.sharding import gathered
 from ..errors import MaekitError
 from .features import extract_features, is_labeled, subset_indices
 
@@ -131,9 +132,10 @@ def knn_monitor(
     def metrics(epoch: int) -> dict[str, float]:
         if (epoch + 1) % every and epoch + 1 != epochs:
             return {}
-        r = knn_evaluate(model, bank, queries, num_classes, env, precision, pool,
-                         batch_size=batch_size, num_workers=num_workers,
-                         progress=sys.stderr.isatty())  # fmt: skip
+        with gathered(model):  # fsdp: whole blocks, no collectives inside the forwards
+            r = knn_evaluate(model, bank, queries, num_classes, env, precision, pool,
+                             batch_size=batch_size, num_workers=num_workers,
+                             progress=sys.stderr.isatty())  # fmt: skip
         if env.is_main:
             print(f"epoch {epoch}: knn top-1 {r['acc1']:.2f}%  top-5 {r['acc5']:.2f}%  "
                   f"({r['n']} queries, bank {r['bank']})", flush=True)  # fmt: skip

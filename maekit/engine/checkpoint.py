@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from ..errors import MaekitError
+from .sharding import is_sharded, load_full_state
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -165,11 +166,18 @@ def save_checkpoint(
     scaler: torch.amp.GradScaler | None,
     args: dict,
     extra: dict | None = None,
+    model_state: dict | None = None,
+    optimizer_state: dict | None = None,
 ) -> None:
-    """Write {model, optimizer, epoch, scaler, args} (+ ``extra`` entries) atomically."""
+    """Write {model, optimizer, epoch, scaler, args} (+ ``extra`` entries) atomically.
+
+    ``model_state`` / ``optimizer_state``: already gathered full state dicts (fsdp), used
+    instead of the modules' own."""
+    if optimizer_state is None and optimizer is not None:
+        optimizer_state = optimizer.state_dict()
     state = {
-        "model": unwrap(model).state_dict(),
-        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "model": unwrap(model).state_dict() if model_state is None else model_state,
+        "optimizer": optimizer_state,
         "epoch": epoch,
         "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
         "args": dict(args),
@@ -217,6 +225,14 @@ def resume_from(
         raise MaekitError(f"{path} has no 'model' entry; is it a maekit/MAE checkpoint?")
     state = strip_wrapper_prefixes(ckpt["model"])
     wrong = shape_mismatches(state, unwrap(model))
+    if is_sharded(unwrap(model)):  # fsdp: every rank keeps its shard of the full tensors
+        if wrong:
+            raise MaekitError(f"checkpoint {path} does not match the model: other shapes for {wrong[:8]}; "
+                              "resume with the same --model and sizes")  # fmt: skip
+        load_full_state(unwrap(model), state, optimizer, ckpt.get("optimizer"))
+        if scaler is not None and ckpt.get("scaler") is not None:
+            scaler.load_state_dict(ckpt["scaler"])
+        return progress_of(ckpt)[0], ckpt
     if wrong:
         raise MaekitError(f"checkpoint {path} does not match the model: other shapes for {wrong[:8]}; "
                           "resume with the same --model and sizes")  # fmt: skip

@@ -31,6 +31,7 @@ from .precision import Precision, resolve_precision
 from .preemption import StopRequest
 from .progress import RunRecorder
 from .schedule import scaled_lr
+from .sharding import full_state, is_sharded
 from .trainer import EpochState, LoopSettings, LossFn, RunCounters, train_one_epoch
 
 
@@ -189,13 +190,16 @@ def fit(
         resume = {"epoch": resume_at[0], "step": resume_at[1], "world_size": env.world_size,
                   "rng": gather_rng_states(env), "nonfinite_skipped": counters.nonfinite_skipped,
                   "epoch_state": None if state is None else state.as_dict()}  # fmt: skip
+        model_state = optimizer_state = None
+        if is_sharded(model_without_ddp):  # fsdp: gather full tensors to rank 0 (all ranks call)
+            model_state, optimizer_state = full_state(model_without_ddp, optimizer)
         if env.is_main:
             extra = {"resume": resume}
             if evaluate_fn is not None:
                 extra["max_accuracy"] = best
             last = ctx.output_dir / LAST
             save_checkpoint(last, model_without_ddp, optimizer, epoch_done, scaler, cfg.to_dict(),
-                            extra=extra)  # fmt: skip
+                            extra=extra, model_state=model_state, optimizer_state=optimizer_state)  # fmt: skip
             if periodic:
                 atomic_link(last, ctx.output_dir / f"checkpoint-{epoch_done}.pth")
                 prune_checkpoints(ctx.output_dir, cfg.keep_last)

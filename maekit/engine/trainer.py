@@ -31,6 +31,7 @@ from .precision import Precision
 from .preemption import StopRequest
 from .progress import EpochProgress, RunRecorder
 from .schedule import apply_lr, lr_at
+from .sharding import is_sharded, local_value, set_gradient_sync
 
 LossFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -130,6 +131,7 @@ def train_one_epoch(
     params = [p for g in optimizer.param_groups for p in g["params"]]
     ddp = getattr(model, "_orig_mod", model)  # --compile wraps the DDP module
     ddp = ddp if isinstance(ddp, DistributedDataParallel) else None
+    fsdp = is_sharded(model)  # FSDP2: gradient sync is switched per backward instead
     optimizer.zero_grad(set_to_none=True)
     start = time.perf_counter()
 
@@ -150,6 +152,8 @@ def train_one_epoch(
         targets = targets.to(device, non_blocking=True)
         update = (step + 1) % accum == 0
         sync_ctx = ddp.no_sync() if ddp is not None and not update else contextlib.nullcontext()
+        if fsdp and accum > 1:  # reduce-scatter gradients on the update's backward only
+            set_gradient_sync(model, update)
         with sync_ctx:
             with precision.autocast():
                 loss = loss_fn(model, samples, targets)
@@ -175,7 +179,7 @@ def train_one_epoch(
                 scaler.unscale_(optimizer)
                 # The norm is computed every update (as the official); it only clips with --clip_grad.
                 max_norm = settings.clip_grad if settings.clip_grad is not None else math.inf
-                norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+                norm = local_value(torch.nn.utils.clip_grad_norm_(params, max_norm))
                 if skip_nonfinite and not scaler.is_enabled() and not bool(torch.isfinite(norm)):
                     counters.nonfinite_skipped += 1  # finite loss, non-finite gradient: skip too
                     if env.is_main:

@@ -8,10 +8,11 @@ from ..config import PretrainConfig
 from ..data import build_dataset, build_train_loader
 from ..data.gpu_decode import GpuDecodeLoader, collate_encoded, encoded_folder
 from ..data.transforms import PRETRAIN_SCALE, pretrain_transform
-from ..engine.distributed import shutdown, wrap_ddp
+from ..engine.distributed import shutdown
 from ..engine.fastpath import apply_fast_paths
 from ..engine.fit import fit, prepare_run, resolve_lr, seed_everything
 from ..engine.optim import build_adamw, weight_decay_groups
+from ..engine.sharding import wrap_model
 from ..engine.trainer import LossFn
 from ..errors import MaekitError
 from ..models import create_model, get_entry, list_models
@@ -93,7 +94,9 @@ def run(cfg: PretrainConfig) -> list[dict]:
             )
         model.to(env.device)
         model_without_ddp = model
-        model = apply_fast_paths(wrap_ddp(model, env), cfg, model_without_ddp)
+        model = apply_fast_paths(
+            wrap_model(model, env, cfg.dist_mode, ctx.precision), cfg, model_without_ddp
+        )
         lr, _ = resolve_lr(cfg, env)
         optimizer = build_optimizer(cfg, model_without_ddp, lr)
         loss_fn = build_loss(cfg)

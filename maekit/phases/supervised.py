@@ -15,10 +15,11 @@ from ..config import SupervisedConfig
 from ..data import build_dataset, build_train_loader
 from ..data.transforms import eval_transform
 from ..engine.checkpoint import resume_from
-from ..engine.distributed import shutdown, wrap_ddp
+from ..engine.distributed import shutdown
 from ..engine.evaluate import build_eval_loader, evaluate
 from ..engine.fastpath import apply_fast_paths
 from ..engine.fit import fit, prepare_run, resolve_lr, seed_everything
+from ..engine.sharding import gathered, wrap_model
 from ..engine.trainer import LossFn
 from ..errors import MaekitError
 from ..models import create_model, get_entry, list_models
@@ -97,7 +98,9 @@ def run_supervised(cfg: SupervisedConfig, recipe: Recipe) -> list[dict]:
         def run_eval() -> dict[str, float]:
             # The bare module, not the DDP wrapper: shards can differ in batch count, and a DDP
             # forward would wait for the other ranks' buffer broadcast.
-            return evaluate(model_without_ddp, val_loader, env, ctx.precision, sharded)
+            # Under fsdp the blocks are gathered whole first, for the same reason.
+            with gathered(model_without_ddp):
+                return evaluate(model_without_ddp, val_loader, env, ctx.precision, sharded)
 
         if cfg.eval:
             if cfg.resume:
@@ -122,7 +125,9 @@ def run_supervised(cfg: SupervisedConfig, recipe: Recipe) -> list[dict]:
             n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
             print(f"data: {cfg.data_path} ({len(train_set)} train / {len(val_set)} val images, {nb_classes} "
                   f"classes), {len(loader)} steps/epoch per process; {n_params / 1e6:.2f}M trainable params")  # fmt: skip
-        model = apply_fast_paths(wrap_ddp(model, env), cfg, model_without_ddp)
+        model = apply_fast_paths(
+            wrap_model(model, env, cfg.dist_mode, ctx.precision), cfg, model_without_ddp
+        )
         lr, _ = resolve_lr(cfg, env)
         optimizer = recipe.build_optimizer(model_without_ddp, lr)
         loss_fn = recipe.build_loss(nb_classes)
