@@ -24,17 +24,32 @@ CASES: dict[str, tuple[list[str], str, str]] = {
     "src_missing": (["shard", "nope", "out"], "shard", "not a folder"),
     "dst_inside_src": (["shard", "src", "src/sh"], "shard", "inside SRC"),
     "shard_size_zero": (["shard", "src", "out", "--shard_size", "0"], "shard", "--shard_size"),
-    "url_without_manifest": ([*PRE, "--data_path", "URL/bare/shard-000000.tar"], "pretrain",
-                             "need the manifest"),  # fmt: skip
-    "pattern_matches_nothing": ([*PRE, "--data_path", "shards/train/shard-{000007..000009}.tar"],
-                                "pretrain", "no shard file"),  # fmt: skip
+    "url_without_manifest": (
+        [*PRE, "--data_path", "URL/bare/shard-000000.tar"],
+        "pretrain",
+        "need the manifest",
+    ),  # fmt: skip
+    "pattern_matches_nothing": (
+        [*PRE, "--data_path", "shards/train/shard-{000007..000009}.tar"],
+        "pretrain",
+        "no shard file",
+    ),  # fmt: skip
     "corrupt_tar": ([*PRE, "--data_path", "corrupt/*.tar"], "pretrain", "not a readable tar file"),
-    "broken_shard_in_worker": ([*PRE[:-1], "2", "--data_path", "broken"], "pretrain",
-                               "not a readable tar file"),  # fmt: skip
-    "no_val_shards": (["finetune", "--model", "vit_tiny_patch16", *TINY, "--data_path", "flat_shards"],
-                      "finetune", "val/shards.json"),  # fmt: skip
-    "knn_on_shards": (["knn", "--random_init", "--model", "vit_tiny_patch16", "--data_path", "shards"],
-                      "knn", "not tar shards"),  # fmt: skip
+    "broken_shard_in_worker": (
+        [*PRE[:-1], "2", "--data_path", "broken"],
+        "pretrain",
+        "not a readable tar file",
+    ),  # fmt: skip
+    "no_val_shards": (
+        ["finetune", "--model", "vit_tiny_patch16", *TINY, "--data_path", "flat_shards"],
+        "finetune",
+        "val/shards.json",
+    ),  # fmt: skip
+    "knn_on_shards": (
+        ["knn", "--random_init", "--model", "vit_tiny_patch16", "--data_path", "shards"],
+        "knn",
+        "not tar shards",
+    ),  # fmt: skip
 }
 
 
@@ -64,7 +79,9 @@ def run_maekit(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def results(scratch) -> dict[str, subprocess.CompletedProcess]:
     with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = {name: pool.submit(run_maekit, argv, scratch) for name, (argv, _, _) in CASES.items()}
+        futures = {
+            name: pool.submit(run_maekit, argv, scratch) for name, (argv, _, _) in CASES.items()
+        }
         return {name: f.result() for name, f in futures.items()}
 
 

@@ -177,7 +177,7 @@ def write_shards(
         items, classes = _source_split(root)
         if not items:
             raise MaekitError(f"no images found in {root}; check SRC")
-        existing = _existing_shards(dst / split) + _existing_shards(dst)[-1:]
+        existing = _existing_shards(dst / split)
         if existing and not force:
             raise MaekitError(f"{existing[0].parent} already holds shards ({existing[0].name}); "
                               "pass --force to replace them, or choose another DST")  # fmt: skip
@@ -244,10 +244,10 @@ def _is_pattern(path: str) -> bool:
 def is_shard_path(data_path: str) -> bool:
     """True when ``data_path`` names tar shards: a URL, a ``.tar`` pattern, or a folder with
     ``shards.json`` or ``train/shards.json``."""
-    if is_url(data_path) or _is_pattern(data_path):
-        return True
     p = Path(data_path)
-    return (p / MANIFEST).is_file() or (p / "train" / MANIFEST).is_file()
+    if not is_url(data_path) and p.is_dir():  # a folder, even one named like a pattern
+        return (p / MANIFEST).is_file() or (p / "train" / MANIFEST).is_file()
+    return is_url(data_path) or _is_pattern(data_path)
 
 
 def refuse_shards(data_path: str, command: str) -> None:
@@ -280,7 +280,7 @@ def _read_manifest(folder: str) -> dict | None:
     except (OSError, ValueError) as e:
         raise MaekitError(f"cannot read {path} ({e}); re-create it with `maekit shard`") from e
     entries = data.get("shards") if isinstance(data, dict) else None
-    if data.get("format") != FORMAT or not isinstance(entries, list):
+    if not isinstance(entries, list) or data.get("format") != FORMAT:
         raise MaekitError(f"{path} is not a {FORMAT} manifest; re-create it with `maekit shard`")
     return data
 
@@ -345,7 +345,7 @@ def _from_files(files: list[str], source: str) -> ShardList:
 
 def resolve_shards(data_path: str, split: str) -> ShardList:
     """The shards of ``split`` named by ``data_path`` (folder/URL with manifests, or pattern)."""
-    if _is_pattern(data_path):
+    if _is_pattern(data_path) and (is_url(data_path) or not Path(data_path).is_dir()):
         if "{split}" not in data_path and split != "train":
             raise MaekitError(f"--data_path {data_path} names one set of shards, but evaluation needs "
                               f"{split} shards too: write the pattern with {{split}} (e.g. "

@@ -163,7 +163,8 @@ def test_brace_expansion():
 def test_patterns_globs_and_file_urls_find_the_same_shards(tmp_path):
     dst = make_shards(tmp_path, per_class=10, shard_size=6, val=True)
     forms = [str(dst), f"{dst}/{{split}}/shard-{{000000..000003}}.tar", f"{dst}/{{split}}/*.tar",
-             f"file://{dst}", f"file://{dst}/{{split}}/shard-{{000000..000003}}.tar"]  # fmt: skip
+             f"file://{dst}", f"file://{dst}/{{split}}/shard-{{000000..000003}}.tar",
+             f"file://{dst}/{{split}}/shard-*.tar"]  # fmt: skip
     for form in forms:
         train = resolve_shards(form, "train")
         assert train.counts == (6, 6, 6, 2) and train.classes == ("class_0", "class_1"), form

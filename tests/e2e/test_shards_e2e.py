@@ -1,22 +1,29 @@
 """End to end: `maekit shard` a folder, then train from the shards under torchrun (2 processes
 x 2 data workers): every sample is trained on exactly once in the epoch; fine-tuning and linear
-probing read train/ and val/ shards."""
+probing read train/ and val/ shards; a run stopped mid-epoch resumes bit-identically."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
+import torch
+
+from maekit.data.shards import write_shards
 from tests.conftest import run_cli, write_image_folder
+from tests.e2e.test_crash_safety import Run, assert_bit_identical, final_weights
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 TINY = ["--input_size", "32", "--patch_size", "8", "--batch_size", "4", "--num_workers", "2",
         "--print_freq", "2", "--warmup_epochs", "0", "--epochs", "1", "--device", "cpu"]  # fmt: skip
 
 
-def test_shard_then_pretrain_two_processes_two_workers_sees_every_sample_once(tmp_path: Path) -> None:
+def test_shard_then_pretrain_two_processes_two_workers_sees_every_sample_once(
+    tmp_path: Path,
+) -> None:
     src = write_image_folder(tmp_path / "src", classes=2, per_class=24, size=(32, 32))
     shards = tmp_path / "shards"
     r = run_cli(["shard", str(src), str(shards), "--shard_size", "10"], tmp_path, timeout=120)
@@ -68,3 +75,31 @@ def test_finetune_from_train_and_val_shards(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     (log,) = [json.loads(line) for line in (out / "log.txt").read_text().splitlines()]
     assert "test_acc1" in log
+
+
+def test_sigterm_mid_epoch_on_shards_resumes_bit_identical(tmp_path: Path) -> None:
+    """Two data workers: the resumed epoch skips the trained batches and continues exactly."""
+    src = write_image_folder(tmp_path / "src", classes=2, per_class=24, size=(32, 32))
+    shards = tmp_path / "shards"
+    write_shards(src, shards, 7)
+    args = ["pretrain", "--model", "mae_vit_tiny_patch16", "--data_path", str(shards), *TINY,
+            "--epochs", "2", "--print_freq", "1", "--norm_pix_loss"]  # fmt: skip
+    ref = tmp_path / "ref"
+    r = run_cli([*args, "--output_dir", str(ref)], tmp_path)
+    assert r.returncode == 0, r.stderr
+
+    out = tmp_path / "term"
+    run = Run([*args, "--output_dir", str(out)], tmp_path)
+    run.wait_for(lambda: run.saw("Epoch [1] [2/12]"))
+    os.kill(
+        run.proc.pid, signal.SIGTERM
+    )  # the main process only: its data workers are not signalled
+    assert run.finish() == 0, "".join(run.lines)
+    step = torch.load(out / "checkpoint-last.pth", map_location="cpu", weights_only=True)["resume"][
+        "step"
+    ]
+    assert 2 <= step < 12
+    run = Run([*args, "--output_dir", str(out)], tmp_path)
+    assert run.finish() == 0, "".join(run.lines)
+    assert run.saw(f"continuing at epoch 1, step {step}")
+    assert_bit_identical(final_weights(ref, 1), final_weights(out, 1))
