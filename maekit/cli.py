@@ -14,6 +14,7 @@ from .config import (
     LinprobeConfig,
     PlotConfig,
     PretrainConfig,
+    ShardConfig,
     VisualizeConfig,
     add_config_flags,
     config_from_args,
@@ -54,6 +55,12 @@ TOOLS = {
         KnnConfig,
         "weighted k-NN top-1/top-5 of the encoder's features (train/ bank, val/ queries)",
         "maekit.analysis.knn",
+    ),
+    "shard": (
+        ShardConfig,
+        "write an image folder as WebDataset tar shards (DST/<split>/shard-NNNNNN.tar + "
+        "shards.json) for --data_path",
+        "maekit.data.shards",
     ),
     "bench": (
         BenchConfig,

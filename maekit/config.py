@@ -26,7 +26,8 @@ def opt(
 ):
     """A config field with its CLI help text (and optional choices / extra flag names).
 
-    ``positional``: a list field read from the bare command-line arguments (``maekit plot DIR...``).
+    ``positional``: read from the bare command-line arguments: a list field takes one or more
+    (``maekit plot DIR...``), any other field exactly one (``maekit shard SRC DST``).
     """
     meta = {"help": help, "choices": choices, "aliases": flag_aliases, "positional": positional}
     if isinstance(default, list | dict):
@@ -62,7 +63,9 @@ class CommonConfig:
     # --- data ---
     data_path: str = opt(
         "fashion-mnist",
-        "ImageNet-style folder (train/, val/), a plain image folder, or 'fashion-mnist'",
+        "ImageNet-style folder (train/, val/), a plain image folder, 'fashion-mnist', or tar "
+        "shards: a folder/URL with train/shards.json, or a pattern such as "
+        "DIR/{split}/shard-{000000..000127}.tar",
     )
     num_workers: int = opt(10, "data-loading worker processes per rank (capped at the CPU count)")
     pin_mem: bool = opt(True, "pin host memory for faster GPU copies (--no_pin_mem to disable)")
@@ -219,6 +222,8 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
                 f"--no_{f.name}", dest=f.name, action="store_false", help=argparse.SUPPRESS
             )
             parser.set_defaults(**{f.name: default})
+        elif meta.get("positional"):  # one required bare argument (``maekit shard SRC DST``)
+            parser.add_argument(f.name, type=tp, metavar=f.name.upper(), help=meta.get("help"))
         else:
             parser.add_argument(
                 *names, dest=f.name, type=tp, default=default, choices=meta.get("choices"),
@@ -477,6 +482,25 @@ class PlotConfig:
     def validate(self) -> None:
         if not self.output_dirs:
             raise MaekitError("give at least one run folder: maekit plot OUTPUT_DIR...")
+
+
+@dataclass
+class ShardConfig:
+    """``maekit shard SRC DST``: an image folder as WebDataset tar shards."""
+
+    src: str = opt("", "image folder: train/ and val/ class folders, class folders, or plain images",
+                   positional=True)  # fmt: skip
+    dst: str = opt("", "folder for DST/<split>/shard-NNNNNN.tar and shards.json", positional=True)
+    shard_size: int = opt(1000, "samples per shard")
+    seed: int = opt(0, "seed of the order the samples are written in (shuffled once, so a shard "
+                    "mixes classes)")  # fmt: skip
+    force: bool = opt(False, "replace the shards (and only them) already in DST")
+
+    def validate(self) -> None:
+        if self.shard_size <= 0:
+            raise MaekitError(
+                f"--shard_size must be a positive number of samples, got {self.shard_size}"
+            )
 
 
 # --------------------------------------------------------------------------- benchmark

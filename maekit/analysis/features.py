@@ -204,6 +204,7 @@ def load_features(path: str | Path) -> tuple[torch.Tensor, torch.Tensor, dict]:
 def run(cfg: ExtractConfig) -> Path | None:
     """``maekit extract``: returns the output path on rank 0."""
     from ..data import build_dataset
+    from ..data.shards import refuse_shards
     from ..data.transforms import eval_transform
     from .checkpoint_model import load_checkpoint_model
 
@@ -212,6 +213,7 @@ def run(cfg: ExtractConfig) -> Path | None:
     if not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
         raise MaekitError(f"--out {out}: folder {out.parent} does not exist or is not writable")
     # Everything that can fail on user input, before any process group exists.
+    refuse_shards(cfg.data_path, "maekit extract")
     loaded = load_checkpoint_model(cfg, random_init=cfg.random_init)
     dataset = build_dataset(cfg.data_path, cfg.split, eval_transform(loaded.input_size))
     dataset = Subset(dataset, subset_indices(len(dataset), cfg.max_images, cfg.seed))

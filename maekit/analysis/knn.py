@@ -68,7 +68,9 @@ def knn_accuracy(
 def labeled_splits(data_path: str, transform) -> tuple[Dataset, Dataset, int]:
     """(train = bank, val = queries, number of classes); a clear error for unlabeled data."""
     from ..data import BUILTIN, build_dataset
+    from ..data.shards import refuse_shards
 
+    refuse_shards(data_path, "k-NN")
     if data_path not in BUILTIN and Path(data_path).is_dir():
         missing = [s for s in ("train", "val") if not (Path(data_path) / s).is_dir()]
         if missing:

@@ -181,6 +181,7 @@ def load_images(cfg: VisualizeConfig, input_size: int) -> np.ndarray:
     """(N, S, S, 3) uint8: resized (shorter side, bicubic) and centre-cropped to the model's size."""
     from ..data import BUILTIN, build_dataset
     from ..data.folder import load_rgb
+    from ..data.shards import refuse_shards
     from .features import subset_indices
 
     if cfg.images:
@@ -194,6 +195,7 @@ def load_images(cfg: VisualizeConfig, input_size: int) -> np.ndarray:
             except OSError as e:
                 raise MaekitError(f"--images: cannot read {p} as an image ({e})") from e
     else:
+        refuse_shards(cfg.data_path, "maekit visualize")
         has_val = cfg.data_path in BUILTIN or (Path(cfg.data_path) / "val").is_dir()
         ds = build_dataset(cfg.data_path, "val" if has_val else "train", transform=None)
         pils = [ds[i][0] for i in subset_indices(len(ds), cfg.num_images, cfg.seed)]

@@ -12,15 +12,19 @@ from .fashion_mnist import FashionMNIST
 from .folder import FlatImageFolder, image_folder
 from .robust import SeededSamples
 from .sampling import ResumableSampler
+from .shards import ShardDataset, ShardLoader, is_shard_path, load_shard_dataset
 
 BUILTIN = ("fashion-mnist",)
 
 
 def build_dataset(data_path: str, split: str, transform) -> torch.utils.data.Dataset:
     """``split`` is 'train' or 'val'. A folder with ``{split}/`` uses it; for 'train' a folder
-    without ``train/`` is itself the training set (class folders or plain images)."""
+    without ``train/`` is itself the training set (class folders or plain images). Tar shards
+    (see :mod:`maekit.data.shards`) give a :class:`ShardDataset`."""
     if data_path in BUILTIN or data_path in ("fashion_mnist", "fmnist"):
         return FashionMNIST(split, transform)
+    if is_shard_path(data_path):  # tar shards (folder with shards.json, pattern or URL)
+        return load_shard_dataset(data_path, split, transform)
     root = Path(data_path)
     if not root.is_dir():
         raise MaekitError(
@@ -52,13 +56,18 @@ def build_train_loader(
 
     The sampler can start an epoch part-way (mid-epoch resume) and every sample is augmented
     from its own seed with unreadable files skipped (:class:`SeededSamples`); batches are
-    (samples, targets, skipped-file counts).
+    (samples, targets, skipped-file counts). A :class:`ShardDataset` gets a :class:`ShardLoader`
+    (same batches and sampler calls, streamed).
     """
     if len(dataset) < batch_size * world_size:
         raise MaekitError(
             f"the training set has {len(dataset)} images, fewer than one global batch "
             f"({batch_size} x {world_size} processes); lower --batch_size"
         )
+    if isinstance(dataset, ShardDataset):
+        if collate_fn is not None:
+            raise MaekitError("--gpu_decode reads image folders, not tar shards; drop --gpu_decode")
+        return ShardLoader(dataset, batch_size, rank, world_size, seed, num_workers, pin_memory)
     sampler = ResumableSampler(dataset, num_replicas=world_size, rank=rank, seed=seed)
     return DataLoader(
         SeededSamples(dataset, seed),
@@ -75,4 +84,11 @@ def build_train_loader(
     )
 
 
-__all__ = ["FashionMNIST", "FlatImageFolder", "build_dataset", "build_train_loader", "image_folder"]
+__all__ = [
+    "FashionMNIST",
+    "FlatImageFolder",
+    "ShardDataset",
+    "build_dataset",
+    "build_train_loader",
+    "image_folder",
+]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -28,11 +29,16 @@ def load_rgb(path: str) -> Image.Image:
     loop can skip it; errors opening the file itself (permissions, missing) propagate as is.
     """
     with open(path, "rb") as f:
-        try:
-            img = Image.open(f)
-            img.load()  # decodes everything: a truncated file fails here, not in a transform
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-            raise UnreadableImage(f"{path}: {e}") from e
+        return decode_rgb(f, path)
+
+
+def decode_rgb(f: BinaryIO, name: str) -> Image.Image:
+    """:func:`load_rgb` for an open binary file (e.g. a tar member); ``name`` labels errors."""
+    try:
+        img = Image.open(f)
+        img.load()  # decodes everything: a truncated file fails here, not in a transform
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise UnreadableImage(f"{name}: {e}") from e
     if (
         img.mode.startswith("I;16") or img.mode == "I"
     ):  # 16-bit grayscale: scale to 8 bits, don't clip

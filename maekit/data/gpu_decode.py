@@ -67,6 +67,8 @@ class EncodedImages(torch.utils.data.Dataset):
 
 def encoded_folder(dataset, scale: tuple[float, float]) -> EncodedImages:
     """The files of an image folder dataset (ImageFolder or FlatImageFolder), read as bytes."""
+    if getattr(dataset, "streamed", False):
+        raise MaekitError("--gpu_decode reads image folders, not tar shards; drop --gpu_decode")
     samples = getattr(dataset, "samples", None)
     if samples is None:
         raise MaekitError(

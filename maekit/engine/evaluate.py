@@ -60,7 +60,14 @@ def build_eval_loader(
     dataset, batch_size: int, env: DistEnv, dist_eval: bool, num_workers: int, pin_memory: bool
 ) -> DataLoader:
     """Sequential (or, with --dist_eval, exact per-rank shards) over ``dataset``; its own RNG
-    generator so evaluating never draws from the training random streams."""
+    generator so evaluating never draws from the training random streams. Tar shards are
+    streamed (:func:`maekit.data.shards.shard_eval_loader`, the same exact per-rank split)."""
+    if getattr(dataset, "streamed", False):
+        from ..data.shards import shard_eval_loader
+
+        sharded = dist_eval and env.distributed
+        return shard_eval_loader(dataset, batch_size, env.rank, env.world_size, sharded, num_workers,
+                                 pin_memory)  # fmt: skip
     dataset = SkipUnreadable(dataset)
     if dist_eval and env.distributed:
         sampler = ShardSampler(len(dataset), env.rank, env.world_size)
