@@ -29,6 +29,7 @@ from ..config import ExtractConfig
 from ..engine.distributed import DistEnv, init_distributed, shutdown
 from ..engine.evaluate import ShardSampler
 from ..engine.precision import Precision, resolve_precision
+from ..engine.preemption import ignore_stop_signals
 from ..errors import MaekitError
 
 POOLS = ("cls", "mean", "all")
@@ -108,7 +109,7 @@ def extract_features(
     model.eval()
     sampler = ShardSampler(len(dataset), env.rank, env.world_size)
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                        pin_memory=env.device.type == "cuda")  # fmt: skip
+                        pin_memory=env.device.type == "cuda", worker_init_fn=ignore_stop_signals)  # fmt: skip
     feats, labels = [], []
     # On a terminal a live bar; in a log file a line every 30 s instead of a carriage-return stream.
     bar = tqdm(loader, desc=desc, disable=not (progress and env.is_main), dynamic_ncols=True,

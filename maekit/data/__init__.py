@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from ..engine.preemption import ignore_stop_signals
 from ..errors import MaekitError
 from .fashion_mnist import FashionMNIST
 from .folder import FlatImageFolder, image_folder
@@ -77,6 +78,7 @@ def build_train_loader(
         pin_memory=pin_memory,
         drop_last=True,
         persistent_workers=num_workers > 0,
+        worker_init_fn=ignore_stop_signals,  # a job-wide SIGTERM must reach the main process only
         collate_fn=collate_fn,  # None: torch's default (stacks samples)
         # Own generator: creating an epoch's iterator must not draw from the global torch RNG,
         # which belongs to the model (masking, drop path) and is restored exactly on resume.

@@ -57,6 +57,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from ..engine.preemption import ignore_stop_signals
 from ..errors import MaekitError
 from .folder import FlatImageFolder, UnreadableImage, decode_rgb, image_folder
 from .robust import TooManyBadImages, _seed_all, sample_seed
@@ -714,6 +715,7 @@ class ShardLoader:
         self.worker_batches = [(b - a) // batch_size for a, b in self.stream.blocks]
         self.loader = DataLoader(self.stream, batch_size=None, num_workers=num_workers,
                                  pin_memory=pin_memory, persistent_workers=False,
+                                 worker_init_fn=ignore_stop_signals,
                                  generator=torch.Generator().manual_seed(seed))  # fmt: skip
         self.sampler = self
         self.epoch, self.skip = 0, 0
@@ -768,7 +770,7 @@ class ShardEvalLoader:
         )
         self.loader = DataLoader(self.stream, batch_size=None, num_workers=num_workers,
                                  pin_memory=pin_memory, persistent_workers=False,
-                                 generator=torch.Generator())  # fmt: skip
+                                 worker_init_fn=ignore_stop_signals, generator=torch.Generator())  # fmt: skip
         self.batch_size = batch_size
 
     def __len__(self) -> int:

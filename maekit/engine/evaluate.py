@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Sampler
 from ..data.folder import UnreadableImage
 from .distributed import DistEnv, all_reduce_sum
 from .precision import Precision
+from .preemption import ignore_stop_signals
 
 
 class ShardSampler(Sampler[int]):
@@ -74,7 +75,7 @@ def build_eval_loader(
     else:
         sampler = torch.utils.data.SequentialSampler(dataset)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      pin_memory=pin_memory, drop_last=False, collate_fn=_collate_readable,
+                      pin_memory=pin_memory, drop_last=False, collate_fn=_collate_readable, worker_init_fn=ignore_stop_signals,
                       generator=torch.Generator())  # fmt: skip
 
 

@@ -43,3 +43,15 @@ class StopRequest:
         for s, handler in self._previous.items():
             signal.signal(s, handler)
         self._previous.clear()
+
+
+def ignore_stop_signals(_worker_id: int = 0) -> None:
+    """DataLoader ``worker_init_fn``: data workers ignore SIGTERM/SIGUSR1.
+
+    SLURM and Kubernetes signal every process of a job, data workers included. A worker killed
+    by it makes the loader raise in the main process, which then cannot write its stop
+    checkpoint. Ignoring the signal leaves the decision to the main process: it finishes the
+    step, saves, and shuts the workers down itself.
+    """
+    for s in SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
