@@ -60,6 +60,13 @@ def main(out: Path) -> None:
         wrap_model(m, env, "fsdp", Precision(None, "cpu"))
         losses[ckpt] = step(m, x)
         grads[ckpt] = full_grads(m)
+    # --amp bf16: FSDP's mixed-precision policy computes in bf16, keeps fp32 master weights.
+    m = wrap_model(build(), env, "fsdp", Precision(torch.bfloat16, "cpu"))
+    with Precision(torch.bfloat16, "cpu").autocast():
+        bf16_loss = step(m, x)
+    res["bf16_loss_diff"] = float((bf16_loss.float() - losses[False]).abs())
+    res["bf16_master_dtypes"] = sorted({str(p.dtype) for p in m.parameters()})
+    res["bf16_grads_finite"] = all(bool(g.isfinite().all()) for g in full_grads(m).values())
     res["n_units"] = len(shard_units(build()))
     res["loss_ckpt_diff"] = float((losses[True] - losses[False]).abs())
     res["loss_ref_diff"] = float((losses[False] - ref_loss).abs())

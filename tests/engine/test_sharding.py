@@ -85,6 +85,8 @@ def test_fsdp_two_processes(tmp_path: Path) -> None:
         assert rr["loss_ref_diff"] <= 1e-6 and rr["grad_ref_diff"] <= 1e-6, rr
         assert rr["loss_ckpt_diff"] <= 1e-6 and rr["grad_ckpt_diff"] <= 1e-6, rr
         assert rr["gathered_eval_diff"] <= 1e-5, rr
+        assert rr["bf16_master_dtypes"] == ["torch.float32"] and rr["bf16_grads_finite"], rr
+        assert 0 < rr["bf16_loss_diff"] <= 0.05, rr  # computed in bf16 indeed, and close
     r0 = res[0]
     assert r0["reload_weight_diff"] == 0.0 and r0["reload_exp_avg_diff"] == 0.0, r0
     assert r0["reload_steps"] == [2.0, 2.0] and r0["plain_optimizer_loads"]
