@@ -8,6 +8,8 @@ Running the same command again resumes at the next step (``--auto_resume``).
 
 from __future__ import annotations
 
+import atexit
+import multiprocessing
 import signal
 import sys
 import threading
@@ -55,3 +57,20 @@ def ignore_stop_signals(_worker_id: int = 0) -> None:
     """
     for s in SIGNALS:
         signal.signal(s, signal.SIG_IGN)
+
+
+def _kill_ignoring_workers() -> None:
+    """At exit, SIGKILL data workers that are still alive.
+
+    multiprocessing's own exit hook stops daemonic children with SIGTERM and then joins them;
+    a worker that ignores SIGTERM (above) would make that join wait forever, e.g. when the run
+    exits on an error while a loader iterator is still referenced by the traceback. This hook
+    is registered after multiprocessing's, so it runs first (atexit is last-in, first-out).
+    """
+    for child in multiprocessing.active_children():
+        if child.daemon:
+            child.kill()
+            child.join(timeout=5)
+
+
+atexit.register(_kill_ignoring_workers)
