@@ -67,10 +67,17 @@ def _kill_ignoring_workers() -> None:
     exits on an error while a loader iterator is still referenced by the traceback. This hook
     is registered after multiprocessing's, so it runs first (atexit is last-in, first-out).
     """
-    for child in multiprocessing.active_children():
-        if child.daemon:
-            child.kill()
-            child.join(timeout=5)
+    workers = [c for c in multiprocessing.active_children() if c.daemon]
+    if not workers:
+        return
+    if threading.current_thread() is threading.main_thread() and hasattr(signal, "SIGCHLD"):
+        # torch's loader reports a worker that dies by a signal as an error (SIGCHLD handler);
+        # these deaths are the ones we cause here.
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for child in workers:
+        child.kill()
+    for child in workers:
+        child.join(timeout=5)
 
 
 atexit.register(_kill_ignoring_workers)
