@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install maekit and everything it needs on a fresh Debian machine (as root, no torch yet).
 #   bash scripts/install.sh          # runtime: data package, torch, maekit
-#   bash scripts/install.sh --dev    # + test and lint tools (pytest, ruff, shellcheck)
+#   bash scripts/install.sh --dev    # + test and lint tools (pytest, pytest-xdist, ruff, shellcheck)
 set -euo pipefail
 # Debian marks its system Python "externally managed"; this script is meant for a dedicated machine.
 export PIP_BREAK_SYSTEM_PACKAGES=1

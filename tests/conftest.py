@@ -14,6 +14,11 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Under pytest-xdist (`-n 2`, README command 2) the workers already fill the cores: the CLI
+# subprocesses the end-to-end tests start get one intra-op thread each instead of all cores.
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 
 def write_image_folder(
     root: Path, classes: int = 2, per_class: int = 12, size=(40, 36), seed: int = 0
