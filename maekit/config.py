@@ -531,6 +531,11 @@ class BenchConfig:
         "also run the plain way (fp32, eager, unfused attention and AdamW, loss read every step) "
         "in the same process, and report the speed-up",
     )
+    rounds: int = opt(
+        1,
+        "measure each mode this many times, alternating fast and reference, and report each "
+        "mode's median round (on a shared machine drift hits both modes alike)",
+    )
     peak_tflops: float | None = opt(
         None, "device peak (TFLOP/s) for MFU (default: a table for A100/H100/H200 bf16/fp16)"
     )
@@ -550,7 +555,7 @@ class BenchConfig:
     def validate(self) -> None:
         positive = {"batch_size": self.batch_size, "input_size": self.input_size,
                     "in_chans": self.in_chans, "nb_classes": self.nb_classes, "steps": self.steps,
-                    "images": self.images}  # fmt: skip
+                    "images": self.images, "rounds": self.rounds}  # fmt: skip
         for name, value in positive.items():
             if value <= 0:
                 raise MaekitError(f"--{name} must be a positive integer, got {value}")

@@ -7,6 +7,7 @@ The result is a table on the terminal, or one JSON object with ``--json``.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import torch
 
@@ -25,6 +26,14 @@ def _rates(r: StepResult, flops_per_step: float | None, peak: float | None) -> d
     return d
 
 
+def median_round(rounds: list[StepResult]) -> StepResult:
+    """The round with the median throughput (the lower middle one for an even count), with
+    the highest peak memory of all rounds."""
+    ordered = sorted(rounds, key=lambda r: r.img_per_s)
+    mid = ordered[(len(ordered) - 1) // 2]
+    return replace(mid, peak_mem_mb=max(r.peak_mem_mb for r in rounds))
+
+
 def bench_step(cfg: BenchConfig) -> dict:
     """Measure the fast mode (and the reference with ``--reference``); one flat dict: the fast
     mode's figures at the top level, the reference's under ``reference``, and their ratios."""
@@ -34,13 +43,19 @@ def bench_step(cfg: BenchConfig) -> dict:
     # FLOPs first: on the meta device it costs nothing, and it imports and builds everything
     # once, so that start-up allocations are not counted in the first mode's peak memory.
     flops = count_flops(cfg, device)
-    fast = measure(cfg, device, reference=False)
-    ref = measure(cfg, device, reference=True) if cfg.reference else None
+    fast_rounds: list[StepResult] = []
+    ref_rounds: list[StepResult] = []
+    for _ in range(cfg.rounds):  # alternate, so that machine drift hits both modes alike
+        fast_rounds.append(measure(cfg, device, reference=False))
+        if cfg.reference:
+            ref_rounds.append(measure(cfg, device, reference=True))
+    fast = median_round(fast_rounds)
+    ref = median_round(ref_rounds) if ref_rounds else None
     name = device_name(device)
     out = {
         "model": cfg.model, "phase": cfg.phase, "batch_size": cfg.batch_size,
         "input_size": cfg.input_size, "patch_size": cfg.patch_size, "device": str(device),
-        "device_name": name, "steps": cfg.steps, "warmup": cfg.warmup,
+        "device_name": name, "steps": cfg.steps, "warmup": cfg.warmup, "rounds": cfg.rounds,
         "gflops_per_image": flops / cfg.batch_size / 1e9 if flops else None,
         "peak_tflops": peak_tflops(name, fast.precision, cfg.peak_tflops),
         "torch": torch.__version__,
@@ -50,6 +65,9 @@ def bench_step(cfg: BenchConfig) -> dict:
         out["reference"] = _rates(ref, flops, peak_tflops(name, ref.precision, cfg.peak_tflops))
         out["speedup"] = fast.img_per_s / ref.img_per_s
         out["mem_ratio"] = fast.peak_mem_mb / ref.peak_mem_mb if ref.peak_mem_mb > 0 else None
+        pairs = zip(fast_rounds, ref_rounds, strict=True)
+        out["round_speedups"] = [f.img_per_s / r.img_per_s for f, r in pairs]
+    out["round_img_per_s"] = [r.img_per_s for r in fast_rounds]
     return out
 
 
@@ -81,6 +99,9 @@ def step_table(out: dict) -> str:
         lines.append(
             f"fast / reference: {out['speedup']:.2f}x throughput, {_fmt(mem, '.2f')}x peak memory"
         )
+        if out["rounds"] > 1:
+            each = ", ".join(f"{x:.2f}x" for x in out["round_speedups"])
+            lines.append(f"median of {out['rounds']} alternating rounds; per round: {each}")
     return "\n".join(lines)
 
 

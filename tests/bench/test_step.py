@@ -10,8 +10,8 @@ from functools import partial
 import pytest
 import torch
 
-from maekit.bench import bench_step, step_table
-from maekit.bench.step import measure, phase_config, plain_optimizer
+from maekit.bench import bench_step, median_round, step_table
+from maekit.bench.step import StepResult, measure, phase_config, plain_optimizer
 from maekit.config import BenchConfig
 from maekit.errors import MaekitError
 from tests.conftest import run_cli
@@ -34,6 +34,36 @@ def test_bench_reports_positive_figures_and_the_reference_ratio():
     json.dumps(out)  # serialisable as it is
     table = step_table(out)
     assert "fast / reference" in table and "reference" in table
+
+
+def test_rounds_alternate_the_modes_and_report_each_modes_median(monkeypatch):
+    import maekit.bench as bench
+
+    calls = []
+    fast_rates, ref_rates = iter([3.0, 1.0, 2.0]), iter([1.0, 4.0, 2.0])
+
+    def fake_measure(cfg, device, reference):
+        calls.append("ref" if reference else "fast")
+        rate = next(ref_rates if reference else fast_rates)
+        return StepResult(mode="reference" if reference else "fast", precision="fp32",
+                          compile=False, grad_ckpt=False, fused_attn=not reference,
+                          optimizer="AdamW", loss_read_every=1, img_per_s=rate,
+                          step_ms=2000 / rate, peak_mem_mb=10 * rate, loss=1.0)  # fmt: skip
+
+    monkeypatch.setattr(bench, "measure", fake_measure)
+    out = bench_step(BenchConfig(**TINY, reference=True, rounds=3))
+    assert calls == ["fast", "ref"] * 3  # interleaved, not all fast rounds first
+    assert out["img_per_s"] == 2.0 and out["reference"]["img_per_s"] == 2.0  # medians
+    assert out["speedup"] == 1.0
+    assert out["round_speedups"] == [3.0, 0.25, 1.0]
+    assert out["peak_mem_mb"] == 30.0 and out["reference"]["peak_mem_mb"] == 40.0  # the max
+    assert "per round: 3.00x, 0.25x, 1.00x" in step_table(out)
+
+
+def test_median_round_of_an_even_count_is_the_lower_middle():
+    rs = [StepResult("fast", "fp32", False, False, True, "AdamW", 1, r, 1.0, 1.0, 0.0)
+          for r in (4.0, 1.0, 3.0, 2.0)]  # fmt: skip
+    assert median_round(rs).img_per_s == 2.0
 
 
 def test_model_flops_match_the_analytic_count():
@@ -124,6 +154,7 @@ def test_cli_json_is_one_valid_object(tmp_path):
 
 
 @pytest.mark.parametrize("args,text", [(["--steps", "0"], "--steps"),
+                                       (["--rounds", "0"], "--rounds"),
                                        (["--model", "vit_gigantic"], "unknown model"),
                                        (["--phase", "finetune"], "pre-training model")])  # fmt: skip
 def test_cli_bad_input_is_one_error_line(tmp_path, args, text):
