@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import multiprocessing
+import multiprocessing.util  # registers multiprocessing's exit hook before ours (see below)
 import signal
 import sys
 import threading

@@ -40,11 +40,19 @@ def _fsdp():
 
 
 def shard_units(model: nn.Module) -> list[nn.Module]:
-    """The modules that become FSDP units: every entry of every ``nn.ModuleList`` (blocks)."""
+    """The modules that become FSDP units: the blocks, i.e. the entries of every
+    ``nn.ModuleList`` / ``nn.Sequential`` whose entries are all of one class with sub-modules
+    and parameters (our MAE/ConvMAE ``ModuleList``s, timm ViT's ``Sequential``; not a head like
+    ``Sequential(BatchNorm1d, Linear)``)."""
     units = []
     for m in model.modules():
-        if isinstance(m, nn.ModuleList):
-            units.extend(m)
+        if not isinstance(m, (nn.ModuleList, nn.Sequential)) or len(m) == 0:
+            continue
+        entries = list(m)
+        one_class = len({type(e) for e in entries}) == 1
+        if one_class and all(any(True for _ in e.children()) and any(True for _ in e.parameters())
+                             for e in entries):  # fmt: skip
+            units.extend(entries)
     return units
 
 
@@ -73,7 +81,11 @@ def fully_shard_model(model: nn.Module, precision: Precision) -> nn.Module:
     # FSDP2 warns when a module returns a view (in-place ops on it would skip a hook); the
     # training step never modifies model outputs in place, so the warning is noise here.
     warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view")
-    for unit in shard_units(model):
+    units = shard_units(model)
+    if not units:
+        warnings.warn(f"--dist_mode fsdp: {type(model).__name__} has no blocks to shard one at a "
+                      "time, so its whole parameter set is gathered for every forward", stacklevel=2)  # fmt: skip
+    for unit in units:
         fsdp.fully_shard(unit, **kw)
     fsdp.fully_shard(model, **kw)
     return model
@@ -210,10 +222,8 @@ def gathered(model: nn.Module) -> Iterator[None]:
     if not is_sharded(model):
         yield
         return
-    if (
-        dist.is_initialized()
-    ):  # buffers (BatchNorm statistics) are per rank under fsdp: use rank 0's,
-        with torch.no_grad():  # the ones its checkpoint holds
+    if dist.is_initialized():  # buffers (BatchNorm statistics) are per rank under fsdp:
+        with torch.no_grad():  # use rank 0's, the ones its checkpoint holds
             for b in model.buffers():
                 dist.broadcast(b.data, src=0)
     units = [m for m in model.modules() if is_sharded(m)]
@@ -225,4 +235,5 @@ def gathered(model: nn.Module) -> Iterator[None]:
     finally:
         for m in units:
             m.reshard()
-            m.set_reshard_after_forward(True, recurse=False)
+            # FSDP2 never reshards the root after forward (backward needs it at once).
+            m.set_reshard_after_forward(m is not model, recurse=False)

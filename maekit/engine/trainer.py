@@ -132,6 +132,7 @@ def train_one_epoch(
     ddp = getattr(model, "_orig_mod", model)  # --compile wraps the DDP module
     ddp = ddp if isinstance(ddp, DistributedDataParallel) else None
     fsdp = is_sharded(model)  # FSDP2: gradient sync is switched per backward instead
+    grad_sync: bool | None = None  # FSDP2's current setting (switched when it must change)
     optimizer.zero_grad(set_to_none=True)
     start = time.perf_counter()
 
@@ -152,13 +153,17 @@ def train_one_epoch(
         targets = targets.to(device, non_blocking=True)
         update = (step + 1) % accum == 0
         sync_ctx = ddp.no_sync() if ddp is not None and not update else contextlib.nullcontext()
-        if fsdp and accum > 1:  # reduce-scatter gradients on the update's backward only
-            set_gradient_sync(model, update)
+        if fsdp and accum > 1 and grad_sync != update:
+            set_gradient_sync(model, update)  # reduce-scatter on the update's backward only
+            grad_sync = update
         with sync_ctx:
             with precision.autocast():
                 loss = loss_fn(model, samples, targets)
             finite = torch.isfinite(loss.detach())
-            if skip_nonfinite and not bool(finite):  # host sync per step, only with --max_nonfinite
+            # --max_nonfinite: a host sync per step, and the ranks skip together (a backward
+            # skipped on one rank alone would leave the others waiting in its collectives).
+            skipped = skip_nonfinite and bool(all_reduce_sum((~finite).to(torch.float32)) > 0)
+            if skipped:
                 counters.nonfinite_skipped += 1
                 if env.is_main:
                     print(f"maekit: non-finite loss at epoch {epoch}, step {step}; step skipped "
@@ -193,7 +198,7 @@ def train_one_epoch(
 
         if not skip_nonfinite:  # remember the first bad step without a host sync
             first_bad = torch.where(finite | (first_bad >= 0), first_bad, step)
-        if not (skip_nonfinite and not bool(finite)):  # a skipped step is not averaged
+        if not skipped:  # a skipped step is not averaged
             loss_d = loss.detach().to(torch.float64)
             loss_sum += loss_d
             window_sum += loss_d

@@ -28,6 +28,16 @@ def test_every_block_is_a_unit() -> None:
     units = shard_units(m)
     assert len(units) == len(m.blocks) + len(m.decoder_blocks)
     assert all(type(u).__name__ == "Block" for u in units)
+    # timm's ViT keeps its blocks in an nn.Sequential; a linear-probe head (BatchNorm1d, Linear)
+    # is not a block container.
+    from maekit.phases.linprobe import attach_probe_head
+
+    vit = attach_probe_head(
+        create_model("vit_tiny_patch16", img_size=32, patch_size=8, num_classes=3)
+    )
+    assert shard_units(vit) == list(vit.blocks)
+    conv = create_model("convvit_small_patch16", img_size=32, patch_size=4, num_classes=3)
+    assert len(shard_units(conv)) == len(conv.blocks1) + len(conv.blocks2) + len(conv.blocks3)
 
 
 def test_single_process_and_bad_mode() -> None:

@@ -297,3 +297,64 @@ def test_stop_request_ends_the_epoch_at_an_update_boundary(tmp_path):
                             state=state, stop=stop)  # fmt: skip
     assert stats["state"].stopped and stats["state"].step == 4  # finished the accumulation window
     assert len(calls) == 4
+
+
+NONFINITE_WORKER = """
+import json, sys
+import torch, torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, TensorDataset
+from maekit.engine.distributed import DistEnv
+from maekit.engine.precision import resolve_precision
+from maekit.engine.progress import RunRecorder
+from maekit.engine.trainer import LoopSettings, RunCounters, train_one_epoch
+
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+torch.manual_seed(0)
+model = DistributedDataParallel(torch.nn.Linear(4, 1))
+g = torch.Generator().manual_seed(rank)
+loader = DataLoader(TensorDataset(torch.randn(12, 4, generator=g), torch.randn(12, 1, generator=g)),
+                    batch_size=2)
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+steps = []
+opt.register_step_post_hook(lambda *_: steps.append(1))
+calls = []
+
+def loss_fn(m, x, y):  # NaN on rank 1 alone, at its second step
+    calls.append(1)
+    loss = (m(x) - y).pow(2).mean()
+    return loss * float("nan") if rank == 1 and len(calls) == 2 else loss
+
+precision = resolve_precision("none", torch.device("cpu"))
+counters = RunCounters()
+train_one_epoch(model, loader, opt, loss_fn, 0,
+                LoopSettings(lr=0.1, min_lr=0.1, warmup_epochs=0, epochs=1, print_freq=2,
+                             max_nonfinite=3),
+                precision, precision.grad_scaler(), DistEnv(rank, 2, rank, torch.device("cpu")),
+                RunRecorder(".", None, enabled=False), counters=counters)
+with open(sys.argv[1] + f".{rank}", "w") as f:
+    json.dump({"steps": len(steps), "skipped": counters.nonfinite_skipped,
+               "weight": model.module.weight.tolist()}, f)
+dist.destroy_process_group()
+"""
+
+
+def test_a_nonfinite_loss_on_one_rank_is_skipped_by_all_ranks(tmp_path):
+    """With --max_nonfinite under DDP/FSDP the ranks skip a step together: a backward skipped
+    on one rank alone would leave the others waiting in its all-reduce."""
+    import json
+    import subprocess
+    import sys
+
+    script = tmp_path / "worker.py"
+    script.write_text(NONFINITE_WORKER)
+    out = tmp_path / "out.json"
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                        "--nproc_per_node", "2", str(script), str(out)], capture_output=True,
+                       text=True, timeout=120, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    results = [json.loads((tmp_path / f"out.json.{rank}").read_text()) for rank in (0, 1)]
+    for res in results:
+        assert res["steps"] == 5 and res["skipped"] == 1, res  # 6 batches, one skipped by both
+    assert results[0]["weight"] == results[1]["weight"]
