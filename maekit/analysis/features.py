@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from ..config import ExtractConfig
+from ..engine.checkpoint import atomic_write
 from ..engine.distributed import DistEnv, init_distributed, shutdown
 from ..engine.evaluate import ShardSampler
 from ..engine.precision import Precision, resolve_precision
@@ -149,17 +149,6 @@ def is_labeled(dataset: Dataset) -> bool:
     return len(getattr(dataset, "classes", ())) > 1
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_features(
     path: str | Path, features: torch.Tensor, labels: torch.Tensor, names: list[str], meta: dict
 ) -> list[Path]:
@@ -171,7 +160,7 @@ def save_features(
 
         tensors = {"features": features.contiguous(), "labels": labels.contiguous()}
         metadata = {k: v if isinstance(v, str) else json.dumps(v) for k, v in info.items()}
-        _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
         return [path]
     if path.suffix == ".npy":
         sidecar = path.with_suffix(".json")
@@ -180,9 +169,9 @@ def save_features(
             with open(tmp, "wb") as f:
                 np.save(f, features.numpy())
 
-        _atomic_write(path, write_npy)
+        atomic_write(path, write_npy)
         text = json.dumps({"labels": labels.tolist(), **info})
-        _atomic_write(sidecar, lambda tmp: Path(tmp).write_text(text))
+        atomic_write(sidecar, lambda tmp: Path(tmp).write_text(text))
         return [path, sidecar]
     raise MaekitError(f"--out {path}: use a .safetensors or .npy file name")
 

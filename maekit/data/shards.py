@@ -57,6 +57,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from ..engine.checkpoint import atomic_write
 from ..engine.preemption import ignore_stop_signals
 from ..errors import MaekitError
 from .folder import FlatImageFolder, UnreadableImage, decode_rgb, image_folder
@@ -94,17 +95,13 @@ def _source_split(root: Path) -> tuple[list[tuple[Path, int | None]], list[str]]
 
 
 def _write_atomic(path: Path, write) -> int:
-    """Write through ``write(file)`` to a temp name, fsync, rename; returns the size."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    """Write through ``write(file)`` all or nothing (:func:`atomic_write`); returns the size."""
+
+    def to_file(tmp: Path) -> None:
         with open(tmp, "wb") as f:
             write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+
+    atomic_write(path, to_file)
     return path.stat().st_size
 
 

@@ -16,6 +16,7 @@ import re
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -31,32 +32,44 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def atomic_save(obj: dict, path: str | Path) -> None:
+def atomic_write(path: str | Path, write: Callable[[Path], object]) -> None:
+    """Write ``path`` all or nothing: ``write(tmp)`` fills a temp file in the same folder, which
+    is fsynced and renamed over ``path``, then the folder is fsynced. On any failure the temp
+    file is removed and ``path`` keeps its old content. (Checkpoints, shards, feature files.)"""
     path = Path(path)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise MaekitError(f"could not write checkpoint {path}: {e.strerror or e}; "
-                          "choose another --output_dir (earlier checkpoints are untouched)") from e  # fmt: skip
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
     try:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual file mode
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            if os.environ.get("MAEKIT_DEBUG_SAVE_DELAY"):  # fault-injection hook for the kill tests
-                time.sleep(float(os.environ["MAEKIT_DEBUG_SAVE_DELAY"]))
+        write(tmp)
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise MaekitError(f"could not write checkpoint {path}: {e.strerror or e}; "
-                              "free disk space or choose another --output_dir "
-                              "(earlier checkpoints are untouched)") from e  # fmt: skip
+    except BaseException:
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def atomic_save(obj: dict, path: str | Path) -> None:
+    """``torch.save`` through :func:`atomic_write`; an OS error becomes a one-line MaekitError."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            if os.environ.get("MAEKIT_DEBUG_SAVE_DELAY"):  # fault-injection hook (kill tests)
+                time.sleep(float(os.environ["MAEKIT_DEBUG_SAVE_DELAY"]))
+
+    try:
+        atomic_write(path, write)
+    except OSError as e:
+        raise MaekitError(f"could not write checkpoint {path}: {e.strerror or e}; "
+                          "free disk space or choose another --output_dir "
+                          "(earlier checkpoints are untouched)") from e  # fmt: skip
 
 
 def _fsync_dir(folder: Path) -> None:
