@@ -17,8 +17,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import sys
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -39,10 +41,27 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
     return (int(state[0]) << 31) ^ int(state[1])
 
 
-def _seed_all(s: int) -> None:
+def seed_all(s: int) -> None:
     random.seed(s)
     np.random.seed(s % 2**32)
     torch.manual_seed(s)
+
+
+@contextlib.contextmanager
+def keep_global_rng(active: bool = True) -> Iterator[None]:
+    """Leave python's, numpy's and torch's CPU RNG streams where they were (when ``active``):
+    per-sample seeding in the main process (``--num_workers 0``) must not move the training
+    streams (masking, dropout), or a run would depend on its worker count."""
+    if not active:
+        yield
+        return
+    py_state, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
 
 
 class SeededSamples(torch.utils.data.Dataset):
@@ -68,22 +87,14 @@ class SeededSamples(torch.utils.data.Dataset):
     def __getitem__(self, key):
         epoch, index = key if isinstance(key, tuple) else (0, key)
         in_worker = torch.utils.data.get_worker_info() is not None
-        if in_worker:
+        with keep_global_rng(not in_worker):  # main process: the training RNG streams stay put
             return self._fetch(epoch, index)
-        # Main process: leave the training RNG streams exactly where they were.
-        py_state, np_state = random.getstate(), np.random.get_state()
-        with torch.random.fork_rng(devices=[]):
-            try:
-                return self._fetch(epoch, index)
-            finally:
-                random.setstate(py_state)
-                np.random.set_state(np_state)
 
     def _fetch(self, epoch: int, index: int):
         n = len(self.dataset)
         for skipped in range(min(n, MAX_CONSECUTIVE_BAD)):
             i = (index + skipped) % n
-            _seed_all(sample_seed(self.seed, epoch, i))
+            seed_all(sample_seed(self.seed, epoch, i))
             try:
                 img, target = self.dataset[i]
             except UnreadableImage as e:

@@ -36,7 +36,6 @@ Unreadable images are replaced by the next readable sample of the batch and coun
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import io
 import itertools
@@ -61,7 +60,7 @@ from ..engine.checkpoint import atomic_write
 from ..engine.preemption import ignore_stop_signals
 from ..errors import MaekitError
 from .folder import FlatImageFolder, UnreadableImage, decode_rgb, image_folder
-from .robust import TooManyBadImages, _seed_all, sample_seed
+from .robust import TooManyBadImages, keep_global_rng, sample_seed, seed_all
 
 FORMAT = "maekit-shards/1"
 MANIFEST = "shards.json"
@@ -552,21 +551,6 @@ def segments(
 # --------------------------------------------------------------------------- streaming
 
 
-@contextlib.contextmanager
-def _keep_global_rng(active: bool):
-    """In the main process, leave python's, numpy's and torch's RNG streams where they were."""
-    if not active:
-        yield
-        return
-    py_state, np_state = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
-        try:
-            yield
-        finally:
-            random.setstate(py_state)
-            np.random.set_state(np_state)
-
-
 def _shuffled(records: Iterator[Record], size: int, rng: random.Random) -> Iterator[Record]:
     """A shuffle buffer of ``size`` records: same records out, locally mixed."""
     buf: list[Record] = []
@@ -614,7 +598,7 @@ class _Stream(IterableDataset):
         batch = self._train_batch if self.train else self._eval_batch
         while chunk := list(itertools.islice(records, self.batch_size)):
             # Build the batch, then yield outside the guard: the caller's draws must not be undone.
-            with _keep_global_rng(info is None):
+            with keep_global_rng(info is None):
                 out = batch(chunk)
             yield out
 
@@ -664,7 +648,7 @@ class _Stream(IterableDataset):
                 else next((g for g in good if g > i), good[0] if good else None)
             )
             rec, img = (chunk[j], images[j]) if j is not None else self._last_good
-            _seed_all(sample_seed(self.seed, self.epoch, rec.index))
+            seed_all(sample_seed(self.seed, self.epoch, rec.index))
             xs.append(self.data.transform(img) if self.data.transform is not None else img)
             targets.append(self._target(rec))
             skipped.append(int(images[i] is None))
