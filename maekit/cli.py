@@ -19,7 +19,7 @@ from .config import (
     add_config_flags,
     config_from_args,
 )
-from .errors import MaekitError
+from .errors import MaekitError, error_text
 
 PHASES = {
     "pretrain": (PretrainConfig, "MAE pre-training (official recipe)", "maekit.phases.pretrain"),
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         importlib.import_module(module).run(cfg)
         return 0
     except MaekitError as e:
-        print(f"maekit {args.command}: error: {e}", file=sys.stderr)
+        print(f"maekit {args.command}: error: {error_text(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"maekit {args.command}: interrupted", file=sys.stderr)

@@ -3,3 +3,14 @@
 
 class MaekitError(Exception):
     """A problem with the user's input or environment, with a message that names the fix."""
+
+
+def error_text(e: MaekitError) -> str:
+    """The one-line message of ``e``, also when a DataLoader worker raised it: torch re-raises
+    a worker's exception as ``Caught ... in DataLoader worker process N. Original Traceback
+    ... module.Class: message``; the message is its last line's text after the class name."""
+    text = str(e)
+    if not text.startswith("Caught "):
+        return text
+    last = text.strip().splitlines()[-1]
+    return last.split(": ", 1)[1] if ": " in last else last

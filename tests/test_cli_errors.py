@@ -180,3 +180,17 @@ def test_console_script_help(tmp_path):
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "--mask_ratio" in r.stdout
+
+
+def test_an_error_raised_in_a_data_worker_prints_its_message_alone():
+    """torch re-raises a worker's MaekitError with the worker's traceback in its text; the CLI
+    keeps the message alone."""
+    from maekit.errors import MaekitError, error_text
+
+    wrapped = MaekitError(
+        "Caught MaekitError in DataLoader worker process 1.\nOriginal Traceback (most recent "
+        'call last):\n  File "x.py", line 3, in f\n    raise X\n'
+        "maekit.data.robust.TooManyBadImages: 32 images in a row: check --data_path\n"
+    )
+    assert error_text(wrapped) == "32 images in a row: check --data_path"
+    assert error_text(MaekitError("plain: message")) == "plain: message"

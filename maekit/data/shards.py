@@ -665,16 +665,6 @@ class _Stream(IterableDataset):
         return torch.stack(xs), torch.tensor([self._target(rec) for rec, _ in kept])
 
 
-def _one_line(e: MaekitError) -> MaekitError:
-    """A MaekitError re-raised from a loader worker carries the worker's traceback: keep the
-    message alone, so the CLI prints one line."""
-    text = str(e)
-    if not text.startswith("Caught "):
-        return e
-    last = text.strip().splitlines()[-1]
-    return type(e)(last.split(": ", 1)[1] if ": " in last else last)
-
-
 class ShardLoader:
     """The training loader over tar shards, in place of the map-style DataLoader.
 
@@ -720,11 +710,8 @@ class ShardLoader:
         s.skips, s.rotation = resume_plan(self.worker_batches, self.skip)
         if len(self) == 0:
             return
-        try:
-            for images, targets, skipped, keys in self.loader:
-                yield (images, targets, skipped), keys
-        except MaekitError as e:
-            raise _one_line(e) from None
+        for images, targets, skipped, keys in self.loader:
+            yield (images, targets, skipped), keys
 
     def __iter__(self):
         prefix = os.environ.get(DEBUG_LOG_ENV)
@@ -760,10 +747,7 @@ class ShardEvalLoader:
     def __iter__(self):
         if len(self) == 0:
             return
-        try:
-            yield from self.loader
-        except MaekitError as e:
-            raise _one_line(e) from None
+        yield from self.loader
 
 
 def shard_eval_loader(dataset: ShardDataset, batch_size: int, rank: int, world_size: int,
