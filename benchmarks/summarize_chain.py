@@ -20,5 +20,7 @@ for name, label in rows:
     total += wall
     last = f"{log[-1]['test_acc1'] / 100:.4f}" if "test_acc1" in log[-1] else "-"
     best = f"{max(r['test_acc1'] for r in log) / 100:.4f}" if "test_acc1" in log[-1] else "-"
-    print(f"| {label} | {len(log)} | {log[-1]['train_loss']:.4f} | {last} | {best} | {wall / 60:.1f} min |")
+    print(
+        f"| {label} | {len(log)} | {log[-1]['train_loss']:.4f} | {last} | {best} | {wall / 60:.1f} min |"
+    )
 print(f"\nTotal training wall time: {total / 60:.1f} min")
