@@ -238,25 +238,20 @@ def resume_from(
         raise MaekitError(f"{path} has no 'model' entry; is it a maekit/MAE checkpoint?")
     state = strip_wrapper_prefixes(ckpt["model"])
     wrong = shape_mismatches(state, unwrap(model))
-    if is_sharded(unwrap(model)):  # fsdp: every rank keeps its shard of the full tensors
-        if wrong:
-            raise MaekitError(f"checkpoint {path} does not match the model: other shapes for {wrong[:8]}; "
-                              "resume with the same --model and sizes")  # fmt: skip
-        load_full_state(unwrap(model), state, optimizer, ckpt.get("optimizer"))
-        if scaler is not None and ckpt.get("scaler") is not None:
-            scaler.load_state_dict(ckpt["scaler"])
-        return progress_of(ckpt)[0], ckpt
     if wrong:
         raise MaekitError(f"checkpoint {path} does not match the model: other shapes for {wrong[:8]}; "
                           "resume with the same --model and sizes")  # fmt: skip
-    result = unwrap(model).load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise MaekitError(
-            f"checkpoint {path} does not match the model: missing {result.missing_keys[:8]}, "
-            f"unexpected {result.unexpected_keys[:8]}; resume with the same --model and sizes"
-        )
-    if optimizer is not None and ckpt.get("optimizer") is not None:
-        optimizer.load_state_dict(ckpt["optimizer"])
+    if is_sharded(unwrap(model)):  # fsdp: every rank keeps its shard of the full tensors
+        load_full_state(unwrap(model), state, optimizer, ckpt.get("optimizer"))
+    else:
+        result = unwrap(model).load_state_dict(state, strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise MaekitError(
+                f"checkpoint {path} does not match the model: missing {result.missing_keys[:8]}, "
+                f"unexpected {result.unexpected_keys[:8]}; resume with the same --model and sizes"
+            )
+        if optimizer is not None and ckpt.get("optimizer") is not None:
+            optimizer.load_state_dict(ckpt["optimizer"])
     if scaler is not None and ckpt.get("scaler") is not None:
         scaler.load_state_dict(ckpt["scaler"])
     return progress_of(ckpt)[0], ckpt
