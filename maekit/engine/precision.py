@@ -9,11 +9,14 @@ import torch
 
 
 def cpu_has_fast_bf16() -> bool:
-    """True when the CPU has native bf16 dot products (AVX-512 BF16 or AMX).
+    """True when bf16 matmuls beat fp32 on this CPU: only with AMX tiles.
 
-    Without them PyTorch emulates bf16 matmuls, which is several times *slower* than fp32.
+    AVX-512 BF16 alone is not enough. On a 2-core Xeon with AVX-512 BF16 and no AMX
+    (BENCHMARKS.md), oneDNN's bf16 matmul ran at 166 GFLOP/s against MKL's 320 in fp32,
+    and a MAE ViT-B step under bf16 autocast took 1.8x as long as in fp32. Without
+    either, PyTorch emulates bf16, far slower still.
     """
-    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    return bool(torch.cpu._is_amx_tile_supported())
 
 
 @dataclass(frozen=True)
@@ -36,7 +39,7 @@ class Precision:
 
 
 def resolve_precision(amp: str, device: torch.device) -> Precision:
-    """auto -> bf16 on GPUs that support it and on CPUs with native bf16, else fp32."""
+    """auto -> bf16 on GPUs that support it and on CPUs with AMX, else fp32."""
     kind = device.type
     if amp == "auto":
         if kind == "cuda":

@@ -9,6 +9,17 @@ from maekit.engine.precision import cpu_has_fast_bf16, resolve_precision
 CPU = torch.device("cpu")
 
 
+def test_fast_bf16_means_amx_not_avx512_bf16_alone(monkeypatch):
+    """AVX-512 BF16 without AMX trains slower in bf16 than in fp32 (BENCHMARKS.md)."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert not cpu_has_fast_bf16()
+    assert resolve_precision("auto", CPU).dtype is None
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert cpu_has_fast_bf16()
+    assert resolve_precision("auto", CPU).dtype is torch.bfloat16
+
+
 def test_auto_on_cpu_depends_on_native_bf16():
     p = resolve_precision("auto", CPU)
     if cpu_has_fast_bf16():
