@@ -23,9 +23,9 @@ PRE = ["--model", "mae_vit_tiny_patch16", "--input_size", "32", "--patch_size", 
        "--warmup_epochs", "1", "--num_workers", "0", "--print_freq", "2", "--blr", "1e-3",
        "--accum_iter", "2", "--clip_grad", "0.5", "--device", "cpu", "--amp", "none"]  # fmt: skip
 # fp32 reduction order differs between all-reduce and reduce-scatter. fp32 is pinned: under
-# --amp auto a CPU with AVX-512 BF16 trains in bf16, where fsdp's bf16 parameter policy and
-# ddp's autocast round differently (and Adam's first step turns any flipped gradient sign
-# into a 2 x lr difference), so the two modes can't be held to 1e-5 there.
+# --amp auto a CPU with AMX trains in bf16 (so did one with AVX-512 BF16 before that rule),
+# where fsdp's bf16 parameter policy and ddp's autocast round differently (and Adam's first
+# step turns any flipped gradient sign into a 2 x lr difference): no 1e-5 agreement there.
 TOL = 1e-5
 
 
