@@ -25,7 +25,7 @@ import time
 import torch
 import torch.distributed as dist
 
-from maekit.engine.distributed import init_distributed
+from maekit.engine.distributed import init_distributed, shutdown
 from maekit.engine.fastpath import enable_grad_checkpointing
 from maekit.engine.optim import build_adamw, weight_decay_groups
 from maekit.engine.precision import resolve_precision
@@ -103,8 +103,7 @@ def main() -> None:
                           "peak_mb_per_process": round(float(peak), 0),
                           "rss_before_steps_mb": round(base_mb), "rss_before_trim_mb": round(rss_mb), "step_s": round(step_s, 2),
                           "threads": int(os.environ.get("OMP_NUM_THREADS", "0") or 0)}), flush=True)  # fmt: skip
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    shutdown()
 
 
 if __name__ == "__main__":

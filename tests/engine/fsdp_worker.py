@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from maekit.engine.distributed import DistEnv
+from maekit.engine.distributed import DistEnv, shutdown
 from maekit.engine.fastpath import enable_grad_checkpointing
 from maekit.engine.precision import Precision
 from maekit.engine.sharding import full_state, gathered, load_full_state, shard_units, wrap_model
@@ -123,7 +123,7 @@ def main(out: Path) -> None:
     res["gathered_eval_diff"] = max(diffs)
     dist.barrier()
     (out / f"rank{rank}.json").write_text(json.dumps(res))
-    dist.destroy_process_group()
+    shutdown()
 
 
 if __name__ == "__main__":
