@@ -75,7 +75,12 @@ def prepare_run(cfg) -> RunContext:
     seed_everything(cfg.seed + env.rank)
     precision = resolve_precision(cfg.amp, env.device)
     if env.is_main:
-        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        # What the flags resolved to on this machine: `--amp auto` is fp32 or bf16 by hardware.
+        resolved = {"precision": precision.name, "device": str(env.device),
+                    "world_size": env.world_size, "torch": torch.__version__}  # fmt: skip
+        (out / "config.json").write_text(
+            json.dumps({**cfg.to_dict(), "resolved": resolved}, indent=2) + "\n"
+        )
     recorder = RunRecorder(str(out), cfg.log_dir, enabled=env.is_main)
     workers = min(cfg.num_workers, os.cpu_count() or 1)
     pin = cfg.pin_mem and env.device.type == "cuda"

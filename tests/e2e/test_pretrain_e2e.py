@@ -40,6 +40,10 @@ def test_pretrain_two_epochs_then_resume_to_three(image_folder: Path, tmp_path: 
     assert (out / "checkpoint-0.pth").is_file() and (out / "checkpoint-1.pth").is_file()
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["model"] == "mae_vit_tiny_patch16" and cfg["epochs"] == 2 and cfg["patch_size"] == 8
+    # --amp auto is saved as given, and beside it what it resolved to here (as printed)
+    res = cfg["resolved"]
+    assert (res["device"], res["world_size"], res["torch"]) == ("cpu", 1, torch.__version__)
+    assert f"on cpu x 1 in {res['precision']} for epochs 0..1" in r.stdout
     log = read_log(out)
     assert [rec["epoch"] for rec in log] == [0, 1]
     for rec in log:
