@@ -20,7 +20,9 @@ def test_gpu_script_parses():
 
 def test_gpu_script_shellcheck_clean():
     exe = shutil.which("shellcheck")
-    assert exe, "shellcheck is not installed: apt-get install shellcheck (or bash scripts/install.sh --dev)"
+    assert exe, (
+        "shellcheck is not installed: apt-get install shellcheck (or bash scripts/install.sh --dev)"
+    )
     r = subprocess.run([exe, str(SCRIPT)], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout
 
@@ -54,7 +56,11 @@ def test_gpu_script_smoke_runs_the_whole_matrix_on_cpu(tmp_path):
     runs = {run["name"]: run for run in data["runs"]}
     cuda_only = {"mae_b_e2e_gpu_decode", "pipeline_gpu_decode"}
     compiled = {name for name, run in runs.items() if "--compile" in run["args"]}
-    assert compiled == {"mae_b_pretrain_compile", "vit_b_finetune_compile", "mae_l_pretrain_compile"}
+    assert compiled == {
+        "mae_b_pretrain_compile",
+        "vit_b_finetune_compile",
+        "mae_l_pretrain_compile",
+    }
     for name, run in runs.items():
         if name in compiled:
             assert run["error"].startswith("skipped: COMPILE=0")
