@@ -121,7 +121,7 @@ COMMON=(--device "$DEV" --amp auto --steps "$STEPS" --warmup "$WARM")
 COMPILED=(--device "$DEV" --amp auto --steps "$STEPS" --warmup "$WARM_COMPILED" --compile)
 E2E=(--model "$MAE_B" --batch_size "$B" --device "$DEV" --amp auto --num_workers "$WORKERS")
 # In order of importance: a run that would not fit in the time left is recorded as skipped.
-run mae_b_pretrain 40 --model "$MAE_B" --phase pretrain --batch_size "$B" "${COMMON[@]}" --reference
+run mae_b_pretrain 70 --model "$MAE_B" --phase pretrain --batch_size "$B" "${COMMON[@]}" --reference --ablate
 run vit_b_finetune 40 --model "$VIT_B" --phase finetune --batch_size "$B" "${COMMON[@]}" --reference
 run convmae_b_pretrain 50 --model "$CONV_B" --phase pretrain --batch_size "$B_HALF" "${COMMON[@]}" --reference
 run_e2e mae_b_e2e_gpu_decode 60 "${E2E[@]}" --gpu_decode

@@ -528,13 +528,19 @@ class BenchConfig:
     warmup: int = opt(3, "untimed steps first (allocator, cuDNN/compile, optimizer state)")
     reference: bool = opt(
         False,
-        "also run the plain way (fp32, eager, unfused attention and AdamW, loss read every step) "
-        "in the same process, and report the speed-up",
+        "also run the plain way (fp32, eager, unfused attention, torch's default AdamW, loss read "
+        "every step) in the same process, and report the speed-up",
     )
     rounds: int = opt(
         1,
         "measure each mode this many times, alternating fast and reference, and report each "
         "mode's median round (on a shared machine drift hits both modes alike)",
+    )
+    ablate: bool = opt(
+        False,
+        "also run the fast mode with each of its fast paths switched off in turn (autocast, fused "
+        "attention, fused AdamW, the deferred loss read, --compile, --grad_ckpt), in the same "
+        "rounds, and report each path's gain",
     )
     peak_tflops: float | None = opt(
         None, "device peak (TFLOP/s) for MFU (default: a table for A100/H100/H200 bf16/fp16)"

@@ -13,9 +13,10 @@ import torch
 
 from ..config import BenchConfig
 from ..engine.distributed import resolve_device
+from ..engine.precision import resolve_precision
 from .hardware import device_name, peak_tflops
 from .pipeline import measure_pipeline
-from .step import StepResult, count_flops, measure
+from .step import REFERENCE, StepResult, ablation_modes, count_flops, fast_mode, measure
 
 
 def _rates(r: StepResult, flops_per_step: float | None, peak: float | None) -> dict:
@@ -35,22 +36,24 @@ def median_round(rounds: list[StepResult]) -> StepResult:
 
 
 def bench_step(cfg: BenchConfig) -> dict:
-    """Measure the fast mode (and the reference with ``--reference``); one flat dict: the fast
-    mode's figures at the top level, the reference's under ``reference``, and their ratios."""
+    """Measure the fast mode (and the reference with ``--reference``, the ablations with
+    ``--ablate``); one flat dict: the fast mode's figures at the top level, the reference's under
+    ``reference``, each ablation under ``ablation[<path>]``, and the ratios."""
     device = resolve_device(cfg.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     # FLOPs first: on the meta device it costs nothing, and it imports and builds everything
     # once, so that start-up allocations are not counted in the first mode's peak memory.
     flops = count_flops(cfg, device)
-    fast_rounds: list[StepResult] = []
-    ref_rounds: list[StepResult] = []
-    for _ in range(cfg.rounds):  # alternate, so that machine drift hits both modes alike
-        fast_rounds.append(measure(cfg, device, reference=False))
-        if cfg.reference:
-            ref_rounds.append(measure(cfg, device, reference=True))
+    modes = [fast_mode(cfg)] + ([REFERENCE] if cfg.reference else [])
+    if cfg.ablate:
+        modes += ablation_modes(cfg, resolve_precision(cfg.amp, device).name)
+    rounds: dict[str, list[StepResult]] = {m.name: [] for m in modes}
+    for _ in range(cfg.rounds):  # alternate, so that machine drift hits all modes alike
+        for m in modes:
+            rounds[m.name].append(measure(cfg, device, m))
+    fast_rounds = rounds["fast"]
     fast = median_round(fast_rounds)
-    ref = median_round(ref_rounds) if ref_rounds else None
     name = device_name(device)
     out = {
         "model": cfg.model, "phase": cfg.phase, "batch_size": cfg.batch_size,
@@ -61,12 +64,26 @@ def bench_step(cfg: BenchConfig) -> dict:
         "torch": torch.__version__,
     }  # fmt: skip
     out.update(_rates(fast, flops, out["peak_tflops"]))
-    if ref is not None:
+    if cfg.reference:
+        ref_rounds = rounds[REFERENCE.name]
+        ref = median_round(ref_rounds)
         out["reference"] = _rates(ref, flops, peak_tflops(name, ref.precision, cfg.peak_tflops))
         out["speedup"] = fast.img_per_s / ref.img_per_s
         out["mem_ratio"] = fast.peak_mem_mb / ref.peak_mem_mb if ref.peak_mem_mb > 0 else None
         pairs = zip(fast_rounds, ref_rounds, strict=True)
         out["round_speedups"] = [f.img_per_s / r.img_per_s for f, r in pairs]
+    if cfg.ablate:
+        out["ablation"] = {}
+        for m in modes:
+            if m.without is None:
+                continue
+            r = median_round(rounds[m.name])
+            d = _rates(r, flops, peak_tflops(name, r.precision, cfg.peak_tflops))
+            d["gain"] = fast.img_per_s / r.img_per_s  # > 1: the path speeds the step up
+            d["mem_ratio"] = fast.peak_mem_mb / r.peak_mem_mb if r.peak_mem_mb > 0 else None
+            pairs = zip(fast_rounds, rounds[m.name], strict=True)
+            d["round_gains"] = [f.img_per_s / x.img_per_s for f, x in pairs]
+            out["ablation"][m.without] = d
     out["round_img_per_s"] = [r.img_per_s for r in fast_rounds]
     return out
 
@@ -76,19 +93,21 @@ def _fmt(v, spec: str) -> str:
 
 
 def step_table(out: dict) -> str:
+    rows = [out] + ([out["reference"]] if "reference" in out else [])
+    rows += list(out.get("ablation", {}).values())
+    w = max(len(r["mode"]) for r in rows + [{"mode": "mode"}])
     lines = [
         f"maekit bench: {out['model']} {out['phase']}, batch {out['batch_size']} at "
         f"{out['input_size']} px on {out['device']} ({out['device_name']})",
         f"model FLOPs per image (forward + backward): {_fmt(out['gflops_per_image'], '.1f')} G",
-        f"{'mode':10s} {'precision':9s} {'attention':9s} {'optimizer':16s} {'compile':7s} "
+        f"{'mode':{w}s} {'precision':9s} {'attention':9s} {'optimizer':16s} {'compile':7s} "
         f"{'ckpt':5s} {'img/s':>9s} {'step ms':>9s} {'peak MB':>9s} {'TFLOP/s':>8s} "
         f"{'MFU':>6s} {'loss':>8s}",
     ]
-    rows = [out] + ([out["reference"]] if "reference" in out else [])
     for r in rows:
         mfu = "-" if r["mfu"] is None else f"{r['mfu'] * 100:.1f}%"
         lines.append(
-            f"{r['mode']:10s} {r['precision']:9s} {'fused' if r['fused_attn'] else 'matmul':9s} "
+            f"{r['mode']:{w}s} {r['precision']:9s} {'fused' if r['fused_attn'] else 'matmul':9s} "
             f"{r['optimizer']:16s} {'yes' if r['compile'] else 'no':7s} "
             f"{'yes' if r['grad_ckpt'] else 'no':5s} {r['img_per_s']:9.2f} {r['step_ms']:9.1f} "
             f"{r['peak_mem_mb']:9.0f} {_fmt(r['tflops'], '8.2f')} {mfu:>6s} "
@@ -102,6 +121,13 @@ def step_table(out: dict) -> str:
         if out["rounds"] > 1:
             each = ", ".join(f"{x:.2f}x" for x in out["round_speedups"])
             lines.append(f"median of {out['rounds']} alternating rounds; per round: {each}")
+    for path, d in out.get("ablation", {}).items():
+        each = ", ".join(f"{x:.2f}x" for x in d["round_gains"])
+        lines.append(
+            f"fast / fast without {path}: {d['gain']:.2f}x throughput, "
+            f"{_fmt(d['mem_ratio'], '.2f')}x peak memory"
+            + (f" (per round: {each})" if out["rounds"] > 1 else "")
+        )
     return "\n".join(lines)
 
 

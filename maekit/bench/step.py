@@ -10,8 +10,12 @@ Two modes, built from the same seed so that they start from the same weights:
 - ``fast`` (the default): ``--amp auto`` (bf16 where the device runs it fast), fused
   scaled-dot-product attention, fused AdamW, the loss read from the device every
   ``print_freq`` (20) steps only, plus ``--compile`` / ``--grad_ckpt`` when given.
-- ``reference``: fp32, eager, attention as explicit matmul + softmax, AdamW's per-parameter
-  loop, the loss read every step (``print_freq`` 1): the official code's way of running.
+- ``reference``: fp32, eager, attention as explicit matmul + softmax, torch's default AdamW
+  (a per-parameter loop on CPU, ``foreach`` on CUDA), the loss read every step (``print_freq``
+  1): the official code's way of running, as it runs on the same torch.
+
+``--ablate`` adds the fast mode with one fast path switched off at a time (:func:`ablation_modes`),
+so each path's own gain is a ratio measured in the same run.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import contextlib
 import inspect
 import io
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -38,9 +42,48 @@ PHASE_CONFIGS = {"pretrain": PretrainConfig, "finetune": FinetuneConfig, "linpro
 FAST_PRINT_FREQ = 20  # the phases' default --print_freq
 
 
+@dataclass(frozen=True)
+class StepMode:
+    """How one measured step runs: which fast paths are on."""
+
+    name: str  # "fast", "reference", or "fast without <path>"
+    amp: str  # the phase's --amp
+    fused_attn: bool  # scaled_dot_product_attention, else explicit matmul + softmax
+    fused_optimizer: bool  # AdamW's fused kernel, else torch's default implementation
+    print_freq: int  # steps between host reads of the loss
+    compile: bool = False
+    grad_ckpt: bool = False
+    without: str | None = None  # the fast path an ablation switched off
+
+
+REFERENCE = StepMode("reference", amp="none", fused_attn=False, fused_optimizer=False, print_freq=1)
+
+
+def fast_mode(cfg: BenchConfig) -> StepMode:
+    return StepMode("fast", amp=cfg.amp, fused_attn=True, fused_optimizer=True,
+                    print_freq=FAST_PRINT_FREQ, compile=cfg.compile, grad_ckpt=cfg.grad_ckpt)  # fmt: skip
+
+
+def ablation_modes(cfg: BenchConfig, fast_precision: str) -> list[StepMode]:
+    """The fast mode with each of its fast paths switched off in turn (only those it uses:
+    autocast when it runs in bf16/fp16, fused AdamW when the phase's optimizer is AdamW,
+    --compile and --grad_ckpt when given). fast / such a mode = that path's gain."""
+    fast = fast_mode(cfg)
+    off = {"fused_attn": {"fused_attn": False}, "deferred_loss_read": {"print_freq": 1}}
+    if fast_precision != "fp32":
+        off = {"amp": {"amp": "none"}, **off}
+    if cfg.phase != "linprobe":  # LARS has one implementation
+        off["fused_adamw"] = {"fused_optimizer": False}
+    if cfg.compile:
+        off["compile"] = {"compile": False}
+    if cfg.grad_ckpt:
+        off["grad_ckpt"] = {"grad_ckpt": False}
+    return [replace(fast, name=f"fast without {k}", without=k, **v) for k, v in off.items()]
+
+
 @dataclass
 class StepResult:
-    mode: str  # "fast" or "reference"
+    mode: str  # the StepMode's name
     precision: str
     compile: bool
     grad_ckpt: bool
@@ -56,14 +99,13 @@ class StepResult:
         return dict(self.__dict__)
 
 
-def phase_config(cfg: BenchConfig, reference: bool):
-    """The phase's own config with the benchmark's geometry and switches (defaults otherwise)."""
+def phase_config(cfg: BenchConfig, mode: StepMode):
+    """The phase's own config with the benchmark's geometry and the mode's switches (defaults
+    otherwise)."""
     pc = PHASE_CONFIGS[cfg.phase](
         model=cfg.model, batch_size=cfg.batch_size, input_size=cfg.input_size,
         patch_size=cfg.patch_size, in_chans=cfg.in_chans, device=cfg.device, seed=cfg.seed,
-        amp="none" if reference else cfg.amp, compile=cfg.compile and not reference,
-        grad_ckpt=cfg.grad_ckpt and not reference,
-        print_freq=1 if reference else FAST_PRINT_FREQ,
+        amp=mode.amp, compile=mode.compile, grad_ckpt=mode.grad_ckpt, print_freq=mode.print_freq,
     )  # fmt: skip
     if cfg.phase == "pretrain":
         pc.mask_ratio = cfg.mask_ratio
@@ -96,13 +138,17 @@ def build_loss(pc, phase: str, nb_classes: int) -> LossFn:
 
 
 def plain_optimizer(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
-    """The same AdamW (groups, hyper-parameters) with the per-parameter loop implementation.
+    """The same AdamW (groups, hyper-parameters) with torch's default implementation, which is
+    what the official code's ``torch.optim.AdamW(param_groups, ...)`` gets: ``foreach`` when the
+    parameters are on CUDA, the per-parameter loop otherwise.
 
     Other optimizers (LARS) have a single implementation and are returned as they are.
     """
     if not isinstance(optimizer, torch.optim.AdamW):
         return optimizer
-    plain = {"fused": False, "foreach": False}
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    on_cuda = bool(params) and all(p.is_cuda for p in params)
+    plain = {"fused": False, "foreach": on_cuda}  # torch's default rule, made explicit
     groups = [{**g, **plain} for g in optimizer.param_groups]
     accepted = inspect.signature(torch.optim.AdamW).parameters
     defaults = {k: v for k, v in optimizer.defaults.items() if k in accepted}
@@ -133,18 +179,18 @@ def _epoch(model, batch, steps, optimizer, loss_fn, settings, precision, scaler,
                                scaler, env, recorder)  # fmt: skip
 
 
-def measure(cfg: BenchConfig, device: torch.device, reference: bool) -> StepResult:
+def measure(cfg: BenchConfig, device: torch.device, mode: StepMode) -> StepResult:
     """Build the phase's step in one mode, warm up, time ``cfg.steps`` steps."""
-    pc = phase_config(cfg, reference)
+    pc = phase_config(cfg, mode)
     meter = MemoryMeter(device)
     meter.start()
     torch.manual_seed(cfg.seed)  # same initial weights and masking stream in both modes
     model = build_model(pc, cfg.phase, cfg.nb_classes).to(device)
-    set_fused_attention(model, not reference)
+    set_fused_attention(model, mode.fused_attn)
     step_model = apply_fast_paths(model, pc, model)
     lr = scaled_lr(pc.blr, cfg.batch_size)
     optimizer = phase_module(cfg.phase).build_optimizer(pc, model, lr)
-    if reference:
+    if not mode.fused_optimizer:
         optimizer = plain_optimizer(optimizer)
     loss_fn = build_loss(pc, cfg.phase, cfg.nb_classes)
     precision = resolve_precision(pc.amp, device)
@@ -165,8 +211,8 @@ def measure(cfg: BenchConfig, device: torch.device, reference: bool) -> StepResu
         elapsed = time.perf_counter() - start
     except torch.OutOfMemoryError as e:
         raise MaekitError(
-            f"out of memory at --batch_size {cfg.batch_size} ({'reference' if reference else 'fast'} "
-            "mode); lower --batch_size or add --grad_ckpt"
+            f"out of memory at --batch_size {cfg.batch_size} ({mode.name} mode); lower "
+            "--batch_size or add --grad_ckpt"
         ) from e
     except Exception as e:
         if not pc.compile or isinstance(e, MaekitError):
@@ -175,7 +221,7 @@ def measure(cfg: BenchConfig, device: torch.device, reference: bool) -> StepResu
         raise MaekitError(f"--compile failed ({type(e).__name__}: {first}); drop --compile") from e
     fused_on, _ = fused_attention_modules(model)
     result = StepResult(
-        mode="reference" if reference else "fast", precision=precision.name, compile=pc.compile,
+        mode=mode.name, precision=precision.name, compile=pc.compile,
         grad_ckpt=pc.grad_ckpt, fused_attn=fused_on > 0, optimizer=optimizer_name(optimizer),
         loss_read_every=min(pc.print_freq, cfg.steps), img_per_s=cfg.steps * cfg.batch_size / elapsed,
         step_ms=elapsed / cfg.steps * 1000, peak_mem_mb=meter.peak_mb(), loss=stats["loss"],
@@ -195,7 +241,7 @@ def count_flops(cfg: BenchConfig, device: torch.device) -> float | None:
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    pc = phase_config(cfg, reference=True)
+    pc = phase_config(cfg, REFERENCE)
     loss_fn = build_loss(pc, cfg.phase, cfg.nb_classes)
     for where in (torch.device("meta"), device):
         try:

@@ -70,6 +70,8 @@ def test_gpu_script_smoke_runs_the_whole_matrix_on_cpu(tmp_path):
             assert run["result"]["img_per_s"] > 0, (name, run)
     for name in ("mae_b_pretrain", "vit_b_finetune", "convmae_b_pretrain", "mae_l_pretrain"):
         assert runs[name]["result"]["speedup"] > 0  # --reference ran beside the fast mode
+    ablated = runs["mae_b_pretrain"]["result"]["ablation"]  # --ablate: each fast path's gain
+    assert {"fused_attn", "fused_adamw", "deferred_loss_read"} <= set(ablated)
     e2e = runs["mae_b_e2e"]["result"]
     assert e2e["end_to_end"] and len(e2e["epochs_img_per_s"]) == 2  # E2E_EPOCHS in SMOKE mode
     assert e2e["img_per_s"] == e2e["epochs_img_per_s"][-1]

@@ -12,7 +12,15 @@ import pytest
 import torch
 
 from maekit.bench import bench_step, median_round, step_table
-from maekit.bench.step import StepResult, measure, phase_config, plain_optimizer
+from maekit.bench.step import (
+    REFERENCE,
+    StepResult,
+    ablation_modes,
+    fast_mode,
+    measure,
+    phase_config,
+    plain_optimizer,
+)
 from maekit.config import BenchConfig
 from maekit.errors import MaekitError
 from tests.conftest import run_cli
@@ -43,7 +51,8 @@ def test_rounds_alternate_the_modes_and_report_each_modes_median(monkeypatch):
     calls = []
     fast_rates, ref_rates = iter([3.0, 1.0, 2.0]), iter([1.0, 4.0, 2.0])
 
-    def fake_measure(cfg, device, reference):
+    def fake_measure(cfg, device, mode):
+        reference = mode.name == "reference"
         calls.append("ref" if reference else "fast")
         rate = next(ref_rates if reference else fast_rates)
         return StepResult(mode="reference" if reference else "fast", precision="fp32",
@@ -87,8 +96,8 @@ def test_peak_tflops_gives_mfu():
                                          ("linprobe", "vit_tiny_patch16")])  # fmt: skip
 def test_fast_and_reference_run_differently_but_give_the_same_loss(phase, model):
     cfg = BenchConfig(**{**TINY, "model": model, "steps": 3}, phase=phase, nb_classes=7)
-    fast = measure(cfg, CPU, reference=False)
-    ref = measure(cfg, CPU, reference=True)
+    fast = measure(cfg, CPU, fast_mode(cfg))
+    ref = measure(cfg, CPU, REFERENCE)
     assert fast.fused_attn and not ref.fused_attn
     assert (fast.loss_read_every, ref.loss_read_every) == (3, 1)
     if phase != "linprobe":  # LARS has one implementation
@@ -109,16 +118,17 @@ def test_bf16_mode_stays_within_its_stated_tolerance_of_the_fp32_reference(phase
     cfg = BenchConfig(
         **{**TINY, "model": model, "steps": 3, "amp": "bf16"}, phase=phase, nb_classes=7
     )
-    fast = measure(cfg, CPU, reference=False)
-    ref = measure(cfg, CPU, reference=True)
+    fast = measure(cfg, CPU, fast_mode(cfg))
+    ref = measure(cfg, CPU, REFERENCE)
     assert (fast.precision, ref.precision) == ("bf16", "fp32")
     assert math.isfinite(fast.loss) and fast.loss != ref.loss
     assert fast.loss == pytest.approx(ref.loss, rel=5e-3)
 
 
 def test_grad_ckpt_mode_gives_the_same_loss():
-    plain = measure(BenchConfig(**TINY), CPU, reference=False)
-    ckpt = measure(BenchConfig(**TINY, grad_ckpt=True), CPU, reference=False)
+    plain_cfg, ckpt_cfg = BenchConfig(**TINY), BenchConfig(**TINY, grad_ckpt=True)
+    plain = measure(plain_cfg, CPU, fast_mode(plain_cfg))
+    ckpt = measure(ckpt_cfg, CPU, fast_mode(ckpt_cfg))
     assert ckpt.grad_ckpt and not plain.grad_ckpt
     assert ckpt.loss == pytest.approx(plain.loss, rel=1e-6)
 
@@ -129,14 +139,17 @@ def test_compile_mode_runs_the_compiled_model(monkeypatch):
     if not hasattr(torch, "compile"):
         pytest.skip("torch.compile is not available")
     monkeypatch.setattr(torch, "compile", partial(torch.compile, backend="aot_eager"))
-    eager = measure(BenchConfig(**TINY), CPU, reference=False)
-    compiled = measure(BenchConfig(**TINY, compile=True), CPU, reference=False)
+    eager_cfg, compiled_cfg = BenchConfig(**TINY), BenchConfig(**TINY, compile=True)
+    eager = measure(eager_cfg, CPU, fast_mode(eager_cfg))
+    compiled = measure(compiled_cfg, CPU, fast_mode(compiled_cfg))
     assert compiled.compile and not eager.compile
     assert compiled.loss == pytest.approx(eager.loss, rel=1e-5)
 
 
 def test_reference_never_compiles_or_checkpoints():
-    pc = phase_config(BenchConfig(**{**TINY, "amp": "bf16"}, compile=True, grad_ckpt=True), True)
+    pc = phase_config(
+        BenchConfig(**{**TINY, "amp": "bf16"}, compile=True, grad_ckpt=True), REFERENCE
+    )
     assert (pc.compile, pc.grad_ckpt, pc.amp, pc.print_freq) == (False, False, "none", 1)
 
 
@@ -153,12 +166,13 @@ def test_plain_optimizer_keeps_groups_and_hyperparameters():
             k: b[k] for k in ("lr", "betas", "weight_decay", "eps")
         }
         assert a.get("lr_scale") == b.get("lr_scale")
-        assert b["fused"] is False and b["foreach"] is False
+        assert b["fused"] is False and b["foreach"] is False  # CPU parameters: torch's loop
 
 
 def test_wrong_model_kind_for_the_phase_is_a_clear_error():
+    cfg = BenchConfig(**{**TINY, "model": "vit_tiny_patch16"})
     with pytest.raises(MaekitError, match="not a pre-training model"):
-        measure(BenchConfig(**{**TINY, "model": "vit_tiny_patch16"}), CPU, reference=False)
+        measure(cfg, CPU, fast_mode(cfg))
 
 
 def test_cli_json_is_one_valid_object(tmp_path):
@@ -183,3 +197,37 @@ def test_cli_bad_input_is_one_error_line(tmp_path, args, text):
     assert r.returncode == 2
     assert r.stderr.startswith("maekit bench: error:") and text in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_ablation_modes_switch_off_only_the_paths_the_fast_mode_uses():
+    cfg = BenchConfig(**TINY)
+    assert [m.without for m in ablation_modes(cfg, "fp32")] == [
+        "fused_attn", "deferred_loss_read", "fused_adamw"]  # fmt: skip
+    every = BenchConfig(**{**TINY, "amp": "bf16"}, compile=True, grad_ckpt=True)
+    modes = {m.without: m for m in ablation_modes(every, "bf16")}
+    assert list(modes) == ["amp", "fused_attn", "deferred_loss_read", "fused_adamw", "compile",
+                           "grad_ckpt"]  # fmt: skip
+    fast = fast_mode(every)
+    changed = {k: {f for f in fast.__dataclass_fields__ if f not in ("name", "without")
+                   and getattr(m, f) != getattr(fast, f)} for k, m in modes.items()}  # fmt: skip
+    assert changed == {"amp": {"amp"}, "fused_attn": {"fused_attn"},
+                       "deferred_loss_read": {"print_freq"}, "fused_adamw": {"fused_optimizer"},
+                       "compile": {"compile"}, "grad_ckpt": {"grad_ckpt"}}  # fmt: skip
+    probe = BenchConfig(**{**TINY, "model": "vit_tiny_patch16"}, phase="linprobe")
+    assert "fused_adamw" not in [m.without for m in ablation_modes(probe, "fp32")]  # LARS
+
+
+def test_ablate_measures_each_path_off_in_the_same_rounds_with_the_same_loss():
+    out = bench_step(BenchConfig(**{**TINY, "steps": 3}, ablate=True, rounds=2))
+    abl = out["ablation"]
+    assert list(abl) == ["fused_attn", "deferred_loss_read", "fused_adamw"]
+    assert not abl["fused_attn"]["fused_attn"] and out["fused_attn"]
+    assert abl["fused_adamw"]["optimizer"] == "AdamW(loop)" and out["optimizer"] == "AdamW(fused)"
+    assert abl["deferred_loss_read"]["loss_read_every"] == 1 and out["loss_read_every"] == 3
+    for d in abl.values():
+        assert d["gain"] == pytest.approx(out["img_per_s"] / d["img_per_s"])
+        assert len(d["round_gains"]) == 2
+        assert d["loss"] == pytest.approx(out["loss"], rel=1e-5)  # a speed switch, same numbers
+    table = step_table(out)
+    assert "fast / fast without fused_adamw:" in table and "fast without fused_attn" in table
+    json.dumps(out)
