@@ -76,8 +76,12 @@ def prepare_run(cfg) -> RunContext:
     precision = resolve_precision(cfg.amp, env.device)
     if env.is_main:
         # What the flags resolved to on this machine: `--amp auto` is fp32 or bf16 by hardware.
+        # The absolute lr too: --blr scales with the effective batch, which --accum_iter and the
+        # process count set.
+        lr, eff = absolute_lr(cfg, env.world_size)
         resolved = {"precision": precision.name, "device": str(env.device),
-                    "world_size": env.world_size, "torch": torch.__version__}  # fmt: skip
+                    "world_size": env.world_size, "effective_batch": eff, "lr": lr,
+                    "torch": torch.__version__}  # fmt: skip
         (out / "config.json").write_text(
             json.dumps({**cfg.to_dict(), "resolved": resolved}, indent=2) + "\n"
         )
@@ -87,10 +91,15 @@ def prepare_run(cfg) -> RunContext:
     return RunContext(env, precision, recorder, out, workers, pin)
 
 
+def absolute_lr(cfg, world_size: int) -> tuple[float, int]:
+    """(absolute lr, effective batch): --lr if given, else --blr x effective batch / 256."""
+    eff = cfg.batch_size * cfg.accum_iter * world_size
+    return (cfg.lr if cfg.lr is not None else scaled_lr(cfg.blr, eff)), eff
+
+
 def resolve_lr(cfg, env: DistEnv) -> tuple[float, int]:
     """(absolute lr, effective batch); prints both base and actual lr like the official."""
-    eff = cfg.batch_size * cfg.accum_iter * env.world_size
-    lr = cfg.lr if cfg.lr is not None else scaled_lr(cfg.blr, eff)
+    lr, eff = absolute_lr(cfg, env.world_size)
     if env.is_main:
         print(f"base lr: {lr * 256 / eff:.2e}  actual lr: {lr:.2e}  effective batch: {eff} "
               f"({cfg.batch_size} x {cfg.accum_iter} accum x {env.world_size} procs)")  # fmt: skip

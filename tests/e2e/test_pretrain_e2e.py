@@ -7,6 +7,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from maekit.models import create_model
@@ -44,6 +45,8 @@ def test_pretrain_two_epochs_then_resume_to_three(image_folder: Path, tmp_path: 
     res = cfg["resolved"]
     assert (res["device"], res["world_size"], res["torch"]) == ("cpu", 1, torch.__version__)
     assert f"on cpu x 1 in {res['precision']} for epochs 0..1" in r.stdout
+    assert f"actual lr: {res['lr']:.2e}  effective batch: {res['effective_batch']} " in r.stdout
+    assert res["lr"] == pytest.approx(cfg["blr"] * res["effective_batch"] / 256)
     log = read_log(out)
     assert [rec["epoch"] for rec in log] == [0, 1]
     for rec in log:
