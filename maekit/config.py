@@ -533,8 +533,8 @@ class BenchConfig:
     )
     rounds: int = opt(
         1,
-        "measure each mode this many times, alternating fast and reference, and report each "
-        "mode's median round (on a shared machine drift hits both modes alike)",
+        "measure each mode this many times, alternating the modes (fast, reference, ablations), "
+        "and report each mode's median round (on a shared machine drift hits all modes alike)",
     )
     ablate: bool = opt(
         False,
