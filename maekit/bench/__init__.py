@@ -64,26 +64,30 @@ def bench_step(cfg: BenchConfig) -> dict:
         "torch": torch.__version__,
     }  # fmt: skip
     out.update(_rates(fast, flops, out["peak_tflops"]))
+
+    def versus(other: list[StepResult]) -> tuple[dict, float, float | None, list[float]]:
+        """(the other mode's figures, fast / it in img/s and in peak memory, per round)."""
+        r = median_round(other)
+        d = _rates(r, flops, peak_tflops(name, r.precision, cfg.peak_tflops))
+        mem = fast.peak_mem_mb / r.peak_mem_mb if r.peak_mem_mb > 0 else None
+        each = [f.img_per_s / x.img_per_s for f, x in zip(fast_rounds, other, strict=True)]
+        return d, fast.img_per_s / r.img_per_s, mem, each
+
     if cfg.reference:
-        ref_rounds = rounds[REFERENCE.name]
-        ref = median_round(ref_rounds)
-        out["reference"] = _rates(ref, flops, peak_tflops(name, ref.precision, cfg.peak_tflops))
-        out["speedup"] = fast.img_per_s / ref.img_per_s
-        out["mem_ratio"] = fast.peak_mem_mb / ref.peak_mem_mb if ref.peak_mem_mb > 0 else None
-        pairs = zip(fast_rounds, ref_rounds, strict=True)
-        out["round_speedups"] = [f.img_per_s / r.img_per_s for f, r in pairs]
-    if cfg.ablate:
+        out["reference"], out["speedup"], out["mem_ratio"], out["round_speedups"] = versus(
+            rounds[REFERENCE.name]
+        )
+    if cfg.ablate:  # gain > 1: the path speeds the step up
         out["ablation"] = {}
         for m in modes:
-            if m.without is None:
-                continue
-            r = median_round(rounds[m.name])
-            d = _rates(r, flops, peak_tflops(name, r.precision, cfg.peak_tflops))
-            d["gain"] = fast.img_per_s / r.img_per_s  # > 1: the path speeds the step up
-            d["mem_ratio"] = fast.peak_mem_mb / r.peak_mem_mb if r.peak_mem_mb > 0 else None
-            pairs = zip(fast_rounds, rounds[m.name], strict=True)
-            d["round_gains"] = [f.img_per_s / x.img_per_s for f, x in pairs]
-            out["ablation"][m.without] = d
+            if m.without is not None:
+                d, gain, mem, each = versus(rounds[m.name])
+                out["ablation"][m.without] = {
+                    **d,
+                    "gain": gain,
+                    "mem_ratio": mem,
+                    "round_gains": each,
+                }
     out["round_img_per_s"] = [r.img_per_s for r in fast_rounds]
     return out
 
