@@ -136,13 +136,23 @@ def step_table(out: dict) -> str:
 
 
 def pipeline_table(out: dict) -> str:
-    return (
+    where = ""
+    if out["gpu_decode"]:
+        where = (" on the GPU (nvJPEG decode)" if out.get("decode_device") == "cuda" else
+                 " through the --gpu_decode loader (decoded on the CPU)")  # fmt: skip
+    text = (
         f"maekit bench --pipeline: {out['data_path']} with the {out['phase']} transform"
-        f"{' on the GPU (nvJPEG decode)' if out['gpu_decode'] else ''} at "
-        f"{out['input_size']} px, batch {out['batch_size']}, {out['num_workers']} workers "
-        f"({out['cpus']} CPUs)\n{out['images']} images: {out['img_per_s']:.1f} img/s, "
+        f"{where} at {out['input_size']} px, batch {out['batch_size']}, {out['num_workers']} "
+        f"workers ({out['cpus']} CPUs)\n{out['images']} images: {out['img_per_s']:.1f} img/s, "
         f"{out['img_per_s_per_worker']:.1f} img/s per worker"
     )
+    if out.get("open_files_per_worker") is not None:
+        text += f", at most {out['open_files_per_worker']} open files per worker"
+    if "decode" in out:
+        d = out["decode"]
+        text += (f"\nJPEGs: {d['jpegs']}, decoded on the device {d['gpu_decoded']}, CPU fallbacks "
+                 f"{d['cpu_fallback']}; other files (decoded in the workers) {d['cpu_decoded']}")  # fmt: skip
+    return text
 
 
 def run(cfg: BenchConfig) -> dict:

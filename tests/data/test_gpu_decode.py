@@ -275,4 +275,21 @@ def test_gpu_decode_refuses_fashion_mnist_and_cpu(tmp_path):
     root = write_image_folder(tmp_path / "d", classes=1, per_class=4)
     with pytest.raises(MaekitError, match="CUDA"):
         measure_pipeline(BenchConfig(pipeline=True, gpu_decode=True, data_path=str(root),
-                                     device="cpu", batch_size=2))  # fmt: skip
+                                     device="cpu", batch_size=2, phase="finetune"))  # fmt: skip
+
+
+def test_bench_pipeline_measures_the_gpu_decode_loader_on_the_cpu(tmp_path):
+    """--device cpu: the packed-batch loader of --gpu_decode with CPU decoding, its decode counts
+    and the files a worker holds open (a few, not one per image)."""
+    from maekit.bench.pipeline import measure_pipeline
+    from maekit.config import BenchConfig
+
+    root = _smooth_folder(tmp_path / "d", n=8)
+    out = measure_pipeline(BenchConfig(pipeline=True, gpu_decode=True, data_path=str(root),
+                                       device="cpu", batch_size=4, num_workers=1, images=16,
+                                       input_size=16))  # fmt: skip
+    assert out["images"] == 16 and out["decode_device"] == "cpu"
+    d = out["decode"]
+    assert d["batches"] == 5 and d["jpegs"] + d["cpu_decoded"] == 20  # 1 untimed + 4 batches
+    assert d["gpu_decoded"] == d["jpegs"] and d["cpu_fallback"] == 0 and d["stood_in"] == 0
+    assert 0 < out["open_files_per_worker"] < 64
