@@ -293,3 +293,30 @@ def test_bench_pipeline_measures_the_gpu_decode_loader_on_the_cpu(tmp_path):
     assert d["batches"] == 5 and d["jpegs"] + d["cpu_decoded"] == 20  # 1 untimed + 4 batches
     assert d["gpu_decoded"] == d["jpegs"] and d["cpu_fallback"] == 0 and d["stood_in"] == 0
     assert 0 < out["open_files_per_worker"] < 64
+
+
+def test_batch_256_under_ulimit_n_256_completes(tmp_path):
+    """Two tensors per image used to mean ~2 open files per image in flight: with `ulimit -n 256`
+    a worker died of EMFILE (counted as unreadable images) and the loader hung. A packed batch
+    is one file, so the run completes (the timeout turns a hang into a failure)."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    d = tmp_path / "jpegs" / "train" / "a"
+    d.mkdir(parents=True)
+    g = torch.Generator().manual_seed(0)
+    img = TF.to_pil_image((torch.rand(3, 12, 16, generator=g) * 255).to(torch.uint8))
+    for i in range(256):
+        img.save(d / f"{i}.jpg")
+    cmd = (f"ulimit -n 256 && exec {sys.executable} -m maekit bench --pipeline --gpu_decode "
+           f"--device cpu --data_path {tmp_path / 'jpegs'} --batch_size 256 --num_workers 2 "
+           "--images 256 --input_size 16 --json")  # fmt: skip
+    env = {**__import__("os").environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout)
+    assert out["images"] == 256 and out["decode"]["stood_in"] == 0
+    assert out["open_files_per_worker"] < 64  # not one per image
