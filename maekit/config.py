@@ -554,7 +554,9 @@ class BenchConfig:
     data_path: str = opt("fashion-mnist", "pipeline: image folder or 'fashion-mnist'")
     num_workers: int = opt(2, "pipeline: loader worker processes (0: in the main process)")
     gpu_decode: bool = opt(
-        False, "pipeline: decode JPEGs and crop/flip on the GPU (pretrain transform)"
+        False,
+        "pipeline: decode JPEGs and crop/flip on the GPU (pretrain transform); with "
+        "--device cpu, the same loader decoding on the CPU (measures its transport)",
     )
     images: int = opt(512, "pipeline: images to load after the warm-up batch")
 

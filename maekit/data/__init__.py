@@ -12,7 +12,7 @@ from ..errors import MaekitError
 from .fashion_mnist import FashionMNIST
 from .folder import FlatImageFolder, image_folder
 from .robust import SeededSamples
-from .sampling import ResumableSampler
+from .sampling import EpochBatches, EpochLoader, ResumableSampler
 from .shards import ShardDataset, ShardLoader, is_shard_path, load_shard_dataset
 
 BUILTIN = ("fashion-mnist",)
@@ -52,13 +52,14 @@ def build_train_loader(
     num_workers: int,
     pin_memory: bool,
     collate_fn=None,
-) -> DataLoader:
+) -> EpochLoader | ShardLoader:
     """Distributed, shuffled sampler (also for one process, like the official) with drop_last.
 
     The sampler can start an epoch part-way (mid-epoch resume) and every sample is augmented
     from its own seed with unreadable files skipped (:class:`SeededSamples`); batches are
     (samples, targets, skipped-file counts). A :class:`ShardDataset` gets a :class:`ShardLoader`
-    (same batches and sampler calls, streamed).
+    (same batches and sampler calls, streamed). The DataLoader is read through an
+    :class:`~maekit.data.sampling.EpochLoader`: its workers keep prefetching across epochs.
     """
     if len(dataset) < batch_size * world_size:
         raise MaekitError(
@@ -69,14 +70,13 @@ def build_train_loader(
         if collate_fn is not None:
             raise MaekitError("--gpu_decode reads image folders, not tar shards; drop --gpu_decode")
         return ShardLoader(dataset, batch_size, rank, world_size, seed, num_workers, pin_memory)
+    raise_open_file_limit()
     sampler = ResumableSampler(dataset, num_replicas=world_size, rank=rank, seed=seed)
-    return DataLoader(
+    loader = DataLoader(
         SeededSamples(dataset, seed),
-        batch_size=batch_size,
-        sampler=sampler,
+        batch_sampler=EpochBatches(sampler, batch_size),  # drop_last, epoch after epoch
         num_workers=num_workers,
         pin_memory=pin_memory,
-        drop_last=True,
         persistent_workers=num_workers > 0,
         worker_init_fn=ignore_stop_signals,  # a job-wide SIGTERM must reach the main process only
         collate_fn=collate_fn,  # None: torch's default (stacks samples)
@@ -84,6 +84,22 @@ def build_train_loader(
         # which belongs to the model (masking, drop path) and is restored exactly on resume.
         generator=torch.Generator().manual_seed(seed),
     )
+    return EpochLoader(loader, sampler)
+
+
+def raise_open_file_limit() -> None:
+    """Raise the soft open-file limit to the hard one where allowed (Linux/macOS): each batch
+    in flight between a worker and the main process holds a shared-memory file open, and a
+    distribution's default soft limit (1024) is low for many workers."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        target = max(soft, 65536) if hard == resource.RLIM_INFINITY else hard
+        if soft != resource.RLIM_INFINITY and soft < target:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ImportError, ValueError, OSError):  # no resource module, or not allowed: keep it
+        pass
 
 
 __all__ = [
