@@ -54,14 +54,13 @@ def test_posterize_other_levels_are_pillows(bits):
     assert np.array_equal(np.asarray(posterize(img, bits)), np.asarray(expected))
 
 
-@pytest.mark.parametrize("in_chans", [3, 1])
-def test_default_recipe_over_thousands_of_draws(in_chans):
+def test_default_recipe_over_thousands_of_draws():
     """About one draw in 500 reached posterize(img, 0) and crashed with Pillow 13."""
-    tf = finetune_transform(28, in_chans=in_chans)
+    tf = finetune_transform(28)
     img = random_image()
     for _ in range(3000):
         x = tf(img)
-    assert x.shape == (in_chans, 28, 28)
+    assert x.shape == (3, 28, 28)
 
 
 def _buggy_op(img, *args, **kwargs):
