@@ -108,6 +108,10 @@ class CommonConfig:
     max_train_step: int | None = opt(
         None, "stop each epoch after this many steps (smoke tests, benchmarks)"
     )
+    max_train_images: int | None = opt(
+        None, "train on a fixed random subset (--seed) of this many training images, the same "
+        "every epoch and run (none: all), e.g. 5000 of fashion-mnist; not for tar shards"
+    )
     # --- distributed (torchrun's environment takes precedence; kept for compatibility) ---
     world_size: int = opt(1, "number of processes (set by torchrun)")
     local_rank: int = opt(-1, "local rank (set by torchrun)")
@@ -135,6 +139,8 @@ class CommonConfig:
             raise MaekitError("--lr/--blr must be positive")
         if self.max_train_step is not None and self.max_train_step <= 0:
             raise MaekitError(f"--max_train_step must be positive, got {self.max_train_step}")
+        if self.max_train_images is not None and self.max_train_images <= 0:
+            raise MaekitError(f"--max_train_images must be positive, got {self.max_train_images}")
         if self.keep_last is not None and self.keep_last < 1:
             raise MaekitError(f"--keep_last must be at least 1, got {self.keep_last}")
         if self.max_nonfinite < 0:

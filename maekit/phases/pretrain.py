@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..config import PretrainConfig
-from ..data import build_dataset, build_train_loader
+from ..data import build_dataset, build_train_loader, limit_train_set
 from ..data.gpu_decode import GpuDecodeLoader, collate_encoded, encoded_folder
 from ..data.transforms import PRETRAIN_SCALE, pretrain_transform
 from ..engine.distributed import shutdown
@@ -84,6 +84,7 @@ def run(cfg: PretrainConfig) -> list[dict]:
     )
     if cfg.gpu_decode:
         dataset = gpu_dataset(cfg, dataset)
+    dataset = limit_train_set(dataset, cfg.max_train_images, cfg.seed)
     knn_data = knn_datasets(cfg) if cfg.knn_eval_freq else None  # labels checked at start-up
     ctx = prepare_run(cfg)
     env = ctx.env
