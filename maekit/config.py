@@ -109,8 +109,9 @@ class CommonConfig:
         None, "stop each epoch after this many steps (smoke tests, benchmarks)"
     )
     max_train_images: int | None = opt(
-        None, "train on a fixed random subset (--seed) of this many training images, the same "
-        "every epoch and run (none: all), e.g. 5000 of fashion-mnist; not for tar shards"
+        None,
+        "train on a fixed random subset (--seed) of this many training images, the same "
+        "every epoch and run (none: all), e.g. 5000 of fashion-mnist; not for tar shards",
     )
     # --- distributed (torchrun's environment takes precedence; kept for compatibility) ---
     world_size: int = opt(1, "number of processes (set by torchrun)")

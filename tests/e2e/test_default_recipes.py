@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from maekit.analysis.features import subset_indices
 from maekit.cli import main
 from maekit.data import FashionMNIST
-from maekit.analysis.features import subset_indices
 from maekit.data.fashion_mnist import CLASSES, DEFAULT_ROOT
 from tests.golden.models import register_golden_models
 

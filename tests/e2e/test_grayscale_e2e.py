@@ -56,7 +56,10 @@ def test_grayscale_chain(tmp_path: Path, capsys) -> None:
         out = tmp_path / phase
         assert main([phase, "--model", "vit_golden", "--finetune", str(ckpt), "--data_path", str(data),
                      "--output_dir", str(out), *SIZE]) == 0  # fmt: skip
-        assert read_checkpoint(out / "checkpoint-0.pth")["model"]["patch_embed.proj.weight"].shape[1] == 1
+        assert (
+            read_checkpoint(out / "checkpoint-0.pth")["model"]["patch_embed.proj.weight"].shape[1]
+            == 1
+        )
     capsys.readouterr()
 
     assert main(["knn", "--checkpoint", str(ckpt), "--data_path", str(data), "--k", "3",

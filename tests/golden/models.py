@@ -29,6 +29,8 @@ def register_golden_models() -> None:
     if "vit_golden" not in _REGISTRY:
         register_model("vit_golden", VisionTransformerEncoder, kind="encoder", **ENCODER)
     if "convmae_golden" not in _REGISTRY:
-        register_model("convmae_golden", MaskedAutoencoderConvViT, kind="pretrain", **CONV_ENCODER, **DECODER)
+        register_model(
+            "convmae_golden", MaskedAutoencoderConvViT, kind="pretrain", **CONV_ENCODER, **DECODER
+        )
     if "convvit_golden" not in _REGISTRY:
         register_model("convvit_golden", ConvViT, kind="encoder", **CONV_ENCODER)
