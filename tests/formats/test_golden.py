@@ -7,6 +7,7 @@ regenerate them and ``versions.json`` records the tool versions. Paddle is not n
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ import maekit
 from maekit.cli import main
 from maekit.engine.checkpoint import read_checkpoint
 from maekit.formats import load_state_dict
+from maekit.formats.safe_pickle import load_pickle
 from maekit.models import create_model
 from tests.conftest import write_image_folder
 from tests.golden.models import IMG_SIZE, register_golden_models
@@ -139,3 +141,15 @@ def test_finetune_from_the_paddle_checkpoint(tmp_path):
     encoder = create_model("vit_golden", img_size=IMG_SIZE, num_classes=2, global_pool=False)
     maekit.load_checkpoint(out / "checkpoint-0.pth", encoder.eval(), strict=True, verbose=False)
     assert_matches_reference(encoder, PLSC, PADDLE_TOL)  # the encoder's features: Paddle's
+
+
+def test_numpy_1x_module_names(tmp_path):
+    """A .pd written under numpy 1.x names numpy.core.multiarray (numpy 2: numpy._core)."""
+    data = pickle.dumps(load_pickle(PLSC / "checkpoint-1.pd"), protocol=2)  # text GLOBAL opcodes
+    assert b"cnumpy._core.multiarray\n" in data
+    old = tmp_path / "checkpoint-1.pd"
+    old.write_bytes(data.replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n"))
+    assert b"numpy._core" not in old.read_bytes()
+    model = fresh_mae()
+    maekit.load_checkpoint(old, model, strict=True, verbose=False)
+    assert_matches_reference(model, PLSC, PADDLE_TOL)
