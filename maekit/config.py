@@ -59,7 +59,9 @@ class CommonConfig:
     patch_size: int | None = opt(
         None, "override the model's patch size (e.g. 4 for 28-32 px images)"
     )
-    in_chans: int = opt(3, "input channels (grayscale data is expanded to 3 channels)")
+    in_chans: int = opt(
+        3, "input channels: 3 (RGB) or 1 (images converted to grayscale, one-value normalisation)"
+    )
     # --- data ---
     data_path: str = opt(
         "fashion-mnist",
@@ -106,6 +108,11 @@ class CommonConfig:
     max_train_step: int | None = opt(
         None, "stop each epoch after this many steps (smoke tests, benchmarks)"
     )
+    max_train_images: int | None = opt(
+        None,
+        "train on a fixed random subset (--seed) of this many training images, the same "
+        "every epoch and run (none: all), e.g. 5000 of fashion-mnist; not for tar shards",
+    )
     # --- distributed (torchrun's environment takes precedence; kept for compatibility) ---
     world_size: int = opt(1, "number of processes (set by torchrun)")
     local_rank: int = opt(-1, "local rank (set by torchrun)")
@@ -122,6 +129,9 @@ class CommonConfig:
         for name, value in positive.items():
             if value <= 0:
                 raise MaekitError(f"--{name} must be a positive integer, got {value}")
+        if self.in_chans not in (1, 3):
+            raise MaekitError(f"--in_chans {self.in_chans}: images are read as 3 (RGB) or 1 "
+                              "(grayscale) channels; give --in_chans 3 or --in_chans 1")  # fmt: skip
         if self.patch_size is not None and self.patch_size <= 0:
             raise MaekitError(f"--patch_size must be positive, got {self.patch_size}")
         if self.warmup_epochs < 0:
@@ -130,6 +140,8 @@ class CommonConfig:
             raise MaekitError("--lr/--blr must be positive")
         if self.max_train_step is not None and self.max_train_step <= 0:
             raise MaekitError(f"--max_train_step must be positive, got {self.max_train_step}")
+        if self.max_train_images is not None and self.max_train_images <= 0:
+            raise MaekitError(f"--max_train_images must be positive, got {self.max_train_images}")
         if self.keep_last is not None and self.keep_last < 1:
             raise MaekitError(f"--keep_last must be at least 1, got {self.keep_last}")
         if self.max_nonfinite < 0:
@@ -179,6 +191,8 @@ class PretrainConfig(CommonConfig):
             raise MaekitError(
                 "--gpu_decode decodes JPEG folders; drop it for --data_path fashion-mnist"
             )
+        if self.gpu_decode and self.in_chans != 3:
+            raise MaekitError("--gpu_decode decodes to RGB; drop it for --in_chans 1")
         if not 0.0 <= self.mask_ratio < 1.0:
             raise MaekitError(f"--mask_ratio must be in [0, 1), got {self.mask_ratio}")
         if self.knn_eval_freq < 0:

@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torchvision.transforms import functional as TF
 
 from ..config import VisualizeConfig
-from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from ..data.transforms import normalization
 from ..errors import MaekitError
 
 COLUMNS = ("original", "masked", "reconstruction", "recon. + visible")
@@ -50,17 +50,16 @@ def denormalize_patches(
 
 
 def to_uint8(imgs: torch.Tensor) -> np.ndarray:
-    """ImageNet-normalised (N, 3, H, W) -> (N, H, W, 3) uint8."""
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    """Normalised (N, C, H, W) -> (N, H, W, C) uint8 (C = 3, or 1 for grayscale models)."""
+    mean, std = (torch.tensor(s).view(1, -1, 1, 1) for s in normalization(imgs.shape[1]))
     px = (imgs.float().cpu() * std + mean).clamp(0, 1) * 255
     return px.round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
 def from_uint8(arrays: np.ndarray) -> torch.Tensor:
-    """(N, H, W, 3) uint8 -> ImageNet-normalised (N, 3, H, W) float32, as training feeds the model."""
+    """(N, H, W, C) uint8 -> normalised (N, C, H, W) float32, as training feeds the model."""
     x = torch.from_numpy(np.ascontiguousarray(arrays)).permute(0, 3, 1, 2).float() / 255
-    return TF.normalize(x, IMAGENET_MEAN, IMAGENET_STD)
+    return TF.normalize(x, *normalization(x.shape[1]))
 
 
 @torch.no_grad()
@@ -177,11 +176,13 @@ def describe(name: str, input_size: int, patch_size: int, mask_ratio: float, see
 # --------------------------------------------------------------------------- the command
 
 
-def load_images(cfg: VisualizeConfig, input_size: int) -> np.ndarray:
-    """(N, S, S, 3) uint8: resized (shorter side, bicubic) and centre-cropped to the model's size."""
+def load_images(cfg: VisualizeConfig, input_size: int, in_chans: int = 3) -> np.ndarray:
+    """(N, S, S, C) uint8: resized (shorter side, bicubic) and centre-cropped to the model's size;
+    C = 1 (grayscale) for one-channel models."""
     from ..data import BUILTIN, build_dataset
     from ..data.folder import load_rgb
     from ..data.shards import refuse_shards
+    from ..data.transforms import image_mode
     from .features import subset_indices
 
     if cfg.images:
@@ -202,7 +203,8 @@ def load_images(cfg: VisualizeConfig, input_size: int) -> np.ndarray:
     out = []
     for img in pils:
         img = TF.resize(img, input_size, interpolation=TF.InterpolationMode.BICUBIC)
-        out.append(np.asarray(TF.center_crop(img, input_size), dtype=np.uint8))
+        img = TF.center_crop(img, input_size).convert(image_mode(in_chans))
+        out.append(np.asarray(img, dtype=np.uint8).reshape(input_size, input_size, in_chans))
     return np.stack(out)
 
 
@@ -218,13 +220,12 @@ def run(cfg: VisualizeConfig) -> Path:
     if not out.parent.is_dir():
         raise MaekitError(f"--out {out}: folder {out.parent} does not exist")
     loaded = load_checkpoint_model(cfg, norm_pix_loss=cfg.norm_pix_loss, need_decoder=True)
-    if loaded.in_chans != 3:
-        raise MaekitError(f"visualize shows RGB models; this one takes {loaded.in_chans} channels")
-    original = load_images(cfg, loaded.input_size)
+    original = load_images(cfg, loaded.input_size, loaded.in_chans)
     device = resolve_device(cfg.device)
     model = loaded.model.to(device)
     recon, mask_px = reconstruct(model, from_uint8(original).to(device), cfg.mask_ratio, cfg.seed)
     columns = grid_columns(original, to_uint8(recon), mask_px.cpu().numpy())
+    columns = [np.repeat(c, 3, axis=-1) if c.shape[-1] == 1 else c for c in columns]  # gray -> RGB
     scale = cfg.scale or max(1, math.ceil(112 / loaded.input_size))
     title = describe(loaded.name, loaded.input_size, model.patch_size, cfg.mask_ratio, cfg.seed,
                      bool(model.norm_pix_loss))  # fmt: skip

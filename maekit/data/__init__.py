@@ -43,6 +43,41 @@ def build_dataset(data_path: str, split: str, transform) -> torch.utils.data.Dat
     return ds
 
 
+class FixedSubset(torch.utils.data.Dataset):
+    """``dataset`` restricted to ``indices``, still reporting its ``classes`` (labels unchanged).
+
+    Not a ``torch.utils.data.Subset``: that one has a batched ``__getitems__``, which
+    :class:`SeededSamples` would forward with its ``(epoch, index)`` keys.
+    """
+
+    def __init__(self, dataset: torch.utils.data.Dataset, indices: list[int]) -> None:
+        self.dataset, self.indices = dataset, indices
+        self.classes = getattr(dataset, "classes", None)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        return self.dataset[self.indices[i]]
+
+
+def limit_train_set(
+    dataset: torch.utils.data.Dataset, max_images: int | None, seed: int
+) -> torch.utils.data.Dataset:
+    """``--max_train_images``: a fixed random subset (drawn from ``seed``, in dataset order) of
+    ``max_images`` images, or ``dataset`` itself when None or not smaller."""
+    if max_images is None or max_images >= len(dataset):
+        return dataset
+    if isinstance(dataset, ShardDataset):
+        raise MaekitError(
+            "--max_train_images picks images from folders and fashion-mnist; tar shards are "
+            "streamed whole: drop the flag (or write a smaller set of shards)"
+        )
+    from ..analysis.features import subset_indices
+
+    return FixedSubset(dataset, subset_indices(len(dataset), max_images, seed))
+
+
 def build_train_loader(
     dataset: torch.utils.data.Dataset,
     batch_size: int,
@@ -104,9 +139,11 @@ def raise_open_file_limit() -> None:
 
 __all__ = [
     "FashionMNIST",
+    "FixedSubset",
     "FlatImageFolder",
     "ShardDataset",
     "build_dataset",
     "build_train_loader",
     "image_folder",
+    "limit_train_set",
 ]

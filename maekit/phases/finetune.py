@@ -75,6 +75,7 @@ def run(cfg: FinetuneConfig) -> list[dict]:
             cfg.remode,
             cfg.recount,
             cfg.crop_min,
+            cfg.in_chans,
         ),
         adapt_model=lambda m: m,
         build_optimizer=partial(build_optimizer, cfg),

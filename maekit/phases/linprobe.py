@@ -46,7 +46,7 @@ def model_overrides(cfg: LinprobeConfig) -> dict:
 
 def run(cfg: LinprobeConfig) -> list[dict]:
     recipe = Recipe(
-        train_transform=linprobe_transform(cfg.input_size, cfg.crop_min),
+        train_transform=linprobe_transform(cfg.input_size, cfg.crop_min, cfg.in_chans),
         adapt_model=attach_probe_head,
         build_optimizer=partial(build_optimizer, cfg),
         build_loss=partial(build_loss, cfg),

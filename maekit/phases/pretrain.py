@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..config import PretrainConfig
-from ..data import build_dataset, build_train_loader
+from ..data import build_dataset, build_train_loader, limit_train_set
 from ..data.gpu_decode import GpuDecodeLoader, collate_encoded, encoded_folder
 from ..data.transforms import PRETRAIN_SCALE, pretrain_transform
 from ..engine.distributed import shutdown
@@ -63,7 +63,9 @@ def knn_datasets(cfg: PretrainConfig) -> tuple:
     from ..data.transforms import eval_transform
 
     try:
-        bank, queries, num_classes = labeled_splits(cfg.data_path, eval_transform(cfg.input_size))
+        bank, queries, num_classes = labeled_splits(
+            cfg.data_path, eval_transform(cfg.input_size, cfg.in_chans)
+        )
     except MaekitError as e:
         raise MaekitError(f"--knn_eval_freq: {e} (or drop --knn_eval_freq)") from e
     bank = Subset(bank, subset_indices(len(bank), cfg.knn_max_bank, cfg.seed))
@@ -77,9 +79,12 @@ def run(cfg: PretrainConfig) -> list[dict]:
     # Fail fast on a bad model name, size or data path before any process group or output exists.
     seed_everything(cfg.seed)  # the initial weights follow --seed (DDP then broadcasts rank 0's)
     model = build_model(cfg)
-    dataset = build_dataset(cfg.data_path, "train", pretrain_transform(cfg.input_size))
+    dataset = build_dataset(
+        cfg.data_path, "train", pretrain_transform(cfg.input_size, cfg.in_chans)
+    )
     if cfg.gpu_decode:
         dataset = gpu_dataset(cfg, dataset)
+    dataset = limit_train_set(dataset, cfg.max_train_images, cfg.seed)
     knn_data = knn_datasets(cfg) if cfg.knn_eval_freq else None  # labels checked at start-up
     ctx = prepare_run(cfg)
     env = ctx.env
