@@ -10,6 +10,7 @@ from .config import (
     BenchConfig,
     ExtractConfig,
     FinetuneConfig,
+    HelpFormatter,
     KnnConfig,
     LinprobeConfig,
     PlotConfig,
@@ -78,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (cls, help_text, _) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text,
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+                           formatter_class=HelpFormatter)  # fmt: skip
         add_config_flags(p, cls)
     sub.add_parser("models", help="list registered model names")
     conv = sub.add_parser(
@@ -102,6 +103,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def fetch_dataset(data_path: str) -> None:
+    """--download: fetch Fashion-MNIST (the only dataset maekit can download) if it is missing."""
+    from .data import BUILTIN_ALIASES
+
+    if data_path not in BUILTIN_ALIASES:
+        raise MaekitError(
+            f"--download fetches Fashion-MNIST only; drop it for --data_path {data_path}"
+        )
+    from .data.fashion_mnist import download
+
+    print(f"Fashion-MNIST: {download()}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -122,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
 
         cfg = config_from_args(cls, args)
         cfg.validate()  # before the heavy imports, so flag errors come back at once
+        if getattr(cfg, "download", False):
+            fetch_dataset(cfg.data_path)
         importlib.import_module(module).run(cfg)
         return 0
     except MaekitError as e:
