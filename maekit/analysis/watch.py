@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 
 from ..data import BUILTIN, build_dataset
 from ..data.shards import is_shard_path
@@ -61,11 +61,26 @@ def validation_split(cfg, train_set: Dataset) -> tuple[Dataset, Dataset | None, 
         return train_set, None, "validation: off (--gpu_decode without a val/ folder)"
     else:
         train_idx, held = holdout_indices(len(train_set), cfg.val_frac)
-        val_set = Subset(build_dataset(cfg.data_path, "train", transform), held)
-        train_set = Subset(train_set, train_idx)
+        val_set = HeldOut(build_dataset(cfg.data_path, "train", transform), held)
+        train_set = HeldOut(train_set, train_idx)
         where = f"{len(held)} training images held out (--val_frac {cfg.val_frac})"
-    val_set = Subset(val_set, subset_indices(len(val_set), cfg.val_max_images, VAL_SEED))
+    val_set = HeldOut(val_set, subset_indices(len(val_set), cfg.val_max_images, VAL_SEED))
     return train_set, val_set, f"validation: {len(val_set)} images from {where}, fixed masks"
+
+
+class HeldOut(Dataset):
+    """``dataset`` restricted to ``indices`` (in that order). Unlike torch's Subset it has no
+    batched ``__getitems__``, which the training loader's wrapper would forward to it with
+    (epoch, index) keys."""
+
+    def __init__(self, dataset: Dataset, indices: list[int]) -> None:
+        self.dataset, self.indices = dataset, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        return self.dataset[self.indices[i]]
 
 
 class _Indexed(Dataset):
