@@ -190,9 +190,9 @@ class PretrainConfig(CommonConfig):
         1, "every N epochs (and at the last) log val_loss: the reconstruction loss of held-out "
         "images under a fixed mask (0 = off, nothing held out)",
     )  # fmt: skip
-    val_frac: float = opt(
-        0.01, "without a val/ folder: hold out this fraction of the training images for val_loss, "
-        "in (0, 0.5] (a fixed choice)",
+    val_frac: float | None = opt(
+        None, "without a val/ folder: hold out this fraction of the training images (a fixed "
+        "choice) for val_loss and the grids, in (0, 0.5] (none: no hold-out, the official data)",
     )  # fmt: skip
     val_max_images: int | None = opt(
         1000, "val_loss on a fixed subset of this many validation images (none: all)"
@@ -205,7 +205,7 @@ class PretrainConfig(CommonConfig):
 
     def validate(self) -> None:
         super().validate()
-        if not 0.0 < self.val_frac <= 0.5:
+        if self.val_frac is not None and not 0.0 < self.val_frac <= 0.5:
             raise MaekitError(f"--val_frac must be in (0, 0.5], got {self.val_frac}")
         for name in ("val_freq", "vis_freq"):
             if getattr(self, name) < 0:

@@ -2,8 +2,9 @@
 
 Every ``--val_freq`` epochs the reconstruction loss of held-out images is logged as
 ``val_loss`` (log.txt, TensorBoard ``epoch/val_loss``, wandb). The images are ``val/`` when the
-data has one (Fashion-MNIST's test set, an ImageNet-style ``val/`` folder), else a fixed
-``--val_frac`` of the training images, kept out of training. Each image is seen at the eval
+data has one (Fashion-MNIST's test set, an ImageNet-style ``val/`` folder), else, with
+``--val_frac F``, a fixed fraction F of the training images, then kept out of training (never
+without the flag: the official recipes train on every image). Each image is seen at the eval
 transform (resize + centre crop) under its own fixed mask, so the numbers of two epochs (and
 of two runs on the same data) differ only because the model did. Every ``--vis_freq``
 epochs the first ``--vis_images`` of them are drawn as a reconstruction grid,
@@ -57,6 +58,9 @@ def validation_split(cfg, train_set: Dataset) -> tuple[Dataset, Dataset | None, 
     transform = eval_transform(cfg.input_size)
     if cfg.data_path in BUILTIN or Path(cfg.data_path, "val").is_dir():
         val_set, where = build_dataset(cfg.data_path, "val", transform), "val/"
+    elif cfg.val_frac is None:  # the official recipe trains on every image: no silent hold-out
+        return train_set, None, ("validation: off, no val/ folder; --val_frac 0.01 holds out 1% of the "
+                                 "training images for val_loss and the reconstruction grids")  # fmt: skip
     elif cfg.gpu_decode:
         return train_set, None, "validation: off (--gpu_decode without a val/ folder)"
     else:
