@@ -28,14 +28,15 @@ def test_holdout_is_fixed_disjoint_and_complete():
     assert len(holdout_indices(3, 0.01)[1]) == 1  # at least one image
 
 
-def watch_for(batch_size: int, tmp_path, epochs: int = 4, val_freq: int = 1) -> ReconstructionWatch:
+def watch_for(batch_size: int, tmp_path, epochs: int = 4, val_freq: int = 1, vis_freq: int = 0,
+              model: str = "mae_vit_tiny_patch16", record: bool = False) -> ReconstructionWatch:  # fmt: skip
     torch.manual_seed(0)
-    model = create_model("mae_vit_tiny_patch16", img_size=16, patch_size=4)
+    net = create_model(model, img_size=16, patch_size=4, norm_pix_loss=True)
     imgs = torch.randn(11, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     cfg = SimpleNamespace(batch_size=batch_size, mask_ratio=0.75, epochs=epochs, val_freq=val_freq,
-                          vis_freq=0, vis_images=4, model="mae_vit_tiny_patch16")  # fmt: skip
-    recorder = RunRecorder(str(tmp_path), None, enabled=False)
-    return ReconstructionWatch(cfg, model, TensorDataset(imgs, torch.zeros(11)), DistEnv(0, 1, 0, CPU),
+                          vis_freq=vis_freq, vis_images=4, model=model)  # fmt: skip
+    recorder = RunRecorder(str(tmp_path), None, enabled=record)
+    return ReconstructionWatch(cfg, net, TensorDataset(imgs, torch.zeros(11)), DistEnv(0, 1, 0, CPU),
                                resolve_precision("none", CPU), recorder, tmp_path, 0)  # fmt: skip
 
 
@@ -74,3 +75,19 @@ def test_gray_originals_get_a_gray_reconstruction():
     colour = gray.copy()
     colour[0, 0, 0, 2] += 1  # one coloured pixel: shown as predicted
     assert np.array_equal(show_gray(colour, tinted), tinted)
+
+
+@pytest.mark.parametrize("model", ["mae_vit_tiny_patch16", "convmae_convvit_small_patch16"])
+def test_grids_at_vis_freq_and_last_epoch(tmp_path, model):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    w = watch_for(4, tmp_path, epochs=3, val_freq=1, vis_freq=2, model=model, record=True)
+    logs = [w(e) for e in range(3)]
+    w.recorder.close()
+    assert all(np.isfinite(x["val_loss"]) for x in logs)
+    assert sorted(p.name for p in tmp_path.glob("reconstruction-*.png")) == [
+        "reconstruction-1.png", "reconstruction-2.png"]  # fmt: skip
+    assert w.last_grid == tmp_path / "reconstruction-2.png"
+    acc = EventAccumulator(str(tmp_path), size_guidance={"images": 0})
+    acc.Reload()
+    assert [e.step for e in acc.Images("reconstruction")] == [1, 2]
