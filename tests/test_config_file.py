@@ -209,3 +209,9 @@ def test_config_works_for_the_tools_too(tmp_path):
     f.write_text(json.dumps({"k": 5, "max_bank": 100, "pool": "mean"}))
     cfg = parse(["knn", "--config", str(f), "--random_init", "--model", "mae_vit_tiny_patch16"])
     assert (cfg.k, cfg.max_bank, cfg.pool, cfg.random_init) == (5, 100, "mean", True)
+
+
+def test_knn_baseline_needs_the_knn_monitor(capsys):
+    code, err = run_main(["pretrain", "--knn_baseline", "--print_config"], capsys)
+    assert code == 2 and "add --knn_eval_freq N" in err
+    assert main(["pretrain", "--knn_baseline", "--knn_eval_freq", "4", "--print_config"]) == 0
