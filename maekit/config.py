@@ -120,6 +120,14 @@ class CommonConfig:
     dist_on_itp: bool = opt(
         False, "accepted for compatibility with the official script; torchrun's environment is used"
     )
+    # --- Weights & Biases (optional: pip install maekit[wandb]) ---
+    log_wandb: bool = opt(
+        False, "also log the scalars and images to Weights & Biases (WANDB_MODE=offline works)"
+    )
+    wandb_project: str = opt("maekit", "Weights & Biases project (with --log_wandb)")
+    wandb_name: str | None = opt(
+        None, "Weights & Biases run name (default: the output folder's name)"
+    )
 
     def validate(self) -> None:
         """Raise MaekitError naming the bad value and the fix."""
@@ -184,9 +192,44 @@ class PretrainConfig(CommonConfig):
     gpu_decode: bool = opt(
         False, "decode JPEGs and crop/flip on the GPU (nvJPEG): image folders on CUDA only"
     )
+    knn_baseline: bool = opt(
+        False, "with --knn_eval_freq: also k-NN the initial (random) weights on the same subsets "
+        "before training, and print both top-1s at the end",
+    )  # fmt: skip
+
+    # Watching the reconstruction (label-free; an addition)
+    val_freq: int = opt(
+        1, "every N epochs (and at the last) log val_loss: the reconstruction loss of held-out "
+        "images under a fixed mask (0 = off, nothing held out)",
+    )  # fmt: skip
+    val_frac: float | None = opt(
+        None, "without a val/ folder: hold out this fraction of the training images (a fixed "
+        "choice) for val_loss and the grids, in (0, 0.5] (none: no hold-out, the official data)",
+    )  # fmt: skip
+    val_max_images: int | None = opt(
+        1000, "val_loss on a fixed subset of this many validation images (none: all)"
+    )
+    vis_freq: int = opt(
+        20, "every N epochs (and at the last) save reconstruction-{epoch}.png of fixed validation "
+        "images and log it to TensorBoard (0 = off)",
+    )  # fmt: skip
+    vis_images: int = opt(8, "rows of the reconstruction grid")
 
     def validate(self) -> None:
         super().validate()
+        if self.val_frac is not None and not 0.0 < self.val_frac <= 0.5:
+            raise MaekitError(f"--val_frac must be in (0, 0.5], got {self.val_frac}")
+        for name in ("val_freq", "vis_freq"):
+            if getattr(self, name) < 0:
+                raise MaekitError(f"--{name} must be >= 0 (0 = off), got {getattr(self, name)}")
+        if self.val_max_images is not None and self.val_max_images <= 0:
+            raise MaekitError(f"--val_max_images must be positive, got {self.val_max_images}")
+        if self.vis_images <= 0:
+            raise MaekitError(f"--vis_images must be positive, got {self.vis_images}")
+        if self.knn_baseline and not self.knn_eval_freq:
+            raise MaekitError(
+                "--knn_baseline compares with the trained encoder's k-NN: add --knn_eval_freq N"
+            )
         if self.gpu_decode and self.data_path in ("fashion-mnist", "fashion_mnist", "fmnist"):
             raise MaekitError(
                 "--gpu_decode decodes JPEG folders; drop it for --data_path fashion-mnist"

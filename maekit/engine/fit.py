@@ -85,7 +85,10 @@ def prepare_run(cfg) -> RunContext:
         (out / "config.json").write_text(
             json.dumps({**cfg.to_dict(), "resolved": resolved}, indent=2) + "\n"
         )
-    recorder = RunRecorder(str(out), cfg.log_dir, enabled=env.is_main)
+    from .wandb_run import start_wandb
+
+    recorder = RunRecorder(str(out), cfg.log_dir, enabled=env.is_main,
+                           wandb=start_wandb(cfg, out) if env.is_main else None)  # fmt: skip
     workers = min(cfg.num_workers, os.cpu_count() or 1)
     pin = cfg.pin_mem and env.device.type == "cuda"
     return RunContext(env, precision, recorder, out, workers, pin)

@@ -70,12 +70,20 @@ class EpochProgress:
 
 
 class RunRecorder:
-    """log.txt (one JSON line per epoch) and TensorBoard scalars, on the main rank only."""
+    """log.txt (one JSON line per epoch), TensorBoard and optionally Weights & Biases, on the
+    main rank only.
 
-    def __init__(self, output_dir: str, log_dir: str | None, enabled: bool) -> None:
+    TensorBoard step axes: per-iteration scalars (``train_loss``, ``lr``, every --print_freq
+    steps) at step round(1000 x fractional epoch), so 1000 = one epoch whatever the batch size;
+    per-epoch values (``epoch/*``, the log.txt keys) and images at the epoch index. wandb
+    gets the same tags, with ``epoch_x1000`` and ``epoch`` as their x axes.
+    """
+
+    def __init__(self, output_dir: str, log_dir: str | None, enabled: bool, wandb=None) -> None:
         self.enabled = enabled
         self.log_path = Path(output_dir) / "log.txt"
         self.tb = None
+        self.wandb = wandb if enabled else None  # a wandb Run (see engine/wandb_run.py) or None
         if enabled:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -88,6 +96,18 @@ class RunRecorder:
     def scalar(self, tag: str, value: float, step: int) -> None:
         if self.tb is not None:
             self.tb.add_scalar(tag, value, step)
+        if self.wandb is not None:
+            self.wandb.log({tag: value, "epoch_x1000": step})
+
+    def image(self, tag: str, hwc, epoch: int) -> None:
+        """An (H, W, 3) uint8 picture (e.g. a reconstruction grid) at the epoch index."""
+        if self.tb is not None:
+            self.tb.add_image(tag, hwc, epoch, dataformats="HWC")
+            self.tb.flush()
+        if self.wandb is not None:
+            import wandb
+
+            self.wandb.log({tag: wandb.Image(hwc), "epoch": epoch})
 
     def epoch(self, stats: dict) -> None:
         if not self.enabled:
@@ -99,7 +119,17 @@ class RunRecorder:
                 if k != "epoch" and isinstance(v, int | float):
                     self.tb.add_scalar(f"epoch/{k}", v, stats["epoch"])
             self.tb.flush()
+        if self.wandb is not None:
+            scalars = {
+                f"epoch/{k}": v
+                for k, v in stats.items()
+                if k != "epoch" and isinstance(v, int | float)
+            }
+            self.wandb.log({**scalars, "epoch": stats["epoch"]})
 
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+            self.wandb = None
