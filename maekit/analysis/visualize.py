@@ -180,7 +180,7 @@ def describe(name: str, input_size: int, patch_size: int, mask_ratio: float, see
 def load_images(cfg: VisualizeConfig, input_size: int) -> np.ndarray:
     """(N, S, S, 3) uint8: resized (shorter side, bicubic) and centre-cropped to the model's size."""
     from ..data import BUILTIN, build_dataset
-    from ..data.folder import load_rgb
+    from ..data.folder import UnreadableImage, load_rgb
     from ..data.shards import refuse_shards
     from .features import subset_indices
 
@@ -192,7 +192,7 @@ def load_images(cfg: VisualizeConfig, input_size: int) -> np.ndarray:
         for p in cfg.images:
             try:
                 pils.append(load_rgb(p))
-            except OSError as e:
+            except (OSError, UnreadableImage) as e:
                 raise MaekitError(f"--images: cannot read {p} as an image ({e})") from e
     else:
         refuse_shards(cfg.data_path, "maekit visualize")

@@ -77,7 +77,9 @@ def run(cfg: PretrainConfig) -> list[dict]:
     # Fail fast on a bad model name, size or data path before any process group or output exists.
     seed_everything(cfg.seed)  # the initial weights follow --seed (DDP then broadcasts rank 0's)
     model = build_model(cfg)
-    dataset = build_dataset(cfg.data_path, "train", pretrain_transform(cfg.input_size))
+    dataset = build_dataset(
+        cfg.data_path, "train", pretrain_transform(cfg.input_size), cfg.max_pixels
+    )
     if cfg.gpu_decode:
         dataset = gpu_dataset(cfg, dataset)
     knn_data = knn_datasets(cfg) if cfg.knn_eval_freq else None  # labels checked at start-up
