@@ -30,17 +30,22 @@ def test_a_second_run_on_the_same_folder_is_refused(tmp_path):
     out = tmp_path / "run"
     args = ["pretrain", "--data_path", str(data), "--epochs", "2", "--num_workers", "0",
             "--output_dir", str(out), *TINY]  # fmt: skip
-    first = Run(args, tmp_path)
+    first = Run(args, tmp_path, {"MAEKIT_DEBUG_SAVE_DELAY": "1"})
     try:
-        first.wait_for(lambda: first.saw("training mae_vit_tiny_patch16"), timeout=240)
+        # Caught in the middle of its first save, then frozen: the second run starts exactly
+        # when it used to delete the first one's temp file as "stale".
+        first.wait_for(lambda: any(out.glob(".checkpoint-*.tmp")), timeout=240)
+        first.kill(signal.SIGSTOP)
         second = run_cli(args, tmp_path, timeout=240)
-        assert second.returncode == 2, second.stderr
+        first.kill(signal.SIGCONT)
+        assert second.returncode == 2, second.stdout + second.stderr
         lines = second.stderr.strip().splitlines()
         assert len(lines) == 1 and "Traceback" not in second.stderr, second.stderr
         assert f"in use by another maekit run (pid {first.proc.pid})" in lines[0]
         assert first.finish(timeout=300) == 0, "".join(first.lines)
     finally:
         if first.proc.poll() is None:
+            first.kill(signal.SIGCONT)
             first.kill()
     assert epochs_logged(out) == [0, 1]  # one line per epoch
     assert not leftovers(out)
