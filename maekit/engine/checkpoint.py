@@ -11,7 +11,6 @@ preemption stop (the auto-resume point), ``checkpoint-best.pth`` (fine-tuning, b
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import shutil
@@ -199,9 +198,10 @@ def nonfinite_entries(
 ) -> list[str]:
     """Names of up to ``limit`` weights, gradients or optimizer-state tensors holding NaN/inf.
 
-    One fused reduction (``_foreach_norm`` with ord=inf: the largest magnitude, NaN-propagating,
-    no overflow) over every floating tensor, read with one host sync; the names are looked up
-    only when something is wrong."""
+    One fused reduction (``_foreach_norm``, the L2 norm: NaN and inf propagate into it) over
+    every floating tensor, read with one host sync per device. A norm that overflowed although
+    every value is finite (values near 1e19 in fp32) is re-checked element-wise, as are the
+    names: only when something looks wrong."""
     named: list[tuple[str, torch.Tensor]] = []
     if model_state is not None:
         named += [(k, v) for k, v in model_state.items() if isinstance(v, torch.Tensor)]
@@ -219,15 +219,16 @@ def nonfinite_entries(
     named = [(k, v) for k, v in named if v.is_floating_point() and v.numel() > 0]
     if not named:
         return []
-    peaks = torch._foreach_norm([v for _, v in named], ord=math.inf)
+    norms = torch._foreach_norm([v for _, v in named])
     by_device: dict[torch.device, list[torch.Tensor]] = {}
-    for p in peaks:
-        by_device.setdefault(p.device, []).append(p.float())
-    if all(bool(torch.isfinite(torch.stack(ps)).all()) for ps in by_device.values()):
+    for n in norms:
+        by_device.setdefault(n.device, []).append(n.float())
+    if all(bool(torch.isfinite(torch.stack(ns)).all()) for ns in by_device.values()):
         return []
-    return [k for (k, _), p in zip(named, peaks, strict=True) if not bool(torch.isfinite(p))][
-        :limit
+    suspects = [
+        (k, v) for (k, v), n in zip(named, norms, strict=True) if not bool(torch.isfinite(n))
     ]
+    return [k for k, v in suspects if not bool(torch.isfinite(v).all())][:limit]
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:
