@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import stat
@@ -32,16 +33,26 @@ class UnreadableImage(Exception):
     not a regular file, over --max_pixels)."""
 
 
+# Errors of opening that belong to the file itself (a dangling link, a socket, permissions).
+_BAD_FILE_ERRNOS = frozenset(
+    getattr(errno, n) for n in ("ENOENT", "ENXIO", "ELOOP", "EACCES", "EPERM", "EISDIR", "ENOTDIR")
+    if hasattr(errno, n)
+)  # fmt: skip
+
+
 def open_regular(path: str | Path) -> BinaryIO:
     """Open ``path`` for reading only if it is a regular file (symlinks followed).
 
     A FIFO would block ``open`` until a writer appears (forever) and a device can block a read:
     the file is opened non-blocking and checked with fstat before anything is read from it, so
     no check-then-open race remains. Raises :class:`UnreadableImage` for anything else, and for
-    a file that cannot be opened (dangling link, permissions, vanished)."""
+    a file that cannot be opened (dangling link, permissions, vanished); resource errors
+    (EMFILE, ENOMEM) and I/O errors propagate: they are not a bad image to skip."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except OSError as e:
+        if e.errno not in _BAD_FILE_ERRNOS:  # EMFILE, ENOMEM, EIO...: the machine, not the file
+            raise
         raise UnreadableImage(f"{path}: {e.strerror or e}") from e
     try:
         mode = os.fstat(fd).st_mode

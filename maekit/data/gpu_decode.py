@@ -21,6 +21,7 @@ nvJPEG's IDCT may differ from libjpeg's by a level or so.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 from PIL import Image
@@ -29,7 +30,7 @@ from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 from torchvision.transforms.v2 import functional as TF
 
 from ..errors import MaekitError
-from .folder import UnreadableImage, load_rgb, open_regular
+from .folder import UnreadableImage, load_rgb
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
 RATIO = (3.0 / 4.0, 4.0 / 3.0)  # RandomResizedCrop's default aspect-ratio range
@@ -50,14 +51,13 @@ class EncodedImages(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         path, target = self.samples[i]
         try:
-            with open_regular(path) as f, Image.open(f) as img:  # header: size, format, mode
+            with Image.open(path) as img:  # header only: size, format, mode
                 jpeg = img.format == "JPEG" and img.mode in ("RGB", "L")
                 box = T.RandomResizedCrop.get_params(img, list(self.scale), list(RATIO))
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
             raise UnreadableImage(f"{path}: {e}") from e
         if jpeg:
-            with open_regular(path) as f:  # a FIFO or device never blocks the read
-                data = torch.frombuffer(bytearray(f.read()), dtype=torch.uint8)
+            data = torch.frombuffer(bytearray(Path(path).read_bytes()), dtype=torch.uint8)
         else:
             data = TF.pil_to_tensor(load_rgb(path))  # (3, H, W) uint8
         flip = bool(torch.rand(()) < 0.5)

@@ -181,3 +181,17 @@ def test_a_fifo_or_directory_given_as_checkpoint_is_one_line(tmp_path):
         finishes(lambda: read_checkpoint(tmp_path / "ckpt.pth"))
     with pytest.raises(MaekitError, match="is a directory"):
         read_checkpoint(tmp_path)
+
+
+def test_resource_errors_propagate_instead_of_counting_as_bad_images(tmp_path, monkeypatch):
+    import errno
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "ok.png")
+
+    def too_many_files(*a, **k):
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(os, "open", too_many_files)
+    with pytest.raises(OSError, match="Too many open files") as e:
+        load_rgb(str(tmp_path / "ok.png"))
+    assert not isinstance(e.value, UnreadableImage)
