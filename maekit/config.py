@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -33,6 +34,16 @@ def opt(
     if isinstance(default, list | dict):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
+
+
+def check_finite(cfg) -> None:
+    """Every float flag is a finite number: argparse's float() accepts 'nan' and 'inf', and a
+    non-finite lr, decay or clip would train to NaN weights (or fail deep inside torch)."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        for x in value if isinstance(value, list | tuple) else (value,):
+            if isinstance(x, float) and not math.isfinite(x):
+                raise MaekitError(f"--{f.name} must be a finite number, got {x}")
 
 
 @dataclass
@@ -102,6 +113,10 @@ class CommonConfig:
     max_bad_frac: float = opt(
         0.01, "stop when more than this fraction of an epoch's images cannot be read"
     )
+    max_pixels: int = opt(
+        120_000_000,
+        "skip (and count as unreadable) images with more pixels than this, before decoding them",
+    )
     start_epoch: int = opt(0, "first epoch (overwritten by --resume)")
     save_freq: int = opt(20, "save checkpoint-{epoch}.pth every N epochs (and at the last epoch)")
     print_freq: int = opt(20, "log every N steps (the loss is read from the device only then)")
@@ -131,6 +146,7 @@ class CommonConfig:
 
     def validate(self) -> None:
         """Raise MaekitError naming the bad value and the fix."""
+        check_finite(self)
         positive = {"batch_size": self.batch_size, "epochs": self.epochs, "accum_iter": self.accum_iter,
                     "input_size": self.input_size, "save_freq": self.save_freq, "print_freq": self.print_freq,
                     "in_chans": self.in_chans}  # fmt: skip
@@ -158,6 +174,17 @@ class CommonConfig:
             raise MaekitError(f"--max_bad_frac must be in [0, 1], got {self.max_bad_frac}")
         if self.num_workers < 0:
             raise MaekitError(f"--num_workers must be >= 0, got {self.num_workers}")
+        if self.weight_decay < 0 or self.min_lr < 0:
+            raise MaekitError(f"--weight_decay and --min_lr must be >= 0, got {self.weight_decay} "
+                              f"and {self.min_lr}")  # fmt: skip
+        if self.clip_grad is not None and self.clip_grad <= 0:
+            raise MaekitError(f"--clip_grad must be a positive gradient norm, got {self.clip_grad} "
+                              "(leave it out for no clipping)")  # fmt: skip
+        if self.lr is not None and self.min_lr > self.lr:
+            raise MaekitError(f"--min_lr {self.min_lr} is above --lr {self.lr}; the cosine schedule "
+                              "decays from --lr to --min_lr")  # fmt: skip
+        if self.max_pixels <= 0:
+            raise MaekitError(f"--max_pixels must be positive, got {self.max_pixels}")
 
     def size_overrides(self) -> dict:
         """create_model arguments for the input geometry (--input_size, --in_chans, --patch_size)."""
@@ -172,7 +199,7 @@ class CommonConfig:
 
 @dataclass
 class PretrainConfig(CommonConfig):
-    mask_ratio: float = opt(0.75, "fraction of patches removed, in [0, 1)")
+    mask_ratio: float = opt(0.75, "fraction of patches removed, in (0, 1)")
     norm_pix_loss: bool = opt(
         False, "use per-patch normalised pixels as the target (published recipe)"
     )
@@ -236,8 +263,9 @@ class PretrainConfig(CommonConfig):
             )
         if self.gpu_decode and self.in_chans != 3:
             raise MaekitError("--gpu_decode decodes to RGB; drop it for --in_chans 1")
-        if not 0.0 <= self.mask_ratio < 1.0:
-            raise MaekitError(f"--mask_ratio must be in [0, 1), got {self.mask_ratio}")
+        if not 0.0 < self.mask_ratio < 1.0:
+            raise MaekitError(f"--mask_ratio must be in (0, 1), got {self.mask_ratio}: the loss is "
+                              "computed on the masked patches, so some must be masked")  # fmt: skip
         if self.knn_eval_freq < 0:
             raise MaekitError(f"--knn_eval_freq must be >= 0 (0 = off), got {self.knn_eval_freq}")
         for name in ("knn_max_bank", "knn_max_query"):
@@ -415,6 +443,7 @@ class CheckpointModelConfig:
     seed: int = opt(0, "random seed (masking, image/subset choice, --random_init weights)")
 
     def validate(self) -> None:
+        check_finite(self)
         for name in ("input_size", "patch_size", "in_chans"):
             value = getattr(self, name)
             if value is not None and value <= 0:
@@ -618,6 +647,7 @@ class BenchConfig:
     images: int = opt(512, "pipeline: images to load after the warm-up batch")
 
     def validate(self) -> None:
+        check_finite(self)
         positive = {"batch_size": self.batch_size, "input_size": self.input_size,
                     "in_chans": self.in_chans, "nb_classes": self.nb_classes, "steps": self.steps,
                     "images": self.images, "rounds": self.rounds}  # fmt: skip

@@ -192,7 +192,7 @@ def load_images(cfg: VisualizeConfig, input_size: int, in_chans: int = 3) -> np.
     """(N, S, S, C) uint8: resized (shorter side, bicubic) and centre-cropped to the model's size;
     C = 1 (grayscale) for one-channel models."""
     from ..data import BUILTIN, build_dataset
-    from ..data.folder import load_rgb
+    from ..data.folder import UnreadableImage, load_rgb
     from ..data.shards import refuse_shards
     from ..data.transforms import image_mode
     from .features import subset_indices
@@ -205,7 +205,7 @@ def load_images(cfg: VisualizeConfig, input_size: int, in_chans: int = 3) -> np.
         for p in cfg.images:
             try:
                 pils.append(load_rgb(p))
-            except OSError as e:
+            except (OSError, UnreadableImage) as e:
                 raise MaekitError(f"--images: cannot read {p} as an image ({e})") from e
     else:
         refuse_shards(cfg.data_path, "maekit visualize")

@@ -57,7 +57,7 @@ def validation_split(cfg, train_set: Dataset) -> tuple[Dataset, Dataset | None, 
         return train_set, None, "validation: off for tar shards (val_loss needs indexable images)"
     transform = eval_transform(cfg.input_size, cfg.in_chans)
     if cfg.data_path in BUILTIN or Path(cfg.data_path, "val").is_dir():
-        val_set, where = build_dataset(cfg.data_path, "val", transform), "val/"
+        val_set, where = build_dataset(cfg.data_path, "val", transform, cfg.max_pixels), "val/"
     elif cfg.val_frac is None:  # the official recipe trains on every image: no silent hold-out
         return train_set, None, ("validation: off, no val/ folder; --val_frac 0.01 holds out 1% of the "
                                  "training images for val_loss and the reconstruction grids")  # fmt: skip
@@ -65,7 +65,7 @@ def validation_split(cfg, train_set: Dataset) -> tuple[Dataset, Dataset | None, 
         return train_set, None, "validation: off (--gpu_decode without a val/ folder)"
     else:
         train_idx, held = holdout_indices(len(train_set), cfg.val_frac)
-        val_set = HeldOut(build_dataset(cfg.data_path, "train", transform), held)
+        val_set = HeldOut(build_dataset(cfg.data_path, "train", transform, cfg.max_pixels), held)
         train_set = HeldOut(train_set, train_idx)
         where = f"{len(held)} training images held out (--val_frac {cfg.val_frac})"
     val_set = HeldOut(val_set, subset_indices(len(val_set), cfg.val_max_images, VAL_SEED))

@@ -127,6 +127,39 @@ class RunRecorder:
             }
             self.wandb.log({**scalars, "epoch": stats["epoch"]})
 
+    def resume_at(self, epoch: int, purge_step: int) -> None:
+        """A run resumed at ``epoch``: cut log.txt back to the epochs before it, and have
+        TensorBoard hide the step-level scalars from ``purge_step`` on (a fallback resume to an
+        older checkpoint, or a kill between the log line and the save, would show them twice).
+        The ``epoch/*`` scalars (x = epoch) written after the resume point stay in the event
+        files; TensorBoard shows a repeated epoch's later value last."""
+        if not self.enabled:
+            return
+        if self.log_path.is_file():
+            kept = []
+            for line in self.log_path.read_text(errors="replace").splitlines():
+                try:
+                    record = json.loads(line)
+                except ValueError:  # a line torn by a kill mid-write
+                    continue
+                if (
+                    isinstance(record, dict)
+                    and isinstance(record.get("epoch"), int)
+                    and record["epoch"] < epoch
+                ):
+                    kept.append(line)
+            text = "".join(f"{line}\n" for line in kept)
+            if text != self.log_path.read_text(errors="replace"):
+                from .checkpoint import atomic_write
+
+                atomic_write(self.log_path, lambda tmp: tmp.write_text(text))
+        if self.tb is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            log_dir = self.tb.log_dir
+            self.tb.close()
+            self.tb = SummaryWriter(log_dir=log_dir, purge_step=purge_step)
+
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()

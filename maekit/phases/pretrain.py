@@ -95,7 +95,7 @@ def run(cfg: PretrainConfig) -> list[dict]:
     seed_everything(cfg.seed)  # the initial weights follow --seed (DDP then broadcasts rank 0's)
     model = build_model(cfg)
     dataset = build_dataset(
-        cfg.data_path, "train", pretrain_transform(cfg.input_size, cfg.in_chans)
+        cfg.data_path, "train", pretrain_transform(cfg.input_size, cfg.in_chans), cfg.max_pixels
     )
     dataset, val_set, val_note = validation_split(cfg, dataset)  # val/ or a held-out --val_frac
     if cfg.gpu_decode:
