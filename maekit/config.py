@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -34,6 +35,16 @@ def opt(
     if isinstance(default, list | dict):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
+
+
+def check_finite(cfg) -> None:
+    """Every float flag is a finite number: argparse's float() accepts 'nan' and 'inf', and a
+    non-finite lr, decay or clip would train to NaN weights (or fail deep inside torch)."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        for x in value if isinstance(value, list | tuple) else (value,):
+            if isinstance(x, float) and not math.isfinite(x):
+                raise MaekitError(f"--{f.name} must be a finite number, got {x}")
 
 
 @dataclass
@@ -106,6 +117,10 @@ class CommonConfig:
     max_bad_frac: float = opt(
         0.01, "stop when more than this fraction of an epoch's images cannot be read"
     )
+    max_pixels: int = opt(
+        120_000_000,
+        "skip (and count as unreadable) images with more pixels than this, before decoding them",
+    )
     start_epoch: int = opt(0, "first epoch (overwritten by --resume)")
     save_freq: int = opt(20, "save checkpoint-{epoch}.pth every N epochs (and at the last epoch)")
     print_freq: int = opt(20, "log every N steps (the loss is read from the device only then)")
@@ -124,9 +139,18 @@ class CommonConfig:
     dist_on_itp: bool = opt(
         False, "accepted for compatibility with the official script; torchrun's environment is used"
     )
+    # --- Weights & Biases (optional: pip install maekit[wandb]) ---
+    log_wandb: bool = opt(
+        False, "also log the scalars and images to Weights & Biases (WANDB_MODE=offline works)"
+    )
+    wandb_project: str = opt("maekit", "Weights & Biases project (with --log_wandb)")
+    wandb_name: str | None = opt(
+        None, "Weights & Biases run name (default: the output folder's name)"
+    )
 
     def validate(self) -> None:
         """Raise MaekitError naming the bad value and the fix."""
+        check_finite(self)
         positive = {"batch_size": self.batch_size, "epochs": self.epochs, "accum_iter": self.accum_iter,
                     "input_size": self.input_size, "save_freq": self.save_freq, "print_freq": self.print_freq,
                     "in_chans": self.in_chans}  # fmt: skip
@@ -154,6 +178,17 @@ class CommonConfig:
             raise MaekitError(f"--max_bad_frac must be in [0, 1], got {self.max_bad_frac}")
         if self.num_workers < 0:
             raise MaekitError(f"--num_workers must be >= 0, got {self.num_workers}")
+        if self.weight_decay < 0 or self.min_lr < 0:
+            raise MaekitError(f"--weight_decay and --min_lr must be >= 0, got {self.weight_decay} "
+                              f"and {self.min_lr}")  # fmt: skip
+        if self.clip_grad is not None and self.clip_grad <= 0:
+            raise MaekitError(f"--clip_grad must be a positive gradient norm, got {self.clip_grad} "
+                              "(leave it out for no clipping)")  # fmt: skip
+        if self.lr is not None and self.min_lr > self.lr:
+            raise MaekitError(f"--min_lr {self.min_lr} is above --lr {self.lr}; the cosine schedule "
+                              "decays from --lr to --min_lr")  # fmt: skip
+        if self.max_pixels <= 0:
+            raise MaekitError(f"--max_pixels must be positive, got {self.max_pixels}")
 
     def size_overrides(self) -> dict:
         """create_model arguments for the input geometry (--input_size, --in_chans, --patch_size)."""
@@ -168,7 +203,7 @@ class CommonConfig:
 
 @dataclass
 class PretrainConfig(CommonConfig):
-    mask_ratio: float = opt(0.75, "fraction of patches removed, in [0, 1)")
+    mask_ratio: float = opt(0.75, "fraction of patches removed, in (0, 1)")
     norm_pix_loss: bool = opt(
         False, "use per-patch normalised pixels as the target (published recipe)"
     )
@@ -188,17 +223,53 @@ class PretrainConfig(CommonConfig):
     gpu_decode: bool = opt(
         False, "decode JPEGs and crop/flip on the GPU (nvJPEG): image folders on CUDA only"
     )
+    knn_baseline: bool = opt(
+        False, "with --knn_eval_freq: also k-NN the initial (random) weights on the same subsets "
+        "before training, and print both top-1s at the end",
+    )  # fmt: skip
+
+    # Watching the reconstruction (label-free; an addition)
+    val_freq: int = opt(
+        1, "every N epochs (and at the last) log val_loss: the reconstruction loss of held-out "
+        "images under a fixed mask (0 = off, nothing held out)",
+    )  # fmt: skip
+    val_frac: float | None = opt(
+        None, "without a val/ folder: hold out this fraction of the training images (a fixed "
+        "choice) for val_loss and the grids, in (0, 0.5] (none: no hold-out, the official data)",
+    )  # fmt: skip
+    val_max_images: int | None = opt(
+        1000, "val_loss on a fixed subset of this many validation images (none: all)"
+    )
+    vis_freq: int = opt(
+        20, "every N epochs (and at the last) save reconstruction-{epoch}.png of fixed validation "
+        "images and log it to TensorBoard (0 = off)",
+    )  # fmt: skip
+    vis_images: int = opt(8, "rows of the reconstruction grid")
 
     def validate(self) -> None:
         super().validate()
+        if self.val_frac is not None and not 0.0 < self.val_frac <= 0.5:
+            raise MaekitError(f"--val_frac must be in (0, 0.5], got {self.val_frac}")
+        for name in ("val_freq", "vis_freq"):
+            if getattr(self, name) < 0:
+                raise MaekitError(f"--{name} must be >= 0 (0 = off), got {getattr(self, name)}")
+        if self.val_max_images is not None and self.val_max_images <= 0:
+            raise MaekitError(f"--val_max_images must be positive, got {self.val_max_images}")
+        if self.vis_images <= 0:
+            raise MaekitError(f"--vis_images must be positive, got {self.vis_images}")
+        if self.knn_baseline and not self.knn_eval_freq:
+            raise MaekitError(
+                "--knn_baseline compares with the trained encoder's k-NN: add --knn_eval_freq N"
+            )
         if self.gpu_decode and self.data_path in ("fashion-mnist", "fashion_mnist", "fmnist"):
             raise MaekitError(
                 "--gpu_decode decodes JPEG folders; drop it for --data_path fashion-mnist"
             )
         if self.gpu_decode and self.in_chans != 3:
             raise MaekitError("--gpu_decode decodes to RGB; drop it for --in_chans 1")
-        if not 0.0 <= self.mask_ratio < 1.0:
-            raise MaekitError(f"--mask_ratio must be in [0, 1), got {self.mask_ratio}")
+        if not 0.0 < self.mask_ratio < 1.0:
+            raise MaekitError(f"--mask_ratio must be in (0, 1), got {self.mask_ratio}: the loss is "
+                              "computed on the masked patches, so some must be masked")  # fmt: skip
         if self.knn_eval_freq < 0:
             raise MaekitError(f"--knn_eval_freq must be >= 0 (0 = off), got {self.knn_eval_freq}")
         for name in ("knn_max_bank", "knn_max_query"):
@@ -420,6 +491,7 @@ class CheckpointModelConfig:
     seed: int = opt(0, "random seed (masking, image/subset choice, --random_init weights)")
 
     def validate(self) -> None:
+        check_finite(self)
         for name in ("input_size", "patch_size", "in_chans"):
             value = getattr(self, name)
             if value is not None and value <= 0:
@@ -623,6 +695,7 @@ class BenchConfig:
     images: int = opt(512, "pipeline: images to load after the warm-up batch")
 
     def validate(self) -> None:
+        check_finite(self)
         positive = {"batch_size": self.batch_size, "input_size": self.input_size,
                     "in_chans": self.in_chans, "nb_classes": self.nb_classes, "steps": self.steps,
                     "images": self.images, "rounds": self.rounds}  # fmt: skip

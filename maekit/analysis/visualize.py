@@ -80,6 +80,18 @@ def reconstruct(
     return model.unpatchify(pred), mask_px
 
 
+def show_gray(original: np.ndarray, recon: np.ndarray) -> np.ndarray:
+    """Gray originals (R = G = B, e.g. Fashion-MNIST expanded to 3 channels) get a gray
+    reconstruction: the mean of its three channels. The model predicts each channel in the
+    ImageNet-normalised space, where one gray level is three different numbers; the channel
+    offsets it gets wrong, un-normalised with per-channel statistics, show as a colour cast
+    that is not in the data. Colour originals are returned unchanged. (N, H, W, 3) uint8."""
+    if original.shape[-1] != 3 or not (original == original[..., :1]).all():
+        return recon
+    gray = recon.astype(np.float32).mean(axis=-1, keepdims=True).round().astype(np.uint8)
+    return np.repeat(gray, 3, axis=-1)
+
+
 def grid_columns(original: np.ndarray, recon: np.ndarray, mask_px: np.ndarray) -> list[np.ndarray]:
     """The four (N, H, W, 3) uint8 columns. Visible pixels of the last are the original's, exactly."""
     m = mask_px[..., None]
@@ -180,7 +192,7 @@ def load_images(cfg: VisualizeConfig, input_size: int, in_chans: int = 3) -> np.
     """(N, S, S, C) uint8: resized (shorter side, bicubic) and centre-cropped to the model's size;
     C = 1 (grayscale) for one-channel models."""
     from ..data import BUILTIN, build_dataset
-    from ..data.folder import load_rgb
+    from ..data.folder import UnreadableImage, load_rgb
     from ..data.shards import refuse_shards
     from ..data.transforms import image_mode
     from .features import subset_indices
@@ -193,7 +205,7 @@ def load_images(cfg: VisualizeConfig, input_size: int, in_chans: int = 3) -> np.
         for p in cfg.images:
             try:
                 pils.append(load_rgb(p))
-            except OSError as e:
+            except (OSError, UnreadableImage) as e:
                 raise MaekitError(f"--images: cannot read {p} as an image ({e})") from e
     else:
         refuse_shards(cfg.data_path, "maekit visualize")
@@ -224,7 +236,8 @@ def run(cfg: VisualizeConfig) -> Path:
     device = resolve_device(cfg.device)
     model = loaded.model.to(device)
     recon, mask_px = reconstruct(model, from_uint8(original).to(device), cfg.mask_ratio, cfg.seed)
-    columns = grid_columns(original, to_uint8(recon), mask_px.cpu().numpy())
+    recon_px = show_gray(original, to_uint8(recon))
+    columns = grid_columns(original, recon_px, mask_px.cpu().numpy())
     columns = [np.repeat(c, 3, axis=-1) if c.shape[-1] == 1 else c for c in columns]  # gray -> RGB
     scale = cfg.scale or max(1, math.ceil(112 / loaded.input_size))
     title = describe(loaded.name, loaded.input_size, model.patch_size, cfg.mask_ratio, cfg.seed,

@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 from ..engine.preemption import ignore_stop_signals
 from ..errors import MaekitError
 from .fashion_mnist import FashionMNIST
-from .folder import FlatImageFolder, image_folder
+from .folder import DEFAULT_MAX_PIXELS, FlatImageFolder, image_folder
 from .robust import SeededSamples
 from .sampling import EpochBatches, EpochLoader, ResumableSampler
 from .shards import ShardDataset, ShardLoader, is_shard_path, load_shard_dataset
@@ -19,14 +19,17 @@ BUILTIN = ("fashion-mnist",)
 BUILTIN_ALIASES = ("fashion-mnist", "fashion_mnist", "fmnist")
 
 
-def build_dataset(data_path: str, split: str, transform) -> torch.utils.data.Dataset:
+def build_dataset(
+    data_path: str, split: str, transform, max_pixels: int | None = DEFAULT_MAX_PIXELS
+) -> torch.utils.data.Dataset:
     """``split`` is 'train' or 'val'. A folder with ``{split}/`` uses it; for 'train' a folder
     without ``train/`` is itself the training set (class folders or plain images). Tar shards
-    (see :mod:`maekit.data.shards`) give a :class:`ShardDataset`."""
+    (see :mod:`maekit.data.shards`) give a :class:`ShardDataset`. Images over ``max_pixels``
+    are skipped as unreadable (--max_pixels)."""
     if data_path in BUILTIN or data_path in ("fashion_mnist", "fmnist"):
         return FashionMNIST(split, transform)
     if is_shard_path(data_path):  # tar shards (folder with shards.json, pattern or URL)
-        return load_shard_dataset(data_path, split, transform)
+        return load_shard_dataset(data_path, split, transform, max_pixels)
     root = Path(data_path)
     if not root.is_dir():
         raise MaekitError(
@@ -38,7 +41,7 @@ def build_dataset(data_path: str, split: str, transform) -> torch.utils.data.Dat
         root = sub
     elif split != "train":
         raise MaekitError(f"{root} has no {split}/ folder; evaluation needs {sub}")
-    ds = image_folder(root, transform)
+    ds = image_folder(root, transform, max_pixels)
     if len(ds) == 0:
         raise MaekitError(f"no images found in {root}; check --data_path")
     return ds

@@ -42,7 +42,6 @@ import io
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from PIL import Image
@@ -51,7 +50,7 @@ from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 from torchvision.transforms.v2 import functional as TF
 
 from ..errors import MaekitError
-from .folder import UnreadableImage, load_rgb
+from .folder import UnreadableImage, load_rgb, open_regular
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
 RATIO = (3.0 / 4.0, 4.0 / 3.0)  # RandomResizedCrop's default aspect-ratio range
@@ -71,9 +70,11 @@ class EncodedImages(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         path, target = self.samples[i]
-        # Read outside the try: a resource error (EMFILE, ENOMEM) or a missing file is not an
-        # unreadable image and must not be counted (and skipped) as one.
-        raw = Path(path).read_bytes()
+        # Read outside the try: a resource error (EMFILE, ENOMEM) is not an unreadable image and
+        # must not be counted (and skipped) as one. open_regular refuses FIFOs, sockets and
+        # dangling links (UnreadableImage) without blocking on them.
+        with open_regular(path) as f:
+            raw = f.read()
         try:
             with Image.open(io.BytesIO(raw)) as img:  # header only: size, format, mode
                 jpeg = img.format == "JPEG" and img.mode in ("RGB", "L")

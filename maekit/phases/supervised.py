@@ -67,8 +67,14 @@ def run_supervised(cfg: SupervisedConfig, recipe: Recipe) -> list[dict]:
     if cfg.eval and not (cfg.resume or cfg.finetune):
         raise MaekitError("--eval needs a checkpoint: give --resume PATH (or --finetune PATH)")
     # Everything that can fail on user input, before any process group or output exists.
-    val_set = build_dataset(cfg.data_path, "val", eval_transform(cfg.input_size, cfg.in_chans))
-    train_set = None if cfg.eval else build_dataset(cfg.data_path, "train", recipe.train_transform)
+    val_set = build_dataset(
+        cfg.data_path, "val", eval_transform(cfg.input_size, cfg.in_chans), cfg.max_pixels
+    )
+    train_set = (
+        None
+        if cfg.eval
+        else build_dataset(cfg.data_path, "train", recipe.train_transform, cfg.max_pixels)
+    )
     if train_set is not None:
         train_set = limit_train_set(train_set, cfg.max_train_images, cfg.seed)
     nb_classes = num_classes_of(train_set if train_set is not None else val_set)
