@@ -185,3 +185,16 @@ def test_every_launch_command_builds_a_maekit_command_that_parses(cmd: Command) 
         parser.parse_args(words[i + 2 :])
     except SystemExit as e:
         pytest.fail(f"{cmd} builds {r.stdout.strip()}, which does not parse (exit {e.code})")
+
+
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+@pytest.mark.parametrize("doc", [p for p in DOCS if p.exists()], ids=lambda p: p.name)
+def test_relative_links_point_at_files(doc: Path) -> None:
+    """A moved or renamed page breaks no link (web links and anchors are not checked)."""
+    for target in LINK.findall(doc.read_text()):
+        if target.startswith(("http://", "https://", "#", "mailto:")):
+            continue
+        path = (doc.parent / target.split("#")[0]).resolve()
+        assert path.exists(), f"{doc.name}: link to {target}, which does not exist"
