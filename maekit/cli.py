@@ -83,16 +83,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("models", help="list registered model names")
     conv = sub.add_parser(
         "convert",
-        help="re-save a checkpoint (official .pth, PLSC .pd/.pdparams, safetensors, timm) "
-        "for maekit, timm or safetensors",
+        help="re-save a checkpoint (official .pth, PLSC .pd/.pdparams, safetensors, timm, Hugging "
+        "Face) for maekit, timm, safetensors or Hugging Face",
         description="Read any checkpoint maekit understands (safely: nothing in it runs) and "
-        "write it as a maekit .pth, a .safetensors file, or encoder weights that "
-        "timm.create_model('vit_*') loads with strict=True.",
+        "write it as a maekit .pth, a .safetensors file, encoder weights that "
+        "timm.create_model('vit_*') loads with strict=True, or a folder that transformers' "
+        "from_pretrained loads.",
     )
     conv.add_argument("input", metavar="IN", help="checkpoint to read")
     conv.add_argument("output", metavar="OUT", help="file to write")
-    conv.add_argument("--to", required=True, choices=("maekit", "timm", "safetensors"),
-                      help="output format (timm: .safetensors if OUT ends so, else .pth)")  # fmt: skip
+    conv.add_argument("--to", required=True, choices=("maekit", "timm", "safetensors", "hf"),
+                      help="output format (timm: .safetensors if OUT ends so, else .pth; hf: a "
+                      "save_pretrained folder for transformers)")  # fmt: skip
     pool = conv.add_mutually_exclusive_group()
     pool.add_argument("--global_pool", dest="global_pool", action="store_const", const=True,
                       help="--to timm: for timm's global_pool='avg' (MAE norm -> fc_norm)")  # fmt: skip
