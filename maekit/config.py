@@ -23,16 +23,46 @@ def opt(
     choices: tuple | None = None,
     flag_aliases: tuple[str, ...] = (),
     positional: bool = False,
+    nargs: str | None = None,
 ):
     """A config field with its CLI help text (and optional choices / extra flag names).
 
     ``positional``: read from the bare command-line arguments: a list field takes one or more
     (``maekit plot DIR...``), any other field exactly one (``maekit shard SRC DST``).
+    ``nargs``: argparse's, for a scalar field that also takes several values (``--input_size``).
     """
-    meta = {"help": help, "choices": choices, "aliases": flag_aliases, "positional": positional}
+    meta = {"help": help, "choices": choices, "aliases": flag_aliases, "positional": positional,
+            "nargs": nargs}  # fmt: skip
     if isinstance(default, list | dict):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
+
+
+INPUT_SIZE_HELP = "image size in pixels: one number (square) or two (height width)"
+
+
+def image_size_value(value):
+    """``--input_size``: [S] or S -> S, [H, W] -> [H, W] (H == W -> H), None stays None.
+
+    A list, not a tuple, so config.json and checkpoint args round-trip through JSON unchanged.
+    """
+    if isinstance(value, list | tuple):
+        value = [int(v) for v in value]
+        if len(value) == 1 or (len(value) == 2 and value[0] == value[1]):
+            return value[0]
+    return value
+
+
+def check_image_size(value, flag: str = "--input_size") -> None:
+    """One clear line for anything but one positive number or two (height width)."""
+    if value is None:
+        return
+    values = value if isinstance(value, list | tuple) else [value]
+    if len(values) > 2:
+        raise MaekitError(f"{flag} takes one number (square) or two (height width), got {len(values)}: "
+                          f"{' '.join(map(str, values))}")  # fmt: skip
+    if any(v <= 0 for v in values):
+        raise MaekitError(f"{flag} must be positive, got {' '.join(map(str, values))}")
 
 
 @dataclass
@@ -55,7 +85,7 @@ class CommonConfig:
                    choices=("auto", "bf16", "fp16", "none"))  # fmt: skip
     # --- model ---
     model: str = opt("mae_vit_large_patch16", "registered model name (see `maekit models`)")
-    input_size: int = opt(224, "image size in pixels (square)")
+    input_size: int | list[int] = opt(224, INPUT_SIZE_HELP, nargs="+")
     patch_size: int | None = opt(
         None, "override the model's patch size (e.g. 4 for 28-32 px images)"
     )
@@ -114,10 +144,14 @@ class CommonConfig:
         False, "accepted for compatibility with the official script; torchrun's environment is used"
     )
 
+    def __post_init__(self) -> None:
+        self.input_size = image_size_value(self.input_size)
+
     def validate(self) -> None:
         """Raise MaekitError naming the bad value and the fix."""
+        check_image_size(self.input_size)
         positive = {"batch_size": self.batch_size, "epochs": self.epochs, "accum_iter": self.accum_iter,
-                    "input_size": self.input_size, "save_freq": self.save_freq, "print_freq": self.print_freq,
+                    "save_freq": self.save_freq, "print_freq": self.print_freq,
                     "in_chans": self.in_chans}  # fmt: skip
         for name, value in positive.items():
             if value <= 0:
@@ -152,6 +186,12 @@ class CommonConfig:
 
 @dataclass
 class PretrainConfig(CommonConfig):
+    init: str = opt(
+        "",
+        "start from these weights at epoch 0 with a fresh optimizer and schedule: any checkpoint "
+        "maekit reads (official .pth, encoder-only .pth, PLSC .pd/.pdparams, maekit, safetensors, "
+        "a Hugging Face folder); channels and position tables are adapted to this run",
+    )
     mask_ratio: float = opt(0.75, "fraction of patches removed, in [0, 1)")
     norm_pix_loss: bool = opt(
         False, "use per-patch normalised pixels as the target (published recipe)"
@@ -175,6 +215,13 @@ class PretrainConfig(CommonConfig):
 
     def validate(self) -> None:
         super().validate()
+        if self.init and self.resume:
+            raise MaekitError(
+                "--init starts a new run from weights (epoch 0, fresh optimizer) and --resume "
+                "continues a run; give one of them"
+            )
+        if self.gpu_decode and not isinstance(self.input_size, int):
+            raise MaekitError("--gpu_decode crops square images; drop it for --input_size H W")
         if self.gpu_decode and self.data_path in ("fashion-mnist", "fashion_mnist", "fmnist"):
             raise MaekitError(
                 "--gpu_decode decodes JPEG folders; drop it for --data_path fashion-mnist"
@@ -227,7 +274,7 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
         else:
             parser.add_argument(
                 *names, dest=f.name, type=tp, default=default, choices=meta.get("choices"),
-                help=meta.get("help"),
+                help=meta.get("help"), nargs=meta.get("nargs"),
             )  # fmt: skip
 
 
@@ -351,14 +398,22 @@ class CheckpointModelConfig:
 
     checkpoint: str = opt("", "checkpoint: pre-training (MAE) or fine-tuning/linear-probe .pth")
     model: str | None = opt(None, "model name (none: the one saved in the checkpoint)")
-    input_size: int | None = opt(None, "image size in pixels (none: from the checkpoint)")
+    input_size: int | list[int] | None = opt(
+        None,
+        "image size in pixels, one number or height width (none: from the checkpoint)",
+        nargs="+",
+    )
     patch_size: int | None = opt(None, "patch size (none: from the checkpoint)")
     in_chans: int | None = opt(None, "input channels (none: from the checkpoint)")
     device: str = opt("auto", "'auto' (cuda if available), 'cuda', 'cuda:N' or 'cpu'")
     seed: int = opt(0, "random seed (masking, image/subset choice, --random_init weights)")
 
+    def __post_init__(self) -> None:
+        self.input_size = image_size_value(self.input_size)
+
     def validate(self) -> None:
-        for name in ("input_size", "patch_size", "in_chans"):
+        check_image_size(self.input_size)
+        for name in ("patch_size", "in_chans"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise MaekitError(f"--{name} must be a positive integer, got {value}")

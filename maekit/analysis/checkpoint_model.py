@@ -29,7 +29,7 @@ class CheckpointModel:
     model: nn.Module
     name: str
     kind: str  # "pretrain" (MAE with decoder) or "encoder" (fine-tune / linear-probe ViT)
-    input_size: int
+    input_size: int | list[int]  # [height, width] when not square
     in_chans: int
     norm_pix_loss: bool
     has_decoder: bool
@@ -42,7 +42,7 @@ def _is_decoder_key(key: str) -> bool:
 
 def read_state(path: str) -> tuple[dict[str, torch.Tensor], dict]:
     """(state dict without wrapper prefixes, saved args or {}) of a checkpoint file."""
-    if not Path(path).is_file():
+    if not Path(path).exists():
         raise MaekitError(f"--checkpoint {path} does not exist; give a checkpoint-*.pth file")
     ckpt = read_checkpoint(path)
     state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None

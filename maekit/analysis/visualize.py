@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
+from timm.layers import to_2tuple
 from torchvision.transforms import functional as TF
 
 from ..config import VisualizeConfig
@@ -117,22 +118,27 @@ def _wrap(text: str, font, width: int, draw: ImageDraw.ImageDraw) -> list[str]:
 @dataclass(frozen=True)
 class GridLayout:
     rows: int
-    cell: int  # cell side in pixels (image side x scale)
+    cell: int  # cell width in pixels (image width x scale)
     pad: int
     top: int  # height of the title and column headers above the first row
     cols: int = len(COLUMNS)
+    cell_h: int | None = None  # cell height when the images are not square
+
+    @property
+    def height(self) -> int:
+        return self.cell if self.cell_h is None else self.cell_h
 
     @property
     def size(self) -> tuple[int, int]:
         """(width, height) of the whole picture."""
         return (self.cols * self.cell + (self.cols + 1) * self.pad,
-                self.top + self.rows * self.cell + (self.rows + 1) * self.pad)  # fmt: skip
+                self.top + self.rows * self.height + (self.rows + 1) * self.pad)  # fmt: skip
 
     def cell_box(self, row: int, col: int) -> tuple[int, int, int, int]:
         """(left, upper, right, lower) of one cell, PIL crop order."""
         x = self.pad + col * (self.cell + self.pad)
-        y = self.top + self.pad + row * (self.cell + self.pad)
-        return x, y, x + self.cell, y + self.cell
+        y = self.top + self.pad + row * (self.height + self.pad)
+        return x, y, x + self.cell, y + self.height
 
 
 def render_grid(
@@ -141,16 +147,15 @@ def render_grid(
     """Columns of (N, H, W, 3) uint8 images -> the picture (nearest-neighbour upscaled by
     ``scale``, so pixels stay comparable) with a wrapped title and column headers."""
     n, h, w, _ = columns[0].shape
-    if h != w:
-        raise ValueError(f"square images expected, got {h}x{w}")
-    cell = h * scale
+    cell = w * scale
     width = len(columns) * cell + (len(columns) + 1) * pad
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     font, small = _font(13), _font(11)
     lines = _wrap(title, font, width - 2 * pad, probe)
     line_h = int(probe.textbbox((0, 0), "Ag", font=font)[3]) + 3
     head_h = int(probe.textbbox((0, 0), "Ag", font=small)[3]) + 6
-    layout = GridLayout(rows=n, cell=cell, pad=pad, top=pad + line_h * len(lines) + head_h)
+    layout = GridLayout(rows=n, cell=cell, pad=pad, top=pad + line_h * len(lines) + head_h,
+                        cell_h=None if h == w else h * scale)  # fmt: skip
     canvas = Image.new("RGB", layout.size, (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     for i, line in enumerate(lines):
@@ -166,22 +171,25 @@ def render_grid(
     return canvas, layout
 
 
-def describe(name: str, input_size: int, patch_size: int, mask_ratio: float, seed: int,
+def describe(name: str, input_size: int | list[int], patch_size: int, mask_ratio: float, seed: int,
              norm_pix: bool) -> str:  # fmt: skip
     """The figure title: what was run, and how the predictions were turned into pixels."""
     how = ("norm_pix_loss model: predictions de-normalised with each patch's own mean/var"
            if norm_pix else "pixel-target model: predictions shown as they are")  # fmt: skip
-    return f"{name} ({input_size} px, patch {patch_size}), mask ratio {mask_ratio:g}, seed {seed}. {how}"
+    size = input_size if isinstance(input_size, int) else "x".join(map(str, input_size))
+    return f"{name} ({size} px, patch {patch_size}), mask ratio {mask_ratio:g}, seed {seed}. {how}"
 
 
 # --------------------------------------------------------------------------- the command
 
 
-def load_images(cfg: VisualizeConfig, input_size: int) -> np.ndarray:
-    """(N, S, S, 3) uint8: resized (shorter side, bicubic) and centre-cropped to the model's size."""
+def load_images(cfg: VisualizeConfig, input_size: int | list[int]) -> np.ndarray:
+    """(N, H, W, 3) uint8: resized (to cover, aspect kept, bicubic) and centre-cropped to the
+    model's size."""
     from ..data import BUILTIN, build_dataset
     from ..data.folder import load_rgb
     from ..data.shards import refuse_shards
+    from ..data.transforms import ResizeToCover
     from .features import subset_indices
 
     if cfg.images:
@@ -201,8 +209,11 @@ def load_images(cfg: VisualizeConfig, input_size: int) -> np.ndarray:
         pils = [ds[i][0] for i in subset_indices(len(ds), cfg.num_images, cfg.seed)]
     out = []
     for img in pils:
-        img = TF.resize(img, input_size, interpolation=TF.InterpolationMode.BICUBIC)
-        out.append(np.asarray(TF.center_crop(img, input_size), dtype=np.uint8))
+        if isinstance(input_size, int):
+            img = TF.resize(img, input_size, interpolation=TF.InterpolationMode.BICUBIC)
+        else:
+            img = ResizeToCover(tuple(input_size))(img)
+        out.append(np.asarray(TF.center_crop(img, to_2tuple(input_size)), dtype=np.uint8))
     return np.stack(out)
 
 
@@ -225,7 +236,7 @@ def run(cfg: VisualizeConfig) -> Path:
     model = loaded.model.to(device)
     recon, mask_px = reconstruct(model, from_uint8(original).to(device), cfg.mask_ratio, cfg.seed)
     columns = grid_columns(original, to_uint8(recon), mask_px.cpu().numpy())
-    scale = cfg.scale or max(1, math.ceil(112 / loaded.input_size))
+    scale = cfg.scale or max(1, math.ceil(112 / min(to_2tuple(loaded.input_size))))
     title = describe(loaded.name, loaded.input_size, model.patch_size, cfg.mask_ratio, cfg.seed,
                      bool(model.norm_pix_loss))  # fmt: skip
     picture, _ = render_grid(columns, title, scale)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from timm.layers import to_2tuple
 from torchvision import transforms as T
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -9,7 +10,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 PRETRAIN_SCALE = (0.2, 1.0)  # RandomResizedCrop area range of MAE pre-training
 
 
-def pretrain_transform(input_size: int) -> T.Compose:
+def pretrain_transform(input_size: int | list[int]) -> T.Compose:
     """RandomResizedCrop(scale 0.2-1, bicubic) + horizontal flip + ImageNet normalisation."""
     return T.Compose([
         T.RandomResizedCrop(input_size, scale=PRETRAIN_SCALE, interpolation=T.InterpolationMode.BICUBIC),
@@ -20,7 +21,7 @@ def pretrain_transform(input_size: int) -> T.Compose:
 
 
 def finetune_transform(
-    input_size: int,
+    input_size: int | list[int],
     auto_augment: str | None = "rand-m9-mstd0.5-inc1",
     color_jitter: float | None = None,
     reprob: float = 0.25,
@@ -46,23 +47,45 @@ def finetune_transform(
     )
 
 
-def eval_crop_pct(input_size: int) -> float:
-    """The official rule: crop 224/256 of the resized image up to 224 px input, full image above."""
-    return 224 / 256 if input_size <= 224 else 1.0
+def eval_crop_pct(input_size: int | list[int]) -> float:
+    """The official rule: crop 224/256 of the resized image up to 224 px input, full image above
+    (for height x width inputs: by the longer side)."""
+    return 224 / 256 if max(to_2tuple(input_size)) <= 224 else 1.0
 
 
-def eval_transform(input_size: int) -> T.Compose:
+class ResizeToCover:
+    """Bicubic resize keeping the aspect ratio, just large enough to cover (height, width).
+
+    The non-square counterpart of Resize(shorter side): a following CenterCrop(height, width)
+    then takes a crop without distorting the image.
+    """
+
+    def __init__(self, size: tuple[int, int]) -> None:
+        self.size = size
+
+    def __call__(self, img):
+        w, h = img.size
+        scale = max(self.size[0] / h, self.size[1] / w)
+        new = (max(self.size[0], round(h * scale)), max(self.size[1], round(w * scale)))
+        return T.functional.resize(img, list(new), interpolation=T.InterpolationMode.BICUBIC)
+
+
+def eval_transform(input_size: int | list[int]) -> T.Compose:
     """Resize(int(input / crop_pct), bicubic) + CenterCrop(input) + normalise."""
-    resize = int(input_size / eval_crop_pct(input_size))
+    crop_pct = eval_crop_pct(input_size)
+    if isinstance(input_size, int):
+        resize = T.Resize(int(input_size / crop_pct), interpolation=T.InterpolationMode.BICUBIC)
+    else:  # (height, width): cover (h / crop_pct, w / crop_pct), aspect kept
+        resize = ResizeToCover(tuple(int(s / crop_pct) for s in input_size))
     return T.Compose([
-        T.Resize(resize, interpolation=T.InterpolationMode.BICUBIC),
-        T.CenterCrop(input_size),
+        resize,
+        T.CenterCrop(to_2tuple(input_size)),
         T.ToTensor(),
         T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
     ])  # fmt: skip
 
 
-def linprobe_transform(input_size: int, crop_min: float = 0.08) -> T.Compose:
+def linprobe_transform(input_size: int | list[int], crop_min: float = 0.08) -> T.Compose:
     """RandomResizedCrop(0.08-1, bicubic) + flip + normalise (no RandAugment, no erasing)."""
     return T.Compose([
         T.RandomResizedCrop(input_size, scale=(crop_min, 1.0), interpolation=T.InterpolationMode.BICUBIC),

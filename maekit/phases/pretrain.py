@@ -71,12 +71,26 @@ def knn_datasets(cfg: PretrainConfig) -> tuple:
     return bank, queries, num_classes
 
 
+def init_weights(cfg: PretrainConfig, model: torch.nn.Module) -> str:
+    """--init: load the weights into ``model`` (adapted to its channels and grid) and return the
+    line to print; a run folder with progress is auto-resumed instead (said in the line)."""
+    from ..engine.checkpoint import find_resume_checkpoint
+    from ..models.pretrained import init_from_checkpoint
+
+    found = find_resume_checkpoint(cfg.output_dir) if cfg.auto_resume else None
+    if found:
+        return (f"--init {cfg.init} not used: {cfg.output_dir} already has progress ({found[0].name}), "
+                "auto-resuming from it (give a new --output_dir to start over from --init)")  # fmt: skip
+    return init_from_checkpoint(model, cfg.init)
+
+
 def run(cfg: PretrainConfig) -> list[dict]:
     """Pre-train and return the per-epoch log records."""
     cfg.validate()
     # Fail fast on a bad model name, size or data path before any process group or output exists.
     seed_everything(cfg.seed)  # the initial weights follow --seed (DDP then broadcasts rank 0's)
     model = build_model(cfg)
+    init_note = init_weights(cfg, model) if cfg.init else None
     dataset = build_dataset(cfg.data_path, "train", pretrain_transform(cfg.input_size))
     if cfg.gpu_decode:
         dataset = gpu_dataset(cfg, dataset)
@@ -88,6 +102,8 @@ def run(cfg: PretrainConfig) -> list[dict]:
                                     ctx.pin_memory, collate_fn=collate_encoded if cfg.gpu_decode else None)  # fmt: skip
         if cfg.gpu_decode:
             loader = GpuDecodeLoader(loader, env.device, cfg.input_size)
+        if env.is_main and init_note:
+            print(init_note, flush=True)
         if env.is_main:
             print(
                 f"data: {cfg.data_path} ({len(dataset)} images), {len(loader)} steps/epoch per process"
