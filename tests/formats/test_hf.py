@@ -17,6 +17,7 @@ from maekit.cli import main
 from maekit.formats import load_state_dict, read_file
 from maekit.formats.hf import hf_to_maekit
 from maekit.models import create_model
+from maekit.models.pos_embed import sincos_2d
 
 X = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 NOISE = torch.rand(3, 16, generator=torch.Generator().manual_seed(1))
@@ -33,11 +34,20 @@ def hf_mae(tmp_path, norm_pix_loss: bool = True, seed: int = 0):
         **SIZES, **MAE_SIZES, norm_pix_loss=norm_pix_loss, mask_ratio=0.75
     )
     model = transformers.ViTMAEForPreTraining(cfg).eval()
-    with torch.no_grad():  # HF initialises some tensors to zero: make every tensor count
+    with torch.no_grad():  # HF (5.x) initialises some tensors to zero: make every tensor count
         model.decoder.mask_token.normal_()
         model.vit.embeddings.cls_token.normal_()
+        set_sincos_tables(model)
     model.save_pretrained(tmp_path / "hf_mae")
     return model, tmp_path / "hf_mae"
+
+
+@torch.no_grad()
+def set_sincos_tables(model) -> None:
+    """The fixed tables released ViTMAE weights carry (a fresh HF 5.x model has zeros there)."""
+    for table in (model.vit.embeddings.position_embeddings, model.decoder.decoder_pos_embed):
+        side = round((table.shape[1] - 1) ** 0.5)
+        table.copy_(sincos_2d(table.shape[-1], side, cls_token=True)[None])
 
 
 def maekit_mae(norm_pix_loss: bool = True):
