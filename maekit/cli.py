@@ -15,6 +15,7 @@ from .config import (
     PlotConfig,
     PretrainConfig,
     ShardConfig,
+    StatsConfig,
     VisualizeConfig,
     add_config_flags,
     config_from_args,
@@ -61,6 +62,12 @@ TOOLS = {
         "write an image folder as WebDataset tar shards (DST/<split>/shard-NNNNNN.tar + "
         "shards.json) for --data_path",
         "maekit.data.shards",
+    ),
+    "stats": (
+        StatsConfig,
+        "per-channel mean/std of a dataset (a bounded random sample), printed as --mean/--std "
+        "flags to paste",
+        "maekit.data.stats",
     ),
     "bench": (
         BenchConfig,

@@ -558,6 +558,27 @@ class ShardConfig:
             )
 
 
+@dataclass
+class StatsConfig:
+    """``maekit stats``: per-channel mean/std of a dataset, printed as --mean/--std flags."""
+
+    data_path: str = opt("fashion-mnist", "ImageNet-style folder (train/ is used), a plain image "
+                         "folder, or 'fashion-mnist'")  # fmt: skip
+    in_chans: int = opt(3, "channels as training reads them: 3 (RGB) or 1 (grayscale)")
+    max_images: int = opt(1000, "measure a fixed random sample (--seed) of this many images")
+    seed: int = opt(0, "random seed of the sample")
+    num_workers: int = opt(2, "image-decoding worker processes (capped at the CPU count)")
+
+    def validate(self) -> None:
+        if self.in_chans not in (1, 3):
+            raise MaekitError(f"--in_chans {self.in_chans}: images are read as 3 (RGB) or 1 "
+                              "(grayscale) channels; give --in_chans 3 or --in_chans 1")  # fmt: skip
+        if self.max_images <= 0:
+            raise MaekitError(f"--max_images must be positive, got {self.max_images}")
+        if self.num_workers < 0:
+            raise MaekitError(f"--num_workers must be >= 0, got {self.num_workers}")
+
+
 # --------------------------------------------------------------------------- benchmark
 
 
