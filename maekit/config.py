@@ -65,6 +65,26 @@ def check_image_size(value, flag: str = "--input_size") -> None:
         raise MaekitError(f"{flag} must be positive, got {' '.join(map(str, values))}")
 
 
+MEAN_HELP = ("normalisation mean, one value per input channel (default: ImageNet's, averaged for "
+             "one channel; `maekit stats` measures your data's)")  # fmt: skip
+STD_HELP = "normalisation std, one value per input channel (default: ImageNet's, as --mean)"
+
+
+def check_stats(mean, std, in_chans: int | None) -> None:
+    """--mean/--std: one value per channel, std positive; one line naming the fix otherwise."""
+    for flag, values in (("--mean", mean), ("--std", std)):
+        if values is None:
+            continue
+        if in_chans is not None and len(values) != in_chans:
+            raise MaekitError(
+                f"{flag} has {len(values)} value{'s' if len(values) != 1 else ''} but the model takes "
+                f"{in_chans} input channel{'s' if in_chans != 1 else ''} (--in_chans): give one value "
+                "per channel (`maekit stats --data_path DIR` prints them)"
+            )
+        if flag == "--std" and any(v <= 0 for v in values):
+            raise MaekitError(f"--std values must be positive, got {' '.join(map(str, values))}")
+
+
 @dataclass
 class CommonConfig:
     # --- optimisation ---
@@ -90,6 +110,8 @@ class CommonConfig:
         None, "override the model's patch size (e.g. 4 for 28-32 px images)"
     )
     in_chans: int = opt(3, "input channels (grayscale data is expanded to 3 channels)")
+    mean: list[float] | None = opt(None, MEAN_HELP)
+    std: list[float] | None = opt(None, STD_HELP)
     # --- data ---
     data_path: str = opt(
         "fashion-mnist",
@@ -150,11 +172,12 @@ class CommonConfig:
     def validate(self) -> None:
         """Raise MaekitError naming the bad value and the fix."""
         check_image_size(self.input_size)
+        check_stats(self.mean, self.std, self.in_chans)
         positive = {"batch_size": self.batch_size, "epochs": self.epochs, "accum_iter": self.accum_iter,
                     "save_freq": self.save_freq, "print_freq": self.print_freq,
                     "in_chans": self.in_chans}  # fmt: skip
         for name, value in positive.items():
-            if value <= 0:
+            if value is not None and value <= 0:
                 raise MaekitError(f"--{name} must be a positive integer, got {value}")
         if self.patch_size is not None and self.patch_size <= 0:
             raise MaekitError(f"--patch_size must be positive, got {self.patch_size}")
@@ -175,7 +198,8 @@ class CommonConfig:
 
     def size_overrides(self) -> dict:
         """create_model arguments for the input geometry (--input_size, --in_chans, --patch_size)."""
-        kw = {"img_size": self.input_size, "in_chans": self.in_chans}
+        # None (fine-tuning: not resolved from a checkpoint yet) means the defaults
+        kw = {"img_size": self.input_size or 224, "in_chans": self.in_chans or 3}
         if self.patch_size is not None:
             kw["patch_size"] = self.patch_size
         return kw
@@ -220,6 +244,8 @@ class PretrainConfig(CommonConfig):
                 "--init starts a new run from weights (epoch 0, fresh optimizer) and --resume "
                 "continues a run; give one of them"
             )
+        if self.gpu_decode and (self.mean is not None or self.std is not None):
+            raise MaekitError("--gpu_decode normalises with the default statistics; drop it to use --mean/--std")  # fmt: skip
         if self.gpu_decode and not isinstance(self.input_size, int):
             raise MaekitError("--gpu_decode crops square images; drop it for --input_size H W")
         if self.gpu_decode and self.data_path in ("fashion-mnist", "fashion_mnist", "fmnist"):
@@ -289,6 +315,19 @@ class SupervisedConfig(CommonConfig):
 
     model: str = opt("vit_large_patch16", "registered encoder name (see `maekit models`)")
     finetune: str = opt("", "pre-training checkpoint to initialise the encoder from")
+    # None: the value saved in the --finetune (or --resume) checkpoint, else the default
+    input_size: int | list[int] | None = opt(
+        None,
+        "image size in pixels, one number or height width (none: the checkpoint's, else 224)",
+        nargs="+",
+    )
+    in_chans: int | None = opt(None, "input channels (none: the checkpoint's, else 3)")
+    mean: list[float] | None = opt(
+        None, MEAN_HELP.replace("(default:", "(default: the checkpoint's, else")
+    )
+    std: list[float] | None = opt(
+        None, "normalisation std, one value per input channel (default: as --mean)"
+    )
     nb_classes: int | None = opt(
         None, "number of classes (default: taken from the dataset; checked against it)"
     )
@@ -405,6 +444,10 @@ class CheckpointModelConfig:
     )
     patch_size: int | None = opt(None, "patch size (none: from the checkpoint)")
     in_chans: int | None = opt(None, "input channels (none: from the checkpoint)")
+    mean: list[float] | None = opt(
+        None, "normalisation mean per channel (none: from the checkpoint)"
+    )
+    std: list[float] | None = opt(None, "normalisation std per channel (none: from the checkpoint)")
     device: str = opt("auto", "'auto' (cuda if available), 'cuda', 'cuda:N' or 'cpu'")
     seed: int = opt(0, "random seed (masking, image/subset choice, --random_init weights)")
 
@@ -413,6 +456,7 @@ class CheckpointModelConfig:
 
     def validate(self) -> None:
         check_image_size(self.input_size)
+        check_stats(self.mean, self.std, self.in_chans)
         for name in ("patch_size", "in_chans"):
             value = getattr(self, name)
             if value is not None and value <= 0:

@@ -50,18 +50,18 @@ def denormalize_patches(
     return pred * (var + eps) ** 0.5 + mean
 
 
-def to_uint8(imgs: torch.Tensor) -> np.ndarray:
-    """ImageNet-normalised (N, 3, H, W) -> (N, H, W, 3) uint8."""
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+def to_uint8(imgs: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
+    """Normalised (N, C, H, W) -> (N, H, W, C) uint8 (``mean``/``std``: the model's statistics)."""
+    mean = torch.tensor(mean).view(1, -1, 1, 1)
+    std = torch.tensor(std).view(1, -1, 1, 1)
     px = (imgs.float().cpu() * std + mean).clamp(0, 1) * 255
     return px.round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
-def from_uint8(arrays: np.ndarray) -> torch.Tensor:
-    """(N, H, W, 3) uint8 -> ImageNet-normalised (N, 3, H, W) float32, as training feeds the model."""
+def from_uint8(arrays: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
+    """(N, H, W, C) uint8 -> normalised (N, C, H, W) float32, as training feeds the model."""
     x = torch.from_numpy(np.ascontiguousarray(arrays)).permute(0, 3, 1, 2).float() / 255
-    return TF.normalize(x, IMAGENET_MEAN, IMAGENET_STD)
+    return TF.normalize(x, list(mean), list(std))
 
 
 @torch.no_grad()
@@ -234,8 +234,11 @@ def run(cfg: VisualizeConfig) -> Path:
     original = load_images(cfg, loaded.input_size)
     device = resolve_device(cfg.device)
     model = loaded.model.to(device)
-    recon, mask_px = reconstruct(model, from_uint8(original).to(device), cfg.mask_ratio, cfg.seed)
-    columns = grid_columns(original, to_uint8(recon), mask_px.cpu().numpy())
+    stats = (loaded.mean, loaded.std)  # the checkpoint's own normalisation
+    recon, mask_px = reconstruct(
+        model, from_uint8(original, *stats).to(device), cfg.mask_ratio, cfg.seed
+    )
+    columns = grid_columns(original, to_uint8(recon, *stats), mask_px.cpu().numpy())
     scale = cfg.scale or max(1, math.ceil(112 / min(to_2tuple(loaded.input_size))))
     title = describe(loaded.name, loaded.input_size, model.patch_size, cfg.mask_ratio, cfg.seed,
                      bool(model.norm_pix_loss))  # fmt: skip

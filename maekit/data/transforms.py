@@ -5,18 +5,45 @@ from __future__ import annotations
 from timm.layers import to_2tuple
 from torchvision import transforms as T
 
+from ..errors import MaekitError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 PRETRAIN_SCALE = (0.2, 1.0)  # RandomResizedCrop area range of MAE pre-training
 
 
-def pretrain_transform(input_size: int | list[int]) -> T.Compose:
+def normalization(in_chans: int = 3) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) per input channel: ImageNet's for RGB; for grayscale (``--in_chans 1``) one
+    value each, the mean of ImageNet's three (0.449, 0.226)."""
+    if in_chans == 3:
+        return IMAGENET_MEAN, IMAGENET_STD
+    if in_chans == 1:
+        return (round(sum(IMAGENET_MEAN) / 3, 4),), (round(sum(IMAGENET_STD) / 3, 4),)
+    raise MaekitError(
+        f"--in_chans {in_chans}: images are read as 3 (RGB) or 1 (grayscale) channels; "
+        "give --in_chans 3 or --in_chans 1"
+    )
+
+
+def resolve_stats(
+    in_chans: int, mean=None, std=None
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """--mean/--std where given (one value per channel), :func:`normalization` otherwise."""
+    if mean and std:
+        return tuple(mean), tuple(std)
+    default_mean, default_std = normalization(in_chans)
+    return (tuple(mean) if mean else default_mean), (tuple(std) if std else default_std)
+
+
+def pretrain_transform(
+    input_size: int | list[int], in_chans: int = 3, mean=None, std=None
+) -> T.Compose:
     """RandomResizedCrop(scale 0.2-1, bicubic) + horizontal flip + ImageNet normalisation."""
     return T.Compose([
         T.RandomResizedCrop(input_size, scale=PRETRAIN_SCALE, interpolation=T.InterpolationMode.BICUBIC),
         T.RandomHorizontalFlip(),
         T.ToTensor(),
-        T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        T.Normalize(*resolve_stats(in_chans, mean, std)),
     ])  # fmt: skip
 
 
@@ -28,10 +55,14 @@ def finetune_transform(
     remode: str = "pixel",
     recount: int = 1,
     crop_min: float = 0.08,
+    in_chans: int = 3,
+    mean=None,
+    std=None,
 ) -> T.Compose:
     """timm's training transform: RandomResizedCrop(0.08-1, bicubic), flip, RandAugment, RandomErasing."""
     from timm.data import create_transform
 
+    mean, std = resolve_stats(in_chans, mean, std)
     return create_transform(
         input_size=input_size,
         is_training=True,
@@ -42,8 +73,8 @@ def finetune_transform(
         re_prob=reprob,
         re_mode=remode,
         re_count=recount,
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
+        mean=mean,
+        std=std,
     )
 
 
@@ -70,7 +101,9 @@ class ResizeToCover:
         return T.functional.resize(img, list(new), interpolation=T.InterpolationMode.BICUBIC)
 
 
-def eval_transform(input_size: int | list[int]) -> T.Compose:
+def eval_transform(
+    input_size: int | list[int], in_chans: int = 3, mean=None, std=None
+) -> T.Compose:
     """Resize(int(input / crop_pct), bicubic) + CenterCrop(input) + normalise."""
     crop_pct = eval_crop_pct(input_size)
     if isinstance(input_size, int):
@@ -81,15 +114,17 @@ def eval_transform(input_size: int | list[int]) -> T.Compose:
         resize,
         T.CenterCrop(to_2tuple(input_size)),
         T.ToTensor(),
-        T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        T.Normalize(*resolve_stats(in_chans, mean, std)),
     ])  # fmt: skip
 
 
-def linprobe_transform(input_size: int | list[int], crop_min: float = 0.08) -> T.Compose:
+def linprobe_transform(
+    input_size: int | list[int], crop_min: float = 0.08, in_chans: int = 3, mean=None, std=None
+) -> T.Compose:
     """RandomResizedCrop(0.08-1, bicubic) + flip + normalise (no RandAugment, no erasing)."""
     return T.Compose([
         T.RandomResizedCrop(input_size, scale=(crop_min, 1.0), interpolation=T.InterpolationMode.BICUBIC),
         T.RandomHorizontalFlip(),
         T.ToTensor(),
-        T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        T.Normalize(*resolve_stats(in_chans, mean, std)),
     ])  # fmt: skip

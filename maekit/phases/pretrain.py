@@ -7,7 +7,7 @@ import torch
 from ..config import PretrainConfig
 from ..data import build_dataset, build_train_loader
 from ..data.gpu_decode import GpuDecodeLoader, collate_encoded, encoded_folder
-from ..data.transforms import PRETRAIN_SCALE, pretrain_transform
+from ..data.transforms import PRETRAIN_SCALE, pretrain_transform, resolve_stats
 from ..engine.distributed import shutdown
 from ..engine.fastpath import apply_fast_paths
 from ..engine.fit import fit, prepare_run, resolve_lr, seed_everything
@@ -63,7 +63,9 @@ def knn_datasets(cfg: PretrainConfig) -> tuple:
     from ..data.transforms import eval_transform
 
     try:
-        bank, queries, num_classes = labeled_splits(cfg.data_path, eval_transform(cfg.input_size))
+        bank, queries, num_classes = labeled_splits(
+            cfg.data_path, eval_transform(cfg.input_size, cfg.in_chans, cfg.mean, cfg.std)
+        )
     except MaekitError as e:
         raise MaekitError(f"--knn_eval_freq: {e} (or drop --knn_eval_freq)") from e
     bank = Subset(bank, subset_indices(len(bank), cfg.knn_max_bank, cfg.seed))
@@ -87,11 +89,14 @@ def init_weights(cfg: PretrainConfig, model: torch.nn.Module) -> str:
 def run(cfg: PretrainConfig) -> list[dict]:
     """Pre-train and return the per-epoch log records."""
     cfg.validate()
+    # The statistics in use, saved as numbers in config.json and every checkpoint's args.
+    cfg.mean, cfg.std = (list(v) for v in resolve_stats(cfg.in_chans, cfg.mean, cfg.std))
     # Fail fast on a bad model name, size or data path before any process group or output exists.
     seed_everything(cfg.seed)  # the initial weights follow --seed (DDP then broadcasts rank 0's)
     model = build_model(cfg)
     init_note = init_weights(cfg, model) if cfg.init else None
-    dataset = build_dataset(cfg.data_path, "train", pretrain_transform(cfg.input_size))
+    transform = pretrain_transform(cfg.input_size, cfg.in_chans, cfg.mean, cfg.std)
+    dataset = build_dataset(cfg.data_path, "train", transform)
     if cfg.gpu_decode:
         dataset = gpu_dataset(cfg, dataset)
     knn_data = knn_datasets(cfg) if cfg.knn_eval_freq else None  # labels checked at start-up
