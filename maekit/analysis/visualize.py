@@ -247,5 +247,7 @@ def run(cfg: VisualizeConfig) -> Path:
         picture.save(out)
     except OSError as e:
         raise MaekitError(f"could not write {out}: {e.strerror or e}; choose another --out") from e
-    print(f"wrote {out}: {len(original)} images, {title}")
+    shown = lambda v: "/".join(f"{x:g}" for x in v)  # noqa: E731
+    print(f"wrote {out}: {len(original)} images, {title} Inputs normalised with mean {shown(loaded.mean)}, "
+          f"std {shown(loaded.std)}.")  # fmt: skip
     return out
