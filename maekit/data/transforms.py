@@ -25,6 +25,11 @@ def normalization(in_chans: int = 3) -> tuple[tuple[float, ...], tuple[float, ..
     )
 
 
+def channel_steps(in_chans: int) -> list:
+    """Loaders return RGB; ``--in_chans 1`` trains on one grayscale channel (luma)."""
+    return [T.Grayscale(1)] if in_chans == 1 else []
+
+
 def resolve_stats(
     in_chans: int, mean=None, std=None
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -40,6 +45,7 @@ def pretrain_transform(
 ) -> T.Compose:
     """RandomResizedCrop(scale 0.2-1, bicubic) + horizontal flip + ImageNet normalisation."""
     return T.Compose([
+        *channel_steps(in_chans),
         T.RandomResizedCrop(input_size, scale=PRETRAIN_SCALE, interpolation=T.InterpolationMode.BICUBIC),
         T.RandomHorizontalFlip(),
         T.ToTensor(),
@@ -63,7 +69,7 @@ def finetune_transform(
     from timm.data import create_transform
 
     mean, std = resolve_stats(in_chans, mean, std)
-    return create_transform(
+    tf = create_transform(
         input_size=input_size,
         is_training=True,
         scale=(crop_min, 1.0),
@@ -76,6 +82,7 @@ def finetune_transform(
         mean=mean,
         std=std,
     )
+    return T.Compose([*channel_steps(in_chans), *tf.transforms])
 
 
 def eval_crop_pct(input_size: int | list[int]) -> float:
@@ -111,6 +118,7 @@ def eval_transform(
     else:  # (height, width): cover (h / crop_pct, w / crop_pct), aspect kept
         resize = ResizeToCover(tuple(int(s / crop_pct) for s in input_size))
     return T.Compose([
+        *channel_steps(in_chans),
         resize,
         T.CenterCrop(to_2tuple(input_size)),
         T.ToTensor(),
@@ -123,6 +131,7 @@ def linprobe_transform(
 ) -> T.Compose:
     """RandomResizedCrop(0.08-1, bicubic) + flip + normalise (no RandAugment, no erasing)."""
     return T.Compose([
+        *channel_steps(in_chans),
         T.RandomResizedCrop(input_size, scale=(crop_min, 1.0), interpolation=T.InterpolationMode.BICUBIC),
         T.RandomHorizontalFlip(),
         T.ToTensor(),

@@ -82,3 +82,23 @@ def test_stats_sample_is_bounded_and_seeded(tmp_path, capsys):
     picked = np.concatenate([arrays[i].reshape(-1, 3) for i in subset_indices(12, 4, 3)]) / 255
     np.testing.assert_allclose(flags(out)[0], picked.mean(0), atol=1e-3)
     assert main([*args[:-2], "--max_images", "0"]) == 2
+
+
+def test_16_bit_png_and_tiff_keep_their_range(tmp_path, capsys):
+    """16-bit grayscale (0..65535) is scaled to the 8-bit range, not clipped at 255: the
+    statistics are those of value / 65535 (to 8-bit quantisation)."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "deep"
+    root.mkdir()
+    arrays = []
+    for i, suffix in enumerate(["png", "tif", "png", "tif"]):
+        arr = (rng.random((24, 30)) * 40000 + 20000).astype(np.uint16)  # mostly above 255 * 257
+        Image.fromarray(arr).save(root / f"{i:02d}.{suffix}")
+        assert Image.open(root / f"{i:02d}.{suffix}").mode.startswith("I")
+        arrays.append(arr)
+    assert main(["stats", "--data_path", str(root), "--in_chans", "1", "--num_workers", "0"]) == 0
+    mean, std = flags(capsys.readouterr().out)
+    values = np.concatenate([a.ravel() for a in arrays]) / 65535
+    np.testing.assert_allclose(mean, [values.mean()], atol=1e-3)
+    np.testing.assert_allclose(std, [values.std()], atol=1e-3)
+    assert 0.45 < mean[0] < 0.65  # clipping at 255 would give 1.0, no scaling ~0.004
