@@ -79,7 +79,9 @@ TOOLS = {
 COMMANDS = {**PHASES, **TOOLS}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(file_defaults: dict[str, dict] | None = None) -> argparse.ArgumentParser:
+    """The ``maekit`` parser; ``file_defaults`` {command: {flag: value}} (from ``--config``)
+    become that command's defaults, so flags on the command line still override them."""
     parser = argparse.ArgumentParser(prog="maekit", description=__doc__)
     parser.add_argument("--version", action="version", version=f"maekit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -87,7 +89,17 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text,
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
         add_config_flags(p, cls)
+        p.add_argument("--config", metavar="FILE", default=None,
+                       help="read flags from a YAML or JSON file (a run's config.json too) or a shipped "
+                       "recipe:NAME (see `maekit recipes`); flags given here override it")  # fmt: skip
+        p.add_argument("--print_config", action="store_true",
+                       help="print the resolved configuration (effective batch and absolute lr for this "
+                       "launch's processes) as YAML and exit")  # fmt: skip
+        p.set_defaults(**(file_defaults or {}).get(name, {}))
     sub.add_parser("models", help="list registered model names")
+    sub.add_parser(
+        "recipes", help="list the shipped recipes (--config recipe:NAME) with their published top-1"
+    )
     conv = sub.add_parser(
         "convert",
         help="re-save a checkpoint (official .pth, PLSC .pd/.pdparams, safetensors, timm, Hugging "
@@ -111,9 +123,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def print_config(cls: type, cfg, args: argparse.Namespace) -> None:
+    """--print_config: the resolved configuration as YAML that --config reads back."""
+    from .config_file import dump_yaml, read_mapping, resolved_view, world_size_here
+
+    source = read_mapping(args.config)[0] if args.config else None
+    view = resolved_view(cfg, world_size_here(), source)
+    origin = f" from --config {args.config} and the command line" if args.config else ""
+    print(dump_yaml(view, f"maekit {args.command}{origin}; run it with --config FILE"), end="")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "config", None):  # the file's values as defaults, then parse again
+            from .config_file import flag_values, read_mapping
+
+            data, spec = read_mapping(args.config)
+            values = flag_values(data, COMMANDS[args.command][0], args.command, spec)
+            args = build_parser({args.command: values}).parse_args(argv)
+        if args.command == "recipes":
+            from .recipes import run as list_recipes
+
+            list_recipes()
+            return 0
         if args.command == "convert":
             from .formats.convert import convert
 
@@ -131,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
 
         cfg = config_from_args(cls, args)
         cfg.validate()  # before the heavy imports, so flag errors come back at once
+        if args.print_config:
+            print_config(cls, cfg, args)
+            return 0
         importlib.import_module(module).run(cfg)
         return 0
     except MaekitError as e:

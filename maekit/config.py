@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -85,6 +86,16 @@ def check_stats(mean, std, in_chans: int | None) -> None:
             raise MaekitError(f"--std values must be positive, got {' '.join(map(str, values))}")
 
 
+def check_finite(cfg) -> None:
+    """Every float flag is a finite number: argparse's float() accepts 'nan' and 'inf', and a
+    non-finite lr, decay or clip would train to NaN weights (or fail deep inside torch)."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        for x in value if isinstance(value, list | tuple) else (value,):
+            if isinstance(x, float) and not math.isfinite(x):
+                raise MaekitError(f"--{f.name} must be a finite number, got {x}")
+
+
 @dataclass
 class CommonConfig:
     # --- optimisation ---
@@ -109,7 +120,9 @@ class CommonConfig:
     patch_size: int | None = opt(
         None, "override the model's patch size (e.g. 4 for 28-32 px images)"
     )
-    in_chans: int = opt(3, "input channels (grayscale data is expanded to 3 channels)")
+    in_chans: int = opt(
+        3, "input channels: 3 (RGB) or 1 (images converted to grayscale, one-value normalisation)"
+    )
     mean: list[float] | None = opt(None, MEAN_HELP)
     std: list[float] | None = opt(None, STD_HELP)
     # --- data ---
@@ -152,11 +165,20 @@ class CommonConfig:
     max_bad_frac: float = opt(
         0.01, "stop when more than this fraction of an epoch's images cannot be read"
     )
+    max_pixels: int = opt(
+        120_000_000,
+        "skip (and count as unreadable) images with more pixels than this, before decoding them",
+    )
     start_epoch: int = opt(0, "first epoch (overwritten by --resume)")
     save_freq: int = opt(20, "save checkpoint-{epoch}.pth every N epochs (and at the last epoch)")
     print_freq: int = opt(20, "log every N steps (the loss is read from the device only then)")
     max_train_step: int | None = opt(
         None, "stop each epoch after this many steps (smoke tests, benchmarks)"
+    )
+    max_train_images: int | None = opt(
+        None,
+        "train on a fixed random subset (--seed) of this many training images, the same "
+        "every epoch and run (none: all), e.g. 5000 of fashion-mnist; not for tar shards",
     )
     # --- distributed (torchrun's environment takes precedence; kept for compatibility) ---
     world_size: int = opt(1, "number of processes (set by torchrun)")
@@ -164,6 +186,14 @@ class CommonConfig:
     dist_url: str = opt("env://", "rendezvous URL (torchrun sets the environment instead)")
     dist_on_itp: bool = opt(
         False, "accepted for compatibility with the official script; torchrun's environment is used"
+    )
+    # --- Weights & Biases (optional: pip install maekit[wandb]) ---
+    log_wandb: bool = opt(
+        False, "also log the scalars and images to Weights & Biases (WANDB_MODE=offline works)"
+    )
+    wandb_project: str = opt("maekit", "Weights & Biases project (with --log_wandb)")
+    wandb_name: str | None = opt(
+        None, "Weights & Biases run name (default: the output folder's name)"
     )
 
     def __post_init__(self) -> None:
@@ -173,12 +203,16 @@ class CommonConfig:
         """Raise MaekitError naming the bad value and the fix."""
         check_image_size(self.input_size)
         check_stats(self.mean, self.std, self.in_chans)
+        check_finite(self)
         positive = {"batch_size": self.batch_size, "epochs": self.epochs, "accum_iter": self.accum_iter,
                     "save_freq": self.save_freq, "print_freq": self.print_freq,
                     "in_chans": self.in_chans}  # fmt: skip
         for name, value in positive.items():
             if value is not None and value <= 0:
                 raise MaekitError(f"--{name} must be a positive integer, got {value}")
+        if self.in_chans is not None and self.in_chans not in (1, 3):
+            raise MaekitError(f"--in_chans {self.in_chans}: images are read as 3 (RGB) or 1 "
+                              "(grayscale) channels; give --in_chans 3 or --in_chans 1")  # fmt: skip
         if self.patch_size is not None and self.patch_size <= 0:
             raise MaekitError(f"--patch_size must be positive, got {self.patch_size}")
         if self.warmup_epochs < 0:
@@ -187,6 +221,8 @@ class CommonConfig:
             raise MaekitError("--lr/--blr must be positive")
         if self.max_train_step is not None and self.max_train_step <= 0:
             raise MaekitError(f"--max_train_step must be positive, got {self.max_train_step}")
+        if self.max_train_images is not None and self.max_train_images <= 0:
+            raise MaekitError(f"--max_train_images must be positive, got {self.max_train_images}")
         if self.keep_last is not None and self.keep_last < 1:
             raise MaekitError(f"--keep_last must be at least 1, got {self.keep_last}")
         if self.max_nonfinite < 0:
@@ -195,6 +231,17 @@ class CommonConfig:
             raise MaekitError(f"--max_bad_frac must be in [0, 1], got {self.max_bad_frac}")
         if self.num_workers < 0:
             raise MaekitError(f"--num_workers must be >= 0, got {self.num_workers}")
+        if self.weight_decay < 0 or self.min_lr < 0:
+            raise MaekitError(f"--weight_decay and --min_lr must be >= 0, got {self.weight_decay} "
+                              f"and {self.min_lr}")  # fmt: skip
+        if self.clip_grad is not None and self.clip_grad <= 0:
+            raise MaekitError(f"--clip_grad must be a positive gradient norm, got {self.clip_grad} "
+                              "(leave it out for no clipping)")  # fmt: skip
+        if self.lr is not None and self.min_lr > self.lr:
+            raise MaekitError(f"--min_lr {self.min_lr} is above --lr {self.lr}; the cosine schedule "
+                              "decays from --lr to --min_lr")  # fmt: skip
+        if self.max_pixels <= 0:
+            raise MaekitError(f"--max_pixels must be positive, got {self.max_pixels}")
 
     def size_overrides(self) -> dict:
         """create_model arguments for the input geometry (--input_size, --in_chans, --patch_size)."""
@@ -216,7 +263,7 @@ class PretrainConfig(CommonConfig):
         "maekit reads (official .pth, encoder-only .pth, PLSC .pd/.pdparams, maekit, safetensors, "
         "a Hugging Face folder); channels and position tables are adapted to this run",
     )
-    mask_ratio: float = opt(0.75, "fraction of patches removed, in [0, 1)")
+    mask_ratio: float = opt(0.75, "fraction of patches removed, in (0, 1)")
     norm_pix_loss: bool = opt(
         False, "use per-patch normalised pixels as the target (published recipe)"
     )
@@ -236,6 +283,28 @@ class PretrainConfig(CommonConfig):
     gpu_decode: bool = opt(
         False, "decode JPEGs and crop/flip on the GPU (nvJPEG): image folders on CUDA only"
     )
+    knn_baseline: bool = opt(
+        False, "with --knn_eval_freq: also k-NN the initial (random) weights on the same subsets "
+        "before training, and print both top-1s at the end",
+    )  # fmt: skip
+
+    # Watching the reconstruction (label-free; an addition)
+    val_freq: int = opt(
+        1, "every N epochs (and at the last) log val_loss: the reconstruction loss of held-out "
+        "images under a fixed mask (0 = off, nothing held out)",
+    )  # fmt: skip
+    val_frac: float | None = opt(
+        None, "without a val/ folder: hold out this fraction of the training images (a fixed "
+        "choice) for val_loss and the grids, in (0, 0.5] (none: no hold-out, the official data)",
+    )  # fmt: skip
+    val_max_images: int | None = opt(
+        1000, "val_loss on a fixed subset of this many validation images (none: all)"
+    )
+    vis_freq: int = opt(
+        20, "every N epochs (and at the last) save reconstruction-{epoch}.png of fixed validation "
+        "images and log it to TensorBoard (0 = off)",
+    )  # fmt: skip
+    vis_images: int = opt(8, "rows of the reconstruction grid")
 
     def validate(self) -> None:
         super().validate()
@@ -248,12 +317,28 @@ class PretrainConfig(CommonConfig):
             raise MaekitError("--gpu_decode normalises with the default statistics; drop it to use --mean/--std")  # fmt: skip
         if self.gpu_decode and not isinstance(self.input_size, int):
             raise MaekitError("--gpu_decode crops square images; drop it for --input_size H W")
+        if self.val_frac is not None and not 0.0 < self.val_frac <= 0.5:
+            raise MaekitError(f"--val_frac must be in (0, 0.5], got {self.val_frac}")
+        for name in ("val_freq", "vis_freq"):
+            if getattr(self, name) < 0:
+                raise MaekitError(f"--{name} must be >= 0 (0 = off), got {getattr(self, name)}")
+        if self.val_max_images is not None and self.val_max_images <= 0:
+            raise MaekitError(f"--val_max_images must be positive, got {self.val_max_images}")
+        if self.vis_images <= 0:
+            raise MaekitError(f"--vis_images must be positive, got {self.vis_images}")
+        if self.knn_baseline and not self.knn_eval_freq:
+            raise MaekitError(
+                "--knn_baseline compares with the trained encoder's k-NN: add --knn_eval_freq N"
+            )
         if self.gpu_decode and self.data_path in ("fashion-mnist", "fashion_mnist", "fmnist"):
             raise MaekitError(
                 "--gpu_decode decodes JPEG folders; drop it for --data_path fashion-mnist"
             )
-        if not 0.0 <= self.mask_ratio < 1.0:
-            raise MaekitError(f"--mask_ratio must be in [0, 1), got {self.mask_ratio}")
+        if self.gpu_decode and self.in_chans != 3:
+            raise MaekitError("--gpu_decode decodes to RGB; drop it for --in_chans 1")
+        if not 0.0 < self.mask_ratio < 1.0:
+            raise MaekitError(f"--mask_ratio must be in (0, 1), got {self.mask_ratio}: the loss is "
+                              "computed on the masked patches, so some must be masked")  # fmt: skip
         if self.knn_eval_freq < 0:
             raise MaekitError(f"--knn_eval_freq must be >= 0 (0 = off), got {self.knn_eval_freq}")
         for name in ("knn_max_bank", "knn_max_query"):
@@ -455,6 +540,7 @@ class CheckpointModelConfig:
         self.input_size = image_size_value(self.input_size)
 
     def validate(self) -> None:
+        check_finite(self)
         check_image_size(self.input_size)
         check_stats(self.mean, self.std, self.in_chans)
         for name in ("patch_size", "in_chans"):
@@ -674,11 +760,14 @@ class BenchConfig:
     data_path: str = opt("fashion-mnist", "pipeline: image folder or 'fashion-mnist'")
     num_workers: int = opt(2, "pipeline: loader worker processes (0: in the main process)")
     gpu_decode: bool = opt(
-        False, "pipeline: decode JPEGs and crop/flip on the GPU (pretrain transform)"
+        False,
+        "pipeline: decode JPEGs and crop/flip on the GPU (pretrain transform); with "
+        "--device cpu, the same loader decoding on the CPU (measures its transport)",
     )
     images: int = opt(512, "pipeline: images to load after the warm-up batch")
 
     def validate(self) -> None:
+        check_finite(self)
         positive = {"batch_size": self.batch_size, "input_size": self.input_size,
                     "in_chans": self.in_chans, "nb_classes": self.nb_classes, "steps": self.steps,
                     "images": self.images, "rounds": self.rounds}  # fmt: skip

@@ -80,6 +80,13 @@ CASES: dict[str, tuple[list[str], str]] = {
         ["--data_path", "flat", *TINY, "--warmup_epochs", "0", "--device", "cpu", "--epochs", "0"],
         "--epochs",
     ),
+    # issue 18: non-finite / meaningless float flags are refused before anything is written
+    "blr_inf": (["--data_path", "flat", *TINY, *OK, "--blr", "inf"], "--blr must be a finite"),
+    "weight_decay_nan": (
+        ["--data_path", "flat", *TINY, *OK, "--weight_decay", "nan"],
+        "--weight_decay must be a finite",
+    ),
+    "lr_nan": (["--data_path", "flat", *TINY, *OK, "--lr", "nan"], "--lr must be a finite"),
     "unwritable_output_dir": (
         ["--data_path", "flat", *TINY, *OK, "--batch_size", "2", "--output_dir", "blocker/out"],
         "--output_dir",

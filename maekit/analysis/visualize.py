@@ -22,7 +22,7 @@ from timm.layers import to_2tuple
 from torchvision.transforms import functional as TF
 
 from ..config import VisualizeConfig
-from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from ..data.transforms import resolve_stats
 from ..errors import MaekitError
 
 COLUMNS = ("original", "masked", "reconstruction", "recon. + visible")
@@ -50,18 +50,18 @@ def denormalize_patches(
     return pred * (var + eps) ** 0.5 + mean
 
 
-def to_uint8(imgs: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
-    """Normalised (N, C, H, W) -> (N, H, W, C) uint8 (``mean``/``std``: the model's statistics)."""
-    mean = torch.tensor(mean).view(1, -1, 1, 1)
-    std = torch.tensor(std).view(1, -1, 1, 1)
+def to_uint8(imgs: torch.Tensor, mean=None, std=None) -> np.ndarray:
+    """Normalised (N, C, H, W) -> (N, H, W, C) uint8 (C = 3, or 1 for grayscale models);
+    ``mean``/``std``: the model's statistics (default: :func:`normalization`'s)."""
+    mean, std = (torch.tensor(s).view(1, -1, 1, 1) for s in resolve_stats(imgs.shape[1], mean, std))
     px = (imgs.float().cpu() * std + mean).clamp(0, 1) * 255
     return px.round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
-def from_uint8(arrays: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
+def from_uint8(arrays: np.ndarray, mean=None, std=None) -> torch.Tensor:
     """(N, H, W, C) uint8 -> normalised (N, C, H, W) float32, as training feeds the model."""
     x = torch.from_numpy(np.ascontiguousarray(arrays)).permute(0, 3, 1, 2).float() / 255
-    return TF.normalize(x, list(mean), list(std))
+    return TF.normalize(x, *(list(v) for v in resolve_stats(x.shape[1], mean, std)))
 
 
 @torch.no_grad()
@@ -80,6 +80,18 @@ def reconstruct(
     # The patch mask painted onto pixels with the model's own unpatchify (any patch geometry).
     mask_px = model.unpatchify(mask[..., None].expand_as(patches).float())[:, 0] > 0.5
     return model.unpatchify(pred), mask_px
+
+
+def show_gray(original: np.ndarray, recon: np.ndarray) -> np.ndarray:
+    """Gray originals (R = G = B, e.g. Fashion-MNIST expanded to 3 channels) get a gray
+    reconstruction: the mean of its three channels. The model predicts each channel in the
+    ImageNet-normalised space, where one gray level is three different numbers; the channel
+    offsets it gets wrong, un-normalised with per-channel statistics, show as a colour cast
+    that is not in the data. Colour originals are returned unchanged. (N, H, W, 3) uint8."""
+    if original.shape[-1] != 3 or not (original == original[..., :1]).all():
+        return recon
+    gray = recon.astype(np.float32).mean(axis=-1, keepdims=True).round().astype(np.uint8)
+    return np.repeat(gray, 3, axis=-1)
 
 
 def grid_columns(original: np.ndarray, recon: np.ndarray, mask_px: np.ndarray) -> list[np.ndarray]:
@@ -183,13 +195,13 @@ def describe(name: str, input_size: int | list[int], patch_size: int, mask_ratio
 # --------------------------------------------------------------------------- the command
 
 
-def load_images(cfg: VisualizeConfig, input_size: int | list[int]) -> np.ndarray:
-    """(N, H, W, 3) uint8: resized (to cover, aspect kept, bicubic) and centre-cropped to the
-    model's size."""
+def load_images(cfg: VisualizeConfig, input_size: int | list[int], in_chans: int = 3) -> np.ndarray:
+    """(N, H, W, C) uint8: resized (to cover, aspect kept, bicubic) and centre-cropped to the
+    model's size; C = 1 (grayscale) for one-channel models."""
     from ..data import BUILTIN, build_dataset
-    from ..data.folder import load_rgb
+    from ..data.folder import UnreadableImage, load_rgb
     from ..data.shards import refuse_shards
-    from ..data.transforms import ResizeToCover
+    from ..data.transforms import ResizeToCover, image_mode
     from .features import subset_indices
 
     if cfg.images:
@@ -200,7 +212,7 @@ def load_images(cfg: VisualizeConfig, input_size: int | list[int]) -> np.ndarray
         for p in cfg.images:
             try:
                 pils.append(load_rgb(p))
-            except OSError as e:
+            except (OSError, UnreadableImage) as e:
                 raise MaekitError(f"--images: cannot read {p} as an image ({e})") from e
     else:
         refuse_shards(cfg.data_path, "maekit visualize")
@@ -213,7 +225,9 @@ def load_images(cfg: VisualizeConfig, input_size: int | list[int]) -> np.ndarray
             img = TF.resize(img, input_size, interpolation=TF.InterpolationMode.BICUBIC)
         else:
             img = ResizeToCover(tuple(input_size))(img)
-        out.append(np.asarray(TF.center_crop(img, to_2tuple(input_size)), dtype=np.uint8))
+        h, w = to_2tuple(input_size)
+        img = TF.center_crop(img, [h, w]).convert(image_mode(in_chans))
+        out.append(np.asarray(img, dtype=np.uint8).reshape(h, w, in_chans))
     return np.stack(out)
 
 
@@ -229,16 +243,16 @@ def run(cfg: VisualizeConfig) -> Path:
     if not out.parent.is_dir():
         raise MaekitError(f"--out {out}: folder {out.parent} does not exist")
     loaded = load_checkpoint_model(cfg, norm_pix_loss=cfg.norm_pix_loss, need_decoder=True)
-    if loaded.in_chans != 3:
-        raise MaekitError(f"visualize shows RGB models; this one takes {loaded.in_chans} channels")
-    original = load_images(cfg, loaded.input_size)
+    original = load_images(cfg, loaded.input_size, loaded.in_chans)
     device = resolve_device(cfg.device)
     model = loaded.model.to(device)
     stats = (loaded.mean, loaded.std)  # the checkpoint's own normalisation
     recon, mask_px = reconstruct(
         model, from_uint8(original, *stats).to(device), cfg.mask_ratio, cfg.seed
     )
-    columns = grid_columns(original, to_uint8(recon, *stats), mask_px.cpu().numpy())
+    recon_px = show_gray(original, to_uint8(recon, *stats))
+    columns = grid_columns(original, recon_px, mask_px.cpu().numpy())
+    columns = [np.repeat(c, 3, axis=-1) if c.shape[-1] == 1 else c for c in columns]  # gray -> RGB
     scale = cfg.scale or max(1, math.ceil(112 / min(to_2tuple(loaded.input_size))))
     title = describe(loaded.name, loaded.input_size, model.patch_size, cfg.mask_ratio, cfg.seed,
                      bool(model.norm_pix_loss))  # fmt: skip

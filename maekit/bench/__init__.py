@@ -16,7 +16,16 @@ from ..engine.distributed import resolve_device
 from ..engine.precision import resolve_precision
 from .hardware import device_name, peak_tflops
 from .pipeline import measure_pipeline
-from .step import REFERENCE, StepResult, ablation_modes, count_flops, fast_mode, measure
+from .step import (
+    REFERENCE,
+    REFERENCE_FP32,
+    StepResult,
+    ablation_modes,
+    count_flops,
+    fast_mode,
+    measure,
+    reference_modes,
+)
 
 
 def _rates(r: StepResult, flops_per_step: float | None, peak: float | None) -> dict:
@@ -45,7 +54,7 @@ def bench_step(cfg: BenchConfig) -> dict:
     # FLOPs first: on the meta device it costs nothing, and it imports and builds everything
     # once, so that start-up allocations are not counted in the first mode's peak memory.
     flops = count_flops(cfg, device)
-    modes = [fast_mode(cfg)] + ([REFERENCE] if cfg.reference else [])
+    modes = [fast_mode(cfg)] + (reference_modes(device) if cfg.reference else [])
     if cfg.ablate:
         modes += ablation_modes(cfg, resolve_precision(cfg.amp, device).name)
     rounds: dict[str, list[StepResult]] = {m.name: [] for m in modes}
@@ -73,10 +82,13 @@ def bench_step(cfg: BenchConfig) -> dict:
         each = [f.img_per_s / x.img_per_s for f, x in zip(fast_rounds, other, strict=True)]
         return d, fast.img_per_s / r.img_per_s, mem, each
 
-    if cfg.reference:
+    if cfg.reference:  # the official way on this device (fp16 autocast on CUDA, else fp32)
         out["reference"], out["speedup"], out["mem_ratio"], out["round_speedups"] = versus(
             rounds[REFERENCE.name]
         )
+        if REFERENCE_FP32.name in rounds:  # CUDA: the fp32 way as a second row
+            (out["reference_fp32"], out["speedup_fp32"], out["mem_ratio_fp32"],
+             out["round_speedups_fp32"]) = versus(rounds[REFERENCE_FP32.name])  # fmt: skip
     if cfg.ablate:  # gain > 1: the path speeds the step up
         out["ablation"] = {}
         for m in modes:
@@ -97,7 +109,7 @@ def _fmt(v, spec: str) -> str:
 
 
 def step_table(out: dict) -> str:
-    rows = [out] + ([out["reference"]] if "reference" in out else [])
+    rows = [out] + [out[k] for k in ("reference", "reference_fp32") if k in out]
     rows += list(out.get("ablation", {}).values())
     w = max(len(r["mode"]) for r in rows + [{"mode": "mode"}])
     lines = [
@@ -125,6 +137,11 @@ def step_table(out: dict) -> str:
         if out["rounds"] > 1:
             each = ", ".join(f"{x:.2f}x" for x in out["round_speedups"])
             lines.append(f"median of {out['rounds']} alternating rounds; per round: {each}")
+    if "speedup_fp32" in out:
+        lines.append(
+            f"fast / reference fp32: {out['speedup_fp32']:.2f}x throughput, "
+            f"{_fmt(out['mem_ratio_fp32'], '.2f')}x peak memory"
+        )
     for path, d in out.get("ablation", {}).items():
         each = ", ".join(f"{x:.2f}x" for x in d["round_gains"])
         lines.append(
@@ -136,13 +153,23 @@ def step_table(out: dict) -> str:
 
 
 def pipeline_table(out: dict) -> str:
-    return (
+    where = ""
+    if out["gpu_decode"]:
+        where = (" on the GPU (nvJPEG decode)" if out.get("decode_device") == "cuda" else
+                 " through the --gpu_decode loader (decoded on the CPU)")  # fmt: skip
+    text = (
         f"maekit bench --pipeline: {out['data_path']} with the {out['phase']} transform"
-        f"{' on the GPU (nvJPEG decode)' if out['gpu_decode'] else ''} at "
-        f"{out['input_size']} px, batch {out['batch_size']}, {out['num_workers']} workers "
-        f"({out['cpus']} CPUs)\n{out['images']} images: {out['img_per_s']:.1f} img/s, "
+        f"{where} at {out['input_size']} px, batch {out['batch_size']}, {out['num_workers']} "
+        f"workers ({out['cpus']} CPUs)\n{out['images']} images: {out['img_per_s']:.1f} img/s, "
         f"{out['img_per_s_per_worker']:.1f} img/s per worker"
     )
+    if out.get("open_files_per_worker") is not None:
+        text += f", at most {out['open_files_per_worker']} open files per worker"
+    if "decode" in out:
+        d = out["decode"]
+        text += (f"\nJPEGs: {d['jpegs']}, decoded on the device {d['gpu_decoded']}, CPU fallbacks "
+                 f"{d['cpu_fallback']}; other files (decoded in the workers) {d['cpu_decoded']}")  # fmt: skip
+    return text
 
 
 def run(cfg: BenchConfig) -> dict:

@@ -2,12 +2,22 @@
 own loader (per-sample seeding, bad-file skipping, persistent workers), no model.
 
 The first batch is not timed (worker start-up); then batches are drawn until ``--images``
-images have been loaded, wrapping around epochs on a small folder.
+images have been loaded, wrapping around epochs on a small folder (the workers prefetch
+across epochs, as in training). The most files any worker held open at once is recorded
+(Linux): shared-memory batches in flight count, so a transport that costs one file per
+image shows here before it hits ``ulimit -n``.
+
+``--gpu_decode`` runs the pre-training loader of ``maekit pretrain --gpu_decode``: workers
+read bytes and draw crops, the main process decodes (nvJPEG on CUDA). With ``--device cpu``
+the same loader decodes with torchvision's CPU decoder: a measure of its transport (packed
+batches between processes), not of nvJPEG.
 """
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 
 from ..config import BenchConfig, FinetuneConfig
 from ..data import build_dataset, build_train_loader
@@ -34,6 +44,25 @@ def phase_transform(phase: str, input_size: int):
                               d.crop_min)  # fmt: skip
 
 
+def child_pids() -> list[int]:
+    """This process's children (the loader's workers), from /proc; [] where there is none."""
+    pids = []
+    for task in Path(f"/proc/{os.getpid()}/task").glob("*/children"):
+        try:
+            pids += [int(p) for p in task.read_text().split()]
+        except OSError:
+            continue
+    return pids
+
+
+def open_files(pid: int) -> int | None:
+    """How many files ``pid`` has open (Linux /proc), None if unknown."""
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return None
+
+
 def measure_pipeline(cfg: BenchConfig) -> dict:
     """img/s of the phase's training loader; with ``--gpu_decode`` (pre-training transform) the
     batches are decoded and augmented on the GPU, and the figure is end to end to GPU memory."""
@@ -42,18 +71,23 @@ def measure_pipeline(cfg: BenchConfig) -> dict:
     device = None
     if cfg.gpu_decode:
         device = resolve_device(cfg.device)
-        if device.type != "cuda" or cfg.phase != "pretrain":
-            raise MaekitError("--gpu_decode needs a CUDA device and --phase pretrain")
+        if cfg.phase != "pretrain" or (device.type != "cuda" and cfg.device != "cpu"):
+            raise MaekitError("--gpu_decode needs a CUDA device (or --device cpu to measure its "
+                              "loader with CPU decoding) and --phase pretrain")  # fmt: skip
         dataset = encoded_folder(dataset, PRETRAIN_SCALE)
     loader = build_train_loader(dataset, cfg.batch_size, 0, 1, cfg.seed, workers,
-                                pin_memory=device is not None,
+                                pin_memory=device is not None and device.type == "cuda",
                                 collate_fn=collate_encoded if device is not None else None)  # fmt: skip
     if device is not None:
         loader = GpuDecodeLoader(loader, device, cfg.input_size)
     epoch, loaded, start = 0, None, 0.0
+    worker_files: int | None = None
     while loaded is None or loaded < cfg.images:
         loader.sampler.set_epoch(epoch)
         for samples, _targets, _bad in loader:
+            counts = [n for n in map(open_files, child_pids()) if n is not None]
+            if counts:
+                worker_files = max(worker_files or 0, *counts)
             if loaded is None:  # the first batch pays for worker start-up: not timed
                 loaded, start = 0, time.perf_counter()
                 continue
@@ -65,8 +99,13 @@ def measure_pipeline(cfg: BenchConfig) -> dict:
         synchronize(device)
     elapsed = time.perf_counter() - start
     rate = loaded / elapsed
-    return {
+    out = {
         "data_path": cfg.data_path, "phase": cfg.phase, "input_size": cfg.input_size,
         "batch_size": cfg.batch_size, "num_workers": workers, "cpus": cpu_count(),
         "gpu_decode": device is not None, "images": loaded, "img_per_s": rate, "img_per_s_per_worker": rate / max(1, workers),
+        "open_files_per_worker": worker_files if workers else None,
     }  # fmt: skip
+    if isinstance(loader, GpuDecodeLoader):  # where the JPEGs were decoded, fallbacks counted
+        out["decode_device"] = device.type
+        out["decode"] = dict(loader.stats)
+    return out

@@ -10,9 +10,15 @@ Two modes, built from the same seed so that they start from the same weights:
 - ``fast`` (the default): ``--amp auto`` (bf16 where the device runs it fast), fused
   scaled-dot-product attention, fused AdamW, the loss read from the device every
   ``print_freq`` (20) steps only, plus ``--compile`` / ``--grad_ckpt`` when given.
-- ``reference``: fp32, eager, attention as explicit matmul + softmax, torch's default AdamW
-  (a per-parameter loop on CPU, ``foreach`` on CUDA), the loss read every step (``print_freq``
-  1): the official code's way of running, as it runs on the same torch.
+- ``reference``: the official code's way of running, as it runs on the same torch: eager,
+  attention as explicit matmul + softmax, torch's default AdamW (a per-parameter loop on CPU,
+  ``foreach`` on CUDA), the loss read every step (``print_freq`` 1), TF32 left at torch's
+  defaults (off for matmuls, on for cuDNN convolutions), and the official recipe's precision:
+  fp16 autocast + GradScaler on CUDA (``torch.cuda.amp.autocast()`` in the official loop),
+  fp32 on a CPU (that autocast does nothing there). On CUDA the fp32 way is measured too, as
+  a second row (``reference fp32``), so that speed-ups against both are at hand; a CPU run
+  has the one reference (fp16 autocast on a CPU is not what the official code does, and runs
+  at half the fp32 speed or less: BENCHMARKS.md).
 
 ``--ablate`` adds the fast mode with one fast path switched off at a time (:func:`ablation_modes`),
 so each path's own gain is a ratio measured in the same run.
@@ -24,6 +30,7 @@ import contextlib
 import inspect
 import io
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import torch
@@ -56,7 +63,31 @@ class StepMode:
     without: str | None = None  # the fast path an ablation switched off
 
 
+# The official way, fp32: the reference on a CPU, the second reference row on CUDA.
 REFERENCE = StepMode("reference", amp="none", fused_attn=False, fused_optimizer=False, print_freq=1)
+REFERENCE_FP32 = replace(REFERENCE, name="reference fp32")
+# The official GPU recipe: fp16 autocast + GradScaler (the phases' --amp fp16 does both).
+OFFICIAL_GPU = replace(REFERENCE, amp="fp16")
+
+
+def reference_modes(device: torch.device) -> list[StepMode]:
+    """The references ``--reference`` measures on ``device``: the first is the one quoted."""
+    return [OFFICIAL_GPU, REFERENCE_FP32] if device.type == "cuda" else [REFERENCE]
+
+
+@contextlib.contextmanager
+def torch_default_tf32(active: bool) -> Iterator[None]:
+    """TF32 at torch's defaults (matmul off, cuDNN on) while ``active``, as the official code
+    leaves it; restored afterwards."""
+    if not active:
+        yield
+        return
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = False, True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
 def fast_mode(cfg: BenchConfig) -> StepMode:
@@ -94,6 +125,7 @@ class StepResult:
     step_ms: float
     peak_mem_mb: float
     loss: float  # mean training loss of the timed steps
+    tf32_matmul: bool = False  # fp32 matmuls ran in TF32 (CUDA)
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -200,15 +232,18 @@ def measure(cfg: BenchConfig, device: torch.device, mode: StepMode) -> StepResul
     settings = LoopSettings(lr=lr, min_lr=lr, warmup_epochs=0.0, epochs=1, print_freq=pc.print_freq)
     batch = synthetic_batch(cfg, device)
     args = (optimizer, loss_fn, settings, precision, scaler, env)
+    reference = mode.name.startswith("reference")
     try:
-        if cfg.warmup:
-            _epoch(step_model, batch, cfg.warmup, *args)
-        synchronize(device)
-        meter.reset_peak()
-        start = time.perf_counter()
-        stats = _epoch(step_model, batch, cfg.steps, *args)  # ends with a host read: synchronised
-        synchronize(device)
-        elapsed = time.perf_counter() - start
+        with torch_default_tf32(reference and device.type == "cuda"):
+            tf32 = device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32
+            if cfg.warmup:
+                _epoch(step_model, batch, cfg.warmup, *args)
+            synchronize(device)
+            meter.reset_peak()
+            start = time.perf_counter()
+            stats = _epoch(step_model, batch, cfg.steps, *args)  # ends with a host read
+            synchronize(device)
+            elapsed = time.perf_counter() - start
     except torch.OutOfMemoryError as e:
         raise MaekitError(
             f"out of memory at --batch_size {cfg.batch_size} ({mode.name} mode); lower "
@@ -225,6 +260,7 @@ def measure(cfg: BenchConfig, device: torch.device, mode: StepMode) -> StepResul
         grad_ckpt=pc.grad_ckpt, fused_attn=fused_on > 0, optimizer=optimizer_name(optimizer),
         loss_read_every=min(pc.print_freq, cfg.steps), img_per_s=cfg.steps * cfg.batch_size / elapsed,
         step_ms=elapsed / cfg.steps * 1000, peak_mem_mb=meter.peak_mb(), loss=stats["loss"],
+        tf32_matmul=bool(tf32),
     )  # fmt: skip
     del step_model, model, optimizer, batch, stats
     if pc.compile:

@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import random
 import sys
 from collections.abc import Iterator
@@ -42,9 +43,33 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 
 
 def seed_all(s: int) -> None:
+    """Seed python's, numpy's and torch's CPU generator only. ``torch.manual_seed`` would also
+    reseed every CUDA generator, which :func:`keep_global_rng` does not restore: with
+    ``--num_workers 0`` on a GPU, masking and drop path would then follow the data order."""
     random.seed(s)
     np.random.seed(s % 2**32)
-    torch.manual_seed(s)
+    torch.random.default_generator.manual_seed(s)
+
+
+# Errors of the machine, not of the file: never counted as an unreadable image.
+RESOURCE_ERRNOS = {errno.EMFILE: "open files", errno.ENFILE: "open files (system-wide)",
+                   errno.ENOMEM: "memory", errno.ENOSPC: "space (e.g. /dev/shm)"}  # fmt: skip
+
+
+class DataResourceError(MaekitError):
+    """A data worker ran out of a machine resource (open files, memory)."""
+
+
+def resource_error(e: OSError, what: str) -> DataResourceError | None:
+    """The clear error for ``e`` when it is a resource error (EMFILE, ENOMEM...), else None."""
+    name = RESOURCE_ERRNOS.get(getattr(e, "errno", None))
+    if name is None:
+        return None
+    hint = ("raise the open-file limit (ulimit -n) or lower --num_workers / --batch_size"
+            if "open files" in name else "lower --num_workers / --batch_size")  # fmt: skip
+    return DataResourceError(
+        f"the data loader ran out of {name} reading {what} ({e.strerror}); {hint}"
+    )
 
 
 @contextlib.contextmanager
@@ -97,6 +122,11 @@ class SeededSamples(torch.utils.data.Dataset):
             seed_all(sample_seed(self.seed, epoch, i))
             try:
                 img, target = self.dataset[i]
+            except OSError as e:  # a full file table is not a bad image
+                err = resource_error(e, f"sample {i}")
+                if err is None:
+                    raise
+                raise err from e
             except UnreadableImage as e:
                 if self._warned < self.max_warnings:
                     self._warned += 1

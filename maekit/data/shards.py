@@ -43,6 +43,7 @@ import json
 import os
 import random
 import re
+import stat
 import sys
 import tarfile
 from bisect import bisect_right
@@ -59,7 +60,14 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from ..engine.checkpoint import atomic_write
 from ..engine.preemption import ignore_stop_signals
 from ..errors import MaekitError
-from .folder import FlatImageFolder, UnreadableImage, decode_rgb, image_folder
+from .folder import (
+    DEFAULT_MAX_PIXELS,
+    FlatImageFolder,
+    UnreadableImage,
+    decode_rgb,
+    image_folder,
+    open_regular,
+)
 from .robust import TooManyBadImages, keep_global_rng, sample_seed, seed_all
 
 FORMAT = "maekit-shards/1"
@@ -85,12 +93,24 @@ def _existing_shards(folder: Path) -> list[Path]:
     return found + [folder / MANIFEST] if (folder / MANIFEST).is_file() else found
 
 
-def _source_split(root: Path) -> tuple[list[tuple[Path, int | None]], list[str]]:
-    """(files with class index or None, class names) of one image folder, as maekit reads it."""
+def _source_split(root: Path) -> tuple[list[tuple[Path, int | None]], list[str], list[Path]]:
+    """(files with class index or None, class names, entries skipped) of one image folder, as
+    maekit reads it. Only regular files (symlinks followed) are data: FIFOs, sockets, devices
+    and dangling links with an image name are skipped (a FIFO would block the read forever)."""
     ds = image_folder(root)
     if isinstance(ds, FlatImageFolder):
-        return [(Path(p), None) for p in ds.samples], []
-    return [(Path(p), int(t)) for p, t in ds.samples], list(ds.classes)
+        found, classes = [(Path(p), None) for p in ds.samples], []
+    else:
+        found, classes = [(Path(p), int(t)) for p, t in ds.samples], list(ds.classes)
+    items = [(p, t) for p, t in found if _is_regular(p)]
+    return items, classes, [p for p, _ in found if not _is_regular(p)]
+
+
+def _is_regular(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:  # dangling link, vanished
+        return False
 
 
 def _write_atomic(path: Path, write) -> int:
@@ -132,9 +152,10 @@ def _write_split(
                 for pos, i in enumerate(chunk, start=first):
                     path, label = items[i]
                     try:
-                        data, mtime = path.read_bytes(), int(path.stat().st_mtime)
-                    except OSError as e:
-                        raise MaekitError(f"cannot read {path} ({e.strerror or e}); fix its permissions "
+                        with open_regular(path) as fh:
+                            data, mtime = fh.read(), int(os.fstat(fh.fileno()).st_mtime)
+                    except (OSError, UnreadableImage) as e:
+                        raise MaekitError(f"cannot read {path} ({e}); fix its permissions "
                                           "or remove it from SRC") from e  # fmt: skip
                     key = f"{pos:0{width}d}"
                     _add_member(tar, f"{key}.{path.suffix.lower().lstrip('.')}", data, mtime)
@@ -171,20 +192,24 @@ def write_shards(
     splits = [(name, src / name) for name in SPLITS if (src / name).is_dir()] or [("train", src)]
     plans = []
     for split, root in splits:  # read every split and check DST before writing anything
-        items, classes = _source_split(root)
+        items, classes, skipped = _source_split(root)
         if not items:
             raise MaekitError(f"no images found in {root}; check SRC")
+        for p in skipped[:10]:
+            print(f"maekit: skipping {p}: not a regular file (FIFO, socket, device or dangling link)",
+                  file=sys.stderr, flush=True)  # fmt: skip
         existing = _existing_shards(dst / split)
         if existing and not force:
             raise MaekitError(f"{existing[0].parent} already holds shards ({existing[0].name}); "
                               "pass --force to replace them, or choose another DST")  # fmt: skip
-        plans.append((split, items, classes))
+        plans.append((split, items, classes, skipped))
     lines = []
-    for split, items, classes in plans:
+    for split, items, classes, skipped in plans:
         n_shards, size = _write_split(items, classes, dst / split, shard_size, seed)
         labels = f"{len(classes)} classes" if classes else "no labels"
+        note = f"; {len(skipped)} unreadable entries skipped (not regular files)" if skipped else ""
         lines.append(f"{split}: {len(items)} samples ({labels}) in {n_shards} shards of up to "
-                     f"{shard_size}, {size / 1e6:.1f} MB -> {dst / split}")  # fmt: skip
+                     f"{shard_size}, {size / 1e6:.1f} MB -> {dst / split}{note}")  # fmt: skip
     return lines
 
 
@@ -279,7 +304,36 @@ def _read_manifest(folder: str) -> dict | None:
     entries = data.get("shards") if isinstance(data, dict) else None
     if not isinstance(entries, list) or data.get("format") != FORMAT:
         raise MaekitError(f"{path} is not a {FORMAT} manifest; re-create it with `maekit shard`")
+    _check_manifest(data, path)
     return data
+
+
+def _check_manifest(data: dict, path: str) -> None:
+    """Every entry a plain file name beside the manifest with a sample count; classes strings.
+    One line naming the manifest and the key, before any shard is opened."""
+
+    def bad(key: str, what: str) -> MaekitError:
+        return MaekitError(f"{path}: {key} {what}; re-create the shards with `maekit shard`")
+
+    for i, e in enumerate(data["shards"]):
+        if not isinstance(e, dict):
+            raise bad(f"shards[{i}]", "is not an object with name and count")
+        name, count = e.get("name"), e.get("count")
+        if not isinstance(name, str) or not name:
+            raise bad(f"shards[{i}].name", f"is {name!r}, not a file name")
+        if "/" in name or "\\" in name or name in (".", "..") or ":" in name:
+            raise bad(f"shards[{i}].name", f"{name!r} leaves the manifest's folder (shards are "
+                      "named by their file name alone)")  # fmt: skip
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise bad(
+                f"shards[{i}].count",
+                f"is {str(count)[:40]!r}, not a sample count (an integer >= 0)",
+            )
+    classes = data.get("classes")
+    if classes is not None and (
+        not isinstance(classes, list) or not all(isinstance(c, str) for c in classes)
+    ):
+        raise bad("classes", "is not a list of class names")
 
 
 def _glob(pattern: str) -> list[str]:
@@ -428,14 +482,28 @@ def _read_samples(
                           "`maekit shard`") from e  # fmt: skip
 
 
-def _label(cls: bytes | None, shard: str, key: str) -> int | None:
+MAX_CLASSES = 1_000_000  # a label at or above this is damage, not a class index
+
+
+def _label(cls: bytes | None, shard: str, key: str, num_classes: int | None = None) -> int | None:
+    """The class index in a ``.cls`` member: 0 <= label < ``num_classes`` (the manifest's
+    classes, when known) and below :data:`MAX_CLASSES`."""
     if cls is None:
         return None
     try:
-        return int(cls.decode("ascii").strip())
+        text = cls.decode("ascii").strip()
+        if len(text) > 12:  # int() of a huge digit string is slow and never a class index
+            raise ValueError(text)
+        label = int(text)
     except (UnicodeDecodeError, ValueError) as e:
         raise MaekitError(f"{shard}: {key}.cls is not a class index ({cls[:20]!r}); re-create the "
                           "shards with `maekit shard`") from e  # fmt: skip
+    top = min(num_classes, MAX_CLASSES) if num_classes else MAX_CLASSES
+    if not 0 <= label < top:
+        known = f"the {num_classes} classes of its {MANIFEST}" if num_classes else "a class index"
+        raise MaekitError(f"{shard}: {key}.cls holds {label}, outside 0..{top - 1} ({known}); re-create "
+                          "the shards with `maekit shard`")  # fmt: skip
+    return label
 
 
 def scan_shard(path: str) -> tuple[int, int]:
@@ -459,6 +527,7 @@ class ShardDataset:
     """
 
     streamed = True
+    max_pixels: int | None = DEFAULT_MAX_PIXELS  # images with more are skipped as unreadable
 
     def __init__(self, shards: ShardList, split: str, transform) -> None:
         self.shards = shards
@@ -476,8 +545,11 @@ class ShardDataset:
                           "an image folder")  # fmt: skip
 
 
-def load_shard_dataset(data_path: str, split: str, transform) -> ShardDataset:
+def load_shard_dataset(
+    data_path: str, split: str, transform, max_pixels: int | None = DEFAULT_MAX_PIXELS
+) -> ShardDataset:
     ds = ShardDataset(resolve_shards(data_path, split), split, transform)
+    ds.max_pixels = max_pixels
     if len(ds) == 0:
         raise MaekitError(f"the {split} shards of {data_path} hold no images; check --data_path")
     return ds
@@ -607,7 +679,8 @@ class _Stream(IterableDataset):
         for s, first, end in segments(self.order, counts, start, stop):
             url, n = shards.urls[s], first
             for i, key, ext, data, cls in _read_samples(url, first, end):
-                yield Record(self.data.offsets[s] + i, key, ext, data, _label(cls, url, key), url)
+                label = _label(cls, url, key, len(self.data.classes) or None)
+                yield Record(self.data.offsets[s] + i, key, ext, data, label, url)
                 n = i + 1
             if n < end:
                 raise MaekitError(f"shard {url} holds {n} samples, its manifest says {counts[s]}; "
@@ -615,7 +688,8 @@ class _Stream(IterableDataset):
 
     def _decode(self, rec: Record):
         try:
-            return decode_rgb(io.BytesIO(rec.data), f"{rec.shard}:{rec.key}.{rec.ext}")
+            name = f"{rec.shard}:{rec.key}.{rec.ext}"
+            return decode_rgb(io.BytesIO(rec.data), name, self.data.max_pixels)
         except UnreadableImage as e:
             if self._warned < 10:
                 self._warned += 1

@@ -1,7 +1,13 @@
-"""Augmentation pipelines of the official recipes."""
+"""Augmentation pipelines of the official recipes.
+
+Every pipeline is a :class:`CheckedCompose`: when a step raises (a bug in augmentation code, not
+an unreadable file: those fail earlier, in the loader), the run stops with one line naming the
+step -- and the RandAugment op -- and the flag that turns it off.
+"""
 
 from __future__ import annotations
 
+from PIL import Image
 from timm.layers import to_2tuple
 from torchvision import transforms as T
 
@@ -14,7 +20,11 @@ PRETRAIN_SCALE = (0.2, 1.0)  # RandomResizedCrop area range of MAE pre-training
 
 def normalization(in_chans: int = 3) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """(mean, std) per input channel: ImageNet's for RGB; for grayscale (``--in_chans 1``) one
-    value each, the mean of ImageNet's three (0.449, 0.226)."""
+    value each, the mean of ImageNet's three (0.449, 0.226).
+
+    The one place the normalisation statistics are chosen: training pipelines, evaluation,
+    visualisation and the GPU decoder all ask here.
+    """
     if in_chans == 3:
         return IMAGENET_MEAN, IMAGENET_STD
     if in_chans == 1:
@@ -23,11 +33,6 @@ def normalization(in_chans: int = 3) -> tuple[tuple[float, ...], tuple[float, ..
         f"--in_chans {in_chans}: images are read as 3 (RGB) or 1 (grayscale) channels; "
         "give --in_chans 3 or --in_chans 1"
     )
-
-
-def channel_steps(in_chans: int) -> list:
-    """Loaders return RGB; ``--in_chans 1`` trains on one grayscale channel (luma)."""
-    return [T.Grayscale(1)] if in_chans == 1 else []
 
 
 def resolve_stats(
@@ -40,17 +45,125 @@ def resolve_stats(
     return (tuple(mean) if mean else default_mean), (tuple(std) if std else default_std)
 
 
+def image_mode(in_chans: int) -> str:
+    """The PIL mode the pipelines turn every image into: 'L' for one channel, else 'RGB'."""
+    normalization(in_chans)  # rejects unsupported channel counts
+    return "L" if in_chans == 1 else "RGB"
+
+
+class ToMode:
+    """Convert a PIL image to ``mode`` (loaders return RGB; ``--in_chans 1`` wants 'L').
+    Grayscale files round-trip exactly: RGB made from 'L' has R = G = B, whose luma is the value."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        return img if img.mode == self.mode else img.convert(self.mode)
+
+    def __repr__(self) -> str:
+        return f"ToMode({self.mode!r})"
+
+
+class TransformFailed(MaekitError):
+    """An augmentation step raised: a bug in code (ours, timm's, Pillow's), not bad data."""
+
+
+# Flags that turn a step off, by the step's class name.
+OFF_FLAGS = {
+    "RandAugment": "--aa none",
+    "AutoAugment": "--aa none",
+    "AugMixAugment": "--aa none",
+    "RandomErasing": "--reprob 0",
+    "ColorJitter": "--color_jitter 0 (or drop --color_jitter)",
+}
+
+
+def _failing_op(error: BaseException) -> str | None:
+    """The name of the innermost timm augmentation op (``PosterizeIncreasing``...) in the
+    traceback of ``error``, if any."""
+    name, tb = None, error.__traceback__
+    while tb is not None:
+        owner = tb.tb_frame.f_locals.get("self")
+        if type(owner).__name__ == "AugmentOp" and isinstance(getattr(owner, "name", None), str):
+            name = owner.name
+        tb = tb.tb_next
+    return name
+
+
+def describe_failure(step: object, error: BaseException) -> str:
+    """One line: which step failed, how, and what turns it off."""
+    kind = type(step).__name__
+    op = _failing_op(error)
+    where = f"{kind} (op {op})" if op else kind
+    detail = (str(error).strip().splitlines() or [""])[0]
+    fix = OFF_FLAGS.get(kind)
+    fix = f"{fix} turns it off" if fix else "please report it; no flag turns this step off"
+    return (f"the data transform {where} failed on an image ({type(error).__name__}: {detail}); "
+            f"this is a bug in the augmentation code, not in the data: {fix}")  # fmt: skip
+
+
+class CheckedCompose(T.Compose):
+    """``T.Compose`` that turns an exception of a step into :class:`TransformFailed` (one line)."""
+
+    def __call__(self, img):
+        for t in self.transforms:
+            try:
+                img = t(img)
+            except MaekitError:
+                raise
+            except Exception as e:  # noqa: BLE001 - any failure of a step is reported the same way
+                raise TransformFailed(describe_failure(t, e)) from None
+        return img
+
+
+def posterize(img: Image.Image, bits_to_keep: int, **_: object) -> Image.Image:
+    """timm's posterize op, defined for every level its RandAugment draws.
+
+    ``PosterizeIncreasing`` keeps ``4 - 4 * level / 10`` bits, i.e. 0 bits at the maximum
+    magnitude. In the TensorFlow reference and with Pillow < 13 that maps every pixel to 0
+    (``x >> 8 << 8``); Pillow 13's ``ImageOps.posterize`` refuses 0 bits with a ValueError,
+    which killed the default fine-tuning recipe about once per 500 images.
+    """
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size, 0)  # all bits dropped: black, in the same mode
+    from PIL import ImageOps
+
+    return ImageOps.posterize(img, bits_to_keep)
+
+
+POSTERIZE_OPS = ("Posterize", "PosterizeIncreasing", "PosterizeOriginal")
+
+
+def fix_posterize(transform: T.Compose) -> T.Compose:
+    """Point the posterize ops of timm's RandAugment / AutoAugment / AugMix inside ``transform``
+    at :func:`posterize` (per instance: timm's global op table is left alone)."""
+    for step in transform.transforms:
+        ops = list(getattr(step, "ops", None) or ())
+        for sub in getattr(step, "policy", None) or ():  # AutoAugment: a list of sub-policies
+            ops.extend(sub)
+        for op in ops:
+            if getattr(op, "name", None) in POSTERIZE_OPS:
+                op.aug_fn = posterize
+    return transform
+
+
+def _pipeline(steps: list, in_chans: int, mean=None, std=None) -> CheckedCompose:
+    mean, std = resolve_stats(in_chans, mean, std)
+    head = [ToMode("L")] if in_chans == 1 else []
+    return CheckedCompose([*head, *steps, T.ToTensor(), T.Normalize(mean, std)])
+
+
 def pretrain_transform(
     input_size: int | list[int], in_chans: int = 3, mean=None, std=None
 ) -> T.Compose:
-    """RandomResizedCrop(scale 0.2-1, bicubic) + horizontal flip + ImageNet normalisation."""
-    return T.Compose([
-        *channel_steps(in_chans),
+    """RandomResizedCrop(scale 0.2-1, bicubic) + horizontal flip + normalisation."""
+    return _pipeline([
         T.RandomResizedCrop(input_size, scale=PRETRAIN_SCALE, interpolation=T.InterpolationMode.BICUBIC),
         T.RandomHorizontalFlip(),
-        T.ToTensor(),
-        T.Normalize(*resolve_stats(in_chans, mean, std)),
-    ])  # fmt: skip
+    ], in_chans, mean, std)  # fmt: skip
 
 
 def finetune_transform(
@@ -82,7 +195,8 @@ def finetune_transform(
         mean=mean,
         std=std,
     )
-    return T.Compose([*channel_steps(in_chans), *tf.transforms])
+    head = [ToMode("L")] if in_chans == 1 else []
+    return fix_posterize(CheckedCompose([*head, *tf.transforms]))
 
 
 def eval_crop_pct(input_size: int | list[int]) -> float:
@@ -117,23 +231,17 @@ def eval_transform(
         resize = T.Resize(int(input_size / crop_pct), interpolation=T.InterpolationMode.BICUBIC)
     else:  # (height, width): cover (h / crop_pct, w / crop_pct), aspect kept
         resize = ResizeToCover(tuple(int(s / crop_pct) for s in input_size))
-    return T.Compose([
-        *channel_steps(in_chans),
+    return _pipeline([
         resize,
         T.CenterCrop(to_2tuple(input_size)),
-        T.ToTensor(),
-        T.Normalize(*resolve_stats(in_chans, mean, std)),
-    ])  # fmt: skip
+    ], in_chans, mean, std)  # fmt: skip
 
 
 def linprobe_transform(
     input_size: int | list[int], crop_min: float = 0.08, in_chans: int = 3, mean=None, std=None
 ) -> T.Compose:
     """RandomResizedCrop(0.08-1, bicubic) + flip + normalise (no RandAugment, no erasing)."""
-    return T.Compose([
-        *channel_steps(in_chans),
+    return _pipeline([
         T.RandomResizedCrop(input_size, scale=(crop_min, 1.0), interpolation=T.InterpolationMode.BICUBIC),
         T.RandomHorizontalFlip(),
-        T.ToTensor(),
-        T.Normalize(*resolve_stats(in_chans, mean, std)),
-    ])  # fmt: skip
+    ], in_chans, mean, std)  # fmt: skip

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -55,7 +56,9 @@ def atomic_write(path: str | Path, write: Callable[[Path], object]) -> None:
 
 
 def atomic_save(obj: dict, path: str | Path) -> None:
-    """``torch.save`` through :func:`atomic_write`; an OS error becomes a one-line MaekitError."""
+    """``torch.save`` through :func:`atomic_write`; any failure of the writer (an OS error, or
+    the RuntimeError torch's zip writer raises for a full disk) is a one-line MaekitError and
+    ``path`` keeps its old content."""
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
@@ -66,10 +69,24 @@ def atomic_save(obj: dict, path: str | Path) -> None:
 
     try:
         atomic_write(path, write)
-    except OSError as e:
-        raise MaekitError(f"could not write checkpoint {path}: {e.strerror or e}; "
-                          "free disk space or choose another --output_dir "
-                          "(earlier checkpoints are untouched)") from e  # fmt: skip
+    except MaekitError:
+        raise
+    except Exception as e:  # OSError (ENOSPC, EFBIG, EIO...), torch's RuntimeError, ...
+        raise write_error(path, e) from e
+
+
+def write_error(path: str | Path, e: BaseException) -> MaekitError:
+    """One line for a failed checkpoint write. torch's zip writer reports a short write (full
+    disk, file size limit) as ``RuntimeError: [enforce fail at inline_container.cc] unexpected
+    pos``: that is named as what it almost always is."""
+    if isinstance(e, OSError):
+        reason = e.strerror or str(e)
+    else:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        reason = f"the writer failed ({type(e).__name__}: {first}; usually a full disk)"
+    return MaekitError(f"could not write checkpoint {path}: {reason}; free disk space or choose "
+                       "another --output_dir, then run the same command to continue (earlier "
+                       "checkpoints are untouched)")  # fmt: skip
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -86,19 +103,37 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def atomic_link(src: str | Path, dst: str | Path) -> None:
-    """Make ``dst`` a second name of the finished file ``src`` (hard link, atomic replace);
-    copy when the file system has no hard links. No second write of a large checkpoint."""
+def atomic_copy(src: str | Path, dst: str | Path) -> None:
+    """Make ``dst`` an independent copy of the finished file ``src``, atomically.
+
+    Not a hard link: a periodic (or best) checkpoint that shares its bytes with
+    ``checkpoint-last.pth`` is damaged with it, and the fallback of auto-resume would then have
+    no copy of that epoch. The copy is a reflink where the file system has them (btrfs, xfs:
+    no second write), else the kernel's in-place copy (``copy_file_range``/``sendfile``)."""
     src, dst = Path(src), Path(dst)
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.link.tmp")
-    tmp.unlink(missing_ok=True)
+
+    def write(tmp: Path) -> None:
+        with open(src, "rb") as fin, open(tmp, "wb") as fout:
+            if not _reflink(fin.fileno(), fout.fileno()):
+                shutil.copyfileobj(fin, fout, 16 << 20)
+
     try:
-        os.link(src, tmp)
-    except OSError:
-        atomic_save(read_checkpoint(src), dst)
-        return
-    os.replace(tmp, dst)
-    _fsync_dir(dst.parent)
+        atomic_write(dst, write)
+    except MaekitError:
+        raise
+    except Exception as e:
+        raise write_error(dst, e) from e
+
+
+def _reflink(src_fd: int, dst_fd: int) -> bool:
+    """FICLONE: share the extents copy-on-write (Linux btrfs/xfs); False where unsupported."""
+    try:
+        import fcntl
+
+        fcntl.ioctl(dst_fd, 0x40049409, src_fd)  # FICLONE = _IOW(0x94, 9, int)
+        return True
+    except (ImportError, OSError):
+        return False
 
 
 PERIODIC = re.compile(r"^checkpoint-(\d+)\.pth$")
@@ -133,12 +168,73 @@ def remove_stale_temp_files(folder: str | Path) -> list[Path]:
     return stale
 
 
-def progress_of(ckpt: dict) -> tuple[int, int]:
-    """(epoch to continue at, step within it) that a checkpoint resumes to."""
+def progress_of(ckpt: dict, path: str | Path = "checkpoint") -> tuple[int, int]:
+    """(epoch to continue at, step within it) that a checkpoint resumes to.
+
+    ``epoch`` (and ``resume``'s epoch/step) must be integers: -1 or more for ``epoch``
+    (official files use -1 for "no epoch finished"), 0 or more for the others."""
     resume = ckpt.get("resume") or {}
+    if not isinstance(resume, dict):
+        raise MaekitError(f"{path}: 'resume' is a {type(resume).__name__}, not a dict; "
+                          "it is not a maekit training checkpoint")  # fmt: skip
     if "epoch" in resume:
-        return int(resume["epoch"]), int(resume.get("step", 0))
-    return int(ckpt.get("epoch", -1)) + 1, 0
+        return (_count(resume["epoch"], "resume.epoch", path, 0),
+                _count(resume.get("step", 0), "resume.step", path, 0))  # fmt: skip
+    return _count(ckpt.get("epoch", -1), "epoch", path, -1) + 1, 0
+
+
+def _count(value: object, key: str, path: str | Path, lowest: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
+        raise MaekitError(f"{path}: '{key}' is {str(value)[:40]!r}, not an integer >= {lowest}; "
+                          "the checkpoint is damaged or was not written by a training run")  # fmt: skip
+    return value
+
+
+def nonfinite_entries(
+    model_state: dict | None = None,
+    module: torch.nn.Module | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    limit: int = 4,
+) -> list[str]:
+    """Names of up to ``limit`` weights, gradients or optimizer-state tensors holding NaN/inf.
+
+    One fused reduction (``_foreach_norm``, the L2 norm: NaN and inf propagate into it) over
+    every floating tensor, read with one host sync per device. A norm that overflowed although
+    every value is finite (values near 1e19 in fp32) is re-checked element-wise, as are the
+    names: only when something looks wrong."""
+    named: list[tuple[str, torch.Tensor]] = []
+    if model_state is not None:
+        named += [(k, v) for k, v in model_state.items() if isinstance(v, torch.Tensor)]
+    if module is not None:
+        for k, p in unwrap(module).named_parameters():
+            named.append((k, p.detach()))
+            if p.grad is not None:
+                named.append((f"{k} (gradient)", p.grad.detach()))
+        named += [(k, b) for k, b in unwrap(module).named_buffers()]
+    if optimizer is not None:
+        for i, st in enumerate(optimizer.state.values()):
+            named += [(f"optimizer state {i}: {k}", v) for k, v in st.items()
+                      if isinstance(v, torch.Tensor) and v.dim() > 0]  # fmt: skip
+    named = [(k, _local(v)) for k, v in named]
+    named = [(k, v) for k, v in named if v.is_floating_point() and v.numel() > 0]
+    if not named:
+        return []
+    norms = torch._foreach_norm([v for _, v in named])
+    by_device: dict[torch.device, list[torch.Tensor]] = {}
+    for n in norms:
+        by_device.setdefault(n.device, []).append(n.float())
+    if all(bool(torch.isfinite(torch.stack(ns)).all()) for ns in by_device.values()):
+        return []
+    suspects = [
+        (k, v) for (k, v), n in zip(named, norms, strict=True) if not bool(torch.isfinite(n))
+    ]
+    return [k for k, v in suspects if not bool(torch.isfinite(v).all())][:limit]
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """A DTensor's local shard (fsdp); plain tensors as they are."""
+    to_local = getattr(t, "to_local", None)
+    return to_local() if callable(to_local) else t
 
 
 def find_resume_checkpoint(folder: str | Path) -> tuple[Path, dict] | None:
@@ -165,7 +261,12 @@ def find_resume_checkpoint(folder: str | Path) -> tuple[Path, dict] | None:
             print(f"maekit: warning: {path} is not a training checkpoint; not resuming from it",
                   file=sys.stderr, flush=True)  # fmt: skip
             continue
-        prog = progress_of(ckpt)
+        try:
+            prog = progress_of(ckpt, path)
+        except MaekitError as e:
+            print(f"maekit: warning: skipping damaged checkpoint for auto-resume: {e}",
+                  file=sys.stderr, flush=True)  # fmt: skip
+            continue
         if best is None or prog > best[0]:
             best = (prog, path, ckpt)
     return None if best is None else (best[1], best[2])
@@ -234,8 +335,9 @@ def resume_from(
     """Restore model/optimizer/scaler from ``path`` (or its already-read contents ``ckpt``);
     return (epoch to start from, whole checkpoint)."""
     ckpt = read_checkpoint(path) if ckpt is None else ckpt
-    if "model" not in ckpt:
-        raise MaekitError(f"{path} has no 'model' entry; is it a maekit/MAE checkpoint?")
+    if not isinstance(ckpt.get("model"), dict):
+        raise MaekitError(f"{path} has no 'model' entry of weights; is it a maekit/MAE checkpoint?")
+    progress_of(ckpt, path)  # a damaged epoch/resume entry is refused before anything is loaded
     state = strip_wrapper_prefixes(ckpt["model"])
     wrong = shape_mismatches(state, unwrap(model))
     if wrong:
@@ -254,4 +356,4 @@ def resume_from(
             optimizer.load_state_dict(ckpt["optimizer"])
     if scaler is not None and ckpt.get("scaler") is not None:
         scaler.load_state_dict(ckpt["scaler"])
-    return progress_of(ckpt)[0], ckpt
+    return progress_of(ckpt, path)[0], ckpt

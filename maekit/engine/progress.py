@@ -70,12 +70,20 @@ class EpochProgress:
 
 
 class RunRecorder:
-    """log.txt (one JSON line per epoch) and TensorBoard scalars, on the main rank only."""
+    """log.txt (one JSON line per epoch), TensorBoard and optionally Weights & Biases, on the
+    main rank only.
 
-    def __init__(self, output_dir: str, log_dir: str | None, enabled: bool) -> None:
+    TensorBoard step axes: per-iteration scalars (``train_loss``, ``lr``, every --print_freq
+    steps) at step round(1000 x fractional epoch), so 1000 = one epoch whatever the batch size;
+    per-epoch values (``epoch/*``, the log.txt keys) and images at the epoch index. wandb
+    gets the same tags, with ``epoch_x1000`` and ``epoch`` as their x axes.
+    """
+
+    def __init__(self, output_dir: str, log_dir: str | None, enabled: bool, wandb=None) -> None:
         self.enabled = enabled
         self.log_path = Path(output_dir) / "log.txt"
         self.tb = None
+        self.wandb = wandb if enabled else None  # a wandb Run (see engine/wandb_run.py) or None
         if enabled:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -88,6 +96,18 @@ class RunRecorder:
     def scalar(self, tag: str, value: float, step: int) -> None:
         if self.tb is not None:
             self.tb.add_scalar(tag, value, step)
+        if self.wandb is not None:
+            self.wandb.log({tag: value, "epoch_x1000": step})
+
+    def image(self, tag: str, hwc, epoch: int) -> None:
+        """An (H, W, 3) uint8 picture (e.g. a reconstruction grid) at the epoch index."""
+        if self.tb is not None:
+            self.tb.add_image(tag, hwc, epoch, dataformats="HWC")
+            self.tb.flush()
+        if self.wandb is not None:
+            import wandb
+
+            self.wandb.log({tag: wandb.Image(hwc), "epoch": epoch})
 
     def epoch(self, stats: dict) -> None:
         if not self.enabled:
@@ -99,7 +119,50 @@ class RunRecorder:
                 if k != "epoch" and isinstance(v, int | float):
                     self.tb.add_scalar(f"epoch/{k}", v, stats["epoch"])
             self.tb.flush()
+        if self.wandb is not None:
+            scalars = {
+                f"epoch/{k}": v
+                for k, v in stats.items()
+                if k != "epoch" and isinstance(v, int | float)
+            }
+            self.wandb.log({**scalars, "epoch": stats["epoch"]})
+
+    def resume_at(self, epoch: int, purge_step: int) -> None:
+        """A run resumed at ``epoch``: cut log.txt back to the epochs before it, and have
+        TensorBoard hide the step-level scalars from ``purge_step`` on (a fallback resume to an
+        older checkpoint, or a kill between the log line and the save, would show them twice).
+        The ``epoch/*`` scalars (x = epoch) written after the resume point stay in the event
+        files; TensorBoard shows a repeated epoch's later value last."""
+        if not self.enabled:
+            return
+        if self.log_path.is_file():
+            kept = []
+            for line in self.log_path.read_text(errors="replace").splitlines():
+                try:
+                    record = json.loads(line)
+                except ValueError:  # a line torn by a kill mid-write
+                    continue
+                if (
+                    isinstance(record, dict)
+                    and isinstance(record.get("epoch"), int)
+                    and record["epoch"] < epoch
+                ):
+                    kept.append(line)
+            text = "".join(f"{line}\n" for line in kept)
+            if text != self.log_path.read_text(errors="replace"):
+                from .checkpoint import atomic_write
+
+                atomic_write(self.log_path, lambda tmp: tmp.write_text(text))
+        if self.tb is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            log_dir = self.tb.log_dir
+            self.tb.close()
+            self.tb = SummaryWriter(log_dir=log_dir, purge_step=purge_step)
 
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+            self.wandb = None

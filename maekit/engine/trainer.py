@@ -64,6 +64,8 @@ class EpochState:
     images: int = 0
     bad_images: int = 0
     time_s: float = 0.0
+    lr_sum: float = 0.0  # per-iteration lr summed: train_lr is their mean, as the official log
+    lr_steps: int = 0
     stopped: bool = False  # True: left early on a stop request, ``step`` is where to go on
 
     def as_dict(self) -> dict:
@@ -102,7 +104,8 @@ def train_one_epoch(
     counters: RunCounters | None = None,
 ) -> dict[str, float]:
     """Train one epoch (from ``state.step`` when resuming one); returns the globally averaged
-    ``loss``, last ``lr``, ``img_per_s``, ``time_s``, ``bad_images`` and the final
+    ``loss``, ``lr`` (the mean of the epoch's per-iteration lr, as the official ``train_lr``),
+    ``last_lr``, ``img_per_s``, ``time_s``, ``bad_images`` and the final
     :class:`EpochState` as ``state`` (``state.stopped`` after a stop request).
 
     ``len(loader)`` is the number of batches still to come: a resumed epoch's sampler already
@@ -149,6 +152,8 @@ def train_one_epoch(
                 settings.epochs,
             )
             apply_lr(optimizer, lr)
+        state.lr_sum += lr  # every iteration, also accumulation steps (the official meter's mean)
+        state.lr_steps += 1
         samples = samples.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
         update = (step + 1) % accum == 0
@@ -266,7 +271,8 @@ def train_one_epoch(
     )
     return {
         "loss": (totals[0] / totals[1]).item() if totals[1].item() > 0 else float("nan"),
-        "lr": lr,
+        "lr": state.lr_sum / max(state.lr_steps, 1),
+        "last_lr": lr,
         "img_per_s": totals[2].item() / max(state.time_s, 1e-9),
         "time_s": state.time_s,
         "bad_images": int(totals[3].item()),

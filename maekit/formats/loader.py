@@ -23,9 +23,11 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 
+from ..data.folder import UnreadableImage, open_regular
 from ..engine.checkpoint import shape_mismatches
 from ..errors import MaekitError
 from .hf import CONFIG, hf_to_maekit, is_hf_dir, is_hf_state, read_hf_dir, read_json
@@ -51,14 +53,18 @@ def detect_format(path: str | Path) -> str:
     if path.is_dir():
         if is_hf_dir(path):
             return "hf"
-        raise MaekitError(f"{path} is a folder without a config.json; give a checkpoint file or a "
-                          "Hugging Face save_pretrained folder")  # fmt: skip
-    if not path.is_file():
+        raise MaekitError(f"checkpoint {path} is a directory without a config.json; give a checkpoint "
+                          f"file in it (e.g. {path / 'checkpoint-last.pth'}) or a Hugging Face "
+                          "save_pretrained folder")  # fmt: skip
+    if not path.exists():
         raise MaekitError(
             f"checkpoint {path} does not exist; check the path given to --resume/--finetune"
         )
-    with open(path, "rb") as f:
-        head = f.read(9)
+    try:
+        with open_regular(path) as f:  # a FIFO or device is refused, never waited on
+            head = f.read(9)
+    except UnreadableImage as e:
+        raise MaekitError(f"could not read checkpoint {e}; give a checkpoint file") from e
     size = path.stat().st_size
     if not head:
         raise MaekitError(f"could not read checkpoint {path}: the file is empty")
@@ -92,7 +98,8 @@ def _is_state(obj: object) -> bool:
 
 
 def read_raw(path: str | Path) -> tuple[object, str]:
-    """Load ``path`` safely without interpreting it: (object, format from :func:`detect_format`)."""
+    """Load ``path`` safely without interpreting it: (object, format from :func:`detect_format`).
+    The contents are checked to be plain data (:func:`check_contents`)."""
     fmt = detect_format(path)
     if fmt == "hf":
         return read_hf_dir(path), fmt
@@ -104,11 +111,48 @@ def read_raw(path: str | Path) -> tuple[object, str]:
         except Exception as e:
             raise unreadable(path, e) from e
     if fmt == "torch":
-        return load_torch(path), fmt
-    obj = load_pickle(path)
-    if isinstance(obj, int) and obj == torch.serialization.MAGIC_NUMBER:  # legacy torch file
-        return load_torch(path), "torch"
+        obj = load_torch(path)
+    else:
+        obj = load_pickle(path)
+        if isinstance(obj, int) and obj == torch.serialization.MAGIC_NUMBER:  # legacy torch file
+            obj, fmt = load_torch(path), "torch"
+    check_contents(obj, path)
     return obj, fmt
+
+
+MAX_DEPTH = 64  # containers nested deeper than this are no checkpoint (ours nest about 6 deep)
+
+
+def check_contents(obj: object, path: str | Path) -> None:
+    """Refuse what loads safely but would break later with a traceback: numpy arrays of Python
+    objects, containers nested absurdly deep (recursion in comparisons, printing), weights whose
+    names are not strings. Iterative, so the check itself cannot overflow the stack."""
+    stack = [(obj, 0)]
+    while stack:
+        x, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise MaekitError(f"refusing {path}: its contents are nested more than {MAX_DEPTH} levels "
+                              "deep, which no checkpoint is; the file is damaged or crafted")  # fmt: skip
+        if isinstance(x, np.ndarray):
+            if x.dtype.hasobject:
+                raise MaekitError(f"refusing {path}: it holds a numpy array of Python objects "
+                                  f"(dtype {x.dtype}); checkpoints hold numeric arrays only")  # fmt: skip
+        elif isinstance(x, dict):
+            stack.extend((item, depth + 1) for kv in x.items() for item in kv)
+        elif isinstance(x, list | tuple | set | frozenset):
+            stack.extend((item, depth + 1) for item in x)
+        elif isinstance(x, argparse.Namespace):
+            stack.append((vars(x), depth + 1))
+    if not isinstance(obj, dict):
+        return
+    weights = [(k, obj[k]) for k in STATE_KEYS if isinstance(obj.get(k), dict)]
+    if not weights and all(isinstance(v, torch.Tensor | np.ndarray) for v in obj.values()):
+        weights = [("top-level", obj)]
+    for where, state in weights:
+        bad = next((k for k in state if not isinstance(k, str)), None)
+        if bad is not None:
+            raise MaekitError(f"refusing {path}: its {where!r} weights have a name that is not a string "
+                              f"({type(bad).__name__} {str(bad)[:40]}); the file is damaged or crafted")  # fmt: skip
 
 
 def _from_torch(obj: object, path: Path) -> tuple[dict, dict, str]:

@@ -9,7 +9,10 @@ refuse that before anything runs:
   arrays added to its allow-list.
 - Plain pickles (PLSC's ``.pd`` / ``.pdparams``) go through :class:`RestrictedUnpickler`,
   whose ``find_class`` hands out only numpy arrays/dtypes, tensors/storages (rebuilt via the
-  weights-only loader), plain containers and ``argparse.Namespace``.
+  weights-only loader), plain containers and ``argparse.Namespace``. ``builtins.tuple`` is
+  among the containers: ``paddle.save`` writes every tensor inside a nested dict (PLSC's
+  ``{'model': state_dict, 'optimizer': ...}``) as ``REDUCE(tuple, ((name, ndarray),))``.
+  Calling ``tuple`` only iterates objects the allow-list already built, so it runs no code.
 
 Anything else is refused with a :class:`MaekitError` naming the forbidden global.
 """
@@ -75,6 +78,7 @@ def _numpy_globals() -> dict[str, object]:
 def _plain_globals() -> dict[str, object]:
     table = {
         "collections.OrderedDict": collections.OrderedDict,
+        "builtins.tuple": tuple,  # paddle.save's (name, ndarray) tensors in nested dicts
         "builtins.set": set,
         "builtins.frozenset": frozenset,
         "builtins.complex": complex,

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from ..analysis.watch import ReconstructionWatch, validation_split
 from ..config import PretrainConfig
-from ..data import build_dataset, build_train_loader
+from ..data import build_dataset, build_train_loader, limit_train_set
 from ..data.gpu_decode import GpuDecodeLoader, collate_encoded, encoded_folder
 from ..data.transforms import PRETRAIN_SCALE, pretrain_transform, resolve_stats
 from ..engine.distributed import shutdown
@@ -86,6 +87,20 @@ def init_weights(cfg: PretrainConfig, model: torch.nn.Module) -> str:
     return init_from_checkpoint(model, cfg.init)
 
 
+def summary(
+    cfg: PretrainConfig, history: list[dict], grid, baseline: dict | None, knn_data
+) -> None:
+    """The run's closing lines: the last reconstruction grid, and the k-NN top-1 of the trained
+    encoder beside its initial weights (--knn_baseline)."""
+    if grid is not None:
+        print(f"reconstructions of fixed validation images: {grid}")
+    knn = [h["knn_acc1"] for h in history if "knn_acc1" in h]
+    if baseline is not None and knn:
+        bank, queries, _ = knn_data
+        print(f"k-NN top-1 on {cfg.data_path} ({len(queries)} val images, bank of {len(bank)} train images, "
+              f"k=20): pre-trained encoder {knn[-1]:.2f}%, random-init encoder {baseline['acc1']:.2f}%")  # fmt: skip
+
+
 def run(cfg: PretrainConfig) -> list[dict]:
     """Pre-train and return the per-epoch log records."""
     cfg.validate()
@@ -96,9 +111,11 @@ def run(cfg: PretrainConfig) -> list[dict]:
     model = build_model(cfg)
     init_note = init_weights(cfg, model) if cfg.init else None
     transform = pretrain_transform(cfg.input_size, cfg.in_chans, cfg.mean, cfg.std)
-    dataset = build_dataset(cfg.data_path, "train", transform)
+    dataset = build_dataset(cfg.data_path, "train", transform, cfg.max_pixels)
+    dataset, val_set, val_note = validation_split(cfg, dataset)  # val/ or a held-out --val_frac
     if cfg.gpu_decode:
         dataset = gpu_dataset(cfg, dataset)
+    dataset = limit_train_set(dataset, cfg.max_train_images, cfg.seed)
     knn_data = knn_datasets(cfg) if cfg.knn_eval_freq else None  # labels checked at start-up
     ctx = prepare_run(cfg)
     env = ctx.env
@@ -113,6 +130,7 @@ def run(cfg: PretrainConfig) -> list[dict]:
             print(
                 f"data: {cfg.data_path} ({len(dataset)} images), {len(loader)} steps/epoch per process"
             )
+            print(val_note)
         model.to(env.device)
         model_without_ddp = model
         model = apply_fast_paths(
@@ -122,13 +140,37 @@ def run(cfg: PretrainConfig) -> list[dict]:
         optimizer = build_optimizer(cfg, model_without_ddp, lr)
         loss_fn = build_loss(cfg)
 
-        knn = None
+        monitors = []
+        if val_set is not None:
+            watch = ReconstructionWatch(cfg, model_without_ddp, val_set, env, ctx.precision, ctx.recorder,
+                                        ctx.output_dir, ctx.num_workers)  # fmt: skip
+            monitors.append(watch)
+        baseline = None
         if knn_data is not None:
-            from ..analysis.knn import knn_monitor
+            from ..analysis.knn import knn_evaluate, knn_monitor
 
-            knn = knn_monitor(model_without_ddp, *knn_data, cfg.knn_eval_freq, cfg.epochs, env, ctx.precision,
-                              cfg.knn_pool, cfg.batch_size, ctx.num_workers)  # fmt: skip
-        return fit(cfg, ctx, model, model_without_ddp, optimizer, loader, loss_fn, lr,
-                   epoch_metrics_fn=knn)  # fmt: skip
+            if cfg.knn_baseline:  # the initial (random) weights, before any step: same subsets
+                baseline = knn_evaluate(model_without_ddp, *knn_data, env, ctx.precision, cfg.knn_pool,
+                                        batch_size=cfg.batch_size, num_workers=ctx.num_workers,
+                                        progress=False)  # fmt: skip
+                if env.is_main:
+                    print(
+                        f"k-NN top-1 of the initial ({'--init' if cfg.init else 'random'}) weights: "
+                        f"{baseline['acc1']:.2f}%",
+                        flush=True,
+                    )
+            monitors.append(knn_monitor(model_without_ddp, *knn_data, cfg.knn_eval_freq, cfg.epochs, env,
+                                        ctx.precision, cfg.knn_pool, cfg.batch_size, ctx.num_workers))  # fmt: skip
+
+        def epoch_metrics(epoch: int) -> dict[str, float]:
+            return {k: v for m in monitors for k, v in m(epoch).items()}
+
+        history = fit(cfg, ctx, model, model_without_ddp, optimizer, loader, loss_fn, lr,
+                      epoch_metrics_fn=epoch_metrics)  # fmt: skip
+        if env.is_main:
+            summary(
+                cfg, history, watch.last_grid if val_set is not None else None, baseline, knn_data
+            )
+        return history
     finally:
         shutdown()

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config import SupervisedConfig, image_size_value
-from ..data import build_dataset, build_train_loader
+from ..data import build_dataset, build_train_loader, limit_train_set
 from ..data.transforms import eval_transform, resolve_stats
 from ..engine.checkpoint import resume_from
 from ..engine.distributed import shutdown
@@ -105,9 +105,18 @@ def run_supervised(
         raise MaekitError("--eval needs a checkpoint: give --resume PATH (or --finetune PATH)")
     # Everything that can fail on user input, before any process group or output exists.
     val_set = build_dataset(
-        cfg.data_path, "val", eval_transform(cfg.input_size, cfg.in_chans, cfg.mean, cfg.std)
+        cfg.data_path,
+        "val",
+        eval_transform(cfg.input_size, cfg.in_chans, cfg.mean, cfg.std),
+        cfg.max_pixels,
     )
-    train_set = None if cfg.eval else build_dataset(cfg.data_path, "train", recipe.train_transform)
+    train_set = (
+        None
+        if cfg.eval
+        else build_dataset(cfg.data_path, "train", recipe.train_transform, cfg.max_pixels)
+    )
+    if train_set is not None:
+        train_set = limit_train_set(train_set, cfg.max_train_images, cfg.seed)
     nb_classes = num_classes_of(train_set if train_set is not None else val_set)
     if cfg.nb_classes is not None and cfg.nb_classes != nb_classes:
         raise MaekitError(f"--nb_classes {cfg.nb_classes} does not match the dataset, which has {nb_classes} "

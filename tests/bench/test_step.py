@@ -13,13 +13,17 @@ import torch
 
 from maekit.bench import bench_step, median_round, step_table
 from maekit.bench.step import (
+    OFFICIAL_GPU,
     REFERENCE,
+    REFERENCE_FP32,
     StepResult,
     ablation_modes,
     fast_mode,
     measure,
     phase_config,
     plain_optimizer,
+    reference_modes,
+    torch_default_tf32,
 )
 from maekit.config import BenchConfig
 from maekit.errors import MaekitError
@@ -230,4 +234,70 @@ def test_ablate_measures_each_path_off_in_the_same_rounds_with_the_same_loss():
         assert d["loss"] == pytest.approx(out["loss"], rel=1e-5)  # a speed switch, same numbers
     table = step_table(out)
     assert "fast / fast without fused_adamw:" in table and "fast without fused_attn" in table
+    json.dumps(out)
+
+
+def test_the_reference_is_the_official_recipes_precision_on_each_device():
+    """CUDA: fp16 autocast + GradScaler (the official GPU loop), with the fp32 way second;
+    CPU: fp32 only (the official autocast is CUDA's, a no-op on a CPU)."""
+    cuda, fp32 = reference_modes(torch.device("cuda"))
+    assert (cuda.name, cuda.amp, fp32.name, fp32.amp) == ("reference", "fp16", "reference fp32",
+                                                          "none")  # fmt: skip
+    for m in (cuda, fp32):  # otherwise the official way: eager, matmul attention, plain AdamW
+        assert (m.fused_attn, m.fused_optimizer, m.print_freq, m.compile) == (False, False, 1,
+                                                                              False)  # fmt: skip
+    assert reference_modes(CPU) == [REFERENCE] and REFERENCE.amp == "none"
+
+
+def test_official_style_reference_runs_fp16_with_a_grad_scaler_and_close_loss(monkeypatch):
+    import maekit.bench.step as step
+
+    scalers = []
+    real = step.resolve_precision
+
+    def spy(amp, device):
+        p = real(amp, device)
+        scalers.append(p.grad_scaler().is_enabled())
+        return p
+
+    monkeypatch.setattr(step, "resolve_precision", spy)
+    cfg = BenchConfig(**{**TINY, "steps": 3})
+    official = measure(cfg, CPU, OFFICIAL_GPU)
+    ref = measure(cfg, CPU, REFERENCE_FP32)
+    assert (official.precision, ref.precision) == ("fp16", "fp32") and scalers == [True, False]
+    assert official.mode == "reference" and not official.fused_attn and not official.tf32_matmul
+    assert math.isfinite(official.loss) and official.loss != ref.loss
+    assert official.loss == pytest.approx(ref.loss, rel=5e-3)
+
+
+def test_torch_default_tf32_sets_and_restores_the_flags():
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = True, False
+    try:
+        with torch_default_tf32(True):
+            assert not torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        assert torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
+def test_on_cuda_speedups_are_against_the_official_style_reference_with_fp32_second(monkeypatch):
+    import maekit.bench as bench
+
+    rates = {"fast": 6.0, "reference": 3.0, "reference fp32": 1.5}
+
+    def fake_measure(cfg, device, mode):
+        r = rates[mode.name]
+        return StepResult(mode=mode.name, precision="fp16" if mode.amp == "fp16" else "fp32",
+                          compile=False, grad_ckpt=False, fused_attn=mode.fused_attn,
+                          optimizer="AdamW", loss_read_every=1, img_per_s=r, step_ms=2000 / r,
+                          peak_mem_mb=10.0, loss=1.0)  # fmt: skip
+
+    monkeypatch.setattr(bench, "measure", fake_measure)
+    monkeypatch.setattr(bench, "reference_modes", lambda device: [OFFICIAL_GPU, REFERENCE_FP32])
+    out = bench_step(BenchConfig(**TINY, reference=True))
+    assert out["speedup"] == 2.0 and out["reference"]["precision"] == "fp16"
+    assert out["speedup_fp32"] == 4.0 and out["reference_fp32"]["mode"] == "reference fp32"
+    table = step_table(out)
+    assert "fast / reference: 2.00x" in table and "fast / reference fp32: 4.00x" in table
     json.dumps(out)

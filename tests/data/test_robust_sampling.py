@@ -161,3 +161,80 @@ def test_unreadable_files_raise_unreadable_image_and_odd_modes_convert(tmp_path:
         assert img.mode == "RGB" and img.size[0] >= 2, name
     deep = np.asarray(load_rgb(str(tmp_path / "deep16.png")))
     assert deep.max() > 200  # 16-bit scaled down, not clipped to white/black
+
+
+def test_per_sample_seeding_never_touches_a_cuda_generator(monkeypatch):
+    """torch.manual_seed would reseed the CUDA generators too, which the main-process fetch
+    does not restore: masking and drop path on a GPU would then follow the data order."""
+    calls = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda s: calls.append(("all", s)))
+    monkeypatch.setattr(torch.cuda, "manual_seed", lambda s: calls.append(("one", s)))
+    ds = SeededSamples(RandomDraws(), seed=0)
+    a, b = ds[(0, 3)][0], ds[(0, 3)][0]
+    assert torch.equal(a, b)  # the CPU generator was seeded: the draw is the key's
+    assert calls == []
+
+
+class LoggedDraws(Dataset):
+    """RandomDraws that also appends each fetched index to a file (visible across workers)."""
+
+    def __init__(self, log: Path, n: int = 24) -> None:
+        self.log, self.n = log, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i):
+        with open(self.log, "a") as f:
+            f.write(f"{torch.utils.data.get_worker_info() is not None} {i}\n")
+        return torch.tensor([float(i), torch.rand(()).item(), random.random()]), i
+
+
+def _epoch_batches(loader, epoch: int, skip: int = 0, take: int | None = None) -> list:
+    loader.sampler.set_epoch(epoch)
+    if skip:
+        loader.sampler.start_at(skip)
+    batches = []
+    for k, (x, y, bad) in enumerate(loader):
+        if take is not None and k == take:
+            break
+        batches.append((x, y, bad))
+    return batches
+
+
+def _same(a: list, b: list) -> bool:
+    return len(a) == len(b) and all(
+        all(torch.equal(u, v) for u, v in zip(p, q, strict=True)) for p, q in zip(a, b, strict=True)
+    )
+
+
+def test_persistent_workers_read_on_across_epochs_and_give_a_fresh_loaders_batches(tmp_path):
+    """Epochs read whole continue one loader iteration (the workers prefetch the next epoch's
+    batches before it starts); a resumed, cut or out-of-order epoch restarts it. Either way the
+    batches are exactly those of a fresh single-process loader at the same position."""
+    log = tmp_path / "fetch.log"
+    loader = build_train_loader(LoggedDraws(log), 4, 0, 1, 5, 1, False)
+
+    def fresh(epoch: int, skip: int = 0, take: int | None = None) -> list:
+        return _epoch_batches(build_train_loader(LoggedDraws(tmp_path / "x.log"), 4, 0, 1, 5, 0,
+                                                 False), epoch, skip, take)  # fmt: skip
+
+    assert _same(_epoch_batches(loader, 0), fresh(0)) and len(fresh(0)) == 6
+    # Before epoch 1 is asked for, the worker has already fetched some of its samples.
+    first_of_1 = {int(x[0, 0]) for x, _, _ in fresh(1)[:1]}
+    for _ in range(200):
+        fetched = [int(line.split()[1]) for line in log.read_text().splitlines()]
+        if len(fetched) > 24 and first_of_1 <= set(fetched[24:]):
+            break
+        import time
+
+        time.sleep(0.1)
+    assert len(fetched) > 24 and first_of_1 <= set(fetched[24:]), fetched
+    assert all(line.startswith("True") for line in log.read_text().splitlines())  # in the worker
+    assert _same(_epoch_batches(loader, 1), fresh(1)) and loader.starts == 1  # continued
+    assert _same(_epoch_batches(loader, 2, skip=8), fresh(2, skip=8))  # a resume: restarted
+    assert loader.starts == 2
+    assert _same(_epoch_batches(loader, 3), fresh(3)) and loader.starts == 2  # continued
+    assert _same(_epoch_batches(loader, 4, take=2), fresh(4, take=2))  # cut short
+    assert _same(_epoch_batches(loader, 5), fresh(5)) and loader.starts == 3  # restarted
+    assert _same(_epoch_batches(loader, 7), fresh(7)) and loader.starts == 4  # not the next one

@@ -178,6 +178,9 @@ def test_auto_resume_skips_a_truncated_newest_checkpoint(tmp_path: Path) -> None
     assert f"auto-resumed from {out / 'checkpoint-0.pth'}: continuing at epoch 1" in r.stdout
     ckpt = torch.load(out / "checkpoint-last.pth", map_location="cpu", weights_only=True)
     assert ckpt["epoch"] == 2
+    # log.txt was cut back to the resume point: each epoch exactly once (not [0, 1, 1, 2]).
+    log = [json.loads(line)["epoch"] for line in (out / "log.txt").read_text().splitlines()]
+    assert log == [0, 1, 2]
 
 
 def test_finished_run_is_not_trained_again(tmp_path: Path) -> None:

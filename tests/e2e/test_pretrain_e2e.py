@@ -113,6 +113,6 @@ def test_torchrun_two_processes_rank0_writes_alone(image_folder: Path, tmp_path:
     # Rank 0 alone logs: each line appears once, not once per rank.
     assert r.stdout.count("epoch 0: train_loss") == 1
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith("events.")) == [
-        "checkpoint-0.pth", "checkpoint-last.pth", "config.json", "log.txt"]  # fmt: skip
+        ".maekit.lock", "checkpoint-0.pth", "checkpoint-last.pth", "config.json", "log.txt"]  # fmt: skip
     assert len(list(out.glob("events.out.tfevents.*"))) == 1
     assert len(read_log(out)) == 1

@@ -14,7 +14,7 @@ from maekit.config import PretrainConfig
 from maekit.engine.checkpoint import (
     BEST,
     LAST,
-    atomic_link,
+    atomic_copy,
     atomic_save,
     find_resume_checkpoint,
     progress_of,
@@ -256,6 +256,88 @@ def test_disk_full_keeps_the_old_checkpoint(tmp_path, monkeypatch):
     assert read_checkpoint(path)["epoch"] == 0
 
 
+def test_torch_zip_writer_failure_is_one_line_and_keeps_the_old_checkpoint(tmp_path, monkeypatch):
+    """torch's zip writer reports a full disk as a RuntimeError, not an OSError."""
+    path = tmp_path / "checkpoint-last.pth"
+    save_checkpoint(path, make_model(0), None, 0, None, {"run": 1})
+    before = path.read_bytes()
+
+    def zip_writer_full(obj, f, *a, **k):
+        f.write(b"PK partial")
+        raise RuntimeError(
+            "[enforce fail at inline_container.cc:664] . unexpected pos 5824 vs 5712\n"
+            "frame #0: c10::ThrowEnforceNotMet(...)\nframe #1: ..."
+        )
+
+    monkeypatch.setattr(torch, "save", zip_writer_full)
+    with pytest.raises(MaekitError) as err:
+        save_checkpoint(path, make_model(1), None, 1, None, {"run": 2})
+    monkeypatch.undo()
+    text = str(err.value)
+    assert "\n" not in text and "unexpected pos" in text and "full disk" in text
+    assert "free disk space" in text
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-last.pth"]
+
+
+def test_a_failing_copy_keeps_the_old_periodic_file(tmp_path, monkeypatch):
+    import shutil
+
+    src = _save(tmp_path, LAST, 4)
+    old = _save(tmp_path, "checkpoint-4.pth", 3)
+    before = old.read_bytes()
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(shutil, "copyfileobj", full)
+    monkeypatch.setattr("maekit.engine.checkpoint._reflink", lambda *a: False)
+    with pytest.raises(MaekitError, match="No space left on device"):
+        atomic_copy(src, old)
+    assert old.read_bytes() == before and not leftovers(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "ckpt",
+    [{"epoch": "abc"}, {"epoch": -5}, {"epoch": 1.5}, {"epoch": True},
+     {"epoch": 0, "resume": {"epoch": -1}}, {"epoch": 0, "resume": {"epoch": 1, "step": "x"}},
+     {"epoch": 0, "resume": [1, 2]}],
+)  # fmt: skip
+def test_progress_of_refuses_a_damaged_epoch(ckpt):
+    with pytest.raises(MaekitError, match="integer|not a dict"):
+        progress_of(ckpt, "c.pth")
+
+
+def test_progress_of_accepts_the_official_minus_one():
+    assert progress_of({"epoch": -1}) == (0, 0)
+    assert progress_of({"epoch": 3, "resume": {"epoch": 4, "step": 7}}) == (4, 7)
+
+
+def test_nonfinite_entries_names_weights_gradients_and_optimizer_state():
+    from maekit.engine.checkpoint import nonfinite_entries
+
+    model = make_model()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model(torch.randn(2, 4)).sum().backward()
+    opt.step()
+    assert nonfinite_entries(module=model, optimizer=opt) == []
+    with torch.no_grad():
+        model[0].weight[0, 0] = float("nan")
+    assert nonfinite_entries(module=model, optimizer=opt) == ["0.weight"]
+    with torch.no_grad():
+        model[0].weight[0, 0] = 1.0
+    model[2].bias.grad[0] = float("inf")
+    assert nonfinite_entries(module=model, optimizer=opt) == ["2.bias (gradient)"]
+    model[2].bias.grad = None
+    state = next(iter(opt.state.values()))
+    state["exp_avg_sq"].view(-1)[0] = float("inf")
+    bad = nonfinite_entries(module=model, optimizer=opt)
+    assert len(bad) == 1 and bad[0].endswith("exp_avg_sq")
+    # large but finite values: the L2 norm overflows, the element-wise re-check clears them
+    state["exp_avg_sq"].view(-1)[0] = 3e38
+    assert nonfinite_entries(module=model, optimizer=opt) == []
+
+
 def test_interrupt_during_save_is_reraised_and_cleaned(tmp_path, monkeypatch):
     def interrupted(obj, f, *a, **k):
         raise KeyboardInterrupt
@@ -297,11 +379,13 @@ def test_keep_last_prunes_old_periodic_checkpoints_only(tmp_path):
     assert prune_checkpoints(tmp_path, None) == []  # default: keep everything
 
 
-def test_atomic_link_gives_a_second_name_without_a_second_write(tmp_path):
+def test_atomic_copy_is_independent_of_its_source(tmp_path):
     src = _save(tmp_path, LAST, 3)
-    atomic_link(src, tmp_path / "checkpoint-3.pth")
+    atomic_copy(src, tmp_path / "checkpoint-3.pth")
     assert (tmp_path / "checkpoint-3.pth").read_bytes() == src.read_bytes()
-    _save(tmp_path, LAST, 4)  # replacing last (a new inode) leaves the periodic file alone
+    # Not a second name of the same bytes: damage to last leaves the periodic copy intact.
+    assert os.stat(src).st_ino != os.stat(tmp_path / "checkpoint-3.pth").st_ino
+    _truncate(src)
     assert read_checkpoint(tmp_path / "checkpoint-3.pth")["epoch"] == 3
     assert not leftovers(tmp_path)
 

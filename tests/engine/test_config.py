@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from maekit.cli import build_parser
-from maekit.config import PretrainConfig, config_from_args
+from maekit.config import FinetuneConfig, LinprobeConfig, PretrainConfig, config_from_args
 from maekit.errors import MaekitError
 
 OFFICIAL_PRETRAIN_FLAGS = """
@@ -118,6 +118,19 @@ def test_to_dict_is_plain():
         {"warmup_epochs": -1.0},
         {"max_train_step": 0},
         {"patch_size": 0},
+        # issue 18: non-finite and meaningless float flags
+        {"mask_ratio": 0.0},
+        {"blr": float("inf")},
+        {"lr": float("nan")},
+        {"weight_decay": float("nan")},
+        {"min_lr": float("inf")},
+        {"warmup_epochs": float("nan")},
+        {"clip_grad": float("inf")},
+        {"clip_grad": -1.0},
+        {"clip_grad": 0.0},
+        {"weight_decay": -0.1},
+        {"min_lr": 0.5, "lr": 0.1},
+        {"max_pixels": 0},
     ],
 )
 def test_validate_rejects(overrides):
@@ -127,6 +140,16 @@ def test_validate_rejects(overrides):
     assert f"--{next(iter(overrides))}" in str(ei.value)
 
 
-@pytest.mark.parametrize("mask_ratio", [0.0, 0.75, 0.99])
+@pytest.mark.parametrize("mask_ratio", [0.01, 0.75, 0.99])
 def test_validate_accepts_mask_ratio_in_range(mask_ratio):
     PretrainConfig(mask_ratio=mask_ratio, num_workers=0).validate()
+
+
+@pytest.mark.parametrize(
+    "cls,field", [(FinetuneConfig, "layer_decay"), (FinetuneConfig, "smoothing"),
+                  (FinetuneConfig, "cutmix_minmax"), (LinprobeConfig, "blr")],
+)  # fmt: skip
+def test_every_float_flag_must_be_finite(cls, field):
+    value = [0.1, float("nan")] if field == "cutmix_minmax" else float("inf")
+    with pytest.raises(MaekitError, match=f"--{field} must be a finite number"):
+        cls(**{field: value}).validate()

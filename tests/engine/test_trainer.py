@@ -76,7 +76,10 @@ def test_lr_moves_every_step(tmp_path, epoch):
     assert loss_fn.lrs == pytest.approx(expected)
     assert len(set(loss_fn.lrs)) == n  # really changes per iteration
     assert opt.param_groups[0]["lr"] == pytest.approx(expected[-1])
-    assert stats["lr"] == pytest.approx(expected[-1])
+    # train_lr is the epoch's mean per-iteration lr (the official log's meter), not the last
+    assert stats["lr"] == pytest.approx(sum(expected) / n)
+    assert stats["lr"] != pytest.approx(expected[-1])
+    assert stats["last_lr"] == pytest.approx(expected[-1])
 
 
 def test_lr_changes_on_accumulation_boundaries_only(tmp_path):
@@ -84,9 +87,13 @@ def test_lr_changes_on_accumulation_boundaries_only(tmp_path):
     opt = torch.optim.SGD(model.parameters(), lr=123.0)
     loss_fn = Recording(opt)
     epoch, accum, n = 1, 2, 8
-    run_epoch(model, loader, opt, loss_fn, LoopSettings(**SCHED, accum_iter=accum), epoch, tmp_path)
+    stats = run_epoch(model, loader, opt, loss_fn, LoopSettings(**SCHED, accum_iter=accum), epoch,
+                      tmp_path)  # fmt: skip
     expected = [lr_at(epoch + (s - s % accum) / n, **SCHED) for s in range(n)]
     assert loss_fn.lrs == pytest.approx(expected)
+    assert stats["lr"] == pytest.approx(
+        sum(expected) / n
+    )  # every iteration counts, as the official
     assert loss_fn.lrs[0] == loss_fn.lrs[1] != loss_fn.lrs[2]
     last_update_start = (n - 1) - (n - 1) % accum  # step 6
     assert opt.param_groups[0]["lr"] == pytest.approx(lr_at(epoch + last_update_start / n, **SCHED))

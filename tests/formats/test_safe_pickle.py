@@ -140,3 +140,27 @@ def test_truncated_plain_pickle_is_a_clear_error(tmp_path):
     with pytest.raises(MaekitError) as ei:
         load_state_dict(path)
     assert "cut.pd" in one_line(ei)
+
+
+def test_paddle_tuple_tensors_do_not_open_a_door(tmp_path):
+    """builtins.tuple is allowed for paddle.save's (name, ndarray) tensors; a payload inside
+    such a tuple is still refused before it runs."""
+
+    class PaddleStyle:
+        def __init__(self, inner) -> None:
+            self.inner = inner
+
+        def __reduce__(self):
+            return (tuple, (("blocks.0.w", self.inner),))
+
+    marker = tmp_path / "pwned"
+    ok = tmp_path / "ok.pd"
+    ok.write_bytes(pickle.dumps({"model": {"w": PaddleStyle(np.ones(3, np.float32))}}))
+    assert b"builtins" in ok.read_bytes()
+    name, arr = load_pickle(ok)["model"]["w"]
+    assert name == "blocks.0.w" and np.array_equal(arr, np.ones(3))
+    bad = tmp_path / "bad.pd"
+    bad.write_bytes(pickle.dumps({"model": {"w": PaddleStyle(CreatesFile(marker))}}))
+    with pytest.raises(MaekitError, match="posix.system"):
+        load_state_dict(bad)
+    assert not marker.exists()

@@ -1,0 +1,175 @@
+"""Config files for every command: YAML or JSON, a run's own ``config.json`` included.
+
+A file holds flag names as keys (``batch_size: 64``, ``norm_pix_loss: true``). The CLI reads it
+first and hands its values to argparse as defaults (``parser.set_defaults``), so any flag given
+on the command line still wins, and the flags, names and help text stay those of the config
+dataclasses. ``recipe:NAME`` names a file shipped in :mod:`maekit.recipes`.
+
+Two top-level keys are not flags: ``recipe`` (what a shipped recipe describes: command, the
+published run's process count, the top-1 it reported) and ``resolved`` (what a run's flags
+resolved to, written into ``config.json``); both are read but never become flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import os
+import typing
+from pathlib import Path
+
+from .config import CommonConfig, _base_type
+from .errors import MaekitError
+
+RECIPE_PREFIX = "recipe:"
+NOT_FLAGS = ("recipe", "resolved")  # metadata keys, see the module docstring
+
+
+def read_mapping(spec: str) -> tuple[dict, str]:
+    """(the file's top-level mapping, a name for messages) of ``--config FILE`` or ``recipe:NAME``."""
+    if spec.startswith(RECIPE_PREFIX):
+        from .recipes import recipe_path
+
+        path = recipe_path(spec[len(RECIPE_PREFIX) :])
+    else:
+        path = Path(spec)
+        if not path.is_file():
+            raise MaekitError(f"--config {spec}: no such file; give a .yaml/.json file or recipe:NAME "
+                              "(see `maekit recipes`)")  # fmt: skip
+    import yaml
+
+    try:
+        text = path.read_text()
+        # JSON by suffix (a run's config.json); anything else as YAML, which JSON also is.
+        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError) as e:
+        raise MaekitError(f"--config {spec}: cannot read it ({e})") from e
+    except (ValueError, yaml.YAMLError) as e:
+        kind = "JSON" if path.suffix.lower() == ".json" else "YAML"
+        raise MaekitError(f"--config {spec}: not valid {kind} ({' '.join(str(e).split())})") from e
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise MaekitError(f"--config {spec}: expected a mapping of flag names to values, got a {type(data).__name__}")  # fmt: skip
+    return data, spec
+
+
+def _convert(name: str, tp, value, choices, spec: str):
+    """One file value as the flag's type (what argparse would have produced), or an error."""
+    bad = MaekitError(
+        f"--config {spec}: {name}: expected {getattr(tp, '__name__', tp)}, got {value!r}"
+    )
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if typing.get_origin(tp) is list:
+        (elem,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise bad
+        return [_convert(name, elem, v, None, spec) for v in value]
+    if isinstance(value, bool | list | dict):
+        raise bad
+    try:
+        if tp is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            out = int(value)
+        elif tp is float:
+            out = float(value)  # also YAML 1.1's "1e-3", which it reads as a string
+        else:
+            out = tp(value)
+    except (TypeError, ValueError) as e:
+        raise bad from e
+    if choices and out not in choices:
+        raise MaekitError(
+            f"--config {spec}: {name}: {out!r} is not one of {', '.join(map(str, choices))}"
+        )
+    return out
+
+
+def flag_values(data: dict, cls: type, command: str, spec: str) -> dict:
+    """The file's values for ``cls``'s flags, checked: unknown keys (with the nearest valid one),
+    types, choices, and a recipe made for another command."""
+    recipe = data.get("recipe")
+    if isinstance(recipe, dict) and recipe.get("command") not in (None, command):
+        raise MaekitError(f"--config {spec} is a `maekit {recipe['command']}` recipe; run "
+                          f"`maekit {recipe['command']} --config {spec}`")  # fmt: skip
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = [k for k in data if k not in fields and k not in NOT_FLAGS]
+    if unknown:
+        parts = []
+        for k in unknown:
+            near = difflib.get_close_matches(str(k), list(fields), n=1)
+            parts.append(f"{k!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
+        raise MaekitError(f"--config {spec}: unknown key{'s' if len(unknown) > 1 else ''} "
+                          f"{', '.join(parts)}; `maekit {command} --help` lists the flags")  # fmt: skip
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for key, value in data.items():
+        if key in NOT_FLAGS:
+            continue
+        f = fields[key]
+        if f.metadata.get("positional"):
+            raise MaekitError(f"--config {spec}: {key} is a positional argument; give it on the command line")  # fmt: skip
+        optional = type(None) in typing.get_args(hints[key])
+        if value is None:
+            if not optional:
+                raise MaekitError(f"--config {spec}: {key} cannot be null")
+            out[key] = None
+            continue
+        if f.metadata.get("nargs") and isinstance(value, list):  # input_size: [height, width]
+            out[key] = [_convert(key, _base_type(hints[key]), v, None, spec) for v in value]
+            continue
+        out[key] = _convert(key, _base_type(hints[key]), value, f.metadata.get("choices"), spec)
+    return out
+
+
+def world_size_here() -> int:
+    """The process count of this launch: torchrun's WORLD_SIZE, else 1."""
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
+def resolved_view(cfg, world_size: int, source: dict | None = None) -> dict:
+    """What ``--print_config`` prints: every flag's value and, for a training command, the
+    effective batch and absolute lr at ``world_size`` processes. ``source``: the --config
+    file's mapping; for a recipe, its published effective batch is shown too, so a mismatch
+    with this launch shows."""
+    from .engine.schedule import scaled_lr
+
+    view = cfg.to_dict()
+    if not isinstance(cfg, CommonConfig):
+        return view
+    eff = cfg.batch_size * cfg.accum_iter * world_size
+    lr = cfg.lr if cfg.lr is not None else scaled_lr(cfg.blr, eff)
+    resolved = {"world_size": world_size, "effective_batch": eff, "blr": lr * 256 / eff, "lr": lr}
+    recipe = (source or {}).get("recipe")
+    if isinstance(recipe, dict) and recipe.get("world_size"):
+        published = (
+            source.get("batch_size", cfg.batch_size)
+            * source.get("accum_iter", 1)
+            * int(recipe["world_size"])
+        )
+        resolved["recipe_effective_batch"] = published
+        if published != eff:
+            per_step = cfg.batch_size * world_size
+            resolved["note"] = (
+                f"the recipe's effective batch is {published}, here it is {eff}: match it with "
+                f"--accum_iter {max(1, published // per_step)} (or more processes); the absolute lr "
+                "scales with the effective batch"
+            )
+    view["resolved"] = resolved
+    return view
+
+
+def dump_yaml(view: dict, header: str) -> str:
+    """``view`` as YAML that ``--config`` reads back (``resolved`` is ignored there)."""
+    import yaml
+
+    return f"# {header}\n" + yaml.safe_dump(
+        view, sort_keys=False, default_flow_style=False, width=100
+    )

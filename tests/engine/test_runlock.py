@@ -1,0 +1,66 @@
+"""One run per output folder: the lock is refused to a second process, with the holder's pid,
+and released when the holder dies (however it dies)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from maekit.engine.runlock import LOCK_NAME, lock_output_dir
+from maekit.errors import MaekitError
+from tests.conftest import REPO
+
+HOLD = "from maekit.engine.runlock import lock_output_dir; import sys, time; lock_output_dir(sys.argv[1]); print('locked', flush=True); time.sleep(120)"  # fmt: skip
+
+
+def hold_lock(folder: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], stdout=subprocess.PIPE,
+                            text=True, env=env)  # fmt: skip
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_a_second_process_is_refused_with_the_holders_pid(tmp_path):
+    holder = hold_lock(tmp_path)
+    try:
+        with pytest.raises(
+            MaekitError, match=rf"in use by another maekit run \(pid {holder.pid}\)"
+        ):
+            lock_output_dir(tmp_path)
+    finally:
+        holder.kill()
+        holder.wait()
+    # The kernel released the dead holder's lock: no stale lock to clean up by hand.
+    assert (tmp_path / LOCK_NAME).exists()
+    lock_output_dir(tmp_path)
+    assert (tmp_path / LOCK_NAME).read_text().strip() == str(os.getpid())
+
+
+def test_the_same_process_may_start_runs_in_its_own_folder_again(tmp_path):
+    lock_output_dir(tmp_path)
+    lock_output_dir(tmp_path)  # e.g. a notebook running two phases into one folder in turn
+
+
+def test_prepare_run_takes_the_lock_before_writing_config(tmp_path):
+    from maekit.config import PretrainConfig
+    from maekit.engine.fit import prepare_run
+
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = hold_lock(out)
+    try:
+        cfg = PretrainConfig(output_dir=str(out), device="cpu", num_workers=0, batch_size=4)
+        t = time.monotonic()
+        with pytest.raises(MaekitError, match=f"pid {holder.pid}"):
+            prepare_run(cfg)
+        assert time.monotonic() - t < 30  # refused at once, not waited on
+        assert not (out / "config.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()
