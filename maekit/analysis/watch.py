@@ -55,7 +55,9 @@ def validation_split(cfg, train_set: Dataset) -> tuple[Dataset, Dataset | None, 
         return train_set, None, "validation: off (--val_freq 0 --vis_freq 0)"
     if is_shard_path(cfg.data_path):
         return train_set, None, "validation: off for tar shards (val_loss needs indexable images)"
-    transform = eval_transform(cfg.input_size, cfg.in_chans, cfg.mean, cfg.std)
+    transform = eval_transform(
+        cfg.input_size, cfg.in_chans, getattr(cfg, "mean", None), getattr(cfg, "std", None)
+    )
     if cfg.data_path in BUILTIN or Path(cfg.data_path, "val").is_dir():
         val_set, where = build_dataset(cfg.data_path, "val", transform, cfg.max_pixels), "val/"
     elif cfg.val_frac is None:  # the official recipe trains on every image: no silent hold-out
@@ -174,7 +176,7 @@ class ReconstructionWatch:
         self.model.train()
         if not self.env.is_main:
             return None
-        stats = (self.cfg.mean, self.cfg.std)  # the run's normalisation
+        stats = (getattr(self.cfg, "mean", None), getattr(self.cfg, "std", None))  # the run's
         original = to_uint8(imgs, *stats)
         columns = grid_columns(
             original, show_gray(original, to_uint8(recon, *stats)), mask_px.cpu().numpy()
