@@ -16,6 +16,7 @@ from .config import (
     PlotConfig,
     PretrainConfig,
     ShardConfig,
+    StatsConfig,
     VisualizeConfig,
     add_config_flags,
     config_from_args,
@@ -63,6 +64,12 @@ TOOLS = {
         "shards.json) for --data_path",
         "maekit.data.shards",
     ),
+    "stats": (
+        StatsConfig,
+        "per-channel mean/std of a dataset (a bounded random sample), printed as --mean/--std "
+        "flags to paste",
+        "maekit.data.stats",
+    ),
     "bench": (
         BenchConfig,
         "training-step speed (img/s, peak memory, FLOP/s, MFU) on synthetic batches, fast vs "
@@ -96,16 +103,18 @@ def build_parser(file_defaults: dict[str, dict] | None = None) -> argparse.Argum
     )
     conv = sub.add_parser(
         "convert",
-        help="re-save a checkpoint (official .pth, PLSC .pd/.pdparams, safetensors, timm) "
-        "for maekit, timm or safetensors",
+        help="re-save a checkpoint (official .pth, PLSC .pd/.pdparams, safetensors, timm, Hugging "
+        "Face) for maekit, timm, safetensors or Hugging Face",
         description="Read any checkpoint maekit understands (safely: nothing in it runs) and "
-        "write it as a maekit .pth, a .safetensors file, or encoder weights that "
-        "timm.create_model('vit_*') loads with strict=True.",
+        "write it as a maekit .pth, a .safetensors file, encoder weights that "
+        "timm.create_model('vit_*') loads with strict=True, or a folder that transformers' "
+        "from_pretrained loads.",
     )
     conv.add_argument("input", metavar="IN", help="checkpoint to read")
     conv.add_argument("output", metavar="OUT", help="file to write")
-    conv.add_argument("--to", required=True, choices=("maekit", "timm", "safetensors"),
-                      help="output format (timm: .safetensors if OUT ends so, else .pth)")  # fmt: skip
+    conv.add_argument("--to", required=True, choices=("maekit", "timm", "safetensors", "hf"),
+                      help="output format (timm: .safetensors if OUT ends so, else .pth; hf: a "
+                      "save_pretrained folder for transformers)")  # fmt: skip
     pool = conv.add_mutually_exclusive_group()
     pool.add_argument("--global_pool", dest="global_pool", action="store_const", const=True,
                       help="--to timm: for timm's global_pool='avg' (MAE norm -> fc_norm)")  # fmt: skip

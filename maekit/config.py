@@ -25,16 +25,66 @@ def opt(
     choices: tuple | None = None,
     flag_aliases: tuple[str, ...] = (),
     positional: bool = False,
+    nargs: str | None = None,
 ):
     """A config field with its CLI help text (and optional choices / extra flag names).
 
     ``positional``: read from the bare command-line arguments: a list field takes one or more
     (``maekit plot DIR...``), any other field exactly one (``maekit shard SRC DST``).
+    ``nargs``: argparse's, for a scalar field that also takes several values (``--input_size``).
     """
-    meta = {"help": help, "choices": choices, "aliases": flag_aliases, "positional": positional}
+    meta = {"help": help, "choices": choices, "aliases": flag_aliases, "positional": positional,
+            "nargs": nargs}  # fmt: skip
     if isinstance(default, list | dict):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
+
+
+INPUT_SIZE_HELP = "image size in pixels: one number (square) or two (height width)"
+
+
+def image_size_value(value):
+    """``--input_size``: [S] or S -> S, [H, W] -> [H, W] (H == W -> H), None stays None.
+
+    A list, not a tuple, so config.json and checkpoint args round-trip through JSON unchanged.
+    """
+    if isinstance(value, list | tuple):
+        value = [int(v) for v in value]
+        if len(value) == 1 or (len(value) == 2 and value[0] == value[1]):
+            return value[0]
+    return value
+
+
+def check_image_size(value, flag: str = "--input_size") -> None:
+    """One clear line for anything but one positive number or two (height width)."""
+    if value is None:
+        return
+    values = value if isinstance(value, list | tuple) else [value]
+    if len(values) > 2:
+        raise MaekitError(f"{flag} takes one number (square) or two (height width), got {len(values)}: "
+                          f"{' '.join(map(str, values))}")  # fmt: skip
+    if any(v <= 0 for v in values):
+        raise MaekitError(f"{flag} must be positive, got {' '.join(map(str, values))}")
+
+
+MEAN_HELP = ("normalisation mean, one value per input channel (default: ImageNet's, averaged for "
+             "one channel; `maekit stats` measures your data's)")  # fmt: skip
+STD_HELP = "normalisation std, one value per input channel (default: ImageNet's, as --mean)"
+
+
+def check_stats(mean, std, in_chans: int | None) -> None:
+    """--mean/--std: one value per channel, std positive; one line naming the fix otherwise."""
+    for flag, values in (("--mean", mean), ("--std", std)):
+        if values is None:
+            continue
+        if in_chans is not None and len(values) != in_chans:
+            raise MaekitError(
+                f"{flag} has {len(values)} value{'s' if len(values) != 1 else ''} but the model takes "
+                f"{in_chans} input channel{'s' if in_chans != 1 else ''} (--in_chans): give one value "
+                "per channel (`maekit stats --data_path DIR` prints them)"
+            )
+        if flag == "--std" and any(v <= 0 for v in values):
+            raise MaekitError(f"--std values must be positive, got {' '.join(map(str, values))}")
 
 
 def check_finite(cfg) -> None:
@@ -67,13 +117,15 @@ class CommonConfig:
                    choices=("auto", "bf16", "fp16", "none"))  # fmt: skip
     # --- model ---
     model: str = opt("mae_vit_large_patch16", "registered model name (see `maekit models`)")
-    input_size: int = opt(224, "image size in pixels (square)")
+    input_size: int | list[int] = opt(224, INPUT_SIZE_HELP, nargs="+")
     patch_size: int | None = opt(
         None, "override the model's patch size (e.g. 4 for 28-32 px images)"
     )
     in_chans: int = opt(
         3, "input channels: 3 (RGB) or 1 (images converted to grayscale, one-value normalisation)"
     )
+    mean: list[float] | None = opt(None, MEAN_HELP)
+    std: list[float] | None = opt(None, STD_HELP)
     # --- data ---
     data_path: str = opt(
         "fashion-mnist",
@@ -148,16 +200,21 @@ class CommonConfig:
         None, "Weights & Biases run name (default: the output folder's name)"
     )
 
+    def __post_init__(self) -> None:
+        self.input_size = image_size_value(self.input_size)
+
     def validate(self) -> None:
         """Raise MaekitError naming the bad value and the fix."""
+        check_image_size(self.input_size)
+        check_stats(self.mean, self.std, self.in_chans)
         check_finite(self)
         positive = {"batch_size": self.batch_size, "epochs": self.epochs, "accum_iter": self.accum_iter,
-                    "input_size": self.input_size, "save_freq": self.save_freq, "print_freq": self.print_freq,
+                    "save_freq": self.save_freq, "print_freq": self.print_freq,
                     "in_chans": self.in_chans}  # fmt: skip
         for name, value in positive.items():
-            if value <= 0:
+            if value is not None and value <= 0:
                 raise MaekitError(f"--{name} must be a positive integer, got {value}")
-        if self.in_chans not in (1, 3):
+        if self.in_chans is not None and self.in_chans not in (1, 3):
             raise MaekitError(f"--in_chans {self.in_chans}: images are read as 3 (RGB) or 1 "
                               "(grayscale) channels; give --in_chans 3 or --in_chans 1")  # fmt: skip
         if self.patch_size is not None and self.patch_size <= 0:
@@ -192,7 +249,8 @@ class CommonConfig:
 
     def size_overrides(self) -> dict:
         """create_model arguments for the input geometry (--input_size, --in_chans, --patch_size)."""
-        kw = {"img_size": self.input_size, "in_chans": self.in_chans}
+        # None (fine-tuning: not resolved from a checkpoint yet) means the defaults
+        kw = {"img_size": self.input_size or 224, "in_chans": self.in_chans or 3}
         if self.patch_size is not None:
             kw["patch_size"] = self.patch_size
         return kw
@@ -203,6 +261,12 @@ class CommonConfig:
 
 @dataclass
 class PretrainConfig(CommonConfig):
+    init: str = opt(
+        "",
+        "start from these weights at epoch 0 with a fresh optimizer and schedule: any checkpoint "
+        "maekit reads (official .pth, encoder-only .pth, PLSC .pd/.pdparams, maekit, safetensors, "
+        "a Hugging Face folder); channels and position tables are adapted to this run",
+    )
     mask_ratio: float = opt(0.75, "fraction of patches removed, in (0, 1)")
     norm_pix_loss: bool = opt(
         False, "use per-patch normalised pixels as the target (published recipe)"
@@ -248,6 +312,15 @@ class PretrainConfig(CommonConfig):
 
     def validate(self) -> None:
         super().validate()
+        if self.init and self.resume:
+            raise MaekitError(
+                "--init starts a new run from weights (epoch 0, fresh optimizer) and --resume "
+                "continues a run; give one of them"
+            )
+        if self.gpu_decode and (self.mean is not None or self.std is not None):
+            raise MaekitError("--gpu_decode normalises with the default statistics; drop it to use --mean/--std")  # fmt: skip
+        if self.gpu_decode and not isinstance(self.input_size, int):
+            raise MaekitError("--gpu_decode crops square images; drop it for --input_size H W")
         if self.val_frac is not None and not 0.0 < self.val_frac <= 0.5:
             raise MaekitError(f"--val_frac must be in (0, 0.5], got {self.val_frac}")
         for name in ("val_freq", "vis_freq"):
@@ -350,7 +423,7 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
         else:
             parser.add_argument(
                 *names, dest=f.name, type=tp, default=default, choices=meta.get("choices"),
-                help=meta.get("help"),
+                help=meta.get("help"), nargs=meta.get("nargs"),
             )  # fmt: skip
 
 
@@ -365,6 +438,19 @@ class SupervisedConfig(CommonConfig):
 
     model: str = opt("vit_large_patch16", "registered encoder name (see `maekit models`)")
     finetune: str = opt("", "pre-training checkpoint to initialise the encoder from")
+    # None: the value saved in the --finetune (or --resume) checkpoint, else the default
+    input_size: int | list[int] | None = opt(
+        None,
+        "image size in pixels, one number or height width (none: the checkpoint's, else 224)",
+        nargs="+",
+    )
+    in_chans: int | None = opt(None, "input channels (none: the checkpoint's, else 3)")
+    mean: list[float] | None = opt(
+        None, MEAN_HELP.replace("(default:", "(default: the checkpoint's, else")
+    )
+    std: list[float] | None = opt(
+        None, "normalisation std, one value per input channel (default: as --mean)"
+    )
     nb_classes: int | None = opt(
         None, "number of classes (default: taken from the dataset; checked against it)"
     )
@@ -484,15 +570,28 @@ class CheckpointModelConfig:
 
     checkpoint: str = opt("", "checkpoint: pre-training (MAE) or fine-tuning/linear-probe .pth")
     model: str | None = opt(None, "model name (none: the one saved in the checkpoint)")
-    input_size: int | None = opt(None, "image size in pixels (none: from the checkpoint)")
+    input_size: int | list[int] | None = opt(
+        None,
+        "image size in pixels, one number or height width (none: from the checkpoint)",
+        nargs="+",
+    )
     patch_size: int | None = opt(None, "patch size (none: from the checkpoint)")
     in_chans: int | None = opt(None, "input channels (none: from the checkpoint)")
+    mean: list[float] | None = opt(
+        None, "normalisation mean per channel (none: from the checkpoint)"
+    )
+    std: list[float] | None = opt(None, "normalisation std per channel (none: from the checkpoint)")
     device: str = opt("auto", "'auto' (cuda if available), 'cuda', 'cuda:N' or 'cpu'")
     seed: int = opt(0, "random seed (masking, image/subset choice, --random_init weights)")
 
+    def __post_init__(self) -> None:
+        self.input_size = image_size_value(self.input_size)
+
     def validate(self) -> None:
         check_finite(self)
-        for name in ("input_size", "patch_size", "in_chans"):
+        check_image_size(self.input_size)
+        check_stats(self.mean, self.std, self.in_chans)
+        for name in ("patch_size", "in_chans"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise MaekitError(f"--{name} must be a positive integer, got {value}")
@@ -635,6 +734,27 @@ class ShardConfig:
             raise MaekitError(
                 f"--shard_size must be a positive number of samples, got {self.shard_size}"
             )
+
+
+@dataclass
+class StatsConfig:
+    """``maekit stats``: per-channel mean/std of a dataset, printed as --mean/--std flags."""
+
+    data_path: str = opt("fashion-mnist", "ImageNet-style folder (train/ is used), a plain image "
+                         "folder, or 'fashion-mnist'")  # fmt: skip
+    in_chans: int = opt(3, "channels as training reads them: 3 (RGB) or 1 (grayscale)")
+    max_images: int = opt(1000, "measure a fixed random sample (--seed) of this many images")
+    seed: int = opt(0, "random seed of the sample")
+    num_workers: int = opt(2, "image-decoding worker processes (capped at the CPU count)")
+
+    def validate(self) -> None:
+        if self.in_chans not in (1, 3):
+            raise MaekitError(f"--in_chans {self.in_chans}: images are read as 3 (RGB) or 1 "
+                              "(grayscale) channels; give --in_chans 3 or --in_chans 1")  # fmt: skip
+        if self.max_images <= 0:
+            raise MaekitError(f"--max_images must be positive, got {self.max_images}")
+        if self.num_workers < 0:
+            raise MaekitError(f"--num_workers must be >= 0, got {self.num_workers}")
 
 
 # --------------------------------------------------------------------------- benchmark

@@ -119,6 +119,9 @@ def flag_values(data: dict, cls: type, command: str, spec: str) -> dict:
                 raise MaekitError(f"--config {spec}: {key} cannot be null")
             out[key] = None
             continue
+        if f.metadata.get("nargs") and isinstance(value, list):  # input_size: [height, width]
+            out[key] = [_convert(key, _base_type(hints[key]), v, None, spec) for v in value]
+            continue
         out[key] = _convert(key, _base_type(hints[key]), value, f.metadata.get("choices"), spec)
     return out
 

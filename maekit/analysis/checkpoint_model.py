@@ -1,7 +1,8 @@
 """A model restored from a maekit checkpoint for analysis (reconstructions, features, kNN).
 
 Model name and sizes come from the ``args`` dict saved in every maekit checkpoint
-(``model``, ``input_size``, ``patch_size``, ``in_chans``, ``norm_pix_loss``); flags override
+(``model``, ``input_size``, ``patch_size``, ``in_chans``, ``norm_pix_loss``, ``mean``, ``std``);
+flags override
 them, and are needed for files without ``args`` (e.g. the released ``mae_pretrain_*.pth``).
 Pre-training checkpoints give the MAE model; fine-tune / linear-probe checkpoints give the
 encoder without its head (the head is not needed for features).
@@ -15,7 +16,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ..config import CheckpointModelConfig
+from ..config import CheckpointModelConfig, check_stats
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, resolve_stats
 from ..engine.checkpoint import read_checkpoint, shape_mismatches, strip_wrapper_prefixes
 from ..errors import MaekitError
 from ..models import create_model, get_entry
@@ -29,11 +31,13 @@ class CheckpointModel:
     model: nn.Module
     name: str
     kind: str  # "pretrain" (MAE with decoder) or "encoder" (fine-tune / linear-probe ViT)
-    input_size: int
+    input_size: int | list[int]  # [height, width] when not square
     in_chans: int
     norm_pix_loss: bool
     has_decoder: bool
     source: str  # the checkpoint path, or "random init"
+    mean: tuple[float, ...] = IMAGENET_MEAN  # the normalisation the model was trained with
+    std: tuple[float, ...] = IMAGENET_STD
 
 
 def _is_decoder_key(key: str) -> bool:
@@ -42,7 +46,7 @@ def _is_decoder_key(key: str) -> bool:
 
 def read_state(path: str) -> tuple[dict[str, torch.Tensor], dict]:
     """(state dict without wrapper prefixes, saved args or {}) of a checkpoint file."""
-    if not Path(path).is_file():
+    if not Path(path).exists():
         raise MaekitError(f"--checkpoint {path} does not exist; give a checkpoint-*.pth file")
     ckpt = read_checkpoint(path)
     state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
@@ -116,5 +120,13 @@ def load_checkpoint_model(
         raise MaekitError(f"--checkpoint {cfg.checkpoint} is {what} ({name}) without the MAE decoder; "
                           "reconstructions need a full pre-training checkpoint")  # fmt: skip
     model.eval()
+    mean, std = cfg.mean, cfg.std
+    saved_mean, saved_std = args.get("mean"), args.get("std")
+    if mean is None and saved_mean and len(saved_mean) == in_chans:
+        mean = saved_mean
+    if std is None and saved_std and len(saved_std) == in_chans:
+        std = saved_std
+    check_stats(mean, std, in_chans)
+    mean, std = resolve_stats(in_chans, mean, std)
     return CheckpointModel(model, name, entry.kind, input_size, in_chans, norm_pix_loss,
-                           has_decoder, source)  # fmt: skip
+                           has_decoder, source, mean, std)  # fmt: skip

@@ -205,9 +205,8 @@ def run(cfg: ExtractConfig) -> Path | None:
     # Everything that can fail on user input, before any process group exists.
     refuse_shards(cfg.data_path, "maekit extract")
     loaded = load_checkpoint_model(cfg, random_init=cfg.random_init)
-    dataset = build_dataset(
-        cfg.data_path, cfg.split, eval_transform(loaded.input_size, loaded.in_chans)
-    )
+    transform = eval_transform(loaded.input_size, loaded.in_chans, loaded.mean, loaded.std)
+    dataset = build_dataset(cfg.data_path, cfg.split, transform)
     dataset = Subset(dataset, subset_indices(len(dataset), cfg.max_images, cfg.seed))
     labeled = is_labeled(dataset)
     env = init_distributed(cfg.device)

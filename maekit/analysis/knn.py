@@ -154,9 +154,8 @@ def run(cfg: KnnConfig) -> dict[str, float]:
     cfg.validate()
     # Everything that can fail on user input, before any process group exists.
     loaded = load_checkpoint_model(cfg, random_init=cfg.random_init)
-    bank, queries, num_classes = labeled_splits(
-        cfg.data_path, eval_transform(loaded.input_size, loaded.in_chans)
-    )
+    transform = eval_transform(loaded.input_size, loaded.in_chans, loaded.mean, loaded.std)
+    bank, queries, num_classes = labeled_splits(cfg.data_path, transform)
     bank = Subset(bank, subset_indices(len(bank), cfg.max_bank, cfg.seed))
     queries = Subset(queries, subset_indices(len(queries), cfg.max_query, cfg.seed))
     env = init_distributed(cfg.device)

@@ -18,10 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
+from timm.layers import to_2tuple
 from torchvision.transforms import functional as TF
 
 from ..config import VisualizeConfig
-from ..data.transforms import normalization
+from ..data.transforms import resolve_stats
 from ..errors import MaekitError
 
 COLUMNS = ("original", "masked", "reconstruction", "recon. + visible")
@@ -49,17 +50,18 @@ def denormalize_patches(
     return pred * (var + eps) ** 0.5 + mean
 
 
-def to_uint8(imgs: torch.Tensor) -> np.ndarray:
-    """Normalised (N, C, H, W) -> (N, H, W, C) uint8 (C = 3, or 1 for grayscale models)."""
-    mean, std = (torch.tensor(s).view(1, -1, 1, 1) for s in normalization(imgs.shape[1]))
+def to_uint8(imgs: torch.Tensor, mean=None, std=None) -> np.ndarray:
+    """Normalised (N, C, H, W) -> (N, H, W, C) uint8 (C = 3, or 1 for grayscale models);
+    ``mean``/``std``: the model's statistics (default: :func:`normalization`'s)."""
+    mean, std = (torch.tensor(s).view(1, -1, 1, 1) for s in resolve_stats(imgs.shape[1], mean, std))
     px = (imgs.float().cpu() * std + mean).clamp(0, 1) * 255
     return px.round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
-def from_uint8(arrays: np.ndarray) -> torch.Tensor:
+def from_uint8(arrays: np.ndarray, mean=None, std=None) -> torch.Tensor:
     """(N, H, W, C) uint8 -> normalised (N, C, H, W) float32, as training feeds the model."""
     x = torch.from_numpy(np.ascontiguousarray(arrays)).permute(0, 3, 1, 2).float() / 255
-    return TF.normalize(x, *normalization(x.shape[1]))
+    return TF.normalize(x, *(list(v) for v in resolve_stats(x.shape[1], mean, std)))
 
 
 @torch.no_grad()
@@ -128,22 +130,27 @@ def _wrap(text: str, font, width: int, draw: ImageDraw.ImageDraw) -> list[str]:
 @dataclass(frozen=True)
 class GridLayout:
     rows: int
-    cell: int  # cell side in pixels (image side x scale)
+    cell: int  # cell width in pixels (image width x scale)
     pad: int
     top: int  # height of the title and column headers above the first row
     cols: int = len(COLUMNS)
+    cell_h: int | None = None  # cell height when the images are not square
+
+    @property
+    def height(self) -> int:
+        return self.cell if self.cell_h is None else self.cell_h
 
     @property
     def size(self) -> tuple[int, int]:
         """(width, height) of the whole picture."""
         return (self.cols * self.cell + (self.cols + 1) * self.pad,
-                self.top + self.rows * self.cell + (self.rows + 1) * self.pad)  # fmt: skip
+                self.top + self.rows * self.height + (self.rows + 1) * self.pad)  # fmt: skip
 
     def cell_box(self, row: int, col: int) -> tuple[int, int, int, int]:
         """(left, upper, right, lower) of one cell, PIL crop order."""
         x = self.pad + col * (self.cell + self.pad)
-        y = self.top + self.pad + row * (self.cell + self.pad)
-        return x, y, x + self.cell, y + self.cell
+        y = self.top + self.pad + row * (self.height + self.pad)
+        return x, y, x + self.cell, y + self.height
 
 
 def render_grid(
@@ -152,16 +159,15 @@ def render_grid(
     """Columns of (N, H, W, 3) uint8 images -> the picture (nearest-neighbour upscaled by
     ``scale``, so pixels stay comparable) with a wrapped title and column headers."""
     n, h, w, _ = columns[0].shape
-    if h != w:
-        raise ValueError(f"square images expected, got {h}x{w}")
-    cell = h * scale
+    cell = w * scale
     width = len(columns) * cell + (len(columns) + 1) * pad
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     font, small = _font(13), _font(11)
     lines = _wrap(title, font, width - 2 * pad, probe)
     line_h = int(probe.textbbox((0, 0), "Ag", font=font)[3]) + 3
     head_h = int(probe.textbbox((0, 0), "Ag", font=small)[3]) + 6
-    layout = GridLayout(rows=n, cell=cell, pad=pad, top=pad + line_h * len(lines) + head_h)
+    layout = GridLayout(rows=n, cell=cell, pad=pad, top=pad + line_h * len(lines) + head_h,
+                        cell_h=None if h == w else h * scale)  # fmt: skip
     canvas = Image.new("RGB", layout.size, (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     for i, line in enumerate(lines):
@@ -177,24 +183,25 @@ def render_grid(
     return canvas, layout
 
 
-def describe(name: str, input_size: int, patch_size: int, mask_ratio: float, seed: int,
+def describe(name: str, input_size: int | list[int], patch_size: int, mask_ratio: float, seed: int,
              norm_pix: bool) -> str:  # fmt: skip
     """The figure title: what was run, and how the predictions were turned into pixels."""
     how = ("norm_pix_loss model: predictions de-normalised with each patch's own mean/var"
            if norm_pix else "pixel-target model: predictions shown as they are")  # fmt: skip
-    return f"{name} ({input_size} px, patch {patch_size}), mask ratio {mask_ratio:g}, seed {seed}. {how}"
+    size = input_size if isinstance(input_size, int) else "x".join(map(str, input_size))
+    return f"{name} ({size} px, patch {patch_size}), mask ratio {mask_ratio:g}, seed {seed}. {how}"
 
 
 # --------------------------------------------------------------------------- the command
 
 
-def load_images(cfg: VisualizeConfig, input_size: int, in_chans: int = 3) -> np.ndarray:
-    """(N, S, S, C) uint8: resized (shorter side, bicubic) and centre-cropped to the model's size;
-    C = 1 (grayscale) for one-channel models."""
+def load_images(cfg: VisualizeConfig, input_size: int | list[int], in_chans: int = 3) -> np.ndarray:
+    """(N, H, W, C) uint8: resized (to cover, aspect kept, bicubic) and centre-cropped to the
+    model's size; C = 1 (grayscale) for one-channel models."""
     from ..data import BUILTIN, build_dataset
     from ..data.folder import UnreadableImage, load_rgb
     from ..data.shards import refuse_shards
-    from ..data.transforms import image_mode
+    from ..data.transforms import ResizeToCover, image_mode
     from .features import subset_indices
 
     if cfg.images:
@@ -214,9 +221,13 @@ def load_images(cfg: VisualizeConfig, input_size: int, in_chans: int = 3) -> np.
         pils = [ds[i][0] for i in subset_indices(len(ds), cfg.num_images, cfg.seed)]
     out = []
     for img in pils:
-        img = TF.resize(img, input_size, interpolation=TF.InterpolationMode.BICUBIC)
-        img = TF.center_crop(img, input_size).convert(image_mode(in_chans))
-        out.append(np.asarray(img, dtype=np.uint8).reshape(input_size, input_size, in_chans))
+        if isinstance(input_size, int):
+            img = TF.resize(img, input_size, interpolation=TF.InterpolationMode.BICUBIC)
+        else:
+            img = ResizeToCover(tuple(input_size))(img)
+        h, w = to_2tuple(input_size)
+        img = TF.center_crop(img, [h, w]).convert(image_mode(in_chans))
+        out.append(np.asarray(img, dtype=np.uint8).reshape(h, w, in_chans))
     return np.stack(out)
 
 
@@ -235,11 +246,14 @@ def run(cfg: VisualizeConfig) -> Path:
     original = load_images(cfg, loaded.input_size, loaded.in_chans)
     device = resolve_device(cfg.device)
     model = loaded.model.to(device)
-    recon, mask_px = reconstruct(model, from_uint8(original).to(device), cfg.mask_ratio, cfg.seed)
-    recon_px = show_gray(original, to_uint8(recon))
+    stats = (loaded.mean, loaded.std)  # the checkpoint's own normalisation
+    recon, mask_px = reconstruct(
+        model, from_uint8(original, *stats).to(device), cfg.mask_ratio, cfg.seed
+    )
+    recon_px = show_gray(original, to_uint8(recon, *stats))
     columns = grid_columns(original, recon_px, mask_px.cpu().numpy())
     columns = [np.repeat(c, 3, axis=-1) if c.shape[-1] == 1 else c for c in columns]  # gray -> RGB
-    scale = cfg.scale or max(1, math.ceil(112 / loaded.input_size))
+    scale = cfg.scale or max(1, math.ceil(112 / min(to_2tuple(loaded.input_size))))
     title = describe(loaded.name, loaded.input_size, model.patch_size, cfg.mask_ratio, cfg.seed,
                      bool(model.norm_pix_loss))  # fmt: skip
     picture, _ = render_grid(columns, title, scale)
@@ -247,5 +261,7 @@ def run(cfg: VisualizeConfig) -> Path:
         picture.save(out)
     except OSError as e:
         raise MaekitError(f"could not write {out}: {e.strerror or e}; choose another --out") from e
-    print(f"wrote {out}: {len(original)} images, {title}")
+    shown = lambda v: "/".join(f"{x:g}" for x in v)  # noqa: E731
+    print(f"wrote {out}: {len(original)} images, {title} Inputs normalised with mean {shown(loaded.mean)}, "
+          f"std {shown(loaded.std)}.")  # fmt: skip
     return out

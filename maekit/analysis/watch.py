@@ -55,7 +55,9 @@ def validation_split(cfg, train_set: Dataset) -> tuple[Dataset, Dataset | None, 
         return train_set, None, "validation: off (--val_freq 0 --vis_freq 0)"
     if is_shard_path(cfg.data_path):
         return train_set, None, "validation: off for tar shards (val_loss needs indexable images)"
-    transform = eval_transform(cfg.input_size, cfg.in_chans)
+    transform = eval_transform(
+        cfg.input_size, cfg.in_chans, getattr(cfg, "mean", None), getattr(cfg, "std", None)
+    )
     if cfg.data_path in BUILTIN or Path(cfg.data_path, "val").is_dir():
         val_set, where = build_dataset(cfg.data_path, "val", transform, cfg.max_pixels), "val/"
     elif cfg.val_frac is None:  # the official recipe trains on every image: no silent hold-out
@@ -174,14 +176,17 @@ class ReconstructionWatch:
         self.model.train()
         if not self.env.is_main:
             return None
-        original = to_uint8(imgs)
+        stats = (getattr(self.cfg, "mean", None), getattr(self.cfg, "std", None))  # the run's
+        original = to_uint8(imgs, *stats)
         columns = grid_columns(
-            original, show_gray(original, to_uint8(recon)), mask_px.cpu().numpy()
+            original, show_gray(original, to_uint8(recon, *stats)), mask_px.cpu().numpy()
         )
-        size = imgs.shape[-1]
+        columns = [np.repeat(c, 3, axis=-1) if c.shape[-1] == 1 else c for c in columns]
+        h, w = imgs.shape[-2:]
+        size = h if h == w else [h, w]
         title = f"epoch {epoch}: " + describe(self.cfg.model, size, self.model.patch_size, self.cfg.mask_ratio,
                                                 VAL_SEED, bool(self.model.norm_pix_loss))  # fmt: skip
-        picture, _ = render_grid(columns, title, max(1, -(-112 // size)))
+        picture, _ = render_grid(columns, title, max(1, -(-112 // min(h, w))))
         path = self.output_dir / f"reconstruction-{epoch}.png"
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         picture.save(tmp, format="PNG")

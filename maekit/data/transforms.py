@@ -8,6 +8,7 @@ step -- and the RandAugment op -- and the flag that turns it off.
 from __future__ import annotations
 
 from PIL import Image
+from timm.layers import to_2tuple
 from torchvision import transforms as T
 
 from ..errors import MaekitError
@@ -32,6 +33,16 @@ def normalization(in_chans: int = 3) -> tuple[tuple[float, ...], tuple[float, ..
         f"--in_chans {in_chans}: images are read as 3 (RGB) or 1 (grayscale) channels; "
         "give --in_chans 3 or --in_chans 1"
     )
+
+
+def resolve_stats(
+    in_chans: int, mean=None, std=None
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """--mean/--std where given (one value per channel), :func:`normalization` otherwise."""
+    if mean and std:
+        return tuple(mean), tuple(std)
+    default_mean, default_std = normalization(in_chans)
+    return (tuple(mean) if mean else default_mean), (tuple(std) if std else default_std)
 
 
 def image_mode(in_chans: int) -> str:
@@ -139,22 +150,24 @@ def fix_posterize(transform: T.Compose) -> T.Compose:
     return transform
 
 
-def _pipeline(steps: list, in_chans: int) -> CheckedCompose:
-    mean, std = normalization(in_chans)
+def _pipeline(steps: list, in_chans: int, mean=None, std=None) -> CheckedCompose:
+    mean, std = resolve_stats(in_chans, mean, std)
     head = [ToMode("L")] if in_chans == 1 else []
     return CheckedCompose([*head, *steps, T.ToTensor(), T.Normalize(mean, std)])
 
 
-def pretrain_transform(input_size: int, in_chans: int = 3) -> T.Compose:
+def pretrain_transform(
+    input_size: int | list[int], in_chans: int = 3, mean=None, std=None
+) -> T.Compose:
     """RandomResizedCrop(scale 0.2-1, bicubic) + horizontal flip + normalisation."""
     return _pipeline([
         T.RandomResizedCrop(input_size, scale=PRETRAIN_SCALE, interpolation=T.InterpolationMode.BICUBIC),
         T.RandomHorizontalFlip(),
-    ], in_chans)  # fmt: skip
+    ], in_chans, mean, std)  # fmt: skip
 
 
 def finetune_transform(
-    input_size: int,
+    input_size: int | list[int],
     auto_augment: str | None = "rand-m9-mstd0.5-inc1",
     color_jitter: float | None = None,
     reprob: float = 0.25,
@@ -162,11 +175,13 @@ def finetune_transform(
     recount: int = 1,
     crop_min: float = 0.08,
     in_chans: int = 3,
+    mean=None,
+    std=None,
 ) -> T.Compose:
     """timm's training transform: RandomResizedCrop(0.08-1, bicubic), flip, RandAugment, RandomErasing."""
     from timm.data import create_transform
 
-    mean, std = normalization(in_chans)
+    mean, std = resolve_stats(in_chans, mean, std)
     tf = create_transform(
         input_size=input_size,
         is_training=True,
@@ -184,23 +199,49 @@ def finetune_transform(
     return fix_posterize(CheckedCompose([*head, *tf.transforms]))
 
 
-def eval_crop_pct(input_size: int) -> float:
-    """The official rule: crop 224/256 of the resized image up to 224 px input, full image above."""
-    return 224 / 256 if input_size <= 224 else 1.0
+def eval_crop_pct(input_size: int | list[int]) -> float:
+    """The official rule: crop 224/256 of the resized image up to 224 px input, full image above
+    (for height x width inputs: by the longer side)."""
+    return 224 / 256 if max(to_2tuple(input_size)) <= 224 else 1.0
 
 
-def eval_transform(input_size: int, in_chans: int = 3) -> T.Compose:
+class ResizeToCover:
+    """Bicubic resize keeping the aspect ratio, just large enough to cover (height, width).
+
+    The non-square counterpart of Resize(shorter side): a following CenterCrop(height, width)
+    then takes a crop without distorting the image.
+    """
+
+    def __init__(self, size: tuple[int, int]) -> None:
+        self.size = size
+
+    def __call__(self, img):
+        w, h = img.size
+        scale = max(self.size[0] / h, self.size[1] / w)
+        new = (max(self.size[0], round(h * scale)), max(self.size[1], round(w * scale)))
+        return T.functional.resize(img, list(new), interpolation=T.InterpolationMode.BICUBIC)
+
+
+def eval_transform(
+    input_size: int | list[int], in_chans: int = 3, mean=None, std=None
+) -> T.Compose:
     """Resize(int(input / crop_pct), bicubic) + CenterCrop(input) + normalise."""
-    resize = int(input_size / eval_crop_pct(input_size))
+    crop_pct = eval_crop_pct(input_size)
+    if isinstance(input_size, int):
+        resize = T.Resize(int(input_size / crop_pct), interpolation=T.InterpolationMode.BICUBIC)
+    else:  # (height, width): cover (h / crop_pct, w / crop_pct), aspect kept
+        resize = ResizeToCover(tuple(int(s / crop_pct) for s in input_size))
     return _pipeline([
-        T.Resize(resize, interpolation=T.InterpolationMode.BICUBIC),
-        T.CenterCrop(input_size),
-    ], in_chans)  # fmt: skip
+        resize,
+        T.CenterCrop(to_2tuple(input_size)),
+    ], in_chans, mean, std)  # fmt: skip
 
 
-def linprobe_transform(input_size: int, crop_min: float = 0.08, in_chans: int = 3) -> T.Compose:
+def linprobe_transform(
+    input_size: int | list[int], crop_min: float = 0.08, in_chans: int = 3, mean=None, std=None
+) -> T.Compose:
     """RandomResizedCrop(0.08-1, bicubic) + flip + normalise (no RandAugment, no erasing)."""
     return _pipeline([
         T.RandomResizedCrop(input_size, scale=(crop_min, 1.0), interpolation=T.InterpolationMode.BICUBIC),
         T.RandomHorizontalFlip(),
-    ], in_chans)  # fmt: skip
+    ], in_chans, mean, std)  # fmt: skip

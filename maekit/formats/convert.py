@@ -1,4 +1,4 @@
-"""``maekit convert IN OUT --to {maekit,timm,safetensors}``: re-save any readable checkpoint."""
+"""``maekit convert IN OUT --to {maekit,timm,safetensors,hf}``: re-save any readable checkpoint."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from ..errors import MaekitError
 from .loader import read_file
 from .timm_names import timm_create_call, to_timm
 
-TARGETS = ("maekit", "timm", "safetensors")
+TARGETS = ("maekit", "timm", "safetensors", "hf")
 
 
 def save_safetensors(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
@@ -35,7 +35,9 @@ def convert(
 
     ``maekit``: {model, epoch, args} .pth for --finetune / :func:`maekit.load_checkpoint`.
     ``safetensors``: the state dict in our names. ``timm``: encoder weights in timm's names
-    (``.safetensors`` if ``dst`` ends so, else a bare .pth state dict).
+    (``.safetensors`` if ``dst`` ends so, else a bare .pth state dict). ``hf``: a folder that
+    transformers' ``from_pretrained`` loads (ViTMAEForPreTraining, ViTMAEModel or
+    ViTForImageClassification, see :mod:`.hf`).
     """
     src, dst = Path(src), Path(dst)
     if to not in TARGETS:
@@ -59,6 +61,14 @@ def convert(
         atomic_save({"model": state, **keep}, dst)
     elif to == "safetensors":
         save_safetensors(state, dst, {"format": "pt", "converted_from": src.name})
+    elif to == "hf":
+        from .hf import maekit_to_hf, write_hf_dir
+
+        state, config, pre, notes = maekit_to_hf(state, ckpt.extras.get("args"))
+        lines += notes
+        write_hf_dir(dst, state, config, pre)
+        arch = config["architectures"][0]
+        lines.append(f"load it with: transformers.{arch}.from_pretrained({str(dst)!r})")
     else:
         state, notes, pool = to_timm(state, global_pool)
         lines += notes

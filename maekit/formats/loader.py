@@ -10,8 +10,10 @@ Formats, recognised by content (the suffix only breaks ties):
 - PLSC Paddle ``.pd`` checkpoints and ``.pdparams`` (see :mod:`.paddle`), read with the
   restricted unpickler.
 - ``.safetensors`` (no code at all in the format).
+- Hugging Face ``save_pretrained`` folders (config.json + weights) of ViTMAEForPreTraining,
+  ViTMAEModel and ViTForImageClassification, or their weights file alone (see :mod:`.hf`).
 
-Our module names are timm's and the official ones, so only Paddle files need renaming.
+Our module names are timm's and the official ones, so only Paddle and HF files need renaming.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import torch.nn as nn
 from ..data.folder import UnreadableImage, open_regular
 from ..engine.checkpoint import shape_mismatches
 from ..errors import MaekitError
+from .hf import CONFIG, hf_to_maekit, is_hf_dir, is_hf_state, read_hf_dir, read_json
 from .paddle import read_paddle
 from .report import LoadReport
 from .safe_pickle import load_pickle, load_torch, unreadable
@@ -44,11 +47,15 @@ class Checkpoint:
 
 
 def detect_format(path: str | Path) -> str:
-    """``'torch'`` (zip or legacy .pth), ``'pickle'`` (plain pickle: Paddle) or ``'safetensors'``."""
+    """``'torch'`` (zip or legacy .pth), ``'pickle'`` (plain pickle: Paddle), ``'safetensors'``
+    or ``'hf'`` (a Hugging Face save_pretrained folder)."""
     path = Path(path)
     if path.is_dir():
-        raise MaekitError(f"checkpoint {path} is a directory; give a checkpoint file in it "
-                          f"(e.g. {path / 'checkpoint-last.pth'})")  # fmt: skip
+        if is_hf_dir(path):
+            return "hf"
+        raise MaekitError(f"checkpoint {path} is a directory without a config.json; give a checkpoint "
+                          f"file in it (e.g. {path / 'checkpoint-last.pth'}) or a Hugging Face "
+                          "save_pretrained folder")  # fmt: skip
     if not path.exists():
         raise MaekitError(
             f"checkpoint {path} does not exist; check the path given to --resume/--finetune"
@@ -94,6 +101,8 @@ def read_raw(path: str | Path) -> tuple[object, str]:
     """Load ``path`` safely without interpreting it: (object, format from :func:`detect_format`).
     The contents are checked to be plain data (:func:`check_contents`)."""
     fmt = detect_format(path)
+    if fmt == "hf":
+        return read_hf_dir(path), fmt
     if fmt == "safetensors":
         from safetensors.torch import load_file
 
@@ -180,7 +189,11 @@ def read_file(path: str | Path) -> Checkpoint:
 
 def _convert(obj: object, fmt: str, path: Path) -> Checkpoint:
     notes: list[str] = []
-    if fmt == "safetensors":
+    if fmt == "hf":
+        state, config = obj
+        state, args, notes, arch = hf_to_maekit(state, config, str(path))
+        extras, source = {"args": args}, f"Hugging Face {arch} folder"
+    elif fmt == "safetensors":
         state, extras, source = obj, {}, "safetensors"
         if not state:
             raise MaekitError(f"{path} holds no tensors")
@@ -188,6 +201,12 @@ def _convert(obj: object, fmt: str, path: Path) -> Checkpoint:
         state, extras, source = _from_torch(obj, path)
     else:
         state, extras, notes, source = read_paddle(obj, str(path))
+    if fmt != "hf" and is_hf_state(state):  # a save_pretrained weights file given on its own
+        sibling = path.parent / CONFIG
+        config = read_json(sibling) if sibling.is_file() else None
+        state, args, notes, arch = hf_to_maekit(state, config, str(path))
+        extras = {**extras, "args": args}
+        source = f"Hugging Face {arch} weights ({source})"
     state, stripped = strip_prefixes(state)
     if stripped:
         notes.insert(0, "stripped " + ", ".join(f"'{p}' ({n} keys)" for p, n in stripped.items()))
@@ -198,7 +217,7 @@ def read_checkpoint_dict(path: str | Path) -> dict:
     """The checkpoint as a dict with ``model`` etc. (for resuming): PyTorch files as saved,
     with ``args`` as a plain dict; other formats as {model (converted), epoch, args}."""
     obj, fmt = read_raw(path)
-    if fmt == "torch":
+    if fmt == "torch" and not (isinstance(obj, dict) and is_hf_state(obj)):
         if not isinstance(obj, dict):
             raise MaekitError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict")
         return _plain_args(obj)

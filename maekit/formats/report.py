@@ -32,7 +32,9 @@ class LoadReport:
         parts = [f"{self.path}: {self.source}, {self.tensors} tensors", *self.notes]
         if self.loaded is not None:
             parts.append(f"loaded {self.loaded} into the model")
-            parts.append(f"{self.missing_label}: {', '.join(sorted(self.missing)) or 'none'}")
+            missing = sorted(self.missing)
+            shown = group_keys(missing) if len(missing) > 8 else ", ".join(missing)
+            parts.append(f"{self.missing_label}: {shown or 'none'}")
             if self.unused:
                 parts.append(f"unused: {group_keys(sorted(self.unused))}")
         return "; ".join(parts)

@@ -45,22 +45,33 @@ def sincos_2d(
 
 
 def interpolate_pos_embed(
-    pos_embed: torch.Tensor, new_grid: tuple[int, int], num_extra_tokens: int = 1
+    pos_embed: torch.Tensor,
+    new_grid: tuple[int, int],
+    num_extra_tokens: int = 1,
+    old_grid: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """Resize a learned/fixed (1, extra + gh*gw, D) table to ``new_grid`` bicubically.
 
-    Extra tokens (cls) are kept unchanged in front; the identity at the same size.
+    Extra tokens (cls) are kept unchanged in front; the identity at the same size. The old
+    grid is square unless ``old_grid`` (rows, columns) says otherwise.
     """
     extra = pos_embed[:, :num_extra_tokens]
     grid = pos_embed[:, num_extra_tokens:]
     n_old = grid.shape[1]
-    old = int(math.isqrt(n_old))
-    if old * old != n_old:
-        raise ValueError(f"pos_embed grid of {n_old} tokens is not square")
-    if (old, old) == tuple(new_grid):
+    if old_grid is None:
+        side = int(math.isqrt(n_old))
+        if side * side != n_old:
+            raise ValueError(
+                f"pos_embed grid of {n_old} tokens is not square; its (rows, columns) are needed"
+            )
+        old_grid = (side, side)
+    old_h, old_w = old_grid
+    if old_h * old_w != n_old:
+        raise ValueError(f"pos_embed has {n_old} grid tokens, not {old_h}x{old_w}")
+    if (old_h, old_w) == tuple(new_grid):
         return pos_embed
     dim = grid.shape[-1]
-    grid = grid.reshape(1, old, old, dim).permute(0, 3, 1, 2)  # (1, D, h, w)
-    grid = F.interpolate(grid.float(), size=new_grid, mode="bicubic", align_corners=False)
+    grid = grid.reshape(1, old_h, old_w, dim).permute(0, 3, 1, 2)  # (1, D, h, w)
+    grid = F.interpolate(grid.float(), size=tuple(new_grid), mode="bicubic", align_corners=False)
     grid = grid.permute(0, 2, 3, 1).reshape(1, -1, dim).to(pos_embed.dtype)
     return torch.cat([extra, grid], dim=1)

@@ -18,7 +18,8 @@ from timm.layers import trunc_normal_
 
 from ..engine.checkpoint import shape_mismatches, strip_wrapper_prefixes
 from ..errors import MaekitError
-from ..formats.loader import load_state_dict
+from ..formats.loader import read_file
+from .adapt import adapt_to_model, grid_of
 from .pos_embed import interpolate_pos_embed
 
 
@@ -30,7 +31,10 @@ def expected_missing_keys(global_pool: bool) -> set[str]:
 
 
 def adapt_state_dict(
-    state: dict[str, torch.Tensor], model: nn.Module, source: str = "the checkpoint"
+    state: dict[str, torch.Tensor],
+    model: nn.Module,
+    source: str = "the checkpoint",
+    old_grid: tuple[int, int] | None = None,
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Pre-trained weights -> this model's shapes. Returns (state, notes on what changed)."""
     state = strip_wrapper_prefixes(state)
@@ -50,7 +54,9 @@ def adapt_state_dict(
         grid = tuple(getattr(model, "grid_size", None) or model.patch_embed.grid_size)
         old = tuple(state["pos_embed"].shape)
         try:
-            state["pos_embed"] = interpolate_pos_embed(state["pos_embed"], grid, extra)
+            n_old = state["pos_embed"].shape[1] - extra
+            known = old_grid if old_grid and old_grid[0] * old_grid[1] == n_old else None
+            state["pos_embed"] = interpolate_pos_embed(state["pos_embed"], grid, extra, known)
         except ValueError as e:
             raise MaekitError(
                 f"--finetune {source}: cannot resize pos_embed {old} to a {grid} grid: {e}"
@@ -65,8 +71,10 @@ def adapt_state_dict(
 def load_pretrained_encoder(model: nn.Module, path: str | Path, global_pool: bool) -> list[str]:
     """Load ``path`` (any format :mod:`maekit.formats` reads) into ``model`` by the official
     fine-tuning rules; returns the one-line summary for the log."""
-    state, report = load_state_dict(path)
-    state, notes = adapt_state_dict(state, model, str(path))
+    ckpt = read_file(path)
+    state, report = ckpt.model, ckpt.report
+    args = ckpt.extras.get("args") if isinstance(ckpt.extras.get("args"), dict) else {}
+    state, notes = adapt_state_dict(state, model, str(path), grid_of(args, state))
     report.notes += notes
     wrong = shape_mismatches(state, model)
     if wrong:
@@ -94,3 +102,46 @@ def load_pretrained_encoder(model: nn.Module, path: str | Path, global_pool: boo
     report.missing, report.unused = sorted(missing), list(result.unexpected_keys)
     report.missing_label = "newly initialised"
     return [report.summary()]
+
+
+# Weights a pre-training model may lack in the file and initialise afresh: the decoder (released
+# encoder-only files, ViTMAEModel, fine-tuned encoders) and the final norm (global-pool encoders).
+FRESH_PREFIXES = ("decoder_", "mask_token", "norm.")
+
+
+def init_from_checkpoint(model: nn.Module, path: str | Path) -> str:
+    """``pretrain --init``: the weights of ``path`` (any format maekit reads) in a pre-training
+    model, fitted to its channels and grid (:mod:`.adapt`); returns the one-line summary.
+
+    Encoder weights must all be there; a missing decoder keeps its fresh initialisation.
+    """
+    ckpt = read_file(path)
+    report = ckpt.report
+    args = ckpt.extras.get("args") if isinstance(ckpt.extras.get("args"), dict) else {}
+    original = strip_wrapper_prefixes(ckpt.model)
+    state, notes = adapt_to_model(original, model, grid_of(args, original))
+    recomputed = {k for k in original if k not in state}  # fixed tables the model rebuilt
+    report.notes += notes
+    wrong = shape_mismatches(state, model)
+    if wrong:
+        own = model.state_dict()
+        raise MaekitError(
+            f"--init {path} does not fit {type(model).__name__}: shape mismatch for "
+            f"{', '.join(f'{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}' for k in wrong[:4])}; "
+            "pick the --model (and --patch_size) it was trained with"
+        )
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if k not in recomputed]
+    needed = [k for k in missing if not k.startswith(FRESH_PREFIXES)]
+    if needed:
+        raise MaekitError(
+            f"--init {path} lacks encoder weights of {type(model).__name__}: "
+            f"{', '.join(needed[:6])}{' ...' if len(needed) > 6 else ''}; "
+            "pick the --model it was trained with"
+        )
+    if any(k.startswith(("decoder_", "mask_token")) for k in missing):
+        report.notes.append("the checkpoint has no decoder: decoder freshly initialised")
+    report.loaded = len(state) - len(result.unexpected_keys)
+    report.missing, report.unused = sorted(missing), list(result.unexpected_keys)
+    report.missing_label = "newly initialised"
+    return "init from " + report.summary()

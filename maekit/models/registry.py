@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch.nn as nn
+from timm.layers import to_2tuple
 
 from ..errors import MaekitError
 
@@ -60,10 +61,13 @@ def create_model(name: str, **overrides) -> nn.Module:
             f"model {name!r} does not take {', '.join(unknown)}; it takes {', '.join(accepted)}"
         )
     img_size = overrides.get("img_size", entry.defaults.get("img_size", 224))
+    if isinstance(img_size, list | tuple):  # (height, width): non-square inputs
+        img_size = overrides["img_size"] = tuple(int(v) for v in img_size)
     patch = overrides.get("patch_size", entry.defaults.get("patch_size"))
-    if patch is not None and (patch <= 0 or img_size % patch):
+    if patch is not None and (patch <= 0 or any(s % patch for s in to_2tuple(img_size))):
+        shown = "x".join(map(str, to_2tuple(img_size)))
         raise MaekitError(
-            f"input size {img_size} is not divisible by the patch size {patch} of {name!r}; "
+            f"input size {shown} is not divisible by the patch size {patch} of {name!r}; "
             f"choose --input_size as a multiple of {patch} or set --patch_size"
         )
     return entry.cls(**{**entry.defaults, **overrides})

@@ -16,7 +16,7 @@ from ..config import FinetuneConfig
 from ..data.transforms import finetune_transform
 from ..engine.optim import build_adamw, layer_decay_groups, layer_rule
 from ..engine.trainer import LossFn
-from .supervised import Recipe, run_supervised
+from .supervised import Recipe, resolve_inputs, run_supervised
 
 
 def build_criterion(cfg: FinetuneConfig) -> torch.nn.Module:
@@ -66,6 +66,7 @@ def model_overrides(cfg: FinetuneConfig) -> dict:
 
 
 def run(cfg: FinetuneConfig) -> list[dict]:
+    note = resolve_inputs(cfg)  # channels, size and statistics of the checkpoint, unless given
     recipe = Recipe(
         train_transform=finetune_transform(
             cfg.input_size,
@@ -76,10 +77,12 @@ def run(cfg: FinetuneConfig) -> list[dict]:
             cfg.recount,
             cfg.crop_min,
             cfg.in_chans,
+            cfg.mean,
+            cfg.std,
         ),
         adapt_model=lambda m: m,
         build_optimizer=partial(build_optimizer, cfg),
         build_loss=partial(build_loss, cfg),
         model_overrides=model_overrides(cfg),
     )
-    return run_supervised(cfg, recipe)
+    return run_supervised(cfg, recipe, note)

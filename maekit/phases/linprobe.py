@@ -16,7 +16,7 @@ from ..config import LinprobeConfig
 from ..data.transforms import linprobe_transform
 from ..engine.lars import LARS
 from ..engine.trainer import LossFn
-from .supervised import Recipe, run_supervised
+from .supervised import Recipe, resolve_inputs, run_supervised
 
 
 def attach_probe_head(model: nn.Module) -> nn.Module:
@@ -45,11 +45,14 @@ def model_overrides(cfg: LinprobeConfig) -> dict:
 
 
 def run(cfg: LinprobeConfig) -> list[dict]:
+    note = resolve_inputs(cfg)  # channels, size and statistics of the checkpoint, unless given
     recipe = Recipe(
-        train_transform=linprobe_transform(cfg.input_size, cfg.crop_min, cfg.in_chans),
+        train_transform=linprobe_transform(
+            cfg.input_size, cfg.crop_min, cfg.in_chans, cfg.mean, cfg.std
+        ),
         adapt_model=attach_probe_head,
         build_optimizer=partial(build_optimizer, cfg),
         build_loss=partial(build_loss, cfg),
         model_overrides=model_overrides(cfg),
     )
-    return run_supervised(cfg, recipe)
+    return run_supervised(cfg, recipe, note)

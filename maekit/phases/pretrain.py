@@ -8,7 +8,7 @@ from ..analysis.watch import ReconstructionWatch, validation_split
 from ..config import PretrainConfig
 from ..data import build_dataset, build_train_loader, limit_train_set
 from ..data.gpu_decode import GpuDecodeLoader, collate_encoded, encoded_folder
-from ..data.transforms import PRETRAIN_SCALE, pretrain_transform
+from ..data.transforms import PRETRAIN_SCALE, pretrain_transform, resolve_stats
 from ..engine.distributed import shutdown
 from ..engine.fastpath import apply_fast_paths
 from ..engine.fit import fit, prepare_run, resolve_lr, seed_everything
@@ -65,13 +65,26 @@ def knn_datasets(cfg: PretrainConfig) -> tuple:
 
     try:
         bank, queries, num_classes = labeled_splits(
-            cfg.data_path, eval_transform(cfg.input_size, cfg.in_chans)
+            cfg.data_path, eval_transform(cfg.input_size, cfg.in_chans, cfg.mean, cfg.std)
         )
     except MaekitError as e:
         raise MaekitError(f"--knn_eval_freq: {e} (or drop --knn_eval_freq)") from e
     bank = Subset(bank, subset_indices(len(bank), cfg.knn_max_bank, cfg.seed))
     queries = Subset(queries, subset_indices(len(queries), cfg.knn_max_query, cfg.seed))
     return bank, queries, num_classes
+
+
+def init_weights(cfg: PretrainConfig, model: torch.nn.Module) -> str:
+    """--init: load the weights into ``model`` (adapted to its channels and grid) and return the
+    line to print; a run folder with progress is auto-resumed instead (said in the line)."""
+    from ..engine.checkpoint import find_resume_checkpoint
+    from ..models.pretrained import init_from_checkpoint
+
+    found = find_resume_checkpoint(cfg.output_dir) if cfg.auto_resume else None
+    if found:
+        return (f"--init {cfg.init} not used: {cfg.output_dir} already has progress ({found[0].name}), "
+                "auto-resuming from it (give a new --output_dir to start over from --init)")  # fmt: skip
+    return init_from_checkpoint(model, cfg.init)
 
 
 def summary(
@@ -91,12 +104,14 @@ def summary(
 def run(cfg: PretrainConfig) -> list[dict]:
     """Pre-train and return the per-epoch log records."""
     cfg.validate()
+    # The statistics in use, saved as numbers in config.json and every checkpoint's args.
+    cfg.mean, cfg.std = (list(v) for v in resolve_stats(cfg.in_chans, cfg.mean, cfg.std))
     # Fail fast on a bad model name, size or data path before any process group or output exists.
     seed_everything(cfg.seed)  # the initial weights follow --seed (DDP then broadcasts rank 0's)
     model = build_model(cfg)
-    dataset = build_dataset(
-        cfg.data_path, "train", pretrain_transform(cfg.input_size, cfg.in_chans), cfg.max_pixels
-    )
+    init_note = init_weights(cfg, model) if cfg.init else None
+    transform = pretrain_transform(cfg.input_size, cfg.in_chans, cfg.mean, cfg.std)
+    dataset = build_dataset(cfg.data_path, "train", transform, cfg.max_pixels)
     dataset, val_set, val_note = validation_split(cfg, dataset)  # val/ or a held-out --val_frac
     if cfg.gpu_decode:
         dataset = gpu_dataset(cfg, dataset)
@@ -109,6 +124,8 @@ def run(cfg: PretrainConfig) -> list[dict]:
                                     ctx.pin_memory, collate_fn=collate_encoded if cfg.gpu_decode else None)  # fmt: skip
         if cfg.gpu_decode:
             loader = GpuDecodeLoader(loader, env.device, cfg.input_size)
+        if env.is_main and init_note:
+            print(init_note, flush=True)
         if env.is_main:
             print(
                 f"data: {cfg.data_path} ({len(dataset)} images), {len(loader)} steps/epoch per process"
@@ -138,7 +155,8 @@ def run(cfg: PretrainConfig) -> list[dict]:
                                         progress=False)  # fmt: skip
                 if env.is_main:
                     print(
-                        f"k-NN top-1 of the initial (random) weights: {baseline['acc1']:.2f}%",
+                        f"k-NN top-1 of the initial ({'--init' if cfg.init else 'random'}) weights: "
+                        f"{baseline['acc1']:.2f}%",
                         flush=True,
                     )
             monitors.append(knn_monitor(model_without_ddp, *knn_data, cfg.knn_eval_freq, cfg.epochs, env,

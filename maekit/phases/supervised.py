@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import SupervisedConfig
+from ..config import SupervisedConfig, image_size_value
 from ..data import build_dataset, build_train_loader, limit_train_set
-from ..data.transforms import eval_transform
+from ..data.transforms import eval_transform, resolve_stats
 from ..engine.checkpoint import resume_from
 from ..engine.distributed import shutdown
 from ..engine.evaluate import build_eval_loader, evaluate
@@ -62,13 +62,53 @@ def build_encoder(cfg: SupervisedConfig, nb_classes: int, overrides: dict) -> to
                         **cfg.size_overrides(), **overrides)  # fmt: skip
 
 
-def run_supervised(cfg: SupervisedConfig, recipe: Recipe) -> list[dict]:
+# What a fine-tune / linear-probe run takes from the checkpoint it starts from when not given.
+INHERITED = ("in_chans", "input_size", "mean", "std")
+
+
+def resolve_inputs(cfg: SupervisedConfig) -> str | None:
+    """Fill --in_chans, --input_size, --mean and --std left unset from the ``args`` saved in the
+    --finetune (or --resume) checkpoint, else the defaults (3, 224, ImageNet's statistics), so a
+    model sees its inputs as it was pre-trained on them. Returns a line naming what was taken."""
+    from ..config import check_stats
+    from ..engine.checkpoint import read_checkpoint
+
+    source = cfg.finetune or cfg.resume
+    args: dict = {}
+    if source and any(getattr(cfg, k) is None for k in INHERITED):
+        ckpt = read_checkpoint(source)
+        args = ckpt.get("args") if isinstance(ckpt.get("args"), dict) else {}
+    taken = []
+    for key, default in (("in_chans", 3), ("input_size", 224)):
+        if getattr(cfg, key) is None:
+            value = args.get(key)
+            setattr(cfg, key, value if value else default)
+            taken += [f"--{key} {value}"] if value else []
+    cfg.input_size = image_size_value(cfg.input_size)
+    for key in ("mean", "std"):
+        saved = args.get(key)
+        if getattr(cfg, key) is None and saved and len(saved) == cfg.in_chans:
+            setattr(cfg, key, [float(v) for v in saved])
+            taken.append(f"--{key} {' '.join(f'{v:g}' for v in saved)}")
+    cfg.mean, cfg.std = (list(v) for v in resolve_stats(cfg.in_chans, cfg.mean, cfg.std))
+    check_stats(cfg.mean, cfg.std, cfg.in_chans)
+    return f"from {source}: {', '.join(taken)}" if taken else None
+
+
+def run_supervised(
+    cfg: SupervisedConfig, recipe: Recipe, inputs_note: str | None = None
+) -> list[dict]:
+    if any(getattr(cfg, k) is None for k in INHERITED):
+        inputs_note = resolve_inputs(cfg)
     cfg.validate()
     if cfg.eval and not (cfg.resume or cfg.finetune):
         raise MaekitError("--eval needs a checkpoint: give --resume PATH (or --finetune PATH)")
     # Everything that can fail on user input, before any process group or output exists.
     val_set = build_dataset(
-        cfg.data_path, "val", eval_transform(cfg.input_size, cfg.in_chans), cfg.max_pixels
+        cfg.data_path,
+        "val",
+        eval_transform(cfg.input_size, cfg.in_chans, cfg.mean, cfg.std),
+        cfg.max_pixels,
     )
     train_set = (
         None
@@ -94,7 +134,7 @@ def run_supervised(cfg: SupervisedConfig, recipe: Recipe) -> list[dict]:
     ctx = prepare_run(cfg)
     env = ctx.env
     try:
-        for note in notes if env.is_main else ():
+        for note in ([inputs_note] if inputs_note else []) + notes if env.is_main else ():
             print(note)
         model.to(env.device)
         model_without_ddp = model

@@ -105,7 +105,7 @@ def test_maekit_convert(tmp_path, to):
 
 # A learning rate so small that one AdamW step leaves every float32 weight bit-identical: the
 # checkpoint a run writes then holds exactly the weights it started from.
-FROZEN = ["--lr", "1e-30", "--epochs", "1", "--max_train_step", "1", "--batch_size", "2",
+FROZEN = ["--lr", "1e-30", "--min_lr", "0", "--epochs", "1", "--max_train_step", "1", "--batch_size", "2",
           "--num_workers", "0", "--input_size", str(IMG_SIZE), "--amp", "none", "--print_freq", "1"]  # fmt: skip
 
 
