@@ -1,6 +1,6 @@
 """maekit: MAE / ConvMAE pre-training, fine-tuning and linear probing of Vision Transformers."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # also the package version (pyproject reads it); see CHANGELOG.md
 
 __all__ = ["__version__", "load_checkpoint"]
 

@@ -10,6 +10,7 @@ from .config import (
     BenchConfig,
     ExtractConfig,
     FinetuneConfig,
+    HelpFormatter,
     KnnConfig,
     LinprobeConfig,
     PlotConfig,
@@ -87,7 +88,7 @@ def build_parser(file_defaults: dict[str, dict] | None = None) -> argparse.Argum
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (cls, help_text, _) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text,
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+                           formatter_class=HelpFormatter)  # fmt: skip
         add_config_flags(p, cls)
         p.add_argument("--config", metavar="FILE", default=None,
                        help="read flags from a YAML or JSON file (a run's config.json too) or a shipped "
@@ -121,6 +122,19 @@ def build_parser(file_defaults: dict[str, dict] | None = None) -> argparse.Argum
                       help="--to timm: for timm's global_pool='token'")  # fmt: skip
     conv.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     return parser
+
+
+def fetch_dataset(data_path: str) -> None:
+    """--download: fetch Fashion-MNIST (the only dataset maekit can download) if it is missing."""
+    from .data import BUILTIN_ALIASES
+
+    if data_path not in BUILTIN_ALIASES:
+        raise MaekitError(
+            f"--download fetches Fashion-MNIST only; drop it for --data_path {data_path}"
+        )
+    from .data.fashion_mnist import download
+
+    print(f"Fashion-MNIST: {download()}")
 
 
 def print_config(cls: type, cfg, args: argparse.Namespace) -> None:
@@ -167,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.print_config:
             print_config(cls, cfg, args)
             return 0
+        if getattr(cfg, "download", False):
+            fetch_dataset(cfg.data_path)
         importlib.import_module(module).run(cfg)
         return 0
     except MaekitError as e:

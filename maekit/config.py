@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -131,6 +132,9 @@ class CommonConfig:
         "ImageNet-style folder (train/, val/), a plain image folder, 'fashion-mnist', or tar "
         "shards: a folder/URL with train/shards.json, or a pattern such as "
         "DIR/{split}/shard-{000000..000127}.tar",
+    )
+    download: bool = opt(
+        False, "fetch Fashion-MNIST with torchvision if it is not found (needs a network)"
     )
     num_workers: int = opt(10, "data-loading worker processes per rank (capped at the CPU count)")
     pin_mem: bool = opt(True, "pin host memory for faster GPU copies (--no_pin_mem to disable)")
@@ -357,13 +361,47 @@ def _base_type(tp) -> type:
     return tp
 
 
+# A help text that already says what the default is ("(default: no clipping)", "; default
+# blr * ...") gets no second "(default: ...)" from the formatter.
+_STATES_DEFAULT = re.compile(r"\(default\b|[;,]\s*default\b|^default\b", re.IGNORECASE)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``(default: X)`` once per flag: not after help that states its default, not for None
+    (the help says what "not given" means), and on/off for switches."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "%(default)" in text
+            or _STATES_DEFAULT.search(text)
+            or default is None
+            or default is argparse.SUPPRESS
+            or not action.option_strings
+        ):
+            return text
+        if isinstance(default, bool):
+            return f"{text} (default: {'on' if default else 'off'})"
+        if isinstance(default, str) and default == "":
+            return f"{text} (default: none)"
+        return f"{text} (default: %(default)s)"
+
+
 def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
-    """One flag per dataclass field: ``--name`` (plus ``--no_name`` for booleans)."""
+    """One flag per dataclass field: ``--name`` (plus ``--no_name`` for booleans).
+
+    A class may define ``help_default(name) -> str | None`` for defaults the field cannot
+    express (a phase-dependent choice such as the pooling); it is appended to that help.
+    """
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         tp = _base_type(hints[f.name])
-        meta = f.metadata
+        meta = dict(f.metadata)
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        stated = getattr(cls, "help_default", lambda _name: None)(f.name)
+        if stated is not None:
+            meta["help"] = f"{meta.get('help')} (default: {stated})"
         names = [f"--{f.name}", *meta.get("aliases", ())]
         if typing.get_origin(tp) is list:  # list[str] -> one or more values
             (elem,) = typing.get_args(tp)
@@ -427,6 +465,16 @@ class SupervisedConfig(CommonConfig):
     )
 
     default_global_pool = True  # class attribute, not a field: the phase's pooling default
+
+    @classmethod
+    def help_default(cls, name: str) -> str | None:
+        """--help: the pooling default is the phase's (fine-tuning: global pool; linear probe:
+        cls token), not the False both switches are stored with."""
+        if name == "global_pool":
+            return "on" if cls.default_global_pool else "off: the cls token"
+        if name == "cls_token":
+            return "off: global pool" if cls.default_global_pool else "on"
+        return None
 
     def use_global_pool(self) -> bool:
         """--global_pool / --cls_token resolved against the phase default."""

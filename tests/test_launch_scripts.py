@@ -24,7 +24,8 @@ from maekit.cli import build_parser
 from tests.conftest import REPO
 
 LAUNCH = REPO / "scripts" / "launch"
-PHASE_SCRIPTS = ["pretrain.sh", "finetune.sh", "pretrain_huge.sh"]
+PHASE_SCRIPTS = ["pretrain.sh", "finetune.sh", "linprobe.sh", "pretrain_huge.sh",
+                 "convmae_pretrain.sh", "convmae_finetune.sh", "convmae_linprobe.sh"]  # fmt: skip
 ALL_SCRIPTS = ["common.sh", *PHASE_SCRIPTS, "slurm.sbatch"]
 
 # The seed's PLSC pre-training flags, verbatim and in order.
@@ -139,6 +140,58 @@ def test_pretrain_huge_command_shards_with_fsdp() -> None:
     assert "--blr 1.5e-4 --weight_decay 0.05 --dist_mode fsdp --grad_ckpt" in joined
     # Effective batch 4096 on 4 nodes x 8 GPUs, as ViT-B.
     assert "--accum_iter 1 --batch_size 128 " in joined
+
+
+# script -> (phase, the effective batch on 4 nodes x 8 GPUs, the recipe's published batch)
+EFFECTIVE_BATCH = {
+    "pretrain.sh": ("pretrain", 4096), "pretrain_huge.sh": ("pretrain", 4096),
+    "finetune.sh": ("finetune", 1024), "linprobe.sh": ("linprobe", 16384),
+    "convmae_pretrain.sh": ("pretrain", 3072),  # the official ConvMAE run: 128 x 24 GPUs
+    "convmae_finetune.sh": ("finetune", 1024), "convmae_linprobe.sh": ("linprobe", 16384),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("script", PHASE_SCRIPTS)
+@pytest.mark.parametrize(("nodes", "accum"), [(4, 1), (1, 4)])
+def test_effective_batch_is_the_recipes(script: str, nodes: int, accum: int) -> None:
+    """4 nodes x 8 GPUs as the scripts are; one node of 8 with --accum_iter 4, as they say."""
+    extra = ["--accum_iter", str(accum)] if accum > 1 else []
+    line = command(script, *extra, NNODES=str(nodes), NPROC_PER_NODE="8", MASTER_ADDR="node0")
+    phase, args = maekit_args(line)
+    ns = build_parser().parse_args([phase, *args])
+    assert phase == EFFECTIVE_BATCH[script][0]
+    assert ns.batch_size * ns.accum_iter * nodes * 8 == EFFECTIVE_BATCH[script][1]
+
+
+def test_linprobe_commands_are_the_official_recipe() -> None:
+    parser = build_parser()
+    for script, model, pool in (("linprobe.sh", "vit_base_patch16", "cls_token"),
+                                ("convmae_linprobe.sh", "convvit_base_patch16", "global_pool")):  # fmt: skip
+        phase, args = maekit_args(command(script, PRETRAINED="/c/p.pth", DATA_PATH="/d"))
+        ns = parser.parse_args([phase, *args])
+        assert (phase, ns.model, ns.finetune, ns.data_path) == ("linprobe", model, "/c/p.pth", "/d")
+        assert (ns.epochs, ns.warmup_epochs, ns.blr, ns.weight_decay, ns.dist_eval) == (
+            90, 10, 0.1, 0.0, True)  # fmt: skip
+        assert getattr(ns, pool) is True
+
+
+def test_convmae_commands() -> None:
+    parser = build_parser()
+    _, args = maekit_args(command("convmae_pretrain.sh"))
+    ns = parser.parse_args(["pretrain", *args])
+    assert (ns.model, ns.norm_pix_loss, ns.mask_ratio, ns.epochs, ns.warmup_epochs, ns.blr) == (
+        "convmae_convvit_base_patch16", True, 0.75, 1600, 40, 1.5e-4)  # fmt: skip
+    assert ns.output_dir == "runs/convmae_base_1600ep"
+    _, args = maekit_args(command("convmae_finetune.sh"))
+    ns = parser.parse_args(["finetune", *args])
+    assert (ns.model, ns.finetune) == (
+        "convvit_base_patch16",
+        "runs/convmae_base_1600ep/checkpoint-1599.pth",
+    )
+    assert (ns.epochs, ns.blr, ns.layer_decay, ns.drop_path, ns.mixup, ns.cutmix, ns.reprob) == (
+        100, 5e-4, 0.65, 0.1, 0.8, 1.0, 0.25)  # fmt: skip
+    _, args = maekit_args(command("convmae_linprobe.sh"))
+    assert "runs/convmae_base_1600ep/checkpoint-1599.pth" in args
 
 
 @pytest.mark.parametrize("script", PHASE_SCRIPTS)
@@ -356,6 +409,22 @@ def test_sbatch_starts_one_torchrun_per_node(
         ), line
         # A named job keeps its output directory across requeues; the user's flags come last.
         assert line.endswith(" --output_dir runs/mae_b --epochs 3")
+
+
+@pytest.mark.parametrize(
+    "name", ["linprobe", "convmae_pretrain", "convmae_finetune", "convmae_linprobe"]
+)
+def test_sbatch_runs_the_new_launch_scripts_by_name(
+    fake_slurm: dict, tmp_path: Path, name: str
+) -> None:
+    r = subprocess.run(["bash", str(LAUNCH / "slurm.sbatch"), name], cwd=tmp_path, env=fake_slurm,
+                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    (srun,) = [c for c in calls(fake_slurm) if c.startswith("srun ")]
+    assert srun.endswith(f" {LAUNCH / (name + '.sh')}")
+    line = (Path(fake_slurm["FAKE_LOG"]) / "node0.out").read_text().strip()
+    phase = name.removeprefix("convmae_")
+    assert f" -m maekit {phase} " in line and " --nnodes 4 --nproc_per_node 8 " in line
 
 
 def test_sbatch_rejects_an_unknown_phase(fake_slurm: dict, tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from .sampling import EpochBatches, EpochLoader, ResumableSampler
 from .shards import ShardDataset, ShardLoader, is_shard_path, load_shard_dataset
 
 BUILTIN = ("fashion-mnist",)
+BUILTIN_ALIASES = ("fashion-mnist", "fashion_mnist", "fmnist")
 
 
 def build_dataset(

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Shared by pretrain.sh, finetune.sh and pretrain_huge.sh (sourced, not run by itself).
+# Shared by the launch scripts of this folder (sourced, not run by itself).
 # maekit_launch PHASE [maekit flags...] starts `torchrun ... -m maekit PHASE [flags...]` on this
 # node, or prints that command when DRY_RUN=1. Run the same script on every node.
 #
