@@ -68,3 +68,15 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 300, launcher: list[str
         proc.communicate()
         raise
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+@pytest.fixture(autouse=True)
+def _registry_restored():
+    """Models a test registers (the golden files' tiny geometry) are gone after it, so tests
+    that list the registered models see only the shipped ones, whichever xdist worker ran what."""
+    from maekit.models.registry import _REGISTRY
+
+    before = set(_REGISTRY)
+    yield
+    for name in set(_REGISTRY) - before:
+        del _REGISTRY[name]

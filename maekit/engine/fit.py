@@ -89,7 +89,7 @@ RESUMABLE_CHANGES = frozenset({
     "local_rank", "dist_url", "dist_on_itp", "data_path", "gpu_decode", "knn_eval_freq",
     "knn_max_bank", "knn_max_query", "knn_pool", "finetune", "dist_eval", "eval", "config",
     "print_config", "knn_baseline", "val_freq", "val_max_images", "vis_freq", "log_wandb",
-    "wandb_project", "wandb_name", "download",
+    "wandb_project", "wandb_name", "download", "init",
 })  # fmt: skip
 
 
