@@ -313,6 +313,12 @@ def shape_mismatches(state: dict[str, torch.Tensor], model: torch.nn.Module) -> 
     return sorted(k for k, v in state.items() if k in own and own[k].shape != v.shape)
 
 
+def mismatch_text(state: dict[str, torch.Tensor], model: torch.nn.Module, keys: list[str]) -> str:
+    """``key (file shape) vs (model shape), ...`` for the error messages of every loader."""
+    own = model.state_dict()
+    return ", ".join(f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in keys)
+
+
 def read_checkpoint(path: str | Path) -> dict:
     """Load a checkpoint dict safely (tensors, numpy arrays, plain containers only).
 

@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 
 from ..data.folder import UnreadableImage, open_regular
-from ..engine.checkpoint import shape_mismatches
+from ..engine.checkpoint import mismatch_text, shape_mismatches
 from ..errors import MaekitError
 from .hf import CONFIG, hf_to_maekit, is_hf_dir, is_hf_state, read_hf_dir, read_json
 from .paddle import read_paddle
@@ -246,9 +246,7 @@ def load_checkpoint(
         if wrong:
             raise MaekitError(
                 f"{path} does not fit {type(model).__name__}: shape mismatch for "
-                + ", ".join(
-                    f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in wrong[:6]
-                )
+                + mismatch_text(state, model, wrong[:6])
             )
         report.missing = [k for k in own if k not in state]
         report.unused = [k for k in state if k not in own]

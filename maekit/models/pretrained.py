@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 from timm.layers import trunc_normal_
 
-from ..engine.checkpoint import shape_mismatches, strip_wrapper_prefixes
+from ..engine.checkpoint import mismatch_text, shape_mismatches, strip_wrapper_prefixes
 from ..errors import MaekitError
 from ..formats.loader import read_file
 from .adapt import adapt_to_model, grid_of
@@ -78,10 +78,9 @@ def load_pretrained_encoder(model: nn.Module, path: str | Path, global_pool: boo
     report.notes += notes
     wrong = shape_mismatches(state, model)
     if wrong:
-        own = model.state_dict()
         raise MaekitError(
             f"--finetune {path} is for a different architecture: shape mismatch for "
-            f"{', '.join(f'{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}' for k in wrong[:6])}; "
+            f"{mismatch_text(state, model, wrong[:6])}; "
             "pick the --model (and --patch_size/--input_size) it was pre-trained with"
         )
     result = model.load_state_dict(state, strict=False)
@@ -124,10 +123,9 @@ def init_from_checkpoint(model: nn.Module, path: str | Path) -> str:
     report.notes += notes
     wrong = shape_mismatches(state, model)
     if wrong:
-        own = model.state_dict()
         raise MaekitError(
             f"--init {path} does not fit {type(model).__name__}: shape mismatch for "
-            f"{', '.join(f'{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}' for k in wrong[:4])}; "
+            f"{mismatch_text(state, model, wrong[:4])}; "
             "pick the --model (and --patch_size) it was trained with"
         )
     result = model.load_state_dict(state, strict=False)
