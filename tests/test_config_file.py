@@ -132,7 +132,7 @@ def test_command_line_flags_override_the_file(tmp_path):
 
 
 def test_a_runs_config_json_resolves_to_the_same_config(tmp_path):
-    """config.json as fit.prepare_run writes it (every field + the `resolved` block)."""
+    """config.json as run.prepare_run writes it (every field + the `resolved` block)."""
     cfg = FinetuneConfig(model="vit_small_patch16", epochs=3, blr=2e-3, lr=None, cutmix_minmax=[0.2, 0.8],
                          mixup=0.8, global_pool=True, clip_grad=1.0, output_dir=str(tmp_path / "run"))  # fmt: skip
     path = tmp_path / "config.json"

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from ..config import ExtractConfig
 from ..engine.checkpoint import atomic_write
 from ..engine.distributed import DistEnv, init_distributed, shutdown
-from ..engine.evaluate import ShardSampler
+from ..engine.evaluate import RankSplitSampler
 from ..engine.precision import Precision, resolve_precision
 from ..engine.preemption import ignore_stop_signals
 from ..errors import MaekitError
@@ -66,7 +66,7 @@ def subset_indices(length: int, limit: int | None, seed: int) -> list[int]:
 
 
 def gather_in_order(local: torch.Tensor, total: int, env: DistEnv) -> torch.Tensor | None:
-    """Rows of each rank's ShardSampler shard -> all ``total`` rows in dataset order, on rank 0.
+    """Rows of each rank's RankSplitSampler shard -> all ``total`` rows in dataset order, on rank 0.
 
     Rank r holds dataset rows r, r + W, r + 2W, ...; shards differ in length by at most one,
     so each is padded to the longest for the collective and the padding is cut off after
@@ -107,7 +107,7 @@ def extract_features(
                           "run with fewer processes")  # fmt: skip
     was_training = model.training
     model.eval()
-    sampler = ShardSampler(len(dataset), env.rank, env.world_size)
+    sampler = RankSplitSampler(len(dataset), env.rank, env.world_size)
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                         pin_memory=env.device.type == "cuda", worker_init_fn=ignore_stop_signals)  # fmt: skip
     feats, labels = [], []

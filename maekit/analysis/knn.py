@@ -19,8 +19,8 @@ from torch.utils.data import Dataset, Subset
 
 from ..config import KnnConfig
 from ..engine.distributed import DistEnv, broadcast_object, init_distributed, shutdown
+from ..engine.fsdp import gathered
 from ..engine.precision import Precision, resolve_precision
-from ..engine.sharding import gathered
 from ..errors import MaekitError
 from .features import extract_features, is_labeled, subset_indices
 

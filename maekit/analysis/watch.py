@@ -27,10 +27,10 @@ from ..data import BUILTIN, build_dataset
 from ..data.shards import is_shard_path
 from ..data.transforms import eval_transform
 from ..engine.distributed import DistEnv, all_reduce_sum
-from ..engine.evaluate import ShardSampler, SkipUnreadable
+from ..engine.evaluate import RankSplitSampler, SkipUnreadable
+from ..engine.fsdp import gathered
 from ..engine.precision import Precision
 from ..engine.progress import RunRecorder
-from ..engine.sharding import gathered
 from .features import subset_indices
 from .visualize import describe, grid_columns, reconstruct, render_grid, show_gray, to_uint8
 
@@ -116,7 +116,7 @@ class ReconstructionWatch:
                  num_workers: int) -> None:  # fmt: skip
         self.cfg, self.model, self.val_set, self.env = cfg, model, val_set, env
         self.precision, self.recorder, self.output_dir = precision, recorder, output_dir
-        sampler = ShardSampler(len(val_set), env.rank, env.world_size)  # exact shares, no padding
+        sampler = RankSplitSampler(len(val_set), env.rank, env.world_size)  # exact shares, no padding
         self.loader = DataLoader(SkipUnreadable(_Indexed(val_set)), batch_size=cfg.batch_size,
                                  sampler=sampler, num_workers=num_workers, collate_fn=_collate,
                                  generator=torch.Generator())  # fmt: skip

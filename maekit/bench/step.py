@@ -1,9 +1,10 @@
 """Training-step throughput of a phase on synthetic batches, the fast way and the plain way.
 
-The step is the phases' own: the model, optimizer and loss come from the phase modules'
-builders (so any registered model works, whatever its family), and the step runs inside the
-shared training loop (:func:`maekit.engine.trainer.train_one_epoch`) over a fixed batch that
-already lives on the device. Only the input pipeline is left out (see :mod:`.pipeline`).
+The step is the phases' own: the model, optimizer and loss come from the phases' recipes
+(:mod:`maekit.phases`, so any registered model works, whatever its family), the model is wrapped
+by the runs' :func:`~maekit.engine.parallelize.parallelize`, and the step runs inside the
+shared :class:`~maekit.engine.trainer.Trainer` over a fixed batch that already lives on the
+device. Only the input pipeline is left out (see :mod:`.pipeline`).
 
 Two modes, built from the same seed so that they start from the same weights:
 
@@ -37,12 +38,14 @@ import torch
 
 from ..config import BenchConfig, FinetuneConfig, LinprobeConfig, PretrainConfig
 from ..engine.distributed import DistEnv
-from ..engine.fastpath import apply_fast_paths, fused_attention_modules, set_fused_attention
+from ..engine.fastpath import fused_attention_modules, set_fused_attention
+from ..engine.parallelize import parallelize
 from ..engine.precision import resolve_precision
 from ..engine.progress import RunRecorder
 from ..engine.schedule import scaled_lr
-from ..engine.trainer import LoopSettings, LossFn, train_one_epoch
+from ..engine.trainer import LoopSettings, Trainer
 from ..errors import MaekitError
+from ..phases import recipe_class
 from .hardware import MemoryMeter, synchronize
 
 PHASE_CONFIGS = {"pretrain": PretrainConfig, "finetune": FinetuneConfig, "linprobe": LinprobeConfig}
@@ -145,28 +148,12 @@ def phase_config(cfg: BenchConfig, mode: StepMode):
     return pc
 
 
-def phase_module(phase: str):
-    import importlib
-
-    return importlib.import_module(f"maekit.phases.{phase}")
-
-
-def build_model(pc, phase: str, nb_classes: int) -> torch.nn.Module:
-    """The phase's model, as its run() builds it (kind checked, phase overrides applied)."""
-    mod = phase_module(phase)
-    if phase == "pretrain":
-        return mod.build_model(pc)
-    from ..phases.supervised import build_encoder
-
-    model = build_encoder(pc, nb_classes, mod.model_overrides(pc))
-    if phase == "linprobe":
-        model = mod.attach_probe_head(model)
-    return model
-
-
-def build_loss(pc, phase: str, nb_classes: int) -> LossFn:
-    mod = phase_module(phase)
-    return mod.build_loss(pc) if phase == "pretrain" else mod.build_loss(pc, nb_classes)
+def phase_recipe(pc, phase: str, nb_classes: int):
+    """The phase's recipe over the benchmark's config, with the benchmark's class count (the
+    data a run would read them from is not opened)."""
+    recipe = recipe_class(phase)(pc)
+    recipe.nb_classes = nb_classes
+    return recipe
 
 
 def plain_optimizer(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
@@ -204,11 +191,9 @@ def synthetic_batch(cfg: BenchConfig, device: torch.device) -> tuple[torch.Tenso
     return x.to(device), y.to(device)
 
 
-def _epoch(model, batch, steps, optimizer, loss_fn, settings, precision, scaler, env) -> dict:
-    recorder = RunRecorder(".", None, enabled=False)
+def _epoch(trainer: Trainer, batch, steps: int) -> dict:
     with contextlib.redirect_stdout(io.StringIO()):  # the loop's progress lines
-        return train_one_epoch(model, [batch] * steps, optimizer, loss_fn, 0, settings, precision,
-                               scaler, env, recorder)  # fmt: skip
+        return trainer.train_epoch([batch] * steps, 0)
 
 
 def measure(cfg: BenchConfig, device: torch.device, mode: StepMode) -> StepResult:
@@ -216,32 +201,33 @@ def measure(cfg: BenchConfig, device: torch.device, mode: StepMode) -> StepResul
     pc = phase_config(cfg, mode)
     meter = MemoryMeter(device)
     meter.start()
+    recipe = phase_recipe(pc, cfg.phase, cfg.nb_classes)
     torch.manual_seed(cfg.seed)  # same initial weights and masking stream in both modes
-    model = build_model(pc, cfg.phase, cfg.nb_classes).to(device)
+    model = recipe.build_model().to(device)
     set_fused_attention(model, mode.fused_attn)
-    step_model = apply_fast_paths(model, pc, model)
+    precision = resolve_precision(pc.amp, device)
+    env = DistEnv(0, 1, 0, device)
+    pm = parallelize(model, env, precision, grad_ckpt=pc.grad_ckpt, compile=pc.compile,
+                     name=repr(pc.model))  # fmt: skip
     lr = scaled_lr(pc.blr, cfg.batch_size)
-    optimizer = phase_module(cfg.phase).build_optimizer(pc, model, lr)
+    optimizer = recipe.build_optimizer(model, lr)
     if not mode.fused_optimizer:
         optimizer = plain_optimizer(optimizer)
-    loss_fn = build_loss(pc, cfg.phase, cfg.nb_classes)
-    precision = resolve_precision(pc.amp, device)
-    scaler = precision.grad_scaler()
-    env = DistEnv(0, 1, 0, device)
     # Constant lr (min_lr = lr, no warm-up): the schedule's cost stays, its shape is irrelevant.
     settings = LoopSettings(lr=lr, min_lr=lr, warmup_epochs=0.0, epochs=1, print_freq=pc.print_freq)
+    trainer = Trainer(pm, optimizer, recipe.build_loss(), settings, precision, env,
+                      RunRecorder(".", None, enabled=False))  # fmt: skip
     batch = synthetic_batch(cfg, device)
-    args = (optimizer, loss_fn, settings, precision, scaler, env)
     reference = mode.name.startswith("reference")
     try:
         with torch_default_tf32(reference and device.type == "cuda"):
             tf32 = device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32
             if cfg.warmup:
-                _epoch(step_model, batch, cfg.warmup, *args)
+                _epoch(trainer, batch, cfg.warmup)
             synchronize(device)
             meter.reset_peak()
             start = time.perf_counter()
-            stats = _epoch(step_model, batch, cfg.steps, *args)  # ends with a host read
+            stats = _epoch(trainer, batch, cfg.steps)  # ends with a host read
             synchronize(device)
             elapsed = time.perf_counter() - start
     except torch.OutOfMemoryError as e:
@@ -262,7 +248,7 @@ def measure(cfg: BenchConfig, device: torch.device, mode: StepMode) -> StepResul
         step_ms=elapsed / cfg.steps * 1000, peak_mem_mb=meter.peak_mb(), loss=stats["loss"],
         tf32_matmul=bool(tf32),
     )  # fmt: skip
-    del step_model, model, optimizer, batch, stats
+    del trainer, pm, model, optimizer, batch, stats
     if pc.compile:
         torch._dynamo.reset()  # drop the compiled graphs (they hold the model)
     return result
@@ -278,11 +264,12 @@ def count_flops(cfg: BenchConfig, device: torch.device) -> float | None:
     from torch.utils.flop_counter import FlopCounterMode
 
     pc = phase_config(cfg, REFERENCE)
-    loss_fn = build_loss(pc, cfg.phase, cfg.nb_classes)
+    recipe = phase_recipe(pc, cfg.phase, cfg.nb_classes)
+    loss_fn = recipe.build_loss()
     for where in (torch.device("meta"), device):
         try:
             with torch.device(where):
-                model = build_model(pc, cfg.phase, cfg.nb_classes)
+                model = recipe.build_model()
             set_fused_attention(model, False)  # the CPU fused kernel has no FLOP formula
             x, y = synthetic_batch(cfg, where)
             with FlopCounterMode(display=False) as counter:

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from ..errors import MaekitError
-from .sharding import is_sharded, load_full_state
+from .fsdp import is_fsdp, load_full_state
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -349,7 +349,7 @@ def resume_from(
     if wrong:
         raise MaekitError(f"checkpoint {path} does not match the model: other shapes for {wrong[:8]}; "
                           "resume with the same --model and sizes")  # fmt: skip
-    if is_sharded(unwrap(model)):  # fsdp: every rank keeps its shard of the full tensors
+    if is_fsdp(unwrap(model)):  # fsdp: every rank keeps its shard of the full tensors
         load_full_state(unwrap(model), state, optimizer, ckpt.get("optimizer"))
     else:
         result = unwrap(model).load_state_dict(state, strict=False)

@@ -1,7 +1,7 @@
 """Classification evaluation: top-1/top-5 and loss, exact under --dist_eval.
 
 With ``--dist_eval`` each rank takes every world_size-th sample (no padding, unlike
-DistributedSampler, so an uneven last shard is not double-counted) and the sums are
+DistributedSampler, so an uneven last part is not double-counted) and the sums are
 all-reduced. Without it every rank evaluates the whole set.
 """
 
@@ -19,8 +19,9 @@ from .precision import Precision
 from .preemption import ignore_stop_signals
 
 
-class ShardSampler(Sampler[int]):
-    """Indices rank, rank + world, ... : disjoint shards covering the dataset exactly once."""
+class RankSplitSampler(Sampler[int]):
+    """Indices rank, rank + world, ... : the rank split, disjoint parts covering the dataset
+    exactly once."""
 
     def __init__(self, length: int, rank: int, world_size: int) -> None:
         self.indices = list(range(rank, length, world_size))
@@ -60,18 +61,18 @@ def _collate_readable(batch):
 def build_eval_loader(
     dataset, batch_size: int, env: DistEnv, dist_eval: bool, num_workers: int, pin_memory: bool
 ) -> DataLoader:
-    """Sequential (or, with --dist_eval, exact per-rank shards) over ``dataset``; its own RNG
+    """Sequential (or, with --dist_eval, the exact rank split) over ``dataset``; its own RNG
     generator so evaluating never draws from the training random streams. Tar shards are
     streamed (:func:`maekit.data.shards.shard_eval_loader`, the same exact per-rank split)."""
     if getattr(dataset, "streamed", False):
         from ..data.shards import shard_eval_loader
 
-        sharded = dist_eval and env.distributed
-        return shard_eval_loader(dataset, batch_size, env.rank, env.world_size, sharded, num_workers,
+        split = dist_eval and env.distributed
+        return shard_eval_loader(dataset, batch_size, env.rank, env.world_size, split, num_workers,
                                  pin_memory)  # fmt: skip
     dataset = SkipUnreadable(dataset)
     if dist_eval and env.distributed:
-        sampler = ShardSampler(len(dataset), env.rank, env.world_size)
+        sampler = RankSplitSampler(len(dataset), env.rank, env.world_size)
     else:
         sampler = torch.utils.data.SequentialSampler(dataset)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
@@ -81,9 +82,10 @@ def build_eval_loader(
 
 @torch.no_grad()
 def evaluate(
-    model: torch.nn.Module, loader: DataLoader, env: DistEnv, precision: Precision, sharded: bool
+    model: torch.nn.Module, loader: DataLoader, env: DistEnv, precision: Precision, split: bool
 ) -> dict[str, float]:
-    """Returns {'acc1', 'acc5', 'loss', 'n'}; accuracies in percent, as the official logs them."""
+    """Returns {'acc1', 'acc5', 'loss', 'n'}; accuracies in percent, as the official logs them.
+    ``split``: each rank evaluated its part of the rank split (the sums are all-reduced)."""
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=env.device)  # loss, correct1, correct5, n
     for batch in loader:
@@ -104,7 +106,7 @@ def evaluate(
             hit.any(dim=1).sum().double(),
             torch.tensor(float(targets.shape[0]), dtype=torch.float64, device=env.device),
         ])  # fmt: skip
-    if sharded:
+    if split:
         all_reduce_sum(sums)
     loss, c1, c5, n = sums.tolist()
     n = max(n, 1.0)

@@ -1,5 +1,5 @@
 """The speed switches a phase applies to its model: fused attention, activation checkpointing,
-torch.compile. Models never see the flags; the phase calls these on the built model.
+torch.compile. Models never see the flags; :mod:`.parallelize` applies them to the built model.
 
 - Fused attention: timm's attention modules carry a ``fused_attn`` attribute; when True they
   call ``F.scaled_dot_product_attention`` (flash / memory-efficient kernels, no (N, H, L, L)
@@ -48,15 +48,3 @@ def compile_model(model: nn.Module) -> nn.Module:
     if not hasattr(torch, "compile"):
         raise MaekitError("--compile needs torch.compile (torch >= 2.0); drop --compile")
     return torch.compile(model)
-
-
-def apply_fast_paths(model: nn.Module, cfg, model_without_ddp: nn.Module) -> nn.Module:
-    """--grad_ckpt on the bare model, then --compile around ``model`` (the DDP wrapper, if any).
-
-    Returns the module the training step should call; checkpoints keep using the bare model.
-    """
-    if getattr(cfg, "grad_ckpt", False):
-        enable_grad_checkpointing(model_without_ddp, repr(cfg.model))
-    if getattr(cfg, "compile", False):
-        model = compile_model(model)
-    return model

@@ -1,6 +1,6 @@
-"""The one training loop shared by every phase.
+"""The one training loop shared by every phase: :class:`Trainer`.
 
-A phase supplies ``loss_fn(model, samples, targets) -> scalar loss``; the loop owns
+A phase supplies ``loss_fn(model, samples, targets) -> scalar loss``; the trainer owns
 gradient accumulation (no DDP all-reduce on accumulation steps), the per-iteration
 lr schedule, autocast / grad scaling, gradient-norm clipping, metric reduction and
 progress. The loss is read from the device only at print points, so a GPU step
@@ -22,16 +22,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
 from ..data.robust import TooManyBadImages
 from ..errors import MaekitError
 from .distributed import DistEnv, all_reduce_sum
+from .fsdp import local_value, set_gradient_sync
+from .parallelize import ParallelModel
 from .precision import Precision
 from .preemption import StopRequest
 from .progress import EpochProgress, RunRecorder
 from .schedule import apply_lr, lr_at
-from .sharding import is_sharded, local_value, set_gradient_sync
 
 LossFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -52,6 +52,14 @@ class LoopSettings:
     max_train_step: int | None = None
     max_nonfinite: int = 0  # skip up to this many non-finite steps per run (0: stop at the first)
     max_bad_frac: float = 0.01  # stop when a larger fraction of an epoch's images is unreadable
+
+    @classmethod
+    def from_config(cls, cfg, lr: float) -> LoopSettings:
+        """A phase config's loop flags, with the absolute ``lr`` the run resolved."""
+        return cls(lr=lr, min_lr=cfg.min_lr, warmup_epochs=cfg.warmup_epochs, epochs=cfg.epochs,
+                   accum_iter=cfg.accum_iter, clip_grad=cfg.clip_grad, print_freq=cfg.print_freq,
+                   max_train_step=cfg.max_train_step, max_nonfinite=cfg.max_nonfinite,
+                   max_bad_frac=cfg.max_bad_frac)  # fmt: skip
 
 
 @dataclass
@@ -88,193 +96,232 @@ def _unpack(batch) -> tuple[torch.Tensor, torch.Tensor, int]:
     return batch[0], batch[1], 0
 
 
-def train_one_epoch(
-    model: torch.nn.Module,
-    loader: torch.utils.data.DataLoader,
-    optimizer: torch.optim.Optimizer,
-    loss_fn: LossFn,
-    epoch: int,
-    settings: LoopSettings,
-    precision: Precision,
-    scaler: torch.amp.GradScaler,
-    env: DistEnv,
-    recorder: RunRecorder,
-    state: EpochState | None = None,
-    stop: StopRequest | None = None,
-    counters: RunCounters | None = None,
-) -> dict[str, float]:
-    """Train one epoch (from ``state.step`` when resuming one); returns the globally averaged
-    ``loss``, ``lr`` (the mean of the epoch's per-iteration lr, as the official ``train_lr``),
-    ``last_lr``, ``img_per_s``, ``time_s``, ``bad_images`` and the final
-    :class:`EpochState` as ``state`` (``state.stopped`` after a stop request).
+class _Window:
+    """The loss sums of an epoch, kept on the device and read only at print points."""
 
-    ``len(loader)`` is the number of batches still to come: a resumed epoch's sampler already
-    skips the ``state.step`` batches done before.
+    def __init__(self, device: torch.device) -> None:
+        self.f64 = {"device": device, "dtype": torch.float64}
+        self.loss_sum = torch.zeros((), **self.f64)  # the epoch's (this call's)
+        self.window_sum = torch.zeros((), **self.f64)  # since the last print point
+        self.first_bad = torch.full((), -1, device=device, dtype=torch.long)  # non-finite step
+        self.window_n = 0
+        self.n_loss = 0
+        self.imgs_seen = 0
+
+    def add(self, loss: torch.Tensor) -> None:
+        loss_d = loss.detach().to(torch.float64)
+        self.loss_sum += loss_d
+        self.window_sum += loss_d
+        self.window_n += 1
+        self.n_loss += 1
+
+
+class Trainer:
+    """One run's step function and epoch loop, over a :class:`ParallelModel`.
+
+    The step (:meth:`forward_backward_step`, then :meth:`optimizer_step` on update steps) is
+    what ``maekit bench`` times; :meth:`train_epoch` runs it over a loader with the schedule,
+    the checks and the progress. Saving is the caller's (:func:`maekit.engine.fit.fit`).
     """
-    model.train()
-    state = state or EpochState()
-    state.stopped = False  # a state restored from a stop checkpoint continues now
-    counters = counters or RunCounters()
-    start_step = state.step
-    n_steps = steps_in_epoch(len(loader) + start_step, settings.max_train_step)
-    accum = settings.accum_iter
-    progress = EpochProgress(
-        n_steps, epoch, settings.epochs, env.is_main, settings.print_freq, env.world_size
-    )
-    device = env.device
-    f64 = {"device": device, "dtype": torch.float64}
-    loss_sum = torch.zeros((), **f64)
-    window_sum = torch.zeros((), **f64)
-    first_bad = torch.full((), -1, device=device, dtype=torch.long)  # first non-finite step
-    window_n, window_bad, lr = 0, 0, 0.0
-    imgs_seen, n_loss = 0, 0
-    good_in_update = 0  # micro-steps with a finite loss in the current accumulation window
-    stop_agreed = False
-    skip_nonfinite = settings.max_nonfinite > 0
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    ddp = getattr(model, "_orig_mod", model)  # --compile wraps the DDP module
-    ddp = ddp if isinstance(ddp, DistributedDataParallel) else None
-    fsdp = is_sharded(model)  # FSDP2: gradient sync is switched per backward instead
-    grad_sync: bool | None = None  # FSDP2's current setting (switched when it must change)
-    optimizer.zero_grad(set_to_none=True)
-    start = time.perf_counter()
 
-    step = start_step - 1
-    batches = itertools.islice(loader, max(0, n_steps - start_step))
-    for step, batch in enumerate(batches, start=start_step):
-        samples, targets, n_bad = _unpack(batch)
-        if step % accum == 0:  # lr moves on optimizer steps only, at the fractional epoch
-            lr = lr_at(
-                epoch + step / n_steps,
-                settings.lr,
-                settings.min_lr,
-                settings.warmup_epochs,
-                settings.epochs,
-            )
-            apply_lr(optimizer, lr)
-        state.lr_sum += lr  # every iteration, also accumulation steps (the official meter's mean)
-        state.lr_steps += 1
-        samples = samples.to(device, non_blocking=True)
-        targets = targets.to(device, non_blocking=True)
-        update = (step + 1) % accum == 0
+    def __init__(
+        self,
+        model: ParallelModel,
+        optimizer: torch.optim.Optimizer,
+        loss_fn: LossFn,
+        settings: LoopSettings,
+        precision: Precision,
+        env: DistEnv,
+        recorder: RunRecorder,
+        counters: RunCounters | None = None,
+    ) -> None:
+        self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
+        self.settings, self.precision, self.env, self.recorder = settings, precision, env, recorder
+        self.scaler = precision.grad_scaler()
+        self.counters = counters or RunCounters()
+        self.params = [p for g in optimizer.param_groups for p in g["params"]]
+        self.good_in_update = 0  # micro-steps with a finite loss in the current accumulation
+        self._grad_sync: bool | None = None  # FSDP2's current setting (switched on change)
+
+    def forward_backward_step(
+        self, samples: torch.Tensor, targets: torch.Tensor, update: bool, epoch: int, step: int
+    ) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """Forward and (unless skipped) backward of one micro-batch, gradients scaled by
+        1/accum_iter; no gradient all-reduce unless ``update``. Returns (loss, finite, skipped):
+        ``finite`` stays on the device; ``skipped`` is True only under --max_nonfinite."""
+        s, accum = self.settings, self.settings.accum_iter
+        ddp = self.model.ddp
         sync_ctx = ddp.no_sync() if ddp is not None and not update else contextlib.nullcontext()
-        if fsdp and accum > 1 and grad_sync != update:
-            set_gradient_sync(model, update)  # reduce-scatter on the update's backward only
-            grad_sync = update
+        if self.model.fsdp and accum > 1 and self._grad_sync != update:
+            set_gradient_sync(self.model.bare, update)  # reduce-scatter on the update's backward
+            self._grad_sync = update
+        skipped = False
         with sync_ctx:
-            with precision.autocast():
-                loss = loss_fn(model, samples, targets)
+            with self.precision.autocast():
+                loss = self.loss_fn(self.model.step, samples, targets)
             finite = torch.isfinite(loss.detach())
             # --max_nonfinite: a host sync per step, and the ranks skip together (a backward
             # skipped on one rank alone would leave the others waiting in its collectives).
-            skipped = skip_nonfinite and bool(all_reduce_sum((~finite).to(torch.float32)) > 0)
+            skipped = s.max_nonfinite > 0 and bool(all_reduce_sum((~finite).to(torch.float32)) > 0)
             if skipped:
-                counters.nonfinite_skipped += 1
-                if env.is_main:
+                self.counters.nonfinite_skipped += 1
+                if self.env.is_main:
                     print(f"maekit: non-finite loss at epoch {epoch}, step {step}; step skipped "
-                          f"({counters.nonfinite_skipped} of --max_nonfinite {settings.max_nonfinite})",
+                          f"({self.counters.nonfinite_skipped} of --max_nonfinite {s.max_nonfinite})",
                           flush=True)  # fmt: skip
-                if counters.nonfinite_skipped > settings.max_nonfinite:
-                    progress.close()
+                if self.counters.nonfinite_skipped > s.max_nonfinite:
                     raise NonFiniteLossError(
-                        f"more than --max_nonfinite {settings.max_nonfinite} non-finite losses "
+                        f"more than --max_nonfinite {s.max_nonfinite} non-finite losses "
                         f"(the last at epoch {epoch}, step {step}); training stopped, the last "
                         "saved checkpoint is untouched; try a lower --blr or --clip_grad"
                     )
             else:
-                scaler.scale(loss / accum).backward()
-                good_in_update += 1
-        if update:
-            if good_in_update:
-                scaler.unscale_(optimizer)
-                # The norm is computed every update (as the official); it only clips with --clip_grad.
-                max_norm = settings.clip_grad if settings.clip_grad is not None else math.inf
-                norm = local_value(torch.nn.utils.clip_grad_norm_(params, max_norm))
-                if skip_nonfinite and not scaler.is_enabled() and not bool(torch.isfinite(norm)):
-                    counters.nonfinite_skipped += 1  # finite loss, non-finite gradient: skip too
-                    if env.is_main:
-                        print(f"maekit: non-finite gradient at epoch {epoch}, step {step}; "
-                              "step skipped", flush=True)  # fmt: skip
-                else:
-                    scaler.step(optimizer)
-                    scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            good_in_update = 0
+                self.scaler.scale(loss / accum).backward()
+                self.good_in_update += 1
+        return loss, finite, skipped
 
-        if not skip_nonfinite:  # remember the first bad step without a host sync
-            first_bad = torch.where(finite | (first_bad >= 0), first_bad, step)
-        if not skipped:  # a skipped step is not averaged
-            loss_d = loss.detach().to(torch.float64)
-            loss_sum += loss_d
-            window_sum += loss_d
-            window_n += 1
-            n_loss += 1
-        imgs_seen += samples.shape[0]
-        window_bad += n_bad
-        state.bad_images += n_bad
+    def optimizer_step(self, epoch: int, step: int) -> None:
+        """Unscale, clip (the norm is computed every update, as the official; it only clips with
+        --clip_grad), step the optimizer and the scaler, zero the gradients."""
+        if self.good_in_update:
+            scaler, s = self.scaler, self.settings
+            scaler.unscale_(self.optimizer)
+            max_norm = s.clip_grad if s.clip_grad is not None else math.inf
+            norm = local_value(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
+            if s.max_nonfinite > 0 and not scaler.is_enabled() and not bool(torch.isfinite(norm)):
+                self.counters.nonfinite_skipped += 1  # finite loss, non-finite gradient: skip too
+                if self.env.is_main:
+                    print(f"maekit: non-finite gradient at epoch {epoch}, step {step}; "
+                          "step skipped", flush=True)  # fmt: skip
+            else:
+                scaler.step(self.optimizer)
+                scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.good_in_update = 0
 
-        if (step + 1) % settings.print_freq == 0 or step + 1 == n_steps:
-            local_stop = 1.0 if stop is not None and stop.requested else 0.0
-            window = all_reduce_sum(
-                torch.stack(
-                    [
-                        window_sum,
-                        torch.tensor(float(window_n), **f64),
-                        torch.tensor(float(state.bad_images), **f64),
-                        torch.tensor(float(state.images + imgs_seen), **f64),
-                        torch.tensor(local_stop, **f64),
-                    ]
-                )  # fmt: skip
+    def train_epoch(
+        self,
+        loader: torch.utils.data.DataLoader,
+        epoch: int,
+        state: EpochState | None = None,
+        stop: StopRequest | None = None,
+    ) -> dict[str, float]:
+        """Train one epoch (from ``state.step`` when resuming one); returns the globally
+        averaged ``loss``, ``lr`` (the mean of the epoch's per-iteration lr, as the official
+        ``train_lr``), ``last_lr``, ``img_per_s``, ``time_s``, ``bad_images`` and the final
+        :class:`EpochState` as ``state`` (``state.stopped`` after a stop request).
+
+        ``len(loader)`` is the number of batches still to come: a resumed epoch's sampler
+        already skips the ``state.step`` batches done before.
+        """
+        self.model.step.train()
+        s, env = self.settings, self.env
+        state = state or EpochState()
+        state.stopped = False  # a state restored from a stop checkpoint continues now
+        start_step = state.step
+        n_steps = steps_in_epoch(len(loader) + start_step, s.max_train_step)
+        progress = EpochProgress(
+            n_steps, epoch, s.epochs, env.is_main, s.print_freq, env.world_size
+        )
+        meters = _Window(env.device)
+        lr, stop_agreed = 0.0, False
+        self.good_in_update = 0
+        self.optimizer.zero_grad(set_to_none=True)
+        start = time.perf_counter()
+
+        step = start_step - 1
+        try:
+            batches = itertools.islice(loader, max(0, n_steps - start_step))
+            for step, batch in enumerate(batches, start=start_step):
+                samples, targets, n_bad = _unpack(batch)
+                if step % s.accum_iter == 0:  # lr moves on optimizer steps, at the fractional epoch
+                    lr = lr_at(epoch + step / n_steps, s.lr, s.min_lr, s.warmup_epochs, s.epochs)
+                    apply_lr(self.optimizer, lr)
+                state.lr_sum += lr  # every iteration, accumulation steps too (the official mean)
+                state.lr_steps += 1
+                samples = samples.to(env.device, non_blocking=True)
+                targets = targets.to(env.device, non_blocking=True)
+                update = (step + 1) % s.accum_iter == 0
+                loss, finite, skipped = self.forward_backward_step(
+                    samples, targets, update, epoch, step
+                )
+                if update:
+                    self.optimizer_step(epoch, step)
+                if s.max_nonfinite == 0:  # remember the first bad step without a host sync
+                    meters.first_bad = torch.where(
+                        finite | (meters.first_bad >= 0), meters.first_bad, step
+                    )
+                if not skipped:  # a skipped step is not averaged
+                    meters.add(loss)
+                meters.imgs_seen += samples.shape[0]
+                state.bad_images += n_bad
+                if (step + 1) % s.print_freq == 0 or step + 1 == n_steps:
+                    stop_agreed = self._print_point(
+                        meters, state, stop, epoch, step, n_steps, lr, progress
+                    )
+                if env.world_size == 1 and stop is not None and stop.requested:
+                    stop_agreed = True  # one process: no need to wait for a print point
+                if stop_agreed and update and step + 1 < n_steps:
+                    state.stopped = True
+                    break
+        finally:
+            progress.close()
+        return self._epoch_totals(state, meters, step, time.perf_counter() - start, lr)
+
+    def _print_point(self, meters: _Window, state: EpochState, stop: StopRequest | None, epoch: int,
+                     step: int, n_steps: int, lr: float, progress: EpochProgress) -> bool:  # fmt: skip
+        """Every --print_freq steps: one all-reduce of the window's loss, the bad-image count and
+        the stop flag; raise on a non-finite loss or too many unreadable images; print and log.
+        Returns whether any rank was asked to stop."""
+        s, f64 = self.settings, meters.f64
+        local_stop = 1.0 if stop is not None and stop.requested else 0.0
+        window = all_reduce_sum(torch.stack([
+            meters.window_sum, torch.tensor(float(meters.window_n), **f64),
+            torch.tensor(float(state.bad_images), **f64),
+            torch.tensor(float(state.images + meters.imgs_seen), **f64), torch.tensor(local_stop, **f64),
+        ]))  # fmt: skip
+        bad_step = int(meters.first_bad)
+        if bad_step >= 0:
+            raise NonFiniteLossError(
+                f"loss is not finite at epoch {epoch}, step {bad_step} (of {n_steps}); training "
+                "stopped, the last saved checkpoint is untouched; try a lower --blr, --clip_grad, "
+                "--amp bf16/none instead of fp16, or --max_nonfinite N to skip such steps"
             )
-            bad_step = int(first_bad)
-            if bad_step >= 0:
-                progress.close()
-                raise NonFiniteLossError(
-                    f"loss is not finite at epoch {epoch}, step {bad_step} (of {n_steps}); training "
-                    "stopped, the last saved checkpoint is untouched; try a lower --blr, --clip_grad, "
-                    "--amp bf16/none instead of fp16, or --max_nonfinite N to skip such steps"
-                )
-            bad, seen = window[2].item(), window[3].item()
-            if bad > settings.max_bad_frac * seen:
-                progress.close()
-                raise TooManyBadImages(
-                    f"{int(bad)} of {int(seen)} images in epoch {epoch} could not be read (more than "
-                    f"--max_bad_frac {settings.max_bad_frac}); fix or remove the files named in the "
-                    "warnings above, or raise --max_bad_frac"
-                )
-            stop_agreed = window[4].item() > 0
-            avg = (window[0] / window[1]).item() if window[1].item() > 0 else float("nan")
-            progress.update(step, {"loss": avg, "lr": lr}, imgs_seen)
-            recorder.scalar("train_loss", avg, int((epoch + (step + 1) / n_steps) * 1000))
-            recorder.scalar("lr", lr, int((epoch + (step + 1) / n_steps) * 1000))
-            window_sum.zero_()
-            window_n = 0
-        if env.world_size == 1 and stop is not None and stop.requested:
-            stop_agreed = True  # one process: no need to wait for a print point
-        if stop_agreed and update and step + 1 < n_steps:
-            state.stopped = True
-            break
+        bad, seen = window[2].item(), window[3].item()
+        if bad > s.max_bad_frac * seen:
+            raise TooManyBadImages(
+                f"{int(bad)} of {int(seen)} images in epoch {epoch} could not be read (more than "
+                f"--max_bad_frac {s.max_bad_frac}); fix or remove the files named in the "
+                "warnings above, or raise --max_bad_frac"
+            )
+        avg = (window[0] / window[1]).item() if window[1].item() > 0 else float("nan")
+        progress.update(step, {"loss": avg, "lr": lr}, meters.imgs_seen)
+        # TensorBoard's step axis: thousandths of an epoch (docs/pretraining.md)
+        tb_step = int((epoch + (step + 1) / n_steps) * 1000)
+        self.recorder.scalar("train_loss", avg, tb_step)
+        self.recorder.scalar("lr", lr, tb_step)
+        meters.window_sum.zero_()
+        meters.window_n = 0
+        return window[4].item() > 0
 
-    progress.close()
-    elapsed = time.perf_counter() - start
-    state.step = step + 1
-    state.loss_sum += loss_sum.item()
-    state.loss_steps += n_loss
-    state.images += imgs_seen
-    state.time_s += elapsed
-    totals = all_reduce_sum(
-        torch.tensor(
+    def _epoch_totals(self, state: EpochState, meters: _Window, step: int, elapsed: float,
+                      lr: float) -> dict:  # fmt: skip
+        """Fold this call's sums into ``state`` and all-reduce the epoch's totals."""
+        state.step = step + 1
+        state.loss_sum += meters.loss_sum.item()
+        state.loss_steps += meters.n_loss
+        state.images += meters.imgs_seen
+        state.time_s += elapsed
+        totals = all_reduce_sum(torch.tensor(
             [state.loss_sum, float(state.loss_steps), float(state.images), float(state.bad_images)],
-            device=device,
-            dtype=torch.float64,
-        )  # fmt: skip
-    )
-    return {
-        "loss": (totals[0] / totals[1]).item() if totals[1].item() > 0 else float("nan"),
-        "lr": state.lr_sum / max(state.lr_steps, 1),
-        "last_lr": lr,
-        "img_per_s": totals[2].item() / max(state.time_s, 1e-9),
-        "time_s": state.time_s,
-        "bad_images": int(totals[3].item()),
-        "state": state,
-    }
+            device=self.env.device, dtype=torch.float64,
+        ))  # fmt: skip
+        return {
+            "loss": (totals[0] / totals[1]).item() if totals[1].item() > 0 else float("nan"),
+            "lr": state.lr_sum / max(state.lr_steps, 1),
+            "last_lr": lr,
+            "img_per_s": totals[2].item() / max(state.time_s, 1e-9),
+            "time_s": state.time_s,
+            "bad_images": int(totals[3].item()),
+            "state": state,
+        }

@@ -6,17 +6,16 @@ soft-target or label-smoothing cross-entropy, drop path.
 
 from __future__ import annotations
 
-from functools import partial
-
 import torch
 from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
 from ..config import FinetuneConfig
 from ..data.transforms import finetune_transform
+from ..engine import run as runner
 from ..engine.optim import build_adamw, layer_decay_groups, layer_rule
 from ..engine.trainer import LossFn
-from .supervised import Recipe, resolve_inputs, run_supervised
+from .supervised import SupervisedRecipe
 
 
 def build_criterion(cfg: FinetuneConfig) -> torch.nn.Module:
@@ -61,28 +60,23 @@ def build_loss(cfg: FinetuneConfig, nb_classes: int) -> LossFn:
     return loss_fn
 
 
-def model_overrides(cfg: FinetuneConfig) -> dict:
-    return {"drop_path_rate": cfg.drop_path}
+class FinetuneRecipe(SupervisedRecipe):
+    """End-to-end fine-tuning: RandAugment + RandomErasing, Mixup/CutMix, drop path, layer decay."""
+
+    def train_transform(self):
+        cfg = self.cfg
+        return finetune_transform(cfg.input_size, cfg.aa, cfg.color_jitter, cfg.reprob, cfg.remode,
+                                  cfg.recount, cfg.crop_min, cfg.in_chans, cfg.mean, cfg.std)  # fmt: skip
+
+    def model_overrides(self) -> dict:
+        return {"drop_path_rate": self.cfg.drop_path}
+
+    def build_optimizer(self, model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
+        return build_optimizer(self.cfg, model, lr)
+
+    def loss_for(self, nb_classes: int) -> LossFn:
+        return build_loss(self.cfg, nb_classes)
 
 
 def run(cfg: FinetuneConfig) -> list[dict]:
-    note = resolve_inputs(cfg)  # channels, size and statistics of the checkpoint, unless given
-    recipe = Recipe(
-        train_transform=finetune_transform(
-            cfg.input_size,
-            cfg.aa,
-            cfg.color_jitter,
-            cfg.reprob,
-            cfg.remode,
-            cfg.recount,
-            cfg.crop_min,
-            cfg.in_chans,
-            cfg.mean,
-            cfg.std,
-        ),
-        adapt_model=lambda m: m,
-        build_optimizer=partial(build_optimizer, cfg),
-        build_loss=partial(build_loss, cfg),
-        model_overrides=model_overrides(cfg),
-    )
-    return run_supervised(cfg, recipe, note)
+    return runner.run(cfg, FinetuneRecipe(cfg))

@@ -6,17 +6,16 @@ LARS on the head only; RandomResizedCrop + flip; plain cross-entropy.
 
 from __future__ import annotations
 
-from functools import partial
-
 import torch
 import torch.nn as nn
 from timm.layers import trunc_normal_
 
 from ..config import LinprobeConfig
 from ..data.transforms import linprobe_transform
+from ..engine import run as runner
 from ..engine.lars import LARS
 from ..engine.trainer import LossFn
-from .supervised import Recipe, resolve_inputs, run_supervised
+from .supervised import SupervisedRecipe
 
 
 def attach_probe_head(model: nn.Module) -> nn.Module:
@@ -40,19 +39,22 @@ def build_loss(cfg: LinprobeConfig, nb_classes: int) -> LossFn:
     return lambda model, samples, targets: criterion(model(samples), targets)
 
 
-def model_overrides(cfg: LinprobeConfig) -> dict:
-    return {}
+class LinprobeRecipe(SupervisedRecipe):
+    """Linear probing: frozen encoder, BatchNorm + linear head trained with LARS."""
+
+    def train_transform(self):
+        cfg = self.cfg
+        return linprobe_transform(cfg.input_size, cfg.crop_min, cfg.in_chans, cfg.mean, cfg.std)
+
+    def adapt_model(self, model: nn.Module) -> nn.Module:
+        return attach_probe_head(model)
+
+    def build_optimizer(self, model: nn.Module, lr: float) -> torch.optim.Optimizer:
+        return build_optimizer(self.cfg, model, lr)
+
+    def loss_for(self, nb_classes: int) -> LossFn:
+        return build_loss(self.cfg, nb_classes)
 
 
 def run(cfg: LinprobeConfig) -> list[dict]:
-    note = resolve_inputs(cfg)  # channels, size and statistics of the checkpoint, unless given
-    recipe = Recipe(
-        train_transform=linprobe_transform(
-            cfg.input_size, cfg.crop_min, cfg.in_chans, cfg.mean, cfg.std
-        ),
-        adapt_model=attach_probe_head,
-        build_optimizer=partial(build_optimizer, cfg),
-        build_loss=partial(build_loss, cfg),
-        model_overrides=model_overrides(cfg),
-    )
-    return run_supervised(cfg, recipe, note)
+    return runner.run(cfg, LinprobeRecipe(cfg))

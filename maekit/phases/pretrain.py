@@ -9,11 +9,9 @@ from ..config import PretrainConfig
 from ..data import build_dataset, build_train_loader, limit_train_set
 from ..data.gpu_decode import GpuDecodeLoader, collate_encoded, encoded_folder
 from ..data.transforms import PRETRAIN_SCALE, pretrain_transform, resolve_stats
-from ..engine.distributed import shutdown
-from ..engine.fastpath import apply_fast_paths
-from ..engine.fit import fit, prepare_run, resolve_lr, seed_everything
+from ..engine import run as runner
 from ..engine.optim import build_adamw, weight_decay_groups
-from ..engine.sharding import wrap_model
+from ..engine.recipe import Recipe
 from ..engine.trainer import LossFn
 from ..errors import MaekitError
 from ..models import create_model, get_entry, list_models
@@ -87,90 +85,82 @@ def init_weights(cfg: PretrainConfig, model: torch.nn.Module) -> str:
     return init_from_checkpoint(model, cfg.init)
 
 
-def summary(
-    cfg: PretrainConfig, history: list[dict], grid, baseline: dict | None, knn_data
-) -> None:
-    """The run's closing lines: the last reconstruction grid, and the k-NN top-1 of the trained
-    encoder beside its initial weights (--knn_baseline)."""
-    if grid is not None:
-        print(f"reconstructions of fixed validation images: {grid}")
-    knn = [h["knn_acc1"] for h in history if "knn_acc1" in h]
-    if baseline is not None and knn:
-        bank, queries, _ = knn_data
-        print(f"k-NN top-1 on {cfg.data_path} ({len(queries)} val images, bank of {len(bank)} train images, "
-              f"k=20): pre-trained encoder {knn[-1]:.2f}%, random-init encoder {baseline['acc1']:.2f}%")  # fmt: skip
+class PretrainRecipe(Recipe):
+    """MAE / ConvMAE pre-training: the reconstruction loss on masked images, AdamW(0.9, 0.95);
+    watched by a validation reconstruction loss, grids and (optionally) k-NN."""
+
+    def resolve(self) -> None:
+        # The statistics in use, saved as numbers in config.json and every checkpoint's args.
+        cfg = self.cfg
+        cfg.mean, cfg.std = (list(v) for v in resolve_stats(cfg.in_chans, cfg.mean, cfg.std))
+
+    def check_data(self) -> None:
+        cfg = self.cfg
+        transform = pretrain_transform(cfg.input_size, cfg.in_chans, cfg.mean, cfg.std)
+        dataset = build_dataset(cfg.data_path, "train", transform, cfg.max_pixels)
+        dataset, self.val_set, self.val_note = validation_split(cfg, dataset)  # val/ or --val_frac
+        if cfg.gpu_decode:
+            dataset = gpu_dataset(cfg, dataset)
+        self.train_set = limit_train_set(dataset, cfg.max_train_images, cfg.seed)
+        self.knn_data = knn_datasets(cfg) if cfg.knn_eval_freq else None  # labels checked now
+
+    def build_model(self) -> torch.nn.Module:
+        model = build_model(self.cfg)
+        if self.cfg.init:
+            self.notes.append(init_weights(self.cfg, model))
+        return model
+
+    def train_loader(self, ctx):
+        cfg, env = self.cfg, ctx.env
+        loader = build_train_loader(self.train_set, cfg.batch_size, env.rank, env.world_size, cfg.seed,
+                                    ctx.num_workers, ctx.pin_memory,
+                                    collate_fn=collate_encoded if cfg.gpu_decode else None)  # fmt: skip
+        return GpuDecodeLoader(loader, env.device, cfg.input_size) if cfg.gpu_decode else loader
+
+    def data_lines(self, loader, model) -> list[str]:
+        return [f"data: {self.cfg.data_path} ({len(self.train_set)} images), {len(loader)} steps/epoch "
+                "per process", self.val_note]  # fmt: skip
+
+    def build_optimizer(self, model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
+        return build_optimizer(self.cfg, model, lr)
+
+    def build_loss(self) -> LossFn:
+        return build_loss(self.cfg)
+
+    def monitors(self, ctx, model) -> list:
+        cfg, env, out = self.cfg, ctx.env, []
+        self.watch = self.baseline = None
+        if self.val_set is not None:
+            self.watch = ReconstructionWatch(cfg, model.bare, self.val_set, env, ctx.precision,
+                                             ctx.recorder, ctx.output_dir, ctx.num_workers)  # fmt: skip
+            out.append(self.watch)
+        if self.knn_data is not None:
+            from ..analysis.knn import knn_evaluate, knn_monitor
+
+            if cfg.knn_baseline:  # the initial (random) weights, before any step: same subsets
+                self.baseline = knn_evaluate(model.bare, *self.knn_data, env, ctx.precision, cfg.knn_pool,
+                                             batch_size=cfg.batch_size, num_workers=ctx.num_workers,
+                                             progress=False)  # fmt: skip
+                if env.is_main:
+                    print(f"k-NN top-1 of the initial ({'--init' if cfg.init else 'random'}) weights: "
+                          f"{self.baseline['acc1']:.2f}%", flush=True)  # fmt: skip
+            out.append(knn_monitor(model.bare, *self.knn_data, cfg.knn_eval_freq, cfg.epochs, env,
+                                   ctx.precision, cfg.knn_pool, cfg.batch_size, ctx.num_workers))  # fmt: skip
+        return out
+
+    def finish(self, history: list[dict]) -> None:
+        """The run's closing lines: the last reconstruction grid, and the k-NN top-1 of the
+        trained encoder beside its initial weights (--knn_baseline)."""
+        cfg = self.cfg
+        if self.watch is not None and self.watch.last_grid is not None:
+            print(f"reconstructions of fixed validation images: {self.watch.last_grid}")
+        knn = [h["knn_acc1"] for h in history if "knn_acc1" in h]
+        if self.baseline is not None and knn:
+            bank, queries, _ = self.knn_data
+            print(f"k-NN top-1 on {cfg.data_path} ({len(queries)} val images, bank of {len(bank)} train images, "
+                  f"k=20): pre-trained encoder {knn[-1]:.2f}%, random-init encoder {self.baseline['acc1']:.2f}%")  # fmt: skip
 
 
 def run(cfg: PretrainConfig) -> list[dict]:
     """Pre-train and return the per-epoch log records."""
-    cfg.validate()
-    # The statistics in use, saved as numbers in config.json and every checkpoint's args.
-    cfg.mean, cfg.std = (list(v) for v in resolve_stats(cfg.in_chans, cfg.mean, cfg.std))
-    # Fail fast on a bad model name, size or data path before any process group or output exists.
-    seed_everything(cfg.seed)  # the initial weights follow --seed (DDP then broadcasts rank 0's)
-    model = build_model(cfg)
-    init_note = init_weights(cfg, model) if cfg.init else None
-    transform = pretrain_transform(cfg.input_size, cfg.in_chans, cfg.mean, cfg.std)
-    dataset = build_dataset(cfg.data_path, "train", transform, cfg.max_pixels)
-    dataset, val_set, val_note = validation_split(cfg, dataset)  # val/ or a held-out --val_frac
-    if cfg.gpu_decode:
-        dataset = gpu_dataset(cfg, dataset)
-    dataset = limit_train_set(dataset, cfg.max_train_images, cfg.seed)
-    knn_data = knn_datasets(cfg) if cfg.knn_eval_freq else None  # labels checked at start-up
-    ctx = prepare_run(cfg)
-    env = ctx.env
-    try:
-        loader = build_train_loader(dataset, cfg.batch_size, env.rank, env.world_size, cfg.seed, ctx.num_workers,
-                                    ctx.pin_memory, collate_fn=collate_encoded if cfg.gpu_decode else None)  # fmt: skip
-        if cfg.gpu_decode:
-            loader = GpuDecodeLoader(loader, env.device, cfg.input_size)
-        if env.is_main and init_note:
-            print(init_note, flush=True)
-        if env.is_main:
-            print(
-                f"data: {cfg.data_path} ({len(dataset)} images), {len(loader)} steps/epoch per process"
-            )
-            print(val_note)
-        model.to(env.device)
-        model_without_ddp = model
-        model = apply_fast_paths(
-            wrap_model(model, env, cfg.dist_mode, ctx.precision), cfg, model_without_ddp
-        )
-        lr, _ = resolve_lr(cfg, env)
-        optimizer = build_optimizer(cfg, model_without_ddp, lr)
-        loss_fn = build_loss(cfg)
-
-        monitors = []
-        if val_set is not None:
-            watch = ReconstructionWatch(cfg, model_without_ddp, val_set, env, ctx.precision, ctx.recorder,
-                                        ctx.output_dir, ctx.num_workers)  # fmt: skip
-            monitors.append(watch)
-        baseline = None
-        if knn_data is not None:
-            from ..analysis.knn import knn_evaluate, knn_monitor
-
-            if cfg.knn_baseline:  # the initial (random) weights, before any step: same subsets
-                baseline = knn_evaluate(model_without_ddp, *knn_data, env, ctx.precision, cfg.knn_pool,
-                                        batch_size=cfg.batch_size, num_workers=ctx.num_workers,
-                                        progress=False)  # fmt: skip
-                if env.is_main:
-                    print(
-                        f"k-NN top-1 of the initial ({'--init' if cfg.init else 'random'}) weights: "
-                        f"{baseline['acc1']:.2f}%",
-                        flush=True,
-                    )
-            monitors.append(knn_monitor(model_without_ddp, *knn_data, cfg.knn_eval_freq, cfg.epochs, env,
-                                        ctx.precision, cfg.knn_pool, cfg.batch_size, ctx.num_workers))  # fmt: skip
-
-        def epoch_metrics(epoch: int) -> dict[str, float]:
-            return {k: v for m in monitors for k, v in m(epoch).items()}
-
-        history = fit(cfg, ctx, model, model_without_ddp, optimizer, loader, loss_fn, lr,
-                      epoch_metrics_fn=epoch_metrics)  # fmt: skip
-        if env.is_main:
-            summary(
-                cfg, history, watch.last_grid if val_set is not None else None, baseline, knn_data
-            )
-        return history
-    finally:
-        shutdown()
+    return runner.run(cfg, PretrainRecipe(cfg))

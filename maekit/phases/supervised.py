@@ -1,41 +1,26 @@
 """What fine-tuning and linear probing share: encoder + pre-trained init, labeled train/val
 data, evaluation each epoch (or ``--eval`` alone), best-checkpoint tracking.
 
-Each phase passes a :class:`Recipe` with the parts where the two protocols differ.
+:class:`SupervisedRecipe` holds it; the fine-tune and linear-probe recipes subclass it with the
+parts where the two protocols differ (transform, head, optimizer, loss).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 
-from ..config import SupervisedConfig, image_size_value
+from ..config import SupervisedConfig, check_image_size, image_size_value
 from ..data import build_dataset, build_train_loader, limit_train_set
 from ..data.transforms import eval_transform, resolve_stats
 from ..engine.checkpoint import resume_from
-from ..engine.distributed import shutdown
 from ..engine.evaluate import build_eval_loader, evaluate
-from ..engine.fastpath import apply_fast_paths
-from ..engine.fit import fit, prepare_run, resolve_lr, seed_everything
-from ..engine.sharding import gathered, wrap_model
-from ..engine.trainer import LossFn
+from ..engine.fsdp import gathered
+from ..engine.recipe import Recipe
 from ..errors import MaekitError
 from ..models import create_model, get_entry, list_models
 from ..models.pretrained import load_pretrained_encoder
-
-
-@dataclass
-class Recipe:
-    train_transform: Callable
-    # (model) -> model: e.g. the linear probe's BatchNorm head and freezing; after loading weights
-    adapt_model: Callable[[torch.nn.Module], torch.nn.Module]
-    # (model_without_ddp, lr) -> optimizer
-    build_optimizer: Callable[[torch.nn.Module, float], torch.optim.Optimizer]
-    # (nb_classes) -> loss_fn(model, samples, targets)
-    build_loss: Callable[[int], LossFn]
-    model_overrides: dict
 
 
 def num_classes_of(dataset) -> int:
@@ -85,6 +70,7 @@ def resolve_inputs(cfg: SupervisedConfig) -> str | None:
             setattr(cfg, key, value if value else default)
             taken += [f"--{key} {value}"] if value else []
     cfg.input_size = image_size_value(cfg.input_size)
+    check_image_size(cfg.input_size)
     for key in ("mean", "std"):
         saved = args.get(key)
         if getattr(cfg, key) is None and saved and len(saved) == cfg.in_chans:
@@ -95,92 +81,103 @@ def resolve_inputs(cfg: SupervisedConfig) -> str | None:
     return f"from {source}: {', '.join(taken)}" if taken else None
 
 
-def run_supervised(
-    cfg: SupervisedConfig, recipe: Recipe, inputs_note: str | None = None
-) -> list[dict]:
-    if any(getattr(cfg, k) is None for k in INHERITED):
-        inputs_note = resolve_inputs(cfg)
-    cfg.validate()
-    if cfg.eval and not (cfg.resume or cfg.finetune):
-        raise MaekitError("--eval needs a checkpoint: give --resume PATH (or --finetune PATH)")
-    # Everything that can fail on user input, before any process group or output exists.
-    val_set = build_dataset(
-        cfg.data_path,
-        "val",
-        eval_transform(cfg.input_size, cfg.in_chans, cfg.mean, cfg.std),
-        cfg.max_pixels,
-    )
-    train_set = (
-        None
-        if cfg.eval
-        else build_dataset(cfg.data_path, "train", recipe.train_transform, cfg.max_pixels)
-    )
-    if train_set is not None:
-        train_set = limit_train_set(train_set, cfg.max_train_images, cfg.seed)
-    nb_classes = num_classes_of(train_set if train_set is not None else val_set)
-    if cfg.nb_classes is not None and cfg.nb_classes != nb_classes:
-        raise MaekitError(f"--nb_classes {cfg.nb_classes} does not match the dataset, which has {nb_classes} "
-                          f"classes; drop the flag or pass --nb_classes {nb_classes}")  # fmt: skip
-    if train_set is not None and num_classes_of(val_set) != nb_classes:
-        raise MaekitError(f"train/ has {nb_classes} classes but val/ has {num_classes_of(val_set)}; "
-                          "both need the same class folders")  # fmt: skip
-    seed_everything(cfg.seed)  # the new head's init follows --seed (DDP then broadcasts rank 0's)
-    model = build_encoder(cfg, nb_classes, recipe.model_overrides)
-    notes = (
-        load_pretrained_encoder(model, cfg.finetune, model.uses_global_pool) if cfg.finetune else []
-    )
-    model = recipe.adapt_model(model)
+class SupervisedRecipe(Recipe):
+    """Labeled train/ and val/ folders, an encoder initialised from --finetune, evaluation every
+    epoch (best checkpoint kept) or once with --eval. Subclasses supply the transform, the head
+    adaptation, the optimizer, the loss and the model overrides."""
 
-    ctx = prepare_run(cfg)
-    env = ctx.env
-    try:
-        for note in ([inputs_note] if inputs_note else []) + notes if env.is_main else ():
-            print(note)
-        model.to(env.device)
-        model_without_ddp = model
-        sharded = cfg.dist_eval and env.distributed
+    def __init__(self, cfg: SupervisedConfig) -> None:
+        super().__init__(cfg)
+        self.eval_only = bool(cfg.eval)
+
+    # -- what the protocols differ in
+    def train_transform(self) -> Callable:
+        raise NotImplementedError
+
+    def adapt_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """After the pre-trained weights are loaded: e.g. the linear probe's head and freezing."""
+        return model
+
+    def model_overrides(self) -> dict:
+        return {}
+
+    def build_loss(self):
+        return self.loss_for(self.nb_classes)
+
+    def loss_for(self, nb_classes: int):
+        raise NotImplementedError
+
+    # -- shared
+    def resolve(self) -> None:
+        note = resolve_inputs(self.cfg)  # channels, size and statistics of the checkpoint
+        self.notes += [note] if note else []
+
+    def check_data(self) -> None:
+        cfg = self.cfg
+        if cfg.eval and not (cfg.resume or cfg.finetune):
+            raise MaekitError("--eval needs a checkpoint: give --resume PATH (or --finetune PATH)")
+        self.val_set = build_dataset(
+            cfg.data_path, "val", eval_transform(cfg.input_size, cfg.in_chans, cfg.mean, cfg.std),
+            cfg.max_pixels,
+        )  # fmt: skip
+        train_set = None
+        if not cfg.eval:
+            train_set = build_dataset(
+                cfg.data_path, "train", self.train_transform(), cfg.max_pixels
+            )
+            train_set = limit_train_set(train_set, cfg.max_train_images, cfg.seed)
+        self.train_set = train_set
+        nb_classes = num_classes_of(train_set if train_set is not None else self.val_set)
+        if cfg.nb_classes is not None and cfg.nb_classes != nb_classes:
+            raise MaekitError(f"--nb_classes {cfg.nb_classes} does not match the dataset, which has {nb_classes} "
+                              f"classes; drop the flag or pass --nb_classes {nb_classes}")  # fmt: skip
+        if train_set is not None and num_classes_of(self.val_set) != nb_classes:
+            raise MaekitError(f"train/ has {nb_classes} classes but val/ has {num_classes_of(self.val_set)}; "
+                              "both need the same class folders")  # fmt: skip
+        self.nb_classes = nb_classes
+
+    def build_model(self) -> torch.nn.Module:
+        cfg = self.cfg
+        model = build_encoder(cfg, self.nb_classes, self.model_overrides())
+        if cfg.finetune:
+            self.notes += load_pretrained_encoder(model, cfg.finetune, model.uses_global_pool)
+        return self.adapt_model(model)
+
+    def train_loader(self, ctx):
+        cfg, env = self.cfg, ctx.env
+        return build_train_loader(self.train_set, cfg.batch_size, env.rank, env.world_size, cfg.seed,
+                                  ctx.num_workers, ctx.pin_memory)  # fmt: skip
+
+    def data_lines(self, loader, model) -> list[str]:
+        n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        return [f"data: {self.cfg.data_path} ({len(self.train_set)} train / {len(self.val_set)} val images, "
+                f"{self.nb_classes} classes), {len(loader)} steps/epoch per process; "
+                f"{n_params / 1e6:.2f}M trainable params"]  # fmt: skip
+
+    def evaluator(self, ctx, model) -> Callable[[], dict]:
+        return self._evaluator(ctx, model.bare)
+
+    def _evaluator(self, ctx, bare: torch.nn.Module) -> Callable[[], dict]:
+        cfg, env = self.cfg, ctx.env
+        split = cfg.dist_eval and env.distributed  # each rank evaluates its own part
         val_loader = build_eval_loader(
-            val_set, cfg.batch_size, env, cfg.dist_eval, ctx.num_workers, ctx.pin_memory
+            self.val_set, cfg.batch_size, env, cfg.dist_eval, ctx.num_workers, ctx.pin_memory
         )
 
         def run_eval() -> dict[str, float]:
-            # The bare module, not the DDP wrapper: shards can differ in batch count, and a DDP
-            # forward would wait for the other ranks' buffer broadcast.
+            # The bare module, not the DDP wrapper: the ranks' parts can differ in batch count,
+            # and a DDP forward would wait for the other ranks' buffer broadcast.
             # Under fsdp the blocks are gathered whole first, for the same reason.
-            with gathered(model_without_ddp):
-                return evaluate(model_without_ddp, val_loader, env, ctx.precision, sharded)
+            with gathered(bare):
+                return evaluate(bare, val_loader, env, ctx.precision, split)
 
-        if cfg.eval:
-            if cfg.resume:
-                resume_from(cfg.resume, model_without_ddp, None, None)
-            stats = run_eval()
-            if env.is_main:
-                print(f"accuracy of the network on the {stats['n']} test images: "
-                      f"acc1 {stats['acc1']:.2f}%  acc5 {stats['acc5']:.2f}%  loss {stats['loss']:.4f}")  # fmt: skip
-            ctx.recorder.close()
-            return [stats]
+        return run_eval
 
-        loader = build_train_loader(
-            train_set,
-            cfg.batch_size,
-            env.rank,
-            env.world_size,
-            cfg.seed,
-            ctx.num_workers,
-            ctx.pin_memory,
-        )
-        if env.is_main:
-            n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-            print(f"data: {cfg.data_path} ({len(train_set)} train / {len(val_set)} val images, {nb_classes} "
-                  f"classes), {len(loader)} steps/epoch per process; {n_params / 1e6:.2f}M trainable params")  # fmt: skip
-        model = apply_fast_paths(
-            wrap_model(model, env, cfg.dist_mode, ctx.precision), cfg, model_without_ddp
-        )
-        lr, _ = resolve_lr(cfg, env)
-        optimizer = recipe.build_optimizer(model_without_ddp, lr)
-        loss_fn = recipe.build_loss(nb_classes)
-        return fit(
-            cfg, ctx, model, model_without_ddp, optimizer, loader, loss_fn, lr, evaluate_fn=run_eval
-        )
-    finally:
-        shutdown()
+    def evaluate_only(self, ctx, model: torch.nn.Module) -> list[dict]:
+        if self.cfg.resume:
+            resume_from(self.cfg.resume, model, None, None)
+        stats = self._evaluator(ctx, model)()
+        if ctx.env.is_main:
+            print(f"accuracy of the network on the {stats['n']} test images: "
+                  f"acc1 {stats['acc1']:.2f}%  acc5 {stats['acc5']:.2f}%  loss {stats['loss']:.4f}")  # fmt: skip
+        return [stats]

@@ -1,4 +1,4 @@
-"""Run under ``torchrun --nproc_per_node 2`` (gloo, CPU) by tests/engine/test_sharding.py.
+"""Run under ``torchrun --nproc_per_node 2`` (gloo, CPU) by tests/engine/test_fsdp.py.
 
 Writes ``<out>/rank<r>.json`` with the measured differences; the test asserts on them.
 """
@@ -14,8 +14,8 @@ import torch.distributed as dist
 
 from maekit.engine.distributed import DistEnv, shutdown
 from maekit.engine.fastpath import enable_grad_checkpointing
+from maekit.engine.fsdp import fsdp_units, full_state, gathered, load_full_state, wrap_model
 from maekit.engine.precision import Precision
-from maekit.engine.sharding import full_state, gathered, load_full_state, shard_units, wrap_model
 from maekit.models import create_model
 
 
@@ -67,7 +67,7 @@ def main(out: Path) -> None:
     res["bf16_loss_diff"] = float((bf16_loss.float() - losses[False]).abs())
     res["bf16_master_dtypes"] = sorted({str(p.dtype) for p in m.parameters()})
     res["bf16_grads_finite"] = all(bool(g.isfinite().all()) for g in full_grads(m).values())
-    res["n_units"] = len(shard_units(build()))
+    res["n_units"] = len(fsdp_units(build()))
     res["loss_ckpt_diff"] = float((losses[True] - losses[False]).abs())
     res["loss_ref_diff"] = float((losses[False] - ref_loss).abs())
     res["grad_names_equal"] = sorted(grads[True]) == sorted(grads[False]) == sorted(ref_grads)

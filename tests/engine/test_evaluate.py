@@ -1,4 +1,4 @@
-"""evaluate(): exact top-1/top-5/loss from known logits; ShardSampler; 2-process --dist_eval."""
+"""evaluate(): exact top-1/top-5/loss from known logits; RankSplitSampler; 2-process --dist_eval."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from maekit.engine.distributed import DistEnv
-from maekit.engine.evaluate import ShardSampler, build_eval_loader, evaluate
+from maekit.engine.evaluate import RankSplitSampler, build_eval_loader, evaluate
 from maekit.engine.precision import Precision
 
 CPU = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
@@ -53,23 +53,23 @@ def reference_loss(rows: list[list[float]], targets: list[int]) -> float:
     return total / len(rows)
 
 
-def run_eval(rows, targets, batch_size, sharded=False):
+def run_eval(rows, targets, batch_size, split=False):
     table = torch.tensor(rows, dtype=torch.float32)
     ds = TensorDataset(torch.arange(len(rows)).float(), torch.tensor(targets))
     loader = DataLoader(ds, batch_size=batch_size)
-    return evaluate(TableModel(table), loader, CPU, FP32, sharded=sharded)
+    return evaluate(TableModel(table), loader, CPU, FP32, split=split)
 
 
-def test_shard_sampler_disjoint_and_covering():
-    shards = [list(ShardSampler(10, r, 3)) for r in range(3)]
+def test_rank_split_sampler_disjoint_and_covering():
+    shards = [list(RankSplitSampler(10, r, 3)) for r in range(3)]
     assert shards == [[0, 3, 6, 9], [1, 4, 7], [2, 5, 8]]
-    assert [len(ShardSampler(10, r, 3)) for r in range(3)] == [4, 3, 3]
+    assert [len(RankSplitSampler(10, r, 3)) for r in range(3)] == [4, 3, 3]
     flat = sorted(i for s in shards for i in s)
     assert flat == list(range(10))  # each index exactly once, no padding
 
 
-def test_shard_sampler_more_ranks_than_samples():
-    shards = [list(ShardSampler(2, r, 3)) for r in range(3)]
+def test_rank_split_sampler_more_ranks_than_samples():
+    shards = [list(RankSplitSampler(2, r, 3)) for r in range(3)]
     assert shards == [[0], [1], []]
 
 
@@ -100,8 +100,8 @@ def test_model_is_put_in_eval_mode():
     model = torch.nn.Sequential(torch.nn.Dropout(0.9), torch.nn.Linear(2, 3))
     model.train()
     ds = TensorDataset(torch.randn(5, 2), torch.zeros(5, dtype=torch.long))
-    s1 = evaluate(model, DataLoader(ds, batch_size=2), CPU, FP32, sharded=False)
-    s2 = evaluate(model, DataLoader(ds, batch_size=5), CPU, FP32, sharded=False)
+    s1 = evaluate(model, DataLoader(ds, batch_size=2), CPU, FP32, split=False)
+    s2 = evaluate(model, DataLoader(ds, batch_size=5), CPU, FP32, split=False)
     assert not model.training
     assert s1["loss"] == pytest.approx(s2["loss"], rel=1e-6)  # no dropout noise
 
@@ -124,7 +124,7 @@ WORKER = textwrap.dedent(
     env = init_distributed("cpu")
     assert env.distributed and env.world_size == 2
     loader = build_eval_loader(TensorDataset(x, y), 2, env, True, 0, False)
-    stats = evaluate(model, loader, env, Precision(None, "cpu"), sharded=True)
+    stats = evaluate(model, loader, env, Precision(None, "cpu"), split=True)
     stats["shard"] = list(loader.sampler)
     shutdown()
     with open(sys.argv[1], "w") as f:
@@ -139,7 +139,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_sharded_evaluation_on_two_processes_equals_single_process(tmp_path: Path):
+def test_rank_split_evaluation_on_two_processes_equals_single_process(tmp_path: Path):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     port = _free_port()
@@ -169,7 +169,7 @@ def test_sharded_evaluation_on_two_processes_equals_single_process(tmp_path: Pat
     model = torch.nn.Linear(4, 6)
     loader = build_eval_loader(TensorDataset(x, y), 2, CPU, True, 0, False)
     assert isinstance(loader.sampler, torch.utils.data.SequentialSampler)
-    single = evaluate(model, loader, CPU, FP32, sharded=False)
+    single = evaluate(model, loader, CPU, FP32, split=False)
 
     assert results[0]["shard"] == [0, 2, 4, 6] and results[1]["shard"] == [1, 3, 5]
     for r in results:

@@ -8,12 +8,14 @@ import torch
 import torch.nn as nn
 
 from maekit.config import FinetuneConfig, PretrainConfig
+from maekit.engine.distributed import DistEnv
 from maekit.engine.fastpath import (
-    apply_fast_paths,
     enable_grad_checkpointing,
     fused_attention_modules,
     set_fused_attention,
 )
+from maekit.engine.parallelize import parallelize
+from maekit.engine.precision import resolve_precision
 from maekit.errors import MaekitError
 from maekit.models import create_model
 
@@ -137,13 +139,22 @@ def test_grad_ckpt_on_a_model_without_it_is_a_clear_error():
         enable_grad_checkpointing(nn.Linear(2, 2), "'linear'")
 
 
-def test_apply_fast_paths_from_the_phase_config():
+def _parallelize(model: nn.Module, cfg) -> nn.Module:
+    """The step module parallelize() makes from a phase config's flags, in one CPU process."""
+    env = DistEnv(0, 1, 0, torch.device("cpu"))
+    pm = parallelize(model, env, resolve_precision("none", env.device), cfg.dist_mode,
+                     cfg.grad_ckpt, cfg.compile, repr(cfg.model))  # fmt: skip
+    assert pm.bare is model
+    return pm.step
+
+
+def test_parallelize_applies_the_fast_paths_from_the_phase_config():
     model = _mae()
     cfg = PretrainConfig(model="mae_vit_tiny_patch16", grad_ckpt=True)
-    assert apply_fast_paths(model, cfg, model) is model and model.grad_checkpointing
+    assert _parallelize(model, cfg) is model and model.grad_checkpointing
     vit = _vit()
-    assert apply_fast_paths(vit, FinetuneConfig(), vit) is vit and not vit.grad_checkpointing
-    compiled = apply_fast_paths(vit, FinetuneConfig(compile=True), vit)
+    assert _parallelize(vit, FinetuneConfig()) is vit and not vit.grad_checkpointing
+    compiled = _parallelize(vit, FinetuneConfig(compile=True))
     assert compiled is not vit and compiled._orig_mod is vit
     assert list(vit.state_dict()) == [k.removeprefix("_orig_mod.") for k in compiled.state_dict()]
 

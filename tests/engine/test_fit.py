@@ -13,8 +13,17 @@ from torch.utils.data import TensorDataset
 from maekit.config import PretrainConfig
 from maekit.data import build_train_loader
 from maekit.engine.checkpoint import read_checkpoint
-from maekit.engine.fit import fit, prepare_run
-from maekit.engine.trainer import NonFiniteLossError
+from maekit.engine.fit import fit as fit_epochs
+from maekit.engine.parallelize import plain
+from maekit.engine.run import prepare_run
+from maekit.engine.trainer import LoopSettings, NonFiniteLossError, Trainer
+
+
+def fit(cfg, ctx, model, opt, loader, loss_fn, lr):
+    """The epochs of a run over a toy model, as engine.run.run drives them."""
+    trainer = Trainer(plain(model), opt, loss_fn, LoopSettings.from_config(cfg, lr), ctx.precision,
+                      ctx.env, ctx.recorder)  # fmt: skip
+    return fit_epochs(cfg, ctx, trainer, loader)
 
 
 class NanInEpoch:
@@ -46,7 +55,7 @@ def setup(tmp_path, **overrides):
 def test_nan_stops_with_epoch_and_step_and_keeps_the_last_good_checkpoint(tmp_path):
     cfg, ctx, model, opt, loader = setup(tmp_path)
     with pytest.raises(NonFiniteLossError, match=r"epoch 1, step 2 \(of 4\)"):
-        fit(cfg, ctx, model, model, opt, loader, NanInEpoch({(1, 2)}, 4), 0.1)
+        fit(cfg, ctx, model, opt, loader, NanInEpoch({(1, 2)}, 4), 0.1)
     out = tmp_path / "run"
     last = read_checkpoint(out / "checkpoint-last.pth")
     assert last["epoch"] == 0 and sorted(p.name for p in out.glob("checkpoint-*.pth")) == [
@@ -59,7 +68,7 @@ def test_nan_stops_with_epoch_and_step_and_keeps_the_last_good_checkpoint(tmp_pa
 
 def test_max_nonfinite_skips_and_logs_the_count(tmp_path):
     cfg, ctx, model, opt, loader = setup(tmp_path, max_nonfinite=2)
-    fit(cfg, ctx, model, model, opt, loader, NanInEpoch({(0, 1), (2, 3)}, 4), 0.1)
+    fit(cfg, ctx, model, opt, loader, NanInEpoch({(0, 1), (2, 3)}, 4), 0.1)
     log = [json.loads(x) for x in (tmp_path / "run" / "log.txt").read_text().splitlines()]
     assert [rec.get("nonfinite_skipped", 0) for rec in log] == [1, 1, 2]
     assert torch.isfinite(model.weight).all()
@@ -71,7 +80,7 @@ def test_max_nonfinite_skips_and_logs_the_count(tmp_path):
 
 def test_keep_last_prunes_during_training(tmp_path):
     cfg, ctx, model, opt, loader = setup(tmp_path, keep_last=1)
-    fit(cfg, ctx, model, model, opt, loader, NanInEpoch(set(), 4), 0.1)
+    fit(cfg, ctx, model, opt, loader, NanInEpoch(set(), 4), 0.1)
     names = sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*.pth"))
     assert names == ["checkpoint-2.pth", "checkpoint-last.pth"]
 
@@ -104,7 +113,7 @@ def test_a_non_finite_update_on_an_epochs_last_step_is_never_saved(tmp_path):
     with pytest.raises(
         NonFiniteLossError, match=r"not finite after epoch 1, step 3 \(weight, bias\)"
     ):
-        fit(cfg, ctx, model, model, opt, loader, NanInEpoch(set(), 4), 0.1)
+        fit(cfg, ctx, model, opt, loader, NanInEpoch(set(), 4), 0.1)
     out = tmp_path / "run"
     last = read_checkpoint(out / "checkpoint-last.pth")
     assert last["epoch"] == 0  # the last good checkpoint stays the newest
@@ -114,7 +123,7 @@ def test_a_non_finite_update_on_an_epochs_last_step_is_never_saved(tmp_path):
 
     # Auto-resume (same run, healthy optimizer now) continues from the last good checkpoint.
     cfg, ctx, model, opt, loader = setup(tmp_path)
-    fit(cfg, ctx, model, model, opt, loader, NanInEpoch(set(), 4), 0.1)
+    fit(cfg, ctx, model, opt, loader, NanInEpoch(set(), 4), 0.1)
     log = [json.loads(x)["epoch"] for x in (out / "log.txt").read_text().splitlines()]
     assert log == [0, 1, 2]
     assert read_checkpoint(out / "checkpoint-last.pth")["epoch"] == 2
@@ -123,7 +132,7 @@ def test_a_non_finite_update_on_an_epochs_last_step_is_never_saved(tmp_path):
 
 def test_fallback_resume_cuts_the_log_back_and_logs_each_epoch_once(tmp_path):
     cfg, ctx, model, opt, loader = setup(tmp_path)
-    fit(cfg, ctx, model, model, opt, loader, NanInEpoch(set(), 4), 0.1)
+    fit(cfg, ctx, model, opt, loader, NanInEpoch(set(), 4), 0.1)
     out = tmp_path / "run"
     for name in ("checkpoint-last.pth", "checkpoint-2.pth", "checkpoint-1.pth"):
         p = out / name  # damaged newest files: the resume falls back to checkpoint-0
@@ -131,14 +140,14 @@ def test_fallback_resume_cuts_the_log_back_and_logs_each_epoch_once(tmp_path):
     with open(out / "log.txt", "a") as f:
         f.write('{"epoch": 3, "train_lo')  # a line torn by a kill
     cfg, ctx, model, opt, loader = setup(tmp_path, epochs=4)
-    fit(cfg, ctx, model, model, opt, loader, NanInEpoch(set(), 4), 0.1)
+    fit(cfg, ctx, model, opt, loader, NanInEpoch(set(), 4), 0.1)
     log = [json.loads(x)["epoch"] for x in (out / "log.txt").read_text().splitlines()]
     assert log == [0, 1, 2, 3]
 
 
 def test_periodic_checkpoint_is_a_copy_so_damage_to_last_leaves_it_intact(tmp_path):
     cfg, ctx, model, opt, loader = setup(tmp_path, epochs=1)
-    fit(cfg, ctx, model, model, opt, loader, NanInEpoch(set(), 4), 0.1)
+    fit(cfg, ctx, model, opt, loader, NanInEpoch(set(), 4), 0.1)
     out = tmp_path / "run"
     assert (out / "checkpoint-0.pth").stat().st_ino != (out / "checkpoint-last.pth").stat().st_ino
     (out / "checkpoint-last.pth").write_bytes(b"PK damaged")
@@ -149,7 +158,7 @@ def test_rerun_with_conflicting_flags_is_refused_and_config_json_untouched(tmp_p
     from maekit.errors import MaekitError
 
     cfg, ctx, model, opt, loader = setup(tmp_path, epochs=1)
-    fit(cfg, ctx, model, model, opt, loader, NanInEpoch(set(), 4), 0.1)
+    fit(cfg, ctx, model, opt, loader, NanInEpoch(set(), 4), 0.1)
     config = (tmp_path / "run" / "config.json").read_text()
     with pytest.raises(MaekitError, match=r"--blr 0.1 -> 0.2.*--mask_ratio 0.75 -> 0.5") as e:
         setup(tmp_path, epochs=2, blr=0.2, mask_ratio=0.5)
@@ -157,7 +166,7 @@ def test_rerun_with_conflicting_flags_is_refused_and_config_json_untouched(tmp_p
     assert (tmp_path / "run" / "config.json").read_text() == config
     # An intended change (more epochs, another print frequency) continues the run.
     cfg, ctx, model, opt, loader = setup(tmp_path, epochs=2, print_freq=3)
-    fit(cfg, ctx, model, model, opt, loader, NanInEpoch(set(), 4), 0.1)
+    fit(cfg, ctx, model, opt, loader, NanInEpoch(set(), 4), 0.1)
     assert json.loads((tmp_path / "run" / "config.json").read_text())["epochs"] == 2
     assert read_checkpoint(tmp_path / "run" / "checkpoint-last.pth")["epoch"] == 1
 

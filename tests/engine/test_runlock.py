@@ -49,7 +49,7 @@ def test_the_same_process_may_start_runs_in_its_own_folder_again(tmp_path):
 
 def test_prepare_run_takes_the_lock_before_writing_config(tmp_path):
     from maekit.config import PretrainConfig
-    from maekit.engine.fit import prepare_run
+    from maekit.engine.run import prepare_run
 
     out = tmp_path / "run"
     out.mkdir()

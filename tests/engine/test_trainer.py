@@ -10,10 +10,11 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from maekit.engine.distributed import DistEnv
+from maekit.engine.parallelize import plain
 from maekit.engine.precision import resolve_precision
 from maekit.engine.progress import RunRecorder
 from maekit.engine.schedule import lr_at
-from maekit.engine.trainer import LoopSettings, NonFiniteLossError, train_one_epoch
+from maekit.engine.trainer import LoopSettings, NonFiniteLossError, Trainer
 from maekit.errors import MaekitError
 
 CPU = torch.device("cpu")
@@ -56,10 +57,8 @@ def count_steps(optimizer) -> list[int]:
 def run_epoch(model, loader, optimizer, loss_fn, settings, epoch=0, tmp_path=None, amp="none"):
     precision = resolve_precision(amp, CPU)
     recorder = RunRecorder(str(tmp_path or "."), None, enabled=False)
-    return train_one_epoch(
-        model, loader, optimizer, loss_fn, epoch, settings, precision, precision.grad_scaler(), ENV,
-        recorder,
-    )  # fmt: skip
+    trainer = Trainer(plain(model), optimizer, loss_fn, settings, precision, ENV, recorder)
+    return trainer.train_epoch(loader, epoch)
 
 
 SCHED = dict(lr=0.1, min_lr=0.001, warmup_epochs=2.0, epochs=5)
@@ -299,9 +298,9 @@ def test_stop_request_ends_the_epoch_at_an_update_boundary(tmp_path):
 
     precision = resolve_precision("none", CPU)
     state = EpochState()
-    stats = train_one_epoch(model, loader, opt, loss_fn, 0, LoopSettings(**SCHED, accum_iter=2),
-                            precision, precision.grad_scaler(), ENV, RunRecorder(str(tmp_path), None, False),
-                            state=state, stop=stop)  # fmt: skip
+    trainer = Trainer(plain(model), opt, loss_fn, LoopSettings(**SCHED, accum_iter=2), precision,
+                      ENV, RunRecorder(str(tmp_path), None, False))  # fmt: skip
+    stats = trainer.train_epoch(loader, 0, state=state, stop=stop)
     assert stats["state"].stopped and stats["state"].step == 4  # finished the accumulation window
     assert len(calls) == 4
 
@@ -314,7 +313,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from maekit.engine.distributed import DistEnv, shutdown
 from maekit.engine.precision import resolve_precision
 from maekit.engine.progress import RunRecorder
-from maekit.engine.trainer import LoopSettings, RunCounters, train_one_epoch
+from maekit.engine.parallelize import ParallelModel
+from maekit.engine.trainer import LoopSettings, RunCounters, Trainer
 
 dist.init_process_group("gloo")
 rank = dist.get_rank()
@@ -335,11 +335,10 @@ def loss_fn(m, x, y):  # NaN on rank 1 alone, at its second step
 
 precision = resolve_precision("none", torch.device("cpu"))
 counters = RunCounters()
-train_one_epoch(model, loader, opt, loss_fn, 0,
-                LoopSettings(lr=0.1, min_lr=0.1, warmup_epochs=0, epochs=1, print_freq=2,
-                             max_nonfinite=3),
-                precision, precision.grad_scaler(), DistEnv(rank, 2, rank, torch.device("cpu")),
-                RunRecorder(".", None, enabled=False), counters=counters)
+Trainer(ParallelModel(step=model, bare=model.module, ddp=model), opt, loss_fn,
+        LoopSettings(lr=0.1, min_lr=0.1, warmup_epochs=0, epochs=1, print_freq=2, max_nonfinite=3),
+        precision, DistEnv(rank, 2, rank, torch.device("cpu")), RunRecorder(".", None, enabled=False),
+        counters=counters).train_epoch(loader, 0)
 with open(sys.argv[1] + f".{rank}", "w") as f:
     json.dump({"steps": len(steps), "skipped": counters.nonfinite_skipped,
                "weight": model.module.weight.tolist()}, f)

@@ -10,7 +10,9 @@ Checkpoints stay in the plain format (``{"model": full state dict, "optimizer": 
 integer-id state dict}``), written by rank 0 from full tensors gathered to the CPU, so a file
 written under fsdp loads in any world size, under ddp, in one process, and in the official code.
 
-The model code never sees any of this: the phases call :func:`wrap_model` on the built model.
+The model code never sees any of this: :func:`maekit.engine.parallelize.parallelize` calls
+:func:`wrap_model` on the built model. Every other function here takes the bare (sharded in
+place) model, never a torch.compile wrapper.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ def _fsdp():
     return fsdp
 
 
-def shard_units(model: nn.Module) -> list[nn.Module]:
+def fsdp_units(model: nn.Module) -> list[nn.Module]:
     """The modules that become FSDP units: the blocks, i.e. the entries of every
     ``nn.ModuleList`` / ``nn.Sequential`` whose entries are all of one class with sub-modules
     and parameters (our MAE/ConvMAE ``ModuleList``s, timm ViT's ``Sequential``; not a head like
@@ -56,9 +58,8 @@ def shard_units(model: nn.Module) -> list[nn.Module]:
     return units
 
 
-def is_sharded(model: nn.Module) -> bool:
-    """True for a module (or a torch.compile wrapper of one) sharded by ``fully_shard``."""
-    model = getattr(model, "_orig_mod", model)
+def is_fsdp(model: nn.Module) -> bool:
+    """True for a module sharded by ``fully_shard`` (the bare model, not a compile wrapper)."""
     try:
         return isinstance(model, _fsdp().FSDPModule)
     except (ImportError, MaekitError):
@@ -81,7 +82,7 @@ def fully_shard_model(model: nn.Module, precision: Precision) -> nn.Module:
     # FSDP2 warns when a module returns a view (in-place ops on it would skip a hook); the
     # training step never modifies model outputs in place, so the warning is noise here.
     warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view")
-    units = shard_units(model)
+    units = fsdp_units(model)
     if not units:
         warnings.warn(f"--dist_mode fsdp: {type(model).__name__} has no blocks to shard one at a "
                       "time, so its whole parameter set is gathered for every forward", stacklevel=2)  # fmt: skip
@@ -110,7 +111,7 @@ def wrap_model(
 
 def set_gradient_sync(model: nn.Module, enabled: bool) -> None:
     """FSDP: skip (or do) the gradient reduce-scatter of the next backward (accumulation)."""
-    getattr(model, "_orig_mod", model).set_requires_gradient_sync(enabled)
+    model.set_requires_gradient_sync(enabled)
 
 
 def local_value(t: torch.Tensor) -> torch.Tensor:
@@ -142,7 +143,6 @@ def full_state(
         get_optimizer_state_dict,
     )
 
-    model = getattr(model, "_orig_mod", model)
     msd = get_model_state_dict(model, options=_options(cpu_offload=True))
     by_name = None
     if optimizer is not None:
@@ -199,7 +199,6 @@ def load_full_state(
         set_optimizer_state_dict,
     )
 
-    model = getattr(model, "_orig_mod", model)
     own = set(model.state_dict())
     missing, unexpected = sorted(own - set(model_state)), sorted(set(model_state) - own)
     if missing or unexpected:
@@ -218,15 +217,14 @@ def gathered(model: nn.Module) -> Iterator[None]:
     every unit is all-gathered once and kept whole until the block ends, so ranks may run
     different numbers of batches (sharded evaluation). Buffers (BatchNorm running statistics,
     which FSDP does not keep in sync) are first set to rank 0's. A no-op for unsharded models."""
-    model = getattr(model, "_orig_mod", model)
-    if not is_sharded(model):
+    if not is_fsdp(model):
         yield
         return
     if dist.is_initialized():  # buffers (BatchNorm statistics) are per rank under fsdp:
         with torch.no_grad():  # use rank 0's, the ones its checkpoint holds
             for b in model.buffers():
                 dist.broadcast(b.data, src=0)
-    units = [m for m in model.modules() if is_sharded(m)]
+    units = [m for m in model.modules() if is_fsdp(m)]
     for m in units:
         m.set_reshard_after_forward(False, recurse=False)
         m.unshard()

@@ -1,4 +1,4 @@
-"""--dist_mode fsdp (maekit/engine/sharding.py): FSDP2 units, gradients, activation
+"""--dist_mode fsdp (maekit/engine/fsdp.py): FSDP2 units, gradients, activation
 checkpointing, full-state round trips and gathered evaluation, on CPU with gloo."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from maekit.engine.distributed import DistEnv
-from maekit.engine.sharding import _to_integer_ids, _to_names, shard_units, wrap_model
+from maekit.engine.fsdp import _to_integer_ids, _to_names, fsdp_units, wrap_model
 from maekit.errors import MaekitError
 from maekit.models import create_model
 from tests.conftest import REPO
@@ -25,7 +25,7 @@ def tiny_mae() -> torch.nn.Module:
 
 def test_every_block_is_a_unit() -> None:
     m = tiny_mae()
-    units = shard_units(m)
+    units = fsdp_units(m)
     assert len(units) == len(m.blocks) + len(m.decoder_blocks)
     assert all(type(u).__name__ == "Block" for u in units)
     # timm's ViT keeps its blocks in an nn.Sequential; a linear-probe head (BatchNorm1d, Linear)
@@ -35,9 +35,9 @@ def test_every_block_is_a_unit() -> None:
     vit = attach_probe_head(
         create_model("vit_tiny_patch16", img_size=32, patch_size=8, num_classes=3)
     )
-    assert shard_units(vit) == list(vit.blocks)
+    assert fsdp_units(vit) == list(vit.blocks)
     conv = create_model("convvit_small_patch16", img_size=32, patch_size=4, num_classes=3)
-    assert len(shard_units(conv)) == len(conv.blocks1) + len(conv.blocks2) + len(conv.blocks3)
+    assert len(fsdp_units(conv)) == len(conv.blocks1) + len(conv.blocks2) + len(conv.blocks3)
 
 
 def test_single_process_and_bad_mode() -> None:

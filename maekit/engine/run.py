@@ -1,0 +1,214 @@
+"""One run, any phase: :func:`run` takes a config and the phase's :class:`Recipe` and does
+everything the phases share, once and in one order:
+
+    validate the flags -> the recipe resolves what it derives, checks its data, builds its
+    model (seeded) ->
+    processes, device, lr, run folder, config.json (:func:`prepare_run`) -> train loader ->
+    parallelize -> optimizer, loss, trainer -> evaluation and monitors -> the epochs
+    (:func:`maekit.engine.fit.fit`) -> the closing lines -> shutdown
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import MaekitError
+from .distributed import DistEnv, all_reduce_sum, barrier, init_distributed, shutdown
+from .fit import fit
+from .parallelize import parallelize
+from .precision import Precision, resolve_precision
+from .progress import RunRecorder
+from .recipe import Recipe
+from .resume import find_start
+from .runlock import lock_output_dir
+from .schedule import scaled_lr
+from .trainer import LoopSettings, Trainer
+
+
+@dataclass
+class RunContext:
+    env: DistEnv
+    precision: Precision
+    recorder: RunRecorder
+    output_dir: Path
+    num_workers: int  # --num_workers capped at the CPU count
+    pin_memory: bool  # --pin_mem, only meaningful for CUDA
+    lr: float  # the absolute lr: --lr, else --blr x effective batch / 256 (resolved once)
+    effective_batch: int  # --batch_size x --accum_iter x processes
+    # The checkpoint to start from (path or '', its contents if already read), found before
+    # config.json is written so that a conflicting rerun leaves the folder untouched.
+    start: tuple[str, dict | None] | None = None
+
+
+def check_output_dir(path: str) -> Path:
+    """Create ``path`` and prove it is writable, before any work is done."""
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".maekit-write-test-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise MaekitError(
+            f"--output_dir {out} is not writable ({e.strerror or e}); choose another folder"
+        ) from e
+    return out
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# Flags a rerun may change and still continue the run in --output_dir: more --epochs, where and
+# how it runs, how it reports. Every other flag shapes the model, the optimisation or the data
+# the checkpoint was trained with; a rerun that changes one is refused (see resume_conflicts).
+RESUMABLE_CHANGES = frozenset({
+    "epochs", "output_dir", "log_dir", "device", "num_workers", "pin_mem", "compile", "grad_ckpt",
+    "dist_mode", "amp", "resume", "auto_resume", "keep_last", "max_nonfinite", "max_bad_frac",
+    "max_pixels", "start_epoch", "save_freq", "print_freq", "max_train_step", "world_size",
+    "local_rank", "dist_url", "dist_on_itp", "data_path", "gpu_decode", "knn_eval_freq",
+    "knn_max_bank", "knn_max_query", "knn_pool", "finetune", "dist_eval", "eval", "config",
+    "print_config", "knn_baseline", "val_freq", "val_max_images", "vis_freq", "log_wandb",
+    "wandb_project", "wandb_name", "download", "init",
+})  # fmt: skip
+
+
+def resume_conflicts(now: dict, saved: object) -> list[str]:
+    """``--flag saved -> now`` for each training flag that differs from the checkpoint's args.
+
+    Only flags present in both are compared (older checkpoints lack newer flags); flags in
+    :data:`RESUMABLE_CHANGES` may differ."""
+    if not isinstance(saved, dict):
+        return []
+    out = []
+    for k, v in now.items():
+        if k in RESUMABLE_CHANGES or k not in saved:
+            continue
+        old = saved[k]
+        if isinstance(old, tuple):
+            old = list(old)
+        if old != v and not (_is_num(old) and _is_num(v) and float(old) == float(v)):
+            out.append(f"--{k} {old} -> {v}")
+    return out
+
+
+def _is_num(x: object) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool)
+
+
+def _agree(env: DistEnv, error: MaekitError | None) -> None:
+    """Raise ``error`` on this rank, and a pointer to it on the others: a start-up check that
+    fails on rank 0 alone must not leave the other ranks waiting in a barrier."""
+    if env.distributed:
+        failed = all_reduce_sum(torch.tensor(float(error is not None), device=env.device))
+        if error is None and float(failed) > 0:
+            raise MaekitError("another rank stopped at start-up; see its message")
+    if error is not None:
+        raise error
+
+
+def prepare_run(cfg) -> RunContext:
+    """Processes, device, the lr, seed (+rank), precision, output folder (locked for this run),
+    the checkpoint to resume from, and config.json. ``cfg`` is validated already."""
+    env = init_distributed(cfg.device)
+    lr, eff = absolute_lr(cfg, env.world_size)
+    if cfg.min_lr > lr:
+        raise MaekitError(f"--min_lr {cfg.min_lr:g} is above the learning rate {lr:.3g} (--blr x effective "
+                          f"batch {eff} / 256, or --lr); lower --min_lr or raise --blr")  # fmt: skip
+    out, error = Path(cfg.output_dir), None
+    if env.is_main:
+        try:
+            out = check_output_dir(cfg.output_dir)
+            lock_output_dir(out)  # held until the process exits
+        except MaekitError as e:
+            error = e
+    _agree(env, error)
+    start = None
+    if not getattr(cfg, "eval", False):  # --eval (fine-tune, linear probe) resumes nothing
+        start = find_start(cfg, env)
+        error = None
+        if start[0] and not cfg.resume:  # auto-resume: the same run, so the same recipe
+            clash = resume_conflicts(cfg.to_dict(), (start[1] or {}).get("args"))
+            if clash:
+                error = MaekitError(f"--output_dir {out} holds a run with other settings than these flags "
+                                    f"({start[0]}): {', '.join(clash[:8])}; rerun with the checkpoint's "
+                                    "values, or give a new --output_dir (--no_auto_resume starts over "
+                                    "in this one)")  # fmt: skip
+        _agree(env, error)
+    barrier()
+    seed_everything(cfg.seed + env.rank)
+    precision = resolve_precision(cfg.amp, env.device)
+    if env.is_main:
+        # What the flags resolved to on this machine: `--amp auto` is fp32 or bf16 by hardware.
+        # The absolute lr too: --blr scales with the effective batch, which --accum_iter and the
+        # process count set.
+        resolved = {"precision": precision.name, "device": str(env.device),
+                    "world_size": env.world_size, "effective_batch": eff, "lr": lr,
+                    "torch": torch.__version__}  # fmt: skip
+        (out / "config.json").write_text(
+            json.dumps({**cfg.to_dict(), "resolved": resolved}, indent=2) + "\n"
+        )
+    from .wandb_run import start_wandb
+
+    recorder = RunRecorder(str(out), cfg.log_dir, enabled=env.is_main,
+                           wandb=start_wandb(cfg, out) if env.is_main else None)  # fmt: skip
+    workers = min(cfg.num_workers, os.cpu_count() or 1)
+    pin = cfg.pin_mem and env.device.type == "cuda"
+    return RunContext(env, precision, recorder, out, workers, pin, lr, eff, start)
+
+
+def absolute_lr(cfg, world_size: int) -> tuple[float, int]:
+    """(absolute lr, effective batch): --lr if given, else --blr x effective batch / 256."""
+    eff = cfg.batch_size * cfg.accum_iter * world_size
+    return (cfg.lr if cfg.lr is not None else scaled_lr(cfg.blr, eff)), eff
+
+
+def run(cfg, recipe: Recipe) -> list[dict]:
+    """Train (or, with --eval, evaluate) as ``recipe`` says; returns the per-epoch log records."""
+    cfg.validate()  # the flags as given; the one validation of the run
+    recipe.resolve()  # settings the phase derives (statistics, inputs from a checkpoint)
+    # Everything that can fail on user input, before any process group or output exists.
+    recipe.check_data()
+    seed_everything(cfg.seed)  # the initial weights follow --seed (DDP then broadcasts rank 0's)
+    model = recipe.build_model()
+    ctx = prepare_run(cfg)
+    env = ctx.env
+    try:
+        if env.is_main:
+            for note in recipe.notes:
+                print(note, flush=True)
+        if recipe.eval_only:
+            model.to(env.device)
+            history = recipe.evaluate_only(ctx, model)
+            ctx.recorder.close()
+            return history
+        loader = recipe.train_loader(ctx)
+        if env.is_main:
+            for line in recipe.data_lines(loader, model):
+                print(line)
+        pm = parallelize(model, env, ctx.precision, cfg.dist_mode, cfg.grad_ckpt, cfg.compile,
+                         repr(cfg.model))  # fmt: skip
+        if env.is_main:  # base and actual lr, like the official
+            print(f"base lr: {ctx.lr * 256 / ctx.effective_batch:.2e}  actual lr: {ctx.lr:.2e}  "
+                  f"effective batch: {ctx.effective_batch} ({cfg.batch_size} x {cfg.accum_iter} "
+                  f"accum x {env.world_size} procs)")  # fmt: skip
+        optimizer = recipe.build_optimizer(pm.bare, ctx.lr)
+        trainer = Trainer(pm, optimizer, recipe.build_loss(), LoopSettings.from_config(cfg, ctx.lr),
+                          ctx.precision, env, ctx.recorder)  # fmt: skip
+        evaluate_fn = recipe.evaluator(ctx, pm)
+        monitors = recipe.monitors(ctx, pm)
+        history = fit(cfg, ctx, trainer, loader, evaluate_fn, monitors)
+        if env.is_main:
+            recipe.finish(history)
+        return history
+    finally:
+        shutdown()
