@@ -14,19 +14,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import MaekitError
-from . import rng
-from .checkpoint import (
+from ..checkpoint.rundir import (
     BEST,
     LAST,
-    atomic_copy,
     find_resume_checkpoint,
-    nonfinite_entries,
     prune_checkpoints,
     remove_stale_temp_files,
-    resume_from,
-    save_checkpoint,
 )
+from ..errors import MaekitError
+from ..files import atomic_copy
+from . import rng
 from .distributed import DistEnv, all_reduce_sum, barrier, init_distributed
 from .precision import Precision, resolve_precision
 from .preemption import StopRequest
@@ -34,6 +31,7 @@ from .progress import RunRecorder
 from .runlock import lock_output_dir
 from .schedule import scaled_lr
 from .sharding import full_state, is_sharded
+from .train_state import nonfinite_entries, resume_from, save_checkpoint
 from .trainer import (
     EpochState,
     LoopSettings,

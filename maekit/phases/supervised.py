@@ -11,19 +11,19 @@ from dataclasses import dataclass
 
 import torch
 
+from ..checkpoint.pretrained import load_pretrained_encoder
 from ..config import SupervisedConfig, image_size_value
 from ..data import build_dataset, build_train_loader, limit_train_set
 from ..data.transforms import eval_transform, resolve_stats
-from ..engine.checkpoint import resume_from
 from ..engine.distributed import shutdown
 from ..engine.evaluate import build_eval_loader, evaluate
 from ..engine.fastpath import apply_fast_paths
 from ..engine.fit import fit, prepare_run, resolve_lr, seed_everything
 from ..engine.sharding import gathered, wrap_model
+from ..engine.train_state import resume_from
 from ..engine.trainer import LossFn
 from ..errors import MaekitError
 from ..models import create_model, get_entry, list_models
-from ..models.pretrained import load_pretrained_encoder
 
 
 @dataclass
@@ -71,7 +71,7 @@ def resolve_inputs(cfg: SupervisedConfig) -> str | None:
     --finetune (or --resume) checkpoint, else the defaults (3, 224, ImageNet's statistics), so a
     model sees its inputs as it was pre-trained on them. Returns a line naming what was taken."""
     from ..config import check_stats
-    from ..engine.checkpoint import read_checkpoint
+    from ..formats.loader import read_checkpoint
 
     source = cfg.finetune or cfg.resume
     args: dict = {}

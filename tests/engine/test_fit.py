@@ -12,9 +12,9 @@ from torch.utils.data import TensorDataset
 
 from maekit.config import PretrainConfig
 from maekit.data import build_train_loader
-from maekit.engine.checkpoint import read_checkpoint
 from maekit.engine.fit import fit, prepare_run
 from maekit.engine.trainer import NonFiniteLossError
+from maekit.formats import read_checkpoint
 
 
 class NanInEpoch:

@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file
 
 from maekit.cli import main
-from maekit.engine.checkpoint import read_checkpoint
+from maekit.formats import read_checkpoint
 from tests.conftest import run_cli
 
 from .builders import paddle_layout, tiny_mae, write_pd
