@@ -1,4 +1,4 @@
-"""``pretrain --init``: weights fitted to other channels and grids (maekit/models/adapt.py)."""
+"""``pretrain --init``: weights fitted to other channels and grids (maekit/checkpoint/adapt.py)."""
 
 from __future__ import annotations
 
