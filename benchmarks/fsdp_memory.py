@@ -27,9 +27,9 @@ import torch.distributed as dist
 
 from maekit.engine.distributed import init_distributed, shutdown
 from maekit.engine.fastpath import enable_grad_checkpointing
+from maekit.engine.fsdp import wrap_model
 from maekit.engine.optim import build_adamw, weight_decay_groups
 from maekit.engine.precision import resolve_precision
-from maekit.engine.fsdp import wrap_model
 from maekit.models import create_model
 
 

@@ -19,10 +19,10 @@ import time
 import torch
 import torch.nn.functional as F
 
+from maekit.checkpoint.pretrained import init_from_checkpoint
 from maekit.data.fashion_mnist import FashionMNIST
 from maekit.data.transforms import normalization
 from maekit.models import create_model
-from maekit.models.pretrained import init_from_checkpoint
 
 MODEL = "mae_vit_tiny_patch16"
 

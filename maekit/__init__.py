@@ -8,7 +8,7 @@ __all__ = ["__version__", "load_checkpoint"]
 def __getattr__(name: str):
     # Imported on first use so that `import maekit` (and the CLI's start-up) stays light.
     if name == "load_checkpoint":
-        from .formats.loader import load_checkpoint
+        from .checkpoint.pretrained import load_checkpoint
 
         return load_checkpoint
     raise AttributeError(f"module 'maekit' has no attribute {name!r}")

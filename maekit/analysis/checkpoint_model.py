@@ -16,10 +16,11 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from ..checkpoint.state_dict import keys_error, shape_error, shape_mismatches
 from ..config import CheckpointModelConfig, check_stats
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, resolve_stats
-from ..engine.checkpoint import read_checkpoint, shape_mismatches, strip_wrapper_prefixes
 from ..errors import MaekitError
+from ..formats.loader import read_checkpoint, strip_prefixes
 from ..models import create_model, get_entry
 
 # MAE weights the encoder does not need: features work without them (released encoder-only files).
@@ -57,7 +58,7 @@ def read_state(path: str) -> tuple[dict[str, torch.Tensor], dict]:
     ):
         raise MaekitError(f"--checkpoint {path} holds no state dict (expected a 'model' entry of tensors)")  # fmt: skip
     args = ckpt.get("args") if isinstance(ckpt.get("args"), dict) else {}
-    return strip_wrapper_prefixes(state), args
+    return strip_prefixes(state)[0], args
 
 
 def load_checkpoint_model(
@@ -97,23 +98,16 @@ def load_checkpoint_model(
         source = cfg.checkpoint
         wrong = shape_mismatches(state, model)
         if wrong:
-            own = model.state_dict()
-            raise MaekitError(
-                f"--checkpoint {cfg.checkpoint} does not fit {name} at {input_size} px: other shapes for "
-                + ", ".join(
-                    f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in wrong[:4]
-                )
-                + "; pass the --model/--input_size/--patch_size it was trained with"
-            )
+            raise shape_error(f"--checkpoint {cfg.checkpoint}", state, model, wrong,
+                              f"pass the --model/--input_size/--patch_size it was trained with "
+                              f"(now {name} at {input_size} px)")  # fmt: skip
         result = model.load_state_dict(state, strict=False)
         decoder_missing = [k for k in result.missing_keys if _is_decoder_key(k)]
         missing = [k for k in result.missing_keys if not _is_decoder_key(k)]
         unexpected = [k for k in result.unexpected_keys if not _is_decoder_key(k)]
         if missing or unexpected:
-            raise MaekitError(
-                f"--checkpoint {cfg.checkpoint} does not match {name}: missing {missing[:6]}, "
-                f"unexpected {unexpected[:6]}; pass the --model it was trained with"
-            )
+            raise keys_error(f"--checkpoint {cfg.checkpoint}", model, missing, unexpected,
+                             f"pass the --model it was trained with (now {name})")  # fmt: skip
         has_decoder = has_decoder and not decoder_missing
     if need_decoder and not has_decoder:
         what = "a fine-tuned encoder" if entry.kind == "encoder" else "encoder-only weights"

@@ -25,12 +25,12 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from ..config import ExtractConfig
-from ..engine.checkpoint import atomic_write
 from ..engine.distributed import DistEnv, init_distributed, shutdown
 from ..engine.evaluate import RankSplitSampler
 from ..engine.precision import Precision, resolve_precision
 from ..engine.preemption import ignore_stop_signals
 from ..errors import MaekitError
+from ..files import atomic_write
 
 POOLS = ("cls", "mean", "all")
 

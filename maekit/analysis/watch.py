@@ -116,7 +116,9 @@ class ReconstructionWatch:
                  num_workers: int) -> None:  # fmt: skip
         self.cfg, self.model, self.val_set, self.env = cfg, model, val_set, env
         self.precision, self.recorder, self.output_dir = precision, recorder, output_dir
-        sampler = RankSplitSampler(len(val_set), env.rank, env.world_size)  # exact shares, no padding
+        sampler = RankSplitSampler(
+            len(val_set), env.rank, env.world_size
+        )  # exact shares, no padding
         self.loader = DataLoader(SkipUnreadable(_Indexed(val_set)), batch_size=cfg.batch_size,
                                  sampler=sampler, num_workers=num_workers, collate_fn=_collate,
                                  generator=torch.Generator())  # fmt: skip

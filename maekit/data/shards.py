@@ -57,9 +57,9 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from ..engine.checkpoint import atomic_write
 from ..engine.preemption import ignore_stop_signals
 from ..errors import MaekitError
+from ..files import atomic_write
 from .folder import (
     DEFAULT_MAX_PIXELS,
     FlatImageFolder,

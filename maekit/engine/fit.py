@@ -8,8 +8,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from ..checkpoint.rundir import LAST, remove_stale_temp_files
 from . import rng
-from .checkpoint import LAST, remove_stale_temp_files
 from .distributed import barrier
 from .preemption import StopRequest
 from .resume import Saver, find_start, restore

@@ -150,7 +150,7 @@ class RunRecorder:
                     kept.append(line)
             text = "".join(f"{line}\n" for line in kept)
             if text != self.log_path.read_text(errors="replace"):
-                from .checkpoint import atomic_write
+                from ..files import atomic_write
 
                 atomic_write(self.log_path, lambda tmp: tmp.write_text(text))
         if self.tb is not None:

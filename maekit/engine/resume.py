@@ -13,20 +13,13 @@ from pathlib import Path
 
 import torch
 
+from ..checkpoint.rundir import BEST, LAST, find_resume_checkpoint, prune_checkpoints
 from ..errors import MaekitError
+from ..files import atomic_copy
 from . import rng
-from .checkpoint import (
-    BEST,
-    LAST,
-    atomic_copy,
-    find_resume_checkpoint,
-    nonfinite_entries,
-    prune_checkpoints,
-    resume_from,
-    save_checkpoint,
-)
 from .distributed import DistEnv, all_reduce_sum, barrier
 from .fsdp import full_state
+from .train_state import nonfinite_entries, resume_from, save_checkpoint
 from .trainer import EpochState, NonFiniteLossError, Trainer
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from ..errors import MaekitError
+from ..files import atomic_write
 
 CONFIG = "config.json"
 PREPROCESSOR = "preprocessor_config.json"
@@ -420,7 +421,6 @@ def write_hf_dir(
     folder: str | Path, state: dict[str, torch.Tensor], config: dict, preprocessor: dict | None
 ) -> None:
     """config.json + model.safetensors (+ preprocessor_config.json): what from_pretrained reads."""
-    from ..engine.checkpoint import atomic_write
     from .convert import save_safetensors
 
     folder = Path(folder)

@@ -25,10 +25,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn as nn
 
 from ..data.folder import UnreadableImage, open_regular
-from ..engine.checkpoint import mismatch_text, shape_mismatches
 from ..errors import MaekitError
 from .hf import CONFIG, hf_to_maekit, is_hf_dir, is_hf_state, read_hf_dir, read_json
 from .paddle import read_paddle
@@ -213,9 +211,14 @@ def _convert(obj: object, fmt: str, path: Path) -> Checkpoint:
     return Checkpoint(state, extras, LoadReport(str(path), source, len(state), notes))
 
 
-def read_checkpoint_dict(path: str | Path) -> dict:
-    """The checkpoint as a dict with ``model`` etc. (for resuming): PyTorch files as saved,
-    with ``args`` as a plain dict; other formats as {model (converted), epoch, args}."""
+def read_checkpoint(path: str | Path) -> dict:
+    """Load a checkpoint dict safely (tensors, numpy arrays, plain containers only), for
+    resuming and for the ``args`` saved in it.
+
+    PyTorch files come back as saved, with an official ``args`` Namespace turned into a dict;
+    Paddle, safetensors and Hugging Face files as {model (in our names), epoch, args,
+    optimizer: None, scaler: None}.
+    """
     obj, fmt = read_raw(path)
     if fmt == "torch" and not (isinstance(obj, dict) and is_hf_state(obj)):
         if not isinstance(obj, dict):
@@ -229,33 +232,3 @@ def load_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], LoadRepo
     """(state dict in our names, report) for any supported checkpoint."""
     ckpt = read_file(path)
     return ckpt.model, ckpt.report
-
-
-def load_checkpoint(
-    path: str | Path, model: nn.Module | None = None, strict: bool = False, verbose: bool = True
-) -> dict[str, torch.Tensor]:
-    """Read any supported checkpoint into a state dict with our (= timm's) names.
-
-    With ``model``, also load it (non-strict unless ``strict``; shapes must match) and report
-    missing and unused keys. ``verbose`` prints the one-line summary.
-    """
-    state, report = load_state_dict(path)
-    if model is not None:
-        own = model.state_dict()
-        wrong = shape_mismatches(state, model)
-        if wrong:
-            raise MaekitError(
-                f"{path} does not fit {type(model).__name__}: shape mismatch for "
-                + mismatch_text(state, model, wrong[:6])
-            )
-        report.missing = [k for k in own if k not in state]
-        report.unused = [k for k in state if k not in own]
-        report.loaded = len(state) - len(report.unused)
-        if strict and (report.missing or report.unused):
-            raise MaekitError(
-                f"{path} does not match {type(model).__name__} exactly: {report.summary()}"
-            )
-        model.load_state_dict(state, strict=False)
-    if verbose:
-        print(report.summary())
-    return state

@@ -75,8 +75,8 @@ def knn_datasets(cfg: PretrainConfig) -> tuple:
 def init_weights(cfg: PretrainConfig, model: torch.nn.Module) -> str:
     """--init: load the weights into ``model`` (adapted to its channels and grid) and return the
     line to print; a run folder with progress is auto-resumed instead (said in the line)."""
-    from ..engine.checkpoint import find_resume_checkpoint
-    from ..models.pretrained import init_from_checkpoint
+    from ..checkpoint.pretrained import init_from_checkpoint
+    from ..checkpoint.rundir import find_resume_checkpoint
 
     found = find_resume_checkpoint(cfg.output_dir) if cfg.auto_resume else None
     if found:

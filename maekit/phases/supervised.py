@@ -11,16 +11,16 @@ from collections.abc import Callable
 
 import torch
 
+from ..checkpoint.pretrained import load_pretrained_encoder
 from ..config import SupervisedConfig, check_image_size, image_size_value
 from ..data import build_dataset, build_train_loader, limit_train_set
 from ..data.transforms import eval_transform, resolve_stats
-from ..engine.checkpoint import resume_from
 from ..engine.evaluate import build_eval_loader, evaluate
 from ..engine.fsdp import gathered
 from ..engine.recipe import Recipe
+from ..engine.train_state import resume_from
 from ..errors import MaekitError
 from ..models import create_model, get_entry, list_models
-from ..models.pretrained import load_pretrained_encoder
 
 
 def num_classes_of(dataset) -> int:
@@ -56,7 +56,7 @@ def resolve_inputs(cfg: SupervisedConfig) -> str | None:
     --finetune (or --resume) checkpoint, else the defaults (3, 224, ImageNet's statistics), so a
     model sees its inputs as it was pre-trained on them. Returns a line naming what was taken."""
     from ..config import check_stats
-    from ..engine.checkpoint import read_checkpoint
+    from ..formats.loader import read_checkpoint
 
     source = cfg.finetune or cfg.resume
     args: dict = {}

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from maekit.config import FinetuneConfig, PretrainConfig
-from maekit.engine.checkpoint import save_checkpoint
+from maekit.engine.train_state import save_checkpoint
 from maekit.models import create_model
 
 SIZES = {"input_size": 32, "patch_size": 8}

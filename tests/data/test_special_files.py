@@ -174,7 +174,7 @@ def test_labels_in_range_still_load(tmp_path):
 
 
 def test_a_fifo_or_directory_given_as_checkpoint_is_one_line(tmp_path):
-    from maekit.engine.checkpoint import read_checkpoint
+    from maekit.formats import read_checkpoint
 
     os.mkfifo(tmp_path / "ckpt.pth")
     with pytest.raises(MaekitError, match="not a regular file"):

@@ -24,13 +24,30 @@ TINY = ["--model", "mae_vit_tiny_patch16", "--input_size", "32", "--patch_size",
         "--norm_pix_loss"]  # fmt: skip
 
 
-class Run:
-    """A `maekit` process whose stdout lines are collected by a thread (for kill timing)."""
+# `python -c` bootstrap for a run whose checkpoint writes are slow (a kill can land inside
+# one): maekit's torch.save writer is wrapped with a sleep, then the CLI runs as `maekit` would.
+SLOW_SAVE = """
+import sys, time
+import maekit.files as files
+from maekit.cli import main
+delay, write = float(sys.argv.pop(1)), files._torch_save
+def slow(obj, tmp):
+    write(obj, tmp)
+    time.sleep(delay)
+files._torch_save = slow
+sys.exit(main())
+"""
 
-    def __init__(self, args: list[str], cwd: Path, extra_env: dict | None = None) -> None:
+
+class Run:
+    """A `maekit` process whose stdout lines are collected by a thread (for kill timing).
+    ``save_delay``: seconds every checkpoint write waits with its temp file written."""
+
+    def __init__(self, args: list[str], cwd: Path, save_delay: float | None = None) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
-               "PYTHONPATH": str(REPO), **(extra_env or {})}  # fmt: skip
-        self.proc = subprocess.Popen([sys.executable, "-m", "maekit", *args], cwd=cwd, env=env,
+               "PYTHONPATH": str(REPO)}  # fmt: skip
+        launch = ["-m", "maekit"] if save_delay is None else ["-c", SLOW_SAVE, str(save_delay)]
+        self.proc = subprocess.Popen([sys.executable, *launch, *args], cwd=cwd, env=env,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      start_new_session=True)  # fmt: skip
         self.lines: list[str] = []
@@ -86,7 +103,7 @@ def test_sigkill_at_random_points_auto_resumes_bit_identical(tmp_path: Path) -> 
     out = tmp_path / "killed"
     cmd = [*args, "--output_dir", str(out)]
     rnd = random.Random(1234)
-    slow_save = {"MAEKIT_DEBUG_SAVE_DELAY": "30"}
+    slow_save = 30  # seconds
     kills = 0
 
     def saving() -> bool:

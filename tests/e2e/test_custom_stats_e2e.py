@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from maekit.cli import main
-from maekit.engine.checkpoint import read_checkpoint
+from maekit.formats import read_checkpoint
 from tests.conftest import run_cli
 from tests.e2e.test_chain_e2e import labeled_folder
 

@@ -30,7 +30,7 @@ def test_a_second_run_on_the_same_folder_is_refused(tmp_path):
     out = tmp_path / "run"
     args = ["pretrain", "--data_path", str(data), "--epochs", "2", "--num_workers", "0",
             "--output_dir", str(out), *TINY]  # fmt: skip
-    first = Run(args, tmp_path, {"MAEKIT_DEBUG_SAVE_DELAY": "1"})
+    first = Run(args, tmp_path, save_delay=1)
     try:
         # Caught in the middle of its first save, then frozen: the second run starts exactly
         # when it used to delete the first one's temp file as "stale".

@@ -13,7 +13,7 @@ from PIL import Image
 
 from maekit.cli import main
 from maekit.data.transforms import eval_transform, normalization, pretrain_transform
-from maekit.engine.checkpoint import read_checkpoint
+from maekit.formats import read_checkpoint
 from tests.golden.models import register_golden_models
 
 SIZE = ["--input_size", "32", "--batch_size", "4", "--num_workers", "0", "--print_freq", "2",

@@ -11,7 +11,7 @@ import torch
 import transformers
 from PIL import Image
 
-from maekit.engine.checkpoint import read_checkpoint
+from maekit.formats import read_checkpoint
 from tests.conftest import run_cli
 from tests.formats.test_hf import set_sincos_tables
 

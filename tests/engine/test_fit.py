@@ -12,11 +12,11 @@ from torch.utils.data import TensorDataset
 
 from maekit.config import PretrainConfig
 from maekit.data import build_train_loader
-from maekit.engine.checkpoint import read_checkpoint
 from maekit.engine.fit import fit as fit_epochs
 from maekit.engine.parallelize import plain
 from maekit.engine.run import prepare_run
 from maekit.engine.trainer import LoopSettings, NonFiniteLossError, Trainer
+from maekit.formats import read_checkpoint
 
 
 def fit(cfg, ctx, model, opt, loader, loss_fn, lr):

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 from maekit.cli import main
-from maekit.engine.checkpoint import read_checkpoint
+from maekit.formats import read_checkpoint
 from tests.conftest import run_cli
 
 from .builders import paddle_layout, tiny_mae, write_pd
@@ -87,3 +88,40 @@ def test_pool_flags_only_with_timm(tmp_path, capsys):
         "--global_pool",
     ]
     assert main(args) == 2 and "--to timm" in capsys.readouterr().err
+
+
+def test_safetensors_write_is_all_or_nothing_and_synced(tmp_path, monkeypatch):
+    """save_safetensors goes through atomic_write: a failing writer leaves the old file and no
+    temp file; a good write is fsynced (file and folder) before and after the rename."""
+    import errno
+    import os
+
+    import safetensors.torch
+
+    import maekit.files
+    from maekit.errors import MaekitError
+    from maekit.formats.convert import save_safetensors
+
+    path = tmp_path / "w.safetensors"
+    path.write_bytes(b"old content")
+
+    def full(state, name, metadata=None):
+        with open(name, "wb") as f:
+            f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    with pytest.raises(MaekitError, match="No space left on device") as e:
+        save_safetensors({"a": torch.ones(2)}, path, {"format": "pt"})
+    assert "\n" not in str(e.value)
+    assert path.read_bytes() == b"old content"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.safetensors"]
+    monkeypatch.undo()
+
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(maekit.files.os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
+    save_safetensors({"a": torch.ones(2)}, path, {"format": "pt"})
+    assert len(synced) == 2  # the temp file, then the folder after the rename
+    assert torch.equal(load_file(str(path))["a"], torch.ones(2))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.safetensors"]

@@ -16,8 +16,7 @@ import torch
 
 import maekit
 from maekit.cli import main
-from maekit.engine.checkpoint import read_checkpoint
-from maekit.formats import load_state_dict
+from maekit.formats import load_state_dict, read_checkpoint
 from maekit.formats.safe_pickle import load_pickle
 from maekit.models import create_model
 from tests.conftest import write_image_folder

@@ -9,9 +9,9 @@ import torch
 from safetensors.torch import save_file
 
 import maekit
-from maekit.engine.checkpoint import read_checkpoint
+from maekit.checkpoint.pretrained import load_checkpoint
 from maekit.errors import MaekitError
-from maekit.formats import detect_format, load_checkpoint, load_state_dict
+from maekit.formats import detect_format, load_state_dict, read_checkpoint
 
 from .builders import tiny_encoder, tiny_mae, write_official_pth
 

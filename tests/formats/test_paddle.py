@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from maekit.engine.checkpoint import read_checkpoint
+from maekit.checkpoint.pretrained import load_checkpoint
 from maekit.errors import MaekitError
-from maekit.formats import load_checkpoint, load_state_dict
+from maekit.formats import load_state_dict, read_checkpoint
 from maekit.formats.paddle import paddle_to_torch
 from maekit.phases.linprobe import attach_probe_head
 

@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from maekit.engine.checkpoint import read_checkpoint
 from maekit.errors import MaekitError
-from maekit.formats import load_state_dict
+from maekit.formats import load_state_dict, read_checkpoint
 from maekit.formats.safe_pickle import load_pickle
 
 

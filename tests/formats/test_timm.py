@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
+from maekit.checkpoint.pretrained import load_checkpoint
 from maekit.cli import main
 from maekit.errors import MaekitError
-from maekit.formats import load_checkpoint
 from maekit.formats.timm_names import timm_create_call, to_timm
 from maekit.phases.linprobe import attach_probe_head
 

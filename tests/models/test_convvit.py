@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from maekit.checkpoint.pretrained import expected_missing_keys, load_pretrained_encoder
 from maekit.engine.optim import (
     convvit_layer_id,
     convvit_layer_id_plsc,
@@ -19,7 +20,6 @@ from maekit.errors import MaekitError
 from maekit.models import create_model, get_entry, list_models
 from maekit.models.convvit import ConvViT
 from maekit.models.pos_embed import interpolate_pos_embed
-from maekit.models.pretrained import expected_missing_keys, load_pretrained_encoder
 from maekit.phases.linprobe import attach_probe_head
 from tests.models.convmae_reference import (
     assert_same_layout,

@@ -8,13 +8,13 @@ import torch
 from PIL import Image
 
 from maekit.analysis.visualize import render_grid
+from maekit.checkpoint.pretrained import load_pretrained_encoder
 from maekit.cli import main
 from maekit.config import PretrainConfig
 from maekit.data.transforms import eval_transform, pretrain_transform
 from maekit.errors import MaekitError
 from maekit.models import create_model
 from maekit.models.pos_embed import sincos_2d
-from maekit.models.pretrained import load_pretrained_encoder
 
 HW = (24, 40)  # 3 x 5 patches of 8
 

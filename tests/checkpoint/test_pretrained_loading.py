@@ -7,15 +7,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from maekit.errors import MaekitError
-from maekit.models import create_model
-from maekit.models.pos_embed import interpolate_pos_embed, sincos_2d
-from maekit.models.pretrained import (
+from maekit.checkpoint.pretrained import (
     adapt_state_dict,
     expected_missing_keys,
     load_pretrained_encoder,
-    strip_wrapper_prefixes,
 )
+from maekit.errors import MaekitError
+from maekit.formats.loader import strip_prefixes
+from maekit.models import create_model
+from maekit.models.pos_embed import interpolate_pos_embed, sincos_2d
 
 SMALL = dict(img_size=32, patch_size=8)
 DEPTH = 3  # the same encoder as vit_tiny_patch16 (dim 192, 3 heads), fewer blocks: fast
@@ -136,7 +136,7 @@ def test_wrapper_prefixes_are_stripped(tmp_path, mae_state):
     torch.testing.assert_close(
         model.blocks[2].attn.qkv.weight, mae_state["blocks.2.attn.qkv.weight"]
     )
-    assert strip_wrapper_prefixes({"_orig_mod.a": 1, "module.b": 2, "c": 3}) == {
+    assert strip_prefixes({"_orig_mod.a": 1, "module.b": 2, "c": 3})[0] == {
         "a": 1,
         "b": 2,
         "c": 3,

@@ -1,4 +1,7 @@
-"""Initialising a fine-tune / linear-probe encoder from a pre-training checkpoint.
+"""Pre-trained weights into a model: ``--finetune``, ``pretrain --init``, and
+:func:`load_checkpoint` (``maekit.load_checkpoint``, any file into any model).
+
+Fine-tuning / linear probing an encoder from a pre-training checkpoint.
 
 Any checkpoint format is accepted (:mod:`maekit.formats`: official/our .pth, PLSC .pd and
 .pdparams, safetensors, timm). The official rules: take ``ckpt['model']``; drop ``head.*``
@@ -16,11 +19,11 @@ import torch
 import torch.nn as nn
 from timm.layers import trunc_normal_
 
-from ..engine.checkpoint import mismatch_text, shape_mismatches, strip_wrapper_prefixes
 from ..errors import MaekitError
-from ..formats.loader import read_file
+from ..formats.loader import load_state_dict, read_file, strip_prefixes
+from ..models.pos_embed import interpolate_pos_embed
 from .adapt import adapt_to_model, grid_of
-from .pos_embed import interpolate_pos_embed
+from .state_dict import keys_error, shape_error, shape_mismatches
 
 
 def expected_missing_keys(global_pool: bool) -> set[str]:
@@ -37,7 +40,7 @@ def adapt_state_dict(
     old_grid: tuple[int, int] | None = None,
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Pre-trained weights -> this model's shapes. Returns (state, notes on what changed)."""
-    state = strip_wrapper_prefixes(state)
+    state = strip_prefixes(state)[0]
     own = model.state_dict()
     notes = []
     for k in ("head.weight", "head.bias"):
@@ -78,11 +81,8 @@ def load_pretrained_encoder(model: nn.Module, path: str | Path, global_pool: boo
     report.notes += notes
     wrong = shape_mismatches(state, model)
     if wrong:
-        raise MaekitError(
-            f"--finetune {path} is for a different architecture: shape mismatch for "
-            f"{mismatch_text(state, model, wrong[:6])}; "
-            "pick the --model (and --patch_size/--input_size) it was pre-trained with"
-        )
+        raise shape_error(f"--finetune {path}", state, model, wrong,
+                          "pick the --model (and --patch_size/--input_size) it was pre-trained with")  # fmt: skip
     result = model.load_state_dict(state, strict=False)
     missing = set(result.missing_keys)
     expected = expected_missing_keys(global_pool)
@@ -117,17 +117,14 @@ def init_from_checkpoint(model: nn.Module, path: str | Path) -> str:
     ckpt = read_file(path)
     report = ckpt.report
     args = ckpt.extras.get("args") if isinstance(ckpt.extras.get("args"), dict) else {}
-    original = strip_wrapper_prefixes(ckpt.model)
+    original = strip_prefixes(ckpt.model)[0]
     state, notes = adapt_to_model(original, model, grid_of(args, original))
     recomputed = {k for k in original if k not in state}  # fixed tables the model rebuilt
     report.notes += notes
     wrong = shape_mismatches(state, model)
     if wrong:
-        raise MaekitError(
-            f"--init {path} does not fit {type(model).__name__}: shape mismatch for "
-            f"{mismatch_text(state, model, wrong[:4])}; "
-            "pick the --model (and --patch_size) it was trained with"
-        )
+        raise shape_error(f"--init {path}", state, model, wrong,
+                          "pick the --model (and --patch_size) it was trained with")  # fmt: skip
     result = model.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if k not in recomputed]
     needed = [k for k in missing if not k.startswith(FRESH_PREFIXES)]
@@ -143,3 +140,29 @@ def init_from_checkpoint(model: nn.Module, path: str | Path) -> str:
     report.missing, report.unused = sorted(missing), list(result.unexpected_keys)
     report.missing_label = "newly initialised"
     return "init from " + report.summary()
+
+
+def load_checkpoint(
+    path: str | Path, model: nn.Module | None = None, strict: bool = False, verbose: bool = True
+) -> dict[str, torch.Tensor]:
+    """Read any supported checkpoint into a state dict with our (= timm's) names.
+
+    With ``model``, also load it (non-strict unless ``strict``; shapes must match) and report
+    missing and unused keys. ``verbose`` prints the one-line summary.
+    """
+    state, report = load_state_dict(path)
+    if model is not None:
+        own = model.state_dict()
+        wrong = shape_mismatches(state, model)
+        if wrong:
+            raise shape_error(str(path), state, model, wrong, "pick the model it was saved from")
+        report.missing = [k for k in own if k not in state]
+        report.unused = [k for k in state if k not in own]
+        report.loaded = len(state) - len(report.unused)
+        if strict and (report.missing or report.unused):
+            raise keys_error(str(path), model, report.missing, report.unused,
+                             "pass strict=False to load the keys both have")  # fmt: skip
+        model.load_state_dict(state, strict=False)
+    if verbose:
+        print(report.summary())
+    return state

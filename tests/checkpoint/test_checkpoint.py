@@ -10,21 +10,19 @@ import pytest
 import torch
 import torch.nn as nn
 
-from maekit.config import PretrainConfig
-from maekit.engine.checkpoint import (
+from maekit.checkpoint.rundir import (
     BEST,
     LAST,
-    atomic_copy,
-    atomic_save,
     find_resume_checkpoint,
     progress_of,
     prune_checkpoints,
-    read_checkpoint,
     remove_stale_temp_files,
-    resume_from,
-    save_checkpoint,
 )
+from maekit.config import PretrainConfig
+from maekit.engine.train_state import resume_from, save_checkpoint
 from maekit.errors import MaekitError
+from maekit.files import atomic_copy, atomic_save
+from maekit.formats import read_checkpoint
 
 
 def make_model(seed: int = 0, hidden: int = 8) -> nn.Module:
@@ -291,7 +289,7 @@ def test_a_failing_copy_keeps_the_old_periodic_file(tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(shutil, "copyfileobj", full)
-    monkeypatch.setattr("maekit.engine.checkpoint._reflink", lambda *a: False)
+    monkeypatch.setattr("maekit.files._reflink", lambda *a: False)
     with pytest.raises(MaekitError, match="No space left on device"):
         atomic_copy(src, old)
     assert old.read_bytes() == before and not leftovers(tmp_path)
@@ -314,7 +312,7 @@ def test_progress_of_accepts_the_official_minus_one():
 
 
 def test_nonfinite_entries_names_weights_gradients_and_optimizer_state():
-    from maekit.engine.checkpoint import nonfinite_entries
+    from maekit.engine.train_state import nonfinite_entries
 
     model = make_model()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)

@@ -1,4 +1,4 @@
-"""``pretrain --init``: weights fitted to other channels and grids (maekit/models/adapt.py)."""
+"""``pretrain --init``: weights fitted to other channels and grids (maekit/checkpoint/adapt.py)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import torch
 import torch.nn.functional as F
 from timm.models import adapt_input_conv
 
+from maekit.checkpoint.adapt import adapt_output_channels, adapt_to_model, is_sincos
+from maekit.checkpoint.pretrained import init_from_checkpoint
 from maekit.data.fashion_mnist import FashionMNIST
 from maekit.errors import MaekitError
 from maekit.models import create_model
-from maekit.models.adapt import adapt_output_channels, adapt_to_model, is_sincos
 from maekit.models.pos_embed import interpolate_pos_embed, sincos_2d
-from maekit.models.pretrained import init_from_checkpoint
 
 TINY = dict(depth=2, decoder_depth=1, patch_size=8)
 GRAY_MEAN, GRAY_STD = 0.449, 0.226  # the ImageNet statistics averaged over RGB

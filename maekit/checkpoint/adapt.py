@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 from timm.models import adapt_input_conv
 
-from .pos_embed import interpolate_pos_embed, sincos_2d
+from ..models.pos_embed import interpolate_pos_embed, sincos_2d
 
 INPUT_CONVS = ("patch_embed.proj.weight", "patch_embed1.proj.weight")
 POS_TABLES = ("pos_embed", "decoder_pos_embed")
