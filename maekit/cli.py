@@ -10,7 +10,6 @@ from .config import (
     BenchConfig,
     ExtractConfig,
     FinetuneConfig,
-    HelpFormatter,
     KnnConfig,
     LinprobeConfig,
     PlotConfig,
@@ -18,9 +17,8 @@ from .config import (
     ShardConfig,
     StatsConfig,
     VisualizeConfig,
-    add_config_flags,
-    config_from_args,
 )
+from .config.flags import HelpFormatter, add_config_flags, config_from_args
 from .errors import MaekitError, error_text
 
 PHASES = {
@@ -139,7 +137,7 @@ def fetch_dataset(data_path: str) -> None:
 
 def print_config(cls: type, cfg, args: argparse.Namespace) -> None:
     """--print_config: the resolved configuration as YAML that --config reads back."""
-    from .config_file import dump_yaml, read_mapping, resolved_view, world_size_here
+    from .config.files import dump_yaml, read_mapping, resolved_view, world_size_here
 
     source = read_mapping(args.config)[0] if args.config else None
     view = resolved_view(cfg, world_size_here(), source)
@@ -151,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if getattr(args, "config", None):  # the file's values as defaults, then parse again
-            from .config_file import flag_values, read_mapping
+            from .config.files import flag_values, read_mapping
 
             data, spec = read_mapping(args.config)
             values = flag_values(data, COMMANDS[args.command][0], args.command, spec)

@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ..config import CheckpointModelConfig, check_stats
+from ..config import CheckpointModelConfig
+from ..config.fields import check_stats
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, resolve_stats
 from ..engine.checkpoint import read_checkpoint, shape_mismatches, strip_wrapper_prefixes
 from ..errors import MaekitError

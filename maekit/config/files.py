@@ -19,8 +19,9 @@ import os
 import typing
 from pathlib import Path
 
-from .config import CommonConfig, _base_type
-from .errors import MaekitError
+from ..errors import MaekitError
+from .flags import base_type
+from .phases import CommonConfig
 
 RECIPE_PREFIX = "recipe:"
 NOT_FLAGS = ("recipe", "resolved")  # metadata keys, see the module docstring
@@ -29,7 +30,7 @@ NOT_FLAGS = ("recipe", "resolved")  # metadata keys, see the module docstring
 def read_mapping(spec: str) -> tuple[dict, str]:
     """(the file's top-level mapping, a name for messages) of ``--config FILE`` or ``recipe:NAME``."""
     if spec.startswith(RECIPE_PREFIX):
-        from .recipes import recipe_path
+        from ..recipes import recipe_path
 
         path = recipe_path(spec[len(RECIPE_PREFIX) :])
     else:
@@ -120,9 +121,9 @@ def flag_values(data: dict, cls: type, command: str, spec: str) -> dict:
             out[key] = None
             continue
         if f.metadata.get("nargs") and isinstance(value, list):  # input_size: [height, width]
-            out[key] = [_convert(key, _base_type(hints[key]), v, None, spec) for v in value]
+            out[key] = [_convert(key, base_type(hints[key]), v, None, spec) for v in value]
             continue
-        out[key] = _convert(key, _base_type(hints[key]), value, f.metadata.get("choices"), spec)
+        out[key] = _convert(key, base_type(hints[key]), value, f.metadata.get("choices"), spec)
     return out
 
 
@@ -139,7 +140,7 @@ def resolved_view(cfg, world_size: int, source: dict | None = None) -> dict:
     effective batch and absolute lr at ``world_size`` processes. ``source``: the --config
     file's mapping; for a recipe, its published effective batch is shown too, so a mismatch
     with this launch shows."""
-    from .engine.schedule import scaled_lr
+    from ..engine.schedule import scaled_lr
 
     view = cfg.to_dict()
     if not isinstance(cfg, CommonConfig):
