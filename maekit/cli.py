@@ -60,7 +60,7 @@ TOOLS = {
         ShardConfig,
         "write an image folder as WebDataset tar shards (DST/<split>/shard-NNNNNN.tar + "
         "shards.json) for --data_path",
-        "maekit.data.shards",
+        "maekit.data.shards.write",
     ),
     "stats": (
         StatsConfig,

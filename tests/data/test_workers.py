@@ -13,7 +13,7 @@ SCRIPT = textwrap.dedent(
     import os, signal, sys, time
     import torch
     from torch.utils.data import DataLoader, Dataset
-    from maekit.engine.preemption import ignore_stop_signals
+    from maekit.data.workers import ignore_stop_signals
 
     class Stuck(Dataset):  # item 0 fails, the rest block forever
         def __len__(self):
