@@ -26,8 +26,8 @@ def build_dataset(
 ) -> torch.utils.data.Dataset:
     """``split`` is 'train' or 'val'. A folder with ``{split}/`` uses it; for 'train' a folder
     without ``train/`` is itself the training set (class folders or plain images). Tar shards
-    (see :mod:`maekit.data.shards`) give a :class:`~.shards.dataset.ShardDataset`. Images over ``max_pixels``
-    are skipped as unreadable (--max_pixels)."""
+    (see :mod:`maekit.data.shards`) give a :class:`~.shards.dataset.ShardDataset`. Images over
+    ``max_pixels`` are skipped as unreadable (--max_pixels)."""
     if data_path in BUILTIN or data_path in ("fashion_mnist", "fmnist"):
         return FashionMNIST(split, transform)
     if is_shard_path(data_path):  # tar shards (folder with shards.json, pattern or URL)
