@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from . import __version__
@@ -10,7 +11,6 @@ from .config import (
     BenchConfig,
     ExtractConfig,
     FinetuneConfig,
-    HelpFormatter,
     KnnConfig,
     LinprobeConfig,
     PlotConfig,
@@ -18,9 +18,8 @@ from .config import (
     ShardConfig,
     StatsConfig,
     VisualizeConfig,
-    add_config_flags,
-    config_from_args,
 )
+from .config.flags import HelpFormatter, add_config_flags, config_from_args
 from .errors import MaekitError, error_text
 
 PHASES = {
@@ -62,7 +61,7 @@ TOOLS = {
         ShardConfig,
         "write an image folder as WebDataset tar shards (DST/<split>/shard-NNNNNN.tar + "
         "shards.json) for --data_path",
-        "maekit.data.shards",
+        "maekit.data.shards.write",
     ),
     "stats": (
         StatsConfig,
@@ -137,9 +136,50 @@ def fetch_dataset(data_path: str) -> None:
     print(f"Fashion-MNIST: {download()}")
 
 
+def world_size_here() -> int:
+    """The process count of this launch: torchrun's WORLD_SIZE, else 1."""
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
+def resolved_view(cfg, world_size: int, source: dict | None = None) -> dict:
+    """What ``--print_config`` prints: every flag's value and, for a training command, the
+    effective batch and absolute lr at ``world_size`` processes. ``source``: the --config
+    file's mapping; for a recipe, its published effective batch is shown too, so a mismatch
+    with this launch shows."""
+    from .config.phases import CommonConfig
+    from .engine.schedule import scaled_lr
+
+    view = cfg.to_dict()
+    if not isinstance(cfg, CommonConfig):
+        return view
+    eff = cfg.batch_size * cfg.accum_iter * world_size
+    lr = cfg.lr if cfg.lr is not None else scaled_lr(cfg.blr, eff)
+    resolved = {"world_size": world_size, "effective_batch": eff, "blr": lr * 256 / eff, "lr": lr}
+    recipe = (source or {}).get("recipe")
+    if isinstance(recipe, dict) and recipe.get("world_size"):
+        published = (
+            source.get("batch_size", cfg.batch_size)
+            * source.get("accum_iter", 1)
+            * int(recipe["world_size"])
+        )
+        resolved["recipe_effective_batch"] = published
+        if published != eff:
+            per_step = cfg.batch_size * world_size
+            resolved["note"] = (
+                f"the recipe's effective batch is {published}, here it is {eff}: match it with "
+                f"--accum_iter {max(1, published // per_step)} (or more processes); the absolute lr "
+                "scales with the effective batch"
+            )
+    view["resolved"] = resolved
+    return view
+
+
 def print_config(cls: type, cfg, args: argparse.Namespace) -> None:
     """--print_config: the resolved configuration as YAML that --config reads back."""
-    from .config_file import dump_yaml, read_mapping, resolved_view, world_size_here
+    from .config.files import dump_yaml, read_mapping
 
     source = read_mapping(args.config)[0] if args.config else None
     view = resolved_view(cfg, world_size_here(), source)
@@ -151,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if getattr(args, "config", None):  # the file's values as defaults, then parse again
-            from .config_file import flag_values, read_mapping
+            from .config.files import flag_values, read_mapping
 
             data, spec = read_mapping(args.config)
             values = flag_values(data, COMMANDS[args.command][0], args.command, spec)

@@ -8,9 +8,9 @@ import json
 import pytest
 import yaml
 
-from maekit.cli import COMMANDS, build_parser, main
-from maekit.config import FinetuneConfig, PretrainConfig, config_from_args
-from maekit.config_file import resolved_view
+from maekit.cli import COMMANDS, build_parser, main, resolved_view
+from maekit.config import FinetuneConfig, PretrainConfig
+from maekit.config.flags import config_from_args
 from maekit.recipes import load_recipe, recipe_names
 
 # The published rows (recipes.md: MAE PRETRAIN/FINETUNE/LINPROBE, ConvMAE, PLSC), typed in
@@ -53,7 +53,7 @@ def parse(argv: list[str]):
     """What `maekit ARGV` would run with (the CLI's two-step parse), as a config object."""
     ns = build_parser().parse_args(argv)
     if ns.config:
-        from maekit.config_file import flag_values, read_mapping
+        from maekit.config.files import flag_values, read_mapping
 
         data, spec = read_mapping(ns.config)
         values = flag_values(data, COMMANDS[ns.command][0], ns.command, spec)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from maekit.data.shards import write_shards
+from maekit.data.shards.write import write_shards
 from tests.conftest import write_image_folder
 
 TINY = ["--model", "mae_vit_tiny_patch16", "--input_size", "32", "--patch_size", "8",

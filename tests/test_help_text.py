@@ -7,7 +7,7 @@ import argparse
 import pytest
 
 from maekit.cli import COMMANDS, build_parser
-from maekit.config import HelpFormatter
+from maekit.config.flags import HelpFormatter
 
 
 def subparser(name: str) -> argparse.ArgumentParser:

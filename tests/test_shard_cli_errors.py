@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from maekit.data.shards import write_shards
+from maekit.data.shards.write import write_shards
 from tests.conftest import write_image_folder
 
 TINY = ["--input_size", "32", "--patch_size", "8", "--batch_size", "2", "--epochs", "1",

@@ -17,7 +17,8 @@ import torch
 import torch.nn as nn
 
 from ..checkpoint.state_dict import keys_error, shape_error, shape_mismatches
-from ..config import CheckpointModelConfig, check_stats
+from ..config import CheckpointModelConfig
+from ..config.fields import check_stats
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, resolve_stats
 from ..errors import MaekitError
 from ..formats.loader import read_checkpoint, strip_prefixes

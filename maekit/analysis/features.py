@@ -25,10 +25,11 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from ..config import ExtractConfig
+from ..data.sampling import subset_indices
+from ..data.workers import ignore_stop_signals, loader_workers
 from ..engine.distributed import DistEnv, init_distributed, shutdown
 from ..engine.evaluate import RankSplitSampler
 from ..engine.precision import Precision, resolve_precision
-from ..engine.preemption import ignore_stop_signals
 from ..errors import MaekitError
 from ..files import atomic_write
 
@@ -52,17 +53,6 @@ def encode(model: torch.nn.Module, imgs: torch.Tensor, pool: str) -> torch.Tenso
     pooled = tokens[:, prefix:].mean(dim=1)
     fc_norm = getattr(model, "fc_norm", None)
     return fc_norm(pooled) if fc_norm is not None else pooled
-
-
-def subset_indices(length: int, limit: int | None, seed: int) -> list[int]:
-    """A fixed random subset of ``range(length)`` of size ``limit`` (all if None), in order.
-
-    Random rather than the first ``limit`` because class folders are sorted by class.
-    """
-    if limit is None or limit >= length:
-        return list(range(length))
-    g = torch.Generator().manual_seed(seed)
-    return sorted(torch.randperm(length, generator=g)[:limit].tolist())
 
 
 def gather_in_order(local: torch.Tensor, total: int, env: DistEnv) -> torch.Tensor | None:
@@ -194,7 +184,7 @@ def load_features(path: str | Path) -> tuple[torch.Tensor, torch.Tensor, dict]:
 def run(cfg: ExtractConfig) -> Path | None:
     """``maekit extract``: returns the output path on rank 0."""
     from ..data import build_dataset
-    from ..data.shards import refuse_shards
+    from ..data.shards.locate import refuse_shards
     from ..data.transforms import eval_transform
     from .checkpoint_model import load_checkpoint_model
 
@@ -213,7 +203,7 @@ def run(cfg: ExtractConfig) -> Path | None:
     try:
         model = loaded.model.to(env.device)
         precision = resolve_precision(cfg.amp, env.device)
-        workers = min(cfg.num_workers, os.cpu_count() or 1)
+        workers = loader_workers(cfg.num_workers)
         if env.is_main:
             print(f"encoding {len(dataset)} {cfg.split} images of {cfg.data_path} with {loaded.name} "
                   f"({loaded.source}), pool {cfg.pool}, on {env.device} x {env.world_size}",

@@ -8,7 +8,6 @@ Defaults k = 20, T = 0.07. Top-1 and top-5 in percent.
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -18,11 +17,13 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset
 
 from ..config import KnnConfig
+from ..data.sampling import subset_indices
+from ..data.workers import loader_workers
 from ..engine.distributed import DistEnv, broadcast_object, init_distributed, shutdown
 from ..engine.fsdp import gathered
 from ..engine.precision import Precision, resolve_precision
 from ..errors import MaekitError
-from .features import extract_features, is_labeled, subset_indices
+from .features import extract_features, is_labeled
 
 
 def knn_scores(
@@ -68,7 +69,7 @@ def knn_accuracy(
 def labeled_splits(data_path: str, transform) -> tuple[Dataset, Dataset, int]:
     """(train = bank, val = queries, number of classes); a clear error for unlabeled data."""
     from ..data import BUILTIN, build_dataset
-    from ..data.shards import refuse_shards
+    from ..data.shards.locate import refuse_shards
 
     refuse_shards(data_path, "k-NN")
     if data_path not in BUILTIN and Path(data_path).is_dir():
@@ -161,7 +162,7 @@ def run(cfg: KnnConfig) -> dict[str, float]:
     env = init_distributed(cfg.device)
     try:
         precision = resolve_precision(cfg.amp, env.device)
-        workers = min(cfg.num_workers, os.cpu_count() or 1)
+        workers = loader_workers(cfg.num_workers)
         model = loaded.model.to(env.device)
         result = knn_evaluate(model, bank, queries, num_classes, env, precision, cfg.pool, cfg.k,
                               cfg.temperature, cfg.batch_size, workers)  # fmt: skip

@@ -200,9 +200,9 @@ def load_images(cfg: VisualizeConfig, input_size: int | list[int], in_chans: int
     model's size; C = 1 (grayscale) for one-channel models."""
     from ..data import BUILTIN, build_dataset
     from ..data.folder import UnreadableImage, load_rgb
-    from ..data.shards import refuse_shards
+    from ..data.sampling import subset_indices
+    from ..data.shards.locate import refuse_shards
     from ..data.transforms import ResizeToCover, image_mode
-    from .features import subset_indices
 
     if cfg.images:
         missing = [p for p in cfg.images if not Path(p).is_file()]

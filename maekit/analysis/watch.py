@@ -24,14 +24,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..data import BUILTIN, build_dataset
-from ..data.shards import is_shard_path
+from ..data.sampling import subset_indices
+from ..data.shards.locate import is_shard_path
 from ..data.transforms import eval_transform
 from ..engine.distributed import DistEnv, all_reduce_sum
 from ..engine.evaluate import RankSplitSampler, SkipUnreadable
 from ..engine.fsdp import gathered
 from ..engine.precision import Precision
 from ..engine.progress import RunRecorder
-from .features import subset_indices
 from .visualize import describe, grid_columns, reconstruct, render_grid, show_gray, to_uint8
 
 HOLDOUT_SEED = 0  # which training images --val_frac keeps out

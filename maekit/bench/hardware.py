@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ctypes
 import gc
-import os
 import platform
 import re
 import resource
@@ -119,7 +118,3 @@ class MemoryMeter:
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -28,9 +28,10 @@ from ..data.transforms import (
     linprobe_transform,
     pretrain_transform,
 )
+from ..data.workers import loader_workers, usable_cpus
 from ..engine.distributed import resolve_device
 from ..errors import MaekitError
-from .hardware import cpu_count, synchronize
+from .hardware import synchronize
 
 
 def phase_transform(phase: str, input_size: int):
@@ -67,7 +68,7 @@ def measure_pipeline(cfg: BenchConfig) -> dict:
     """img/s of the phase's training loader; with ``--gpu_decode`` (pre-training transform) the
     batches are decoded and augmented on the GPU, and the figure is end to end to GPU memory."""
     dataset = build_dataset(cfg.data_path, "train", phase_transform(cfg.phase, cfg.input_size))
-    workers = min(cfg.num_workers, cpu_count())
+    workers = loader_workers(cfg.num_workers)
     device = None
     if cfg.gpu_decode:
         device = resolve_device(cfg.device)
@@ -101,7 +102,7 @@ def measure_pipeline(cfg: BenchConfig) -> dict:
     rate = loaded / elapsed
     out = {
         "data_path": cfg.data_path, "phase": cfg.phase, "input_size": cfg.input_size,
-        "batch_size": cfg.batch_size, "num_workers": workers, "cpus": cpu_count(),
+        "batch_size": cfg.batch_size, "num_workers": workers, "cpus": usable_cpus(),
         "gpu_decode": device is not None, "images": loaded, "img_per_s": rate, "img_per_s_per_worker": rate / max(1, workers),
         "open_files_per_worker": worker_files if workers else None,
     }  # fmt: skip

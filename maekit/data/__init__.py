@@ -7,13 +7,15 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from ..engine.preemption import ignore_stop_signals
 from ..errors import MaekitError
 from .fashion_mnist import FashionMNIST
 from .folder import DEFAULT_MAX_PIXELS, FlatImageFolder, image_folder
 from .robust import SeededSamples
-from .sampling import EpochBatches, EpochLoader, ResumableSampler
-from .shards import ShardDataset, ShardLoader, is_shard_path, load_shard_dataset
+from .sampling import EpochBatches, EpochLoader, ResumableSampler, subset_indices
+from .shards.dataset import ShardDataset, load_shard_dataset
+from .shards.locate import is_shard_path
+from .shards.stream import ShardLoader
+from .workers import ignore_stop_signals
 
 BUILTIN = ("fashion-mnist",)
 BUILTIN_ALIASES = ("fashion-mnist", "fashion_mnist", "fmnist")
@@ -24,8 +26,8 @@ def build_dataset(
 ) -> torch.utils.data.Dataset:
     """``split`` is 'train' or 'val'. A folder with ``{split}/`` uses it; for 'train' a folder
     without ``train/`` is itself the training set (class folders or plain images). Tar shards
-    (see :mod:`maekit.data.shards`) give a :class:`ShardDataset`. Images over ``max_pixels``
-    are skipped as unreadable (--max_pixels)."""
+    (see :mod:`maekit.data.shards`) give a :class:`~.shards.dataset.ShardDataset`. Images over
+    ``max_pixels`` are skipped as unreadable (--max_pixels)."""
     if data_path in BUILTIN or data_path in ("fashion_mnist", "fmnist"):
         return FashionMNIST(split, transform)
     if is_shard_path(data_path):  # tar shards (folder with shards.json, pattern or URL)
@@ -77,8 +79,6 @@ def limit_train_set(
             "--max_train_images picks images from folders and fashion-mnist; tar shards are "
             "streamed whole: drop the flag (or write a smaller set of shards)"
         )
-    from ..analysis.features import subset_indices
-
     return FixedSubset(dataset, subset_indices(len(dataset), max_images, seed))
 
 

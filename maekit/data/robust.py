@@ -4,9 +4,10 @@
 :class:`~maekit.data.sampling.ResumableSampler`:
 
 - **Seeded augmentation.** Before a sample is transformed, python's ``random``, numpy's global
-  RNG and torch's CPU RNG are seeded from ``(seed, epoch, index)``. The random crop, flip,
-  RandAugment and erasing of a sample are then a function of the key alone, whatever the worker
-  count, and a run resumed mid-epoch sees exactly the augmentations of the uninterrupted run.
+  RNG and torch's CPU RNG are seeded from ``(seed, epoch, index)`` (:mod:`maekit.data.seeding`).
+  The random crop, flip, RandAugment and erasing of a sample are then a function of the key
+  alone, whatever the worker count, and a run resumed mid-epoch sees exactly the augmentations
+  of the uninterrupted run.
   In the main process (``num_workers=0``) the global RNG states are saved and restored around
   the fetch, so data loading never shifts the model's random stream (masking, drop path).
 - **Bad files.** An image that cannot be decoded (truncated, corrupt, zero bytes, not an
@@ -17,38 +18,20 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import random
 import sys
-from collections.abc import Iterator
 
-import numpy as np
 import torch
 
 from ..errors import MaekitError
 from .folder import UnreadableImage
+from .seeding import keep_global_rng, sample_seed, seed_all
 
 MAX_CONSECUTIVE_BAD = 64  # more unreadable files in a row than this: the data is broken
 
 
 class TooManyBadImages(MaekitError):
     pass
-
-
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """A 63-bit seed, statistically independent for every (seed, epoch, index)."""
-    state = np.random.SeedSequence([seed % 2**63, epoch, index]).generate_state(2, np.uint32)
-    return (int(state[0]) << 31) ^ int(state[1])
-
-
-def seed_all(s: int) -> None:
-    """Seed python's, numpy's and torch's CPU generator only. ``torch.manual_seed`` would also
-    reseed every CUDA generator, which :func:`keep_global_rng` does not restore: with
-    ``--num_workers 0`` on a GPU, masking and drop path would then follow the data order."""
-    random.seed(s)
-    np.random.seed(s % 2**32)
-    torch.random.default_generator.manual_seed(s)
 
 
 # Errors of the machine, not of the file: never counted as an unreadable image.
@@ -70,23 +53,6 @@ def resource_error(e: OSError, what: str) -> DataResourceError | None:
     return DataResourceError(
         f"the data loader ran out of {name} reading {what} ({e.strerror}); {hint}"
     )
-
-
-@contextlib.contextmanager
-def keep_global_rng(active: bool = True) -> Iterator[None]:
-    """Leave python's, numpy's and torch's CPU RNG streams where they were (when ``active``):
-    per-sample seeding in the main process (``--num_workers 0``) must not move the training
-    streams (masking, dropout), or a run would depend on its worker count."""
-    if not active:
-        yield
-        return
-    py_state, np_state = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
-        try:
-            yield
-        finally:
-            random.setstate(py_state)
-            np.random.set_state(np_state)
 
 
 class SeededSamples(torch.utils.data.Dataset):

@@ -1,7 +1,8 @@
-"""The training sampler: the official distributed shuffle, made resumable mid-epoch, and read
-epoch after epoch by one loader iteration so that the workers never run dry at an epoch's end.
+"""Which samples a loader reads: the training sampler (the official distributed shuffle, made
+resumable mid-epoch, and read epoch after epoch by one loader iteration so that the workers
+never run dry at an epoch's end), and fixed random subsets (:func:`subset_indices`).
 
-It yields ``(epoch, index)`` keys instead of bare indices. The epoch travels with every key,
+The sampler yields ``(epoch, index)`` keys instead of bare indices. The epoch travels with every key,
 so a dataset wrapper in a (persistent) worker process can derive each sample's augmentation
 seed from ``(seed, epoch, index)`` alone: the augmentations of an epoch no longer depend on
 which worker loads a sample or on where a run was resumed (see :mod:`maekit.data.robust`).
@@ -14,7 +15,19 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterator
 
+import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
+
+
+def subset_indices(length: int, limit: int | None, seed: int) -> list[int]:
+    """A fixed random subset of ``range(length)`` of size ``limit`` (all if None), in order.
+
+    Random rather than the first ``limit`` because class folders are sorted by class.
+    """
+    if limit is None or limit >= length:
+        return list(range(length))
+    g = torch.Generator().manual_seed(seed)
+    return sorted(torch.randperm(length, generator=g)[:limit].tolist())
 
 
 class ResumableSampler(DistributedSampler):

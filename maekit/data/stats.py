@@ -9,8 +9,6 @@ numpy's default).
 
 from __future__ import annotations
 
-import os
-
 import torch
 from torch.utils.data import DataLoader, Subset
 from torchvision import transforms as T
@@ -54,16 +52,17 @@ def channel_stats(dataset, num_workers: int = 0) -> tuple[list[float], list[floa
 
 def run(cfg: StatsConfig) -> tuple[list[float], list[float]]:
     """Print the statistics and the flags to paste; return (mean, std)."""
-    from ..analysis.features import subset_indices
     from . import build_dataset
-    from .shards import refuse_shards
+    from .sampling import subset_indices
+    from .shards.locate import refuse_shards
+    from .workers import loader_workers
 
     cfg.validate()
     refuse_shards(cfg.data_path, "maekit stats")
     transform = T.Compose([_ToChannels(cfg.in_chans), T.ToTensor()])
     dataset = build_dataset(cfg.data_path, "train", transform)
     picked = subset_indices(len(dataset), cfg.max_images, cfg.seed)
-    workers = min(cfg.num_workers, os.cpu_count() or 1)
+    workers = loader_workers(cfg.num_workers)
     mean, std, pixels = channel_stats(Subset(dataset, picked), workers)
     print(f"{len(picked)} of {len(dataset)} images of {cfg.data_path} (seed {cfg.seed}), "
           f"{pixels} pixels per channel, as read for --in_chans {cfg.in_chans}:", flush=True)  # fmt: skip

@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Sampler
 
 from ..data.folder import UnreadableImage
+from ..data.workers import ignore_stop_signals
 from .distributed import DistEnv, all_reduce_sum
 from .precision import Precision
-from .preemption import ignore_stop_signals
 
 
 class RankSplitSampler(Sampler[int]):
@@ -63,9 +63,9 @@ def build_eval_loader(
 ) -> DataLoader:
     """Sequential (or, with --dist_eval, the exact rank split) over ``dataset``; its own RNG
     generator so evaluating never draws from the training random streams. Tar shards are
-    streamed (:func:`maekit.data.shards.shard_eval_loader`, the same exact per-rank split)."""
+    streamed (:func:`maekit.data.shards.stream.shard_eval_loader`, the same exact per-rank split)."""
     if getattr(dataset, "streamed", False):
-        from ..data.shards import shard_eval_loader
+        from ..data.shards.stream import shard_eval_loader
 
         split = dist_eval and env.distributed
         return shard_eval_loader(dataset, batch_size, env.rank, env.world_size, split, num_workers,

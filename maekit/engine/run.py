@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import json
 import os
-import random
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from ..data.seeding import seed_all
+from ..data.workers import loader_workers
 from ..errors import MaekitError
 from .distributed import DistEnv, all_reduce_sum, barrier, init_distributed, shutdown
 from .fit import fit
@@ -38,7 +38,7 @@ class RunContext:
     precision: Precision
     recorder: RunRecorder
     output_dir: Path
-    num_workers: int  # --num_workers capped at the CPU count
+    num_workers: int  # --num_workers capped at the usable CPUs
     pin_memory: bool  # --pin_mem, only meaningful for CUDA
     lr: float  # the absolute lr: --lr, else --blr x effective batch / 256 (resolved once)
     effective_batch: int  # --batch_size x --accum_iter x processes
@@ -60,12 +60,6 @@ def check_output_dir(path: str) -> Path:
             f"--output_dir {out} is not writable ({e.strerror or e}); choose another folder"
         ) from e
     return out
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 # Flags a rerun may change and still continue the run in --output_dir: more --epochs, where and
@@ -145,7 +139,7 @@ def prepare_run(cfg) -> RunContext:
                                     "in this one)")  # fmt: skip
         _agree(env, error)
     barrier()
-    seed_everything(cfg.seed + env.rank)
+    seed_all(cfg.seed + env.rank, accelerators=True)
     precision = resolve_precision(cfg.amp, env.device)
     if env.is_main:
         # What the flags resolved to on this machine: `--amp auto` is fp32 or bf16 by hardware.
@@ -161,7 +155,7 @@ def prepare_run(cfg) -> RunContext:
 
     recorder = RunRecorder(str(out), cfg.log_dir, enabled=env.is_main,
                            wandb=start_wandb(cfg, out) if env.is_main else None)  # fmt: skip
-    workers = min(cfg.num_workers, os.cpu_count() or 1)
+    workers = loader_workers(cfg.num_workers)
     pin = cfg.pin_mem and env.device.type == "cuda"
     return RunContext(env, precision, recorder, out, workers, pin, lr, eff, start)
 
@@ -178,7 +172,9 @@ def run(cfg, recipe: Recipe) -> list[dict]:
     recipe.resolve()  # settings the phase derives (statistics, inputs from a checkpoint)
     # Everything that can fail on user input, before any process group or output exists.
     recipe.check_data()
-    seed_everything(cfg.seed)  # the initial weights follow --seed (DDP then broadcasts rank 0's)
+    seed_all(
+        cfg.seed, accelerators=True
+    )  # the initial weights follow --seed (DDP then broadcasts rank 0's)
     model = recipe.build_model()
     ctx = prepare_run(cfg)
     env = ctx.env

@@ -57,8 +57,8 @@ def knn_datasets(cfg: PretrainConfig) -> tuple:
     capped by --knn_max_bank / --knn_max_query (fixed random subsets)."""
     from torch.utils.data import Subset
 
-    from ..analysis.features import subset_indices
     from ..analysis.knn import labeled_splits
+    from ..data.sampling import subset_indices
     from ..data.transforms import eval_transform
 
     try:

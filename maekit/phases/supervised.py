@@ -12,7 +12,8 @@ from collections.abc import Callable
 import torch
 
 from ..checkpoint.pretrained import load_pretrained_encoder
-from ..config import SupervisedConfig, check_image_size, image_size_value
+from ..config import SupervisedConfig
+from ..config.fields import check_image_size, image_size_value
 from ..data import build_dataset, build_train_loader, limit_train_set
 from ..data.transforms import eval_transform, resolve_stats
 from ..engine.evaluate import build_eval_loader, evaluate
@@ -55,7 +56,7 @@ def resolve_inputs(cfg: SupervisedConfig) -> str | None:
     """Fill --in_chans, --input_size, --mean and --std left unset from the ``args`` saved in the
     --finetune (or --resume) checkpoint, else the defaults (3, 224, ImageNet's statistics), so a
     model sees its inputs as it was pre-trained on them. Returns a line naming what was taken."""
-    from ..config import check_stats
+    from ..config.fields import check_stats
     from ..formats.loader import read_checkpoint
 
     source = cfg.finetune or cfg.resume

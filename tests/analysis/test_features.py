@@ -11,9 +11,10 @@ import pytest
 import torch
 from torchvision.datasets import ImageFolder
 
-from maekit.analysis.features import encode, load_features, save_features, subset_indices
+from maekit.analysis.features import encode, load_features, save_features
 from maekit.cli import main
 from maekit.data.folder import load_rgb
+from maekit.data.sampling import subset_indices
 from maekit.data.transforms import eval_transform
 from maekit.models import create_model
 from tests.analysis.conftest import write_finetune_checkpoint

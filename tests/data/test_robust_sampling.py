@@ -13,8 +13,9 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from maekit.data import build_train_loader, image_folder
 from maekit.data.folder import UnreadableImage, load_rgb
-from maekit.data.robust import SeededSamples, TooManyBadImages, sample_seed
+from maekit.data.robust import SeededSamples, TooManyBadImages
 from maekit.data.sampling import ResumableSampler
+from maekit.data.seeding import sample_seed
 
 
 class RandomDraws(Dataset):

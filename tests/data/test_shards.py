@@ -15,17 +15,11 @@ import torch
 from torchvision import transforms as T
 
 from maekit.data import build_dataset, build_train_loader
-from maekit.data.shards import (
-    ShardDataset,
-    expand_braces,
-    resolve_shards,
-    resume_plan,
-    segments,
-    shard_eval_loader,
-    shard_order,
-    train_blocks,
-    write_shards,
-)
+from maekit.data.shards.dataset import ShardDataset
+from maekit.data.shards.locate import expand_braces, resolve_shards
+from maekit.data.shards.plan import resume_plan, segments, shard_order, train_blocks
+from maekit.data.shards.stream import shard_eval_loader
+from maekit.data.shards.write import write_shards
 from maekit.data.transforms import pretrain_transform
 from maekit.errors import MaekitError
 from maekit.phases.supervised import num_classes_of
@@ -316,8 +310,8 @@ def test_eval_split_is_exact_without_padding(tmp_path):
     dst = make_shards(tmp_path, per_class=5, shard_size=3, val=True)
     ds = build_dataset(str(dst), "val", TO_TENSOR)  # 6 images, 3 per class
 
-    def images(world: int, rank: int, workers: int, sharded: bool = True) -> torch.Tensor:
-        loader = shard_eval_loader(ds, 4, rank, world, sharded, workers, False)
+    def images(world: int, rank: int, workers: int, rank_split: bool = True) -> torch.Tensor:
+        loader = shard_eval_loader(ds, 4, rank, world, rank_split, workers, False)
         return torch.cat([x for x, _ in loader])
 
     whole = images(1, 0, 0)
@@ -326,4 +320,4 @@ def test_eval_split_is_exact_without_padding(tmp_path):
     for workers in (1, 2):
         parts = torch.cat([images(4, r, workers) for r in range(4)])
         assert sorted(parts.sum((1, 2, 3)).tolist()) == sorted(whole.sum((1, 2, 3)).tolist())
-    assert torch.equal(images(2, 1, 0, sharded=False), whole)  # without --dist_eval: every image
+    assert torch.equal(images(2, 1, 0, rank_split=False), whole)  # without --dist_eval: every image

@@ -18,7 +18,8 @@ from torchvision import transforms as T
 
 from maekit.data import build_dataset, build_train_loader
 from maekit.data.folder import UnreadableImage, image_folder, load_rgb
-from maekit.data.shards import resolve_shards, write_shards
+from maekit.data.shards.locate import resolve_shards
+from maekit.data.shards.write import write_shards
 from maekit.errors import MaekitError
 from tests.conftest import write_image_folder
 

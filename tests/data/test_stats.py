@@ -77,7 +77,7 @@ def test_stats_sample_is_bounded_and_seeded(tmp_path, capsys):
     assert "4 of 12 images" in out
     assert main([*args, "--seed", "3"]) == 0
     assert flags(capsys.readouterr().out) == flags(out)  # the same sample again
-    from maekit.analysis.features import subset_indices
+    from maekit.data.sampling import subset_indices
 
     picked = np.concatenate([arrays[i].reshape(-1, 3) for i in subset_indices(12, 4, 3)]) / 255
     np.testing.assert_allclose(flags(out)[0], picked.mean(0), atol=1e-3)

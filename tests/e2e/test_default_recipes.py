@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from maekit.analysis.features import subset_indices
 from maekit.cli import main
 from maekit.data import FashionMNIST
 from maekit.data.fashion_mnist import CLASSES, DEFAULT_ROOT
+from maekit.data.sampling import subset_indices
 from tests.golden.models import register_golden_models
 
 N_IMAGES = 2000

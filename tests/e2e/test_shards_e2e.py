@@ -12,13 +12,16 @@ from pathlib import Path
 
 import torch
 
-from maekit.data.shards import write_shards
+from maekit.data.shards.write import write_shards
 from tests.conftest import run_cli, write_image_folder
+from tests.e2e.log_shard_batches import LOG_ENV
 from tests.e2e.test_crash_safety import Run, assert_bit_identical, final_weights
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 TINY = ["--input_size", "32", "--patch_size", "8", "--batch_size", "4", "--num_workers", "2",
         "--print_freq", "2", "--warmup_epochs", "0", "--epochs", "1", "--device", "cpu"]  # fmt: skip
+# Runs the command with the shard loader's batches logged per rank (no hook in maekit itself).
+LOG_BATCHES = str(Path(__file__).with_name("log_shard_batches.py"))
 
 
 def test_shard_then_pretrain_two_processes_two_workers_sees_every_sample_once(
@@ -31,13 +34,14 @@ def test_shard_then_pretrain_two_processes_two_workers_sees_every_sample_once(
     assert "train: 48 samples (2 classes) in 5 shards of up to 10" in r.stdout
 
     prefix = tmp_path / "seen"
-    os.environ["MAEKIT_DEBUG_SAMPLE_LOG"] = str(prefix)  # run_cli passes the environment on
+    os.environ[LOG_ENV] = str(prefix)  # run_cli passes the environment on
     try:
         out = tmp_path / "run"
         r = run_cli(["pretrain", "--model", "mae_vit_tiny_patch16", "--data_path", str(shards),
-                     "--output_dir", str(out), *TINY], tmp_path, launcher=TORCHRUN, timeout=300)  # fmt: skip
+                     "--output_dir", str(out), *TINY], tmp_path, launcher=[*TORCHRUN, LOG_BATCHES],
+                    timeout=300)  # fmt: skip
     finally:
-        del os.environ["MAEKIT_DEBUG_SAMPLE_LOG"]
+        del os.environ[LOG_ENV]
     assert r.returncode == 0, r.stderr
     assert "data: " in r.stdout and "(48 images), 6 steps/epoch per process" in r.stdout
     seen = []

@@ -15,8 +15,9 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from maekit.cli import build_parser
-from maekit.config import PretrainConfig, config_from_args
-from maekit.config_file import flag_values, read_mapping
+from maekit.config import PretrainConfig
+from maekit.config.files import flag_values, read_mapping
+from maekit.config.flags import config_from_args
 from tests.conftest import run_cli
 
 TINY = ["--model", "mae_vit_tiny_patch16", "--input_size", "32", "--patch_size", "8",

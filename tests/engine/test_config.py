@@ -7,7 +7,8 @@ import dataclasses
 import pytest
 
 from maekit.cli import build_parser
-from maekit.config import FinetuneConfig, LinprobeConfig, PretrainConfig, config_from_args
+from maekit.config import FinetuneConfig, LinprobeConfig, PretrainConfig
+from maekit.config.flags import config_from_args
 from maekit.errors import MaekitError
 
 OFFICIAL_PRETRAIN_FLAGS = """

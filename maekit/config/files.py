@@ -15,12 +15,11 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
-import os
 import typing
 from pathlib import Path
 
-from .config import CommonConfig, _base_type
-from .errors import MaekitError
+from ..errors import MaekitError
+from .flags import base_type
 
 RECIPE_PREFIX = "recipe:"
 NOT_FLAGS = ("recipe", "resolved")  # metadata keys, see the module docstring
@@ -29,7 +28,7 @@ NOT_FLAGS = ("recipe", "resolved")  # metadata keys, see the module docstring
 def read_mapping(spec: str) -> tuple[dict, str]:
     """(the file's top-level mapping, a name for messages) of ``--config FILE`` or ``recipe:NAME``."""
     if spec.startswith(RECIPE_PREFIX):
-        from .recipes import recipe_path
+        from ..recipes import recipe_path
 
         path = recipe_path(spec[len(RECIPE_PREFIX) :])
     else:
@@ -120,50 +119,10 @@ def flag_values(data: dict, cls: type, command: str, spec: str) -> dict:
             out[key] = None
             continue
         if f.metadata.get("nargs") and isinstance(value, list):  # input_size: [height, width]
-            out[key] = [_convert(key, _base_type(hints[key]), v, None, spec) for v in value]
+            out[key] = [_convert(key, base_type(hints[key]), v, None, spec) for v in value]
             continue
-        out[key] = _convert(key, _base_type(hints[key]), value, f.metadata.get("choices"), spec)
+        out[key] = _convert(key, base_type(hints[key]), value, f.metadata.get("choices"), spec)
     return out
-
-
-def world_size_here() -> int:
-    """The process count of this launch: torchrun's WORLD_SIZE, else 1."""
-    try:
-        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
-    except ValueError:
-        return 1
-
-
-def resolved_view(cfg, world_size: int, source: dict | None = None) -> dict:
-    """What ``--print_config`` prints: every flag's value and, for a training command, the
-    effective batch and absolute lr at ``world_size`` processes. ``source``: the --config
-    file's mapping; for a recipe, its published effective batch is shown too, so a mismatch
-    with this launch shows."""
-    from .engine.schedule import scaled_lr
-
-    view = cfg.to_dict()
-    if not isinstance(cfg, CommonConfig):
-        return view
-    eff = cfg.batch_size * cfg.accum_iter * world_size
-    lr = cfg.lr if cfg.lr is not None else scaled_lr(cfg.blr, eff)
-    resolved = {"world_size": world_size, "effective_batch": eff, "blr": lr * 256 / eff, "lr": lr}
-    recipe = (source or {}).get("recipe")
-    if isinstance(recipe, dict) and recipe.get("world_size"):
-        published = (
-            source.get("batch_size", cfg.batch_size)
-            * source.get("accum_iter", 1)
-            * int(recipe["world_size"])
-        )
-        resolved["recipe_effective_batch"] = published
-        if published != eff:
-            per_step = cfg.batch_size * world_size
-            resolved["note"] = (
-                f"the recipe's effective batch is {published}, here it is {eff}: match it with "
-                f"--accum_iter {max(1, published // per_step)} (or more processes); the absolute lr "
-                "scales with the effective batch"
-            )
-    view["resolved"] = resolved
-    return view
 
 
 def dump_yaml(view: dict, header: str) -> str:

@@ -4,6 +4,7 @@ exits at once and quietly instead of waiting forever on workers that ignore SIGT
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -13,7 +14,7 @@ SCRIPT = textwrap.dedent(
     import os, signal, sys, time
     import torch
     from torch.utils.data import DataLoader, Dataset
-    from maekit.engine.preemption import ignore_stop_signals
+    from maekit.data.workers import ignore_stop_signals
 
     class Stuck(Dataset):  # item 0 fails, the rest block forever
         def __len__(self):
@@ -57,3 +58,14 @@ def test_exit_with_live_workers_that_ignore_sigterm_is_prompt_and_quiet(tmp_path
     assert len(pids) == 2
     for pid in pids:  # no worker outlives the run
         assert subprocess.run(["kill", "-0", str(pid)], capture_output=True).returncode != 0
+
+
+def test_loader_workers_are_capped_at_the_cpus_this_process_may_use():
+    from maekit.data.workers import loader_workers, usable_cpus
+
+    cpus = usable_cpus()
+    assert 1 <= cpus <= (os.cpu_count() or 1)
+    if hasattr(os, "sched_getaffinity"):
+        assert cpus == len(os.sched_getaffinity(0))
+    assert loader_workers(0) == 0 and loader_workers(1) == 1
+    assert loader_workers(10**6) == cpus

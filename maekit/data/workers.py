@@ -1,0 +1,67 @@
+"""Data-loader worker processes: how many a loader gets, how they meet a job's stop signal, and
+that none outlives the run."""
+
+from __future__ import annotations
+
+import atexit
+import multiprocessing
+import multiprocessing.util  # registers multiprocessing's exit hook before ours (see below)
+import os
+import signal
+import threading
+
+# What cluster schedulers (SLURM ``--signal``, Kubernetes, torchrun's agent) send some time
+# before killing a job; :mod:`maekit.engine.preemption` turns them into a graceful stop.
+STOP_SIGNALS = tuple(
+    s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGUSR1", None)) if s
+)
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask under taskset, SLURM or a container's
+    cpuset), which can be fewer than the machine's ``os.cpu_count()``."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def loader_workers(requested: int) -> int:
+    """``--num_workers`` capped at the usable CPUs: more workers than CPUs only compete."""
+    return min(requested, usable_cpus())
+
+
+def ignore_stop_signals(_worker_id: int = 0) -> None:
+    """DataLoader ``worker_init_fn``: data workers ignore SIGTERM/SIGUSR1.
+
+    SLURM and Kubernetes signal every process of a job, data workers included. A worker killed
+    by it makes the loader raise in the main process, which then cannot write its stop
+    checkpoint. Ignoring the signal leaves the decision to the main process: it finishes the
+    step, saves, and shuts the workers down itself.
+    """
+    for s in STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
+
+
+def _kill_ignoring_workers() -> None:
+    """At exit, SIGKILL data workers that are still alive.
+
+    multiprocessing's own exit hook stops daemonic children with SIGTERM and then joins them;
+    a worker that ignores SIGTERM (:func:`ignore_stop_signals`) would make that join wait
+    forever, e.g. when the run exits on an error while a loader iterator is still referenced by
+    the traceback. This hook is registered after multiprocessing's, so it runs first (atexit is
+    last-in, first-out).
+    """
+    workers = [c for c in multiprocessing.active_children() if c.daemon]
+    if not workers:
+        return
+    if threading.current_thread() is threading.main_thread() and hasattr(signal, "SIGCHLD"):
+        # torch's loader reports a worker that dies by a signal as an error (SIGCHLD handler);
+        # these deaths are the ones we cause here.
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for child in workers:
+        child.kill()
+    for child in workers:
+        child.join(timeout=5)
+
+
+atexit.register(_kill_ignoring_workers)
