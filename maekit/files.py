@@ -118,3 +118,15 @@ def _reflink(src_fd: int, dst_fd: int) -> bool:
         return True
     except (ImportError, OSError):
         return False
+
+
+def save_safetensors(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """``state`` as a .safetensors file, written all or nothing (:func:`~maekit.files.atomic_write`)."""
+    from safetensors.torch import save_file
+
+    # safetensors wants contiguous tensors that share no memory
+    state = {k: v.detach().contiguous().clone() for k, v in state.items()}
+    try:
+        atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=metadata))
+    except OSError as e:
+        raise MaekitError(f"could not write {path}: {e.strerror or e}") from e

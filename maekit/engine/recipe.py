@@ -1,4 +1,5 @@
-"""The phase contract: what a phase (pretrain, finetune, linprobe) says about itself.
+"""The phase contract: what a phase (pretrain, finetune, linprobe) says about itself
+(:class:`Recipe`), and what the runner hands it once the run has started (:class:`RunContext`).
 
 A phase is a small :class:`Recipe`: how to check its data, build its model, optimizer and
 loss, what to evaluate and what to print. :func:`maekit.engine.run.run` does everything else
@@ -9,15 +10,36 @@ and ``maekit bench`` builds its measured step from the same recipes.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
+from .distributed import DistEnv
+from .precision import Precision
+from .progress import RunRecorder
 from .trainer import LossFn
 
 if TYPE_CHECKING:
     from .parallelize import ParallelModel
-    from .run import RunContext
+
+
+@dataclass
+class RunContext:
+    """What the runner hands a recipe once the run has started (:func:`~.run.prepare_run`)."""
+
+    env: DistEnv
+    precision: Precision
+    recorder: RunRecorder
+    output_dir: Path
+    num_workers: int  # --num_workers capped at the usable CPUs
+    pin_memory: bool  # --pin_mem, only meaningful for CUDA
+    lr: float  # the absolute lr: --lr, else --blr x effective batch / 256 (resolved once)
+    effective_batch: int  # --batch_size x --accum_iter x processes
+    # The checkpoint to start from (path or '', its contents if already read), found before
+    # config.json is written so that a conflicting rerun leaves the folder untouched.
+    start: tuple[str, dict | None] | None = None
 
 
 class Recipe:

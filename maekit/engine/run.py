@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,28 +22,13 @@ from ..errors import MaekitError
 from .distributed import DistEnv, all_reduce_sum, barrier, init_distributed, shutdown
 from .fit import fit
 from .parallelize import parallelize
-from .precision import Precision, resolve_precision
+from .precision import resolve_precision
 from .progress import RunRecorder
-from .recipe import Recipe
+from .recipe import Recipe, RunContext
 from .resume import find_start
 from .runlock import lock_output_dir
 from .schedule import scaled_lr
 from .trainer import LoopSettings, Trainer
-
-
-@dataclass
-class RunContext:
-    env: DistEnv
-    precision: Precision
-    recorder: RunRecorder
-    output_dir: Path
-    num_workers: int  # --num_workers capped at the usable CPUs
-    pin_memory: bool  # --pin_mem, only meaningful for CUDA
-    lr: float  # the absolute lr: --lr, else --blr x effective batch / 256 (resolved once)
-    effective_batch: int  # --batch_size x --accum_iter x processes
-    # The checkpoint to start from (path or '', its contents if already read), found before
-    # config.json is written so that a conflicting rerun leaves the folder untouched.
-    start: tuple[str, dict | None] | None = None
 
 
 def check_output_dir(path: str) -> Path:

@@ -4,26 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from ..errors import MaekitError
-from ..files import atomic_save, atomic_write
+from ..files import atomic_save, save_safetensors
 from .loader import read_file
 from .timm_names import timm_create_call, to_timm
 
 TARGETS = ("maekit", "timm", "safetensors", "hf")
-
-
-def save_safetensors(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    """``state`` as a .safetensors file, written all or nothing (:func:`~maekit.files.atomic_write`)."""
-    from safetensors.torch import save_file
-
-    # safetensors wants contiguous tensors that share no memory
-    state = {k: v.detach().contiguous().clone() for k, v in state.items()}
-    try:
-        atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=metadata))
-    except OSError as e:
-        raise MaekitError(f"could not write {path}: {e.strerror or e}") from e
 
 
 def convert(

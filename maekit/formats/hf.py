@@ -135,9 +135,17 @@ def _weight_files(folder: Path) -> list[Path]:
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
     """One weights file, safely: safetensors, or a torch file through the weights-only loader."""
-    from .loader import read_raw
+    from .safe_pickle import load_torch, unreadable
 
-    obj, _ = read_raw(path)
+    if Path(path).suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            obj = load_file(str(path), device="cpu")
+        except Exception as e:
+            raise unreadable(path, e) from e
+    else:
+        obj = load_torch(path)
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise MaekitError(f"{path} is not a state dict of tensors")
     return obj
@@ -421,7 +429,7 @@ def write_hf_dir(
     folder: str | Path, state: dict[str, torch.Tensor], config: dict, preprocessor: dict | None
 ) -> None:
     """config.json + model.safetensors (+ preprocessor_config.json): what from_pretrained reads."""
-    from .convert import save_safetensors
+    from ..files import save_safetensors
 
     folder = Path(folder)
     try:

@@ -100,7 +100,7 @@ def test_safetensors_write_is_all_or_nothing_and_synced(tmp_path, monkeypatch):
 
     import maekit.files
     from maekit.errors import MaekitError
-    from maekit.formats.convert import save_safetensors
+    from maekit.files import save_safetensors
 
     path = tmp_path / "w.safetensors"
     path.write_bytes(b"old content")
