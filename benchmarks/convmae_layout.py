@@ -51,12 +51,16 @@ def main() -> None:
             step().backward()
             if i:
                 times[name].append(time.perf_counter() - t0)
-    print(f"{args.model} {args.input_size}px patch {args.patch_size}, batch {args.batch_size}, fp32, "
-          f"{torch.get_num_threads()} threads, median of {args.steps} steps (forward + backward):")  # fmt: skip
+    print(
+        f"{args.model} {args.input_size}px patch {args.patch_size}, batch {args.batch_size}, fp32, "
+        f"{torch.get_num_threads()} threads, median of {args.steps} steps (forward + backward):"
+    )
     for name, ts in times.items():
         med = statistics.median(ts)
-        print(f"  {name:24s} {med * 1000:8.1f} ms/step (min {min(ts) * 1000:.1f})  "
-              f"{args.batch_size / med:7.1f} img/s")  # fmt: skip
+        print(
+            f"  {name:24s} {med * 1000:8.1f} ms/step (min {min(ts) * 1000:.1f})  "
+            f"{args.batch_size / med:7.1f} img/s"
+        )
 
 
 if __name__ == "__main__":

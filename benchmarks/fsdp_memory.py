@@ -97,12 +97,27 @@ def main() -> None:
     if dist.is_initialized():
         dist.all_reduce(peak, op=dist.ReduceOp.MAX)
     if env.is_main:
-        print(json.dumps({"model": a.model, "params_m": round(n_params / 1e6, 1), "mode": a.mode,
-                          "grad_ckpt": a.grad_ckpt, "processes": env.world_size, "batch_size": a.batch_size,
-                          "input_size": a.input_size, "precision": precision.name, "device": str(env.device),
-                          "peak_mb_per_process": round(float(peak), 0),
-                          "rss_before_steps_mb": round(base_mb), "rss_before_trim_mb": round(rss_mb), "step_s": round(step_s, 2),
-                          "threads": int(os.environ.get("OMP_NUM_THREADS", "0") or 0)}), flush=True)  # fmt: skip
+        print(
+            json.dumps(
+                {
+                    "model": a.model,
+                    "params_m": round(n_params / 1e6, 1),
+                    "mode": a.mode,
+                    "grad_ckpt": a.grad_ckpt,
+                    "processes": env.world_size,
+                    "batch_size": a.batch_size,
+                    "input_size": a.input_size,
+                    "precision": precision.name,
+                    "device": str(env.device),
+                    "peak_mb_per_process": round(float(peak), 0),
+                    "rss_before_steps_mb": round(base_mb),
+                    "rss_before_trim_mb": round(rss_mb),
+                    "step_s": round(step_s, 2),
+                    "threads": int(os.environ.get("OMP_NUM_THREADS", "0") or 0),
+                }
+            ),
+            flush=True,
+        )
     shutdown()
 
 

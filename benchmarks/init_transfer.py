@@ -53,7 +53,10 @@ def pretrain_224(steps: int, batch: int, out: str) -> None:
         loss.backward()
         opt.step()
         if step % 10 == 0 or step + 1 == steps:
-            print(f"224 px pre-training step {step}: loss {loss.item():.4f} ({time.perf_counter() - start:.0f} s)", flush=True)  # fmt: skip
+            print(
+                f"224 px pre-training step {step}: loss {loss.item():.4f} ({time.perf_counter() - start:.0f} s)",
+                flush=True,
+            )
     args = argparse.Namespace(model=MODEL, input_size=224, norm_pix_loss=False, blr=1e-3)
     torch.save({"model": model.state_dict(), "epoch": 0, "args": args}, out)
     print(f"wrote {out} (official layout)")
@@ -78,8 +81,10 @@ def main() -> None:
             print(init_from_checkpoint(model, a.out))
         with torch.no_grad():
             losses[name] = model(batch, mask_ratio=0.75, noise=noise)[0].item()
-    print(f"step-0 loss on the fixed batch (16 val images, 1 x 160 x 256): --init {losses['init']:.4f}, "
-          f"random init {losses['random']:.4f} (ratio {losses['init'] / losses['random']:.2f})")  # fmt: skip
+    print(
+        f"step-0 loss on the fixed batch (16 val images, 1 x 160 x 256): --init {losses['init']:.4f}, "
+        f"random init {losses['random']:.4f} (ratio {losses['init'] / losses['random']:.2f})"
+    )
 
 
 if __name__ == "__main__":

@@ -51,8 +51,9 @@ def main() -> None:
     torch.set_num_threads(1)
     if a.mode == "encoded":
         ds = gd.encoded_folder(build_dataset(a.data, "train", None), PRETRAIN_SCALE)
-        inner = build_train_loader(ds, a.batch_size, 0, 1, 0, a.workers, False,
-                                   collate_fn=gd.collate_encoded)  # fmt: skip
+        inner = build_train_loader(
+            ds, a.batch_size, 0, 1, 0, a.workers, False, collate_fn=gd.collate_encoded
+        )
         loader = gd.GpuDecodeLoader(inner, torch.device("cpu"), 224)
     else:
         ds = build_dataset(a.data, "train", pretrain_transform(224))
@@ -71,9 +72,19 @@ def main() -> None:
                 break
         epoch += 1
     rate = loaded / (time.perf_counter() - start)
-    print(json.dumps({"repo": a.repo, "mode": a.mode, "workers": a.workers, "images": loaded,
-                      "img_per_s": round(rate, 1), "open_files_per_worker": worker_max,
-                      "open_files_main": main_max}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "repo": a.repo,
+                "mode": a.mode,
+                "workers": a.workers,
+                "images": loaded,
+                "img_per_s": round(rate, 1),
+                "open_files_per_worker": worker_max,
+                "open_files_main": main_max,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

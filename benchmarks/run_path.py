@@ -88,10 +88,29 @@ def trace_pretrain(steps: int) -> tuple[list[str], list[str]]:
                 path.append(pkg)
 
     with tempfile.TemporaryDirectory() as tmp:
-        argv = ["pretrain", "--model", "mae_vit_tiny_patch16", "--input_size", "28",
-                "--patch_size", "4", "--batch_size", "16", "--epochs", "1",
-                "--max_train_step", str(steps), "--max_train_images", "64", "--num_workers", "0",
-                "--output_dir", f"{tmp}/run", "--device", "cpu"]  # fmt: skip
+        argv = [
+            "pretrain",
+            "--model",
+            "mae_vit_tiny_patch16",
+            "--input_size",
+            "28",
+            "--patch_size",
+            "4",
+            "--batch_size",
+            "16",
+            "--epochs",
+            "1",
+            "--max_train_step",
+            str(steps),
+            "--max_train_images",
+            "64",
+            "--num_workers",
+            "0",
+            "--output_dir",
+            f"{tmp}/run",
+            "--device",
+            "cpu",
+        ]
         sys.setprofile(hook)
         try:
             main(argv)
@@ -121,8 +140,11 @@ def main() -> None:
     for n, name in longest:
         print(f"  {n:4d}  {name}")
     if args.json:
-        Path(args.json).write_text(json.dumps(
-            {"modules": first, "path": path, "climbs": climbs, "longest": longest}, indent=1))  # fmt: skip
+        Path(args.json).write_text(
+            json.dumps(
+                {"modules": first, "path": path, "climbs": climbs, "longest": longest}, indent=1
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -5,9 +5,13 @@ import sys
 from pathlib import Path
 
 out = Path(sys.argv[1])
-rows = [("pretrain", "MAE pre-training"), ("finetune_mae", "fine-tune from MAE"),
-        ("finetune_random", "fine-tune from random init"), ("linprobe_mae", "linear probe of MAE encoder"),
-        ("linprobe_random", "linear probe of random-init encoder")]  # fmt: skip
+rows = [
+    ("pretrain", "MAE pre-training"),
+    ("finetune_mae", "fine-tune from MAE"),
+    ("finetune_random", "fine-tune from random init"),
+    ("linprobe_mae", "linear probe of MAE encoder"),
+    ("linprobe_random", "linear probe of random-init encoder"),
+]
 print("| run | epochs | final train loss | test top-1 (last) | test top-1 (best) | wall time |")
 print("| --- | --- | --- | --- | --- | --- |")
 total = 0.0

@@ -86,15 +86,23 @@ def build_parser(file_defaults: dict[str, dict] | None = None) -> argparse.Argum
     parser.add_argument("--version", action="version", version=f"maekit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (cls, help_text, _) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text,
-                           formatter_class=HelpFormatter)  # fmt: skip
+        p = sub.add_parser(
+            name, help=help_text, description=help_text, formatter_class=HelpFormatter
+        )
         add_config_flags(p, cls)
-        p.add_argument("--config", metavar="FILE", default=None,
-                       help="read flags from a YAML or JSON file (a run's config.json too) or a shipped "
-                       "recipe:NAME (see `maekit recipes`); flags given here override it")  # fmt: skip
-        p.add_argument("--print_config", action="store_true",
-                       help="print the resolved configuration (effective batch and absolute lr for this "
-                       "launch's processes) as YAML and exit")  # fmt: skip
+        p.add_argument(
+            "--config",
+            metavar="FILE",
+            default=None,
+            help="read flags from a YAML or JSON file (a run's config.json too) or a shipped "
+            "recipe:NAME (see `maekit recipes`); flags given here override it",
+        )
+        p.add_argument(
+            "--print_config",
+            action="store_true",
+            help="print the resolved configuration (effective batch and absolute lr for this "
+            "launch's processes) as YAML and exit",
+        )
         p.set_defaults(**(file_defaults or {}).get(name, {}))
     sub.add_parser("models", help="list registered model names")
     sub.add_parser(
@@ -111,14 +119,28 @@ def build_parser(file_defaults: dict[str, dict] | None = None) -> argparse.Argum
     )
     conv.add_argument("input", metavar="IN", help="checkpoint to read")
     conv.add_argument("output", metavar="OUT", help="file to write")
-    conv.add_argument("--to", required=True, choices=("maekit", "timm", "safetensors", "hf"),
-                      help="output format (timm: .safetensors if OUT ends so, else .pth; hf: a "
-                      "save_pretrained folder for transformers)")  # fmt: skip
+    conv.add_argument(
+        "--to",
+        required=True,
+        choices=("maekit", "timm", "safetensors", "hf"),
+        help="output format (timm: .safetensors if OUT ends so, else .pth; hf: a "
+        "save_pretrained folder for transformers)",
+    )
     pool = conv.add_mutually_exclusive_group()
-    pool.add_argument("--global_pool", dest="global_pool", action="store_const", const=True,
-                      help="--to timm: for timm's global_pool='avg' (MAE norm -> fc_norm)")  # fmt: skip
-    pool.add_argument("--cls_token", dest="global_pool", action="store_const", const=False,
-                      help="--to timm: for timm's global_pool='token'")  # fmt: skip
+    pool.add_argument(
+        "--global_pool",
+        dest="global_pool",
+        action="store_const",
+        const=True,
+        help="--to timm: for timm's global_pool='avg' (MAE norm -> fc_norm)",
+    )
+    pool.add_argument(
+        "--cls_token",
+        dest="global_pool",
+        action="store_const",
+        const=False,
+        help="--to timm: for timm's global_pool='token'",
+    )
     conv.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     return parser
 

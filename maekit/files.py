@@ -68,9 +68,11 @@ def write_error(path: str | Path, e: BaseException) -> MaekitError:
     else:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
         reason = f"the writer failed ({type(e).__name__}: {first}; usually a full disk)"
-    return MaekitError(f"could not write checkpoint {path}: {reason}; free disk space or choose "
-                       "another --output_dir, then run the same command to continue (earlier "
-                       "checkpoints are untouched)")  # fmt: skip
+    return MaekitError(
+        f"could not write checkpoint {path}: {reason}; free disk space or choose "
+        "another --output_dir, then run the same command to continue (earlier "
+        "checkpoints are untouched)"
+    )
 
 
 def _fsync_dir(folder: Path) -> None:

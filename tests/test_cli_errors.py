@@ -46,7 +46,7 @@ CASES: dict[str, tuple[list[str], str]] = {
             *OK,
         ],
         "divisible",
-    ),  # fmt: skip
+    ),
     "convmae_patch_size": (
         [
             "--data_path",
@@ -60,7 +60,7 @@ CASES: dict[str, tuple[list[str], str]] = {
             *OK,
         ],
         "multiple of 4",
-    ),  # fmt: skip
+    ),
     "mask_ratio_one": (["--data_path", "flat", *TINY, *OK, "--mask_ratio", "1.0"], "--mask_ratio"),
     "mask_ratio_negative": (
         ["--data_path", "flat", *TINY, *OK, "--mask_ratio", "-0.5"],
@@ -105,7 +105,7 @@ CASES: dict[str, tuple[list[str], str]] = {
             "blocker/tb",
         ],
         "--log_dir",
-    ),  # fmt: skip
+    ),
 }
 
 
@@ -183,8 +183,12 @@ def test_pretrain_help(tmp_path):
 def test_console_script_help(tmp_path):
     r = subprocess.run(
         [shutil.which("maekit"), "pretrain", "--help"],
-        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     assert "--mask_ratio" in r.stdout
 

@@ -21,32 +21,109 @@ FT = {"warmup_epochs": 5, "mixup": 0.8, "cutmix": 1.0}
 LP = {"blr": 0.1, "epochs": 90, "warmup_epochs": 10, "weight_decay": 0.0}
 PUBLISHED = {
     "mae_vit_base_pretrain_800": ("pretrain", 4096, {**PRE, "epochs": 800}, None),
-    "mae_vit_base_pretrain_1600": ("pretrain", 4096, {**PRE, "epochs": 1600}, {"finetune": 83.6, "linprobe": 67.8}),
+    "mae_vit_base_pretrain_1600": (
+        "pretrain",
+        4096,
+        {**PRE, "epochs": 1600},
+        {"finetune": 83.6, "linprobe": 67.8},
+    ),
     "mae_vit_large_pretrain_800": ("pretrain", 4096, {**PRE, "epochs": 800}, None),
-    "mae_vit_large_pretrain_1600": ("pretrain", 4096, {**PRE, "epochs": 1600}, {"finetune": 85.9, "linprobe": 76.0}),
+    "mae_vit_large_pretrain_1600": (
+        "pretrain",
+        4096,
+        {**PRE, "epochs": 1600},
+        {"finetune": 85.9, "linprobe": 76.0},
+    ),
     "mae_vit_huge_pretrain_800": ("pretrain", 4096, {**PRE, "epochs": 800}, None),
-    "mae_vit_huge_pretrain_1600": ("pretrain", 4096, {**PRE, "epochs": 1600}, {"finetune": 86.9, "linprobe": 77.2}),
-    "mae_vit_base_finetune": ("finetune", 1024, {**FT, "epochs": 100, "blr": 5e-4, "layer_decay": 0.65, "drop_path": 0.1}, 83.6),
-    "mae_vit_large_finetune": ("finetune", 1024, {**FT, "epochs": 50, "blr": 1e-3, "layer_decay": 0.75, "drop_path": 0.2}, 85.9),
-    "mae_vit_huge_finetune": ("finetune", 1024, {**FT, "epochs": 50, "blr": 1e-3, "layer_decay": 0.75, "drop_path": 0.3}, 86.9),
+    "mae_vit_huge_pretrain_1600": (
+        "pretrain",
+        4096,
+        {**PRE, "epochs": 1600},
+        {"finetune": 86.9, "linprobe": 77.2},
+    ),
+    "mae_vit_base_finetune": (
+        "finetune",
+        1024,
+        {**FT, "epochs": 100, "blr": 5e-4, "layer_decay": 0.65, "drop_path": 0.1},
+        83.6,
+    ),
+    "mae_vit_large_finetune": (
+        "finetune",
+        1024,
+        {**FT, "epochs": 50, "blr": 1e-3, "layer_decay": 0.75, "drop_path": 0.2},
+        85.9,
+    ),
+    "mae_vit_huge_finetune": (
+        "finetune",
+        1024,
+        {**FT, "epochs": 50, "blr": 1e-3, "layer_decay": 0.75, "drop_path": 0.3},
+        86.9,
+    ),
     "mae_vit_base_linprobe": ("linprobe", 16384, LP, 67.8),
     "mae_vit_large_linprobe": ("linprobe", 16384, LP, 76.0),
     "mae_vit_huge_linprobe": ("linprobe", 16384, LP, 77.2),
-    "convmae_base_pretrain_1600": ("pretrain", 3072, {**PRE, "epochs": 1600}, {"finetune": 85.0, "linprobe": 70.9}),
-    "convmae_base_finetune": ("finetune", 1024, {**FT, "epochs": 100, "blr": 5e-4, "layer_decay": 0.65, "drop_path": 0.1,
-                                                 "layer_decay_rule": "official"}, 85.0),
+    "convmae_base_pretrain_1600": (
+        "pretrain",
+        3072,
+        {**PRE, "epochs": 1600},
+        {"finetune": 85.0, "linprobe": 70.9},
+    ),
+    "convmae_base_finetune": (
+        "finetune",
+        1024,
+        {
+            **FT,
+            "epochs": 100,
+            "blr": 5e-4,
+            "layer_decay": 0.65,
+            "drop_path": 0.1,
+            "layer_decay_rule": "official",
+        },
+        85.0,
+    ),
     "convmae_base_linprobe": ("linprobe", 16384, LP, 70.9),
-    "plsc_mae_vit_base_pretrain_1600": ("pretrain", 4096, {**PRE, "epochs": 1600}, {"finetune": 83.34, "linprobe": 68.08}),
-    "plsc_mae_vit_base_finetune": ("finetune", 1024, {**FT, "epochs": 100, "blr": 5e-4, "layer_decay": 0.65, "drop_path": 0.1}, 83.34),
+    "plsc_mae_vit_base_pretrain_1600": (
+        "pretrain",
+        4096,
+        {**PRE, "epochs": 1600},
+        {"finetune": 83.34, "linprobe": 68.08},
+    ),
+    "plsc_mae_vit_base_finetune": (
+        "finetune",
+        1024,
+        {**FT, "epochs": 100, "blr": 5e-4, "layer_decay": 0.65, "drop_path": 0.1},
+        83.34,
+    ),
     "plsc_mae_vit_base_linprobe": ("linprobe", 16384, LP, 68.08),
-    "plsc_convmae_base_finetune": ("finetune", 1024, {**FT, "epochs": 100, "blr": 5e-4, "layer_decay": 0.65, "drop_path": 0.1,
-                                                      "layer_decay_rule": "plsc"}, None),
+    "plsc_convmae_base_finetune": (
+        "finetune",
+        1024,
+        {
+            **FT,
+            "epochs": 100,
+            "blr": 5e-4,
+            "layer_decay": 0.65,
+            "drop_path": 0.1,
+            "layer_decay_rule": "plsc",
+        },
+        None,
+    ),
     "plsc_convmae_base_linprobe": ("linprobe", 16384, LP, 71.4),
-}  # fmt: skip
-MODELS = {"pretrain": {"vit_base": "mae_vit_base_patch16", "vit_large": "mae_vit_large_patch16",
-                       "vit_huge": "mae_vit_huge_patch14", "convmae": "convmae_convvit_base_patch16"},
-          "other": {"vit_base": ("vit_base_patch16", "maevit_base_patch16"), "vit_large": ("vit_large_patch16",),
-                    "vit_huge": ("vit_huge_patch14",), "convmae": ("convvit_base_patch16",)}}  # fmt: skip
+}
+MODELS = {
+    "pretrain": {
+        "vit_base": "mae_vit_base_patch16",
+        "vit_large": "mae_vit_large_patch16",
+        "vit_huge": "mae_vit_huge_patch14",
+        "convmae": "convmae_convvit_base_patch16",
+    },
+    "other": {
+        "vit_base": ("vit_base_patch16", "maevit_base_patch16"),
+        "vit_large": ("vit_large_patch16",),
+        "vit_huge": ("vit_huge_patch14",),
+        "convmae": ("convvit_base_patch16",),
+    },
+}
 
 
 def parse(argv: list[str]):
@@ -102,8 +179,19 @@ def test_recipe_resolves_to_the_published_numbers(name):
 
 def test_print_config_resolves_for_this_launch(capsys, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "8")
-    assert main(["pretrain", "--config", "recipe:mae_vit_base_pretrain_1600", "--accum_iter", "4",
-                 "--print_config"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "pretrain",
+                "--config",
+                "recipe:mae_vit_base_pretrain_1600",
+                "--accum_iter",
+                "4",
+                "--print_config",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     view = yaml.safe_load(out)
     assert view["resolved"]["effective_batch"] == 64 * 4 * 8
@@ -133,8 +221,17 @@ def test_command_line_flags_override_the_file(tmp_path):
 
 def test_a_runs_config_json_resolves_to_the_same_config(tmp_path):
     """config.json as run.prepare_run writes it (every field + the `resolved` block)."""
-    cfg = FinetuneConfig(model="vit_small_patch16", epochs=3, blr=2e-3, lr=None, cutmix_minmax=[0.2, 0.8],
-                         mixup=0.8, global_pool=True, clip_grad=1.0, output_dir=str(tmp_path / "run"))  # fmt: skip
+    cfg = FinetuneConfig(
+        model="vit_small_patch16",
+        epochs=3,
+        blr=2e-3,
+        lr=None,
+        cutmix_minmax=[0.2, 0.8],
+        mixup=0.8,
+        global_pool=True,
+        clip_grad=1.0,
+        output_dir=str(tmp_path / "run"),
+    )
     path = tmp_path / "config.json"
     path.write_text(
         json.dumps({**cfg.to_dict(), "resolved": {"lr": 1e-3, "world_size": 1}}, indent=2)

@@ -117,8 +117,12 @@ def test_the_extractor_handles_continuations_chains_and_torchrun(tmp_path: Path)
     )
     cmds = shell_commands(doc)
     assert [maekit_argv(c) for c in cmds] == [
-        None, ["pretrain", "--epochs", "2", "--norm_pix_loss"], ["knn", "--k", "3"], ["models"], None,
-    ]  # fmt: skip
+        None,
+        ["pretrain", "--epochs", "2", "--norm_pix_loss"],
+        ["knn", "--k", "3"],
+        ["models"],
+        None,
+    ]
     assert cmds[2].env == (("A", "1"),) and cmds[1].where == "x.md:3"
 
 
@@ -149,8 +153,14 @@ CHEAP = [
 def test_cheap_commands_run(cmd: Command) -> None:
     args = placeholders_removed(maekit_argv(cmd))
     env = {**os.environ, "PYTHONPATH": str(REPO), **dict(cmd.env)}
-    r = subprocess.run([sys.executable, "-m", "maekit", *args], env=env, cwd=REPO,
-                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-m", "maekit", *args],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, f"{cmd}\n{r.stderr[-2000:]}"
     assert r.stdout.strip(), str(cmd)
 
@@ -175,8 +185,14 @@ def test_every_launch_command_builds_a_maekit_command_that_parses(cmd: Command) 
     for word in cmd.words:  # sbatch --export=ALL,VAR=value
         if word.startswith("--export="):
             env.update(kv.split("=", 1) for kv in word.split("=", 1)[1].split(",") if "=" in kv)
-    r = subprocess.run(["bash", str(script), *placeholders_removed(args)], env=env, cwd=REPO,
-                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    r = subprocess.run(
+        ["bash", str(script), *placeholders_removed(args)],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, f"{cmd}\n{r.stderr}"
     words = shlex.split(r.stdout.strip())
     i = words.index("-m")

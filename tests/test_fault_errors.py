@@ -19,9 +19,28 @@ import torch
 from maekit.data.shards.write import write_shards
 from tests.conftest import write_image_folder
 
-TINY = ["--model", "mae_vit_tiny_patch16", "--input_size", "32", "--patch_size", "8",
-        "--batch_size", "2", "--epochs", "1", "--warmup_epochs", "0", "--num_workers", "0",
-        "--device", "cpu", "--print_freq", "1", "--max_train_step", "2"]  # fmt: skip
+TINY = [
+    "--model",
+    "mae_vit_tiny_patch16",
+    "--input_size",
+    "32",
+    "--patch_size",
+    "8",
+    "--batch_size",
+    "2",
+    "--epochs",
+    "1",
+    "--warmup_epochs",
+    "0",
+    "--num_workers",
+    "0",
+    "--device",
+    "cpu",
+    "--print_freq",
+    "1",
+    "--max_train_step",
+    "2",
+]
 
 
 MANIFESTS = {
@@ -50,8 +69,12 @@ def _deep_checkpoint(path: Path, depth: int = 200_000) -> None:
     """A torch zip whose pickle nests lists ``depth`` deep (torch.save itself would overflow)."""
     buf = io.BytesIO()
     torch.save({"model": {}, "epoch": 0}, buf)
-    pkl = (b"\x80\x02}q\x00(X\x05\x00\x00\x00model}X\x04\x00\x00\x00args" + b"]" * depth
-           + b"a" * (depth - 1) + b"X\x05\x00\x00\x00epochK\x00u.")  # fmt: skip
+    pkl = (
+        b"\x80\x02}q\x00(X\x05\x00\x00\x00model}X\x04\x00\x00\x00args"
+        + b"]" * depth
+        + b"a" * (depth - 1)
+        + b"X\x05\x00\x00\x00epochK\x00u."
+    )
     with zipfile.ZipFile(io.BytesIO(buf.getvalue())) as zin, zipfile.ZipFile(path, "w") as zout:
         for info in zin.infolist():
             data = pkl if info.filename.endswith("data.pkl") else zin.read(info.filename)
@@ -76,8 +99,10 @@ def scratch(tmp_path_factory) -> Path:
     state = model.state_dict()
     args = {"model": "mae_vit_tiny_patch16", "input_size": 32, "patch_size": 8}
     torch.save({"model": state, "args": args, "epoch": 0}, root / "good.pth")
-    torch.save({"model": {**state, "pos_embed": np.array([1, "a"], dtype=object)}, "epoch": 0},
-               root / "object_array.pth")  # fmt: skip
+    torch.save(
+        {"model": {**state, "pos_embed": np.array([1, "a"], dtype=object)}, "epoch": 0},
+        root / "object_array.pth",
+    )
     torch.save({"model": {**state, 7: torch.zeros(1)}, "epoch": 0}, root / "int_key.pth")
     torch.save({"model": state, "args": args, "epoch": "abc"}, root / "epoch_string.pth")
     torch.save({"model": state, "args": args, "epoch": -5}, root / "epoch_negative.pth")
@@ -93,18 +118,18 @@ CASES: dict[str, tuple[list[str], str]] = {
     **{
         name: (["pretrain", "--data_path", name, "--output_dir", f"o_{name}", *TINY], key)
         for name, (_, key) in MANIFESTS.items()
-    },  # fmt: skip
+    },
     **{
         name: (
             ["pretrain", "--data_path", name, "--output_dir", f"o_{name}", *TINY],
             "shard-000000.tar: ",
         )
         for name in LABELS
-    },  # fmt: skip
+    },
     "checkpoint_object_array": (
         ["convert", "object_array.pth", "o1.pth", "--to", "maekit"],
         "numpy array of Python objects",
-    ),  # fmt: skip
+    ),
     "checkpoint_int_key": (["convert", "int_key.pth", "o2.pth", "--to", "maekit"], "not a string"),
     "checkpoint_deep_nesting": (["convert", "deep.pth", "o3.pth", "--to", "maekit"], "nested"),
     "checkpoint_epoch_string": (
@@ -150,7 +175,7 @@ CASES: dict[str, tuple[list[str], str]] = {
             "v.png",
         ],
         "not_an_image.png",
-    ),  # fmt: skip
+    ),
     "empty_class_folder": (
         ["pretrain", "--data_path", "emptyclass", "--output_dir", "o_empty", *TINY],
         "class_9 has no images",
@@ -188,8 +213,13 @@ CASES: dict[str, tuple[list[str], str]] = {
         "--weight_decay must be a finite number",
     ),
 }
-NOTHING_WRITTEN = ("mask_ratio_zero", "clip_grad_negative", "min_lr_above_lr", "min_lr_above_scaled_blr",
-                   "finetune_weight_decay_nan")  # fmt: skip
+NOTHING_WRITTEN = (
+    "mask_ratio_zero",
+    "clip_grad_negative",
+    "min_lr_above_lr",
+    "min_lr_above_scaled_blr",
+    "finetune_weight_decay_nan",
+)
 
 
 @pytest.mark.parametrize("case", list(CASES))

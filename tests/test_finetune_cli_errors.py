@@ -28,28 +28,104 @@ OK = ["--batch_size", "4", "--num_workers", "0", "--epochs", "1", "--device", "c
 
 # name -> (phase, args relative to the scratch dir, text the error line must contain)
 CASES: dict[str, tuple[str, list[str], str]] = {
-    "finetune_missing": ("finetune", ["--data_path", "data", *TINY, *OK, "--finetune", "no/such.pth"],
-                         "no/such.pth"),
-    "linprobe_finetune_missing": ("linprobe", ["--data_path", "data", *TINY, *OK, "--finetune", "no/such.pth"],
-                                  "no/such.pth"),
-    "other_architecture": ("finetune", ["--data_path", "data", *TINY, *OK, "--finetune", "small.pth"],
-                           "--model"),
-    "nb_classes_mismatch": ("finetune", ["--data_path", "data", *TINY, *OK, "--nb_classes", "5"], "3"),
+    "finetune_missing": (
+        "finetune",
+        ["--data_path", "data", *TINY, *OK, "--finetune", "no/such.pth"],
+        "no/such.pth",
+    ),
+    "linprobe_finetune_missing": (
+        "linprobe",
+        ["--data_path", "data", *TINY, *OK, "--finetune", "no/such.pth"],
+        "no/such.pth",
+    ),
+    "other_architecture": (
+        "finetune",
+        ["--data_path", "data", *TINY, *OK, "--finetune", "small.pth"],
+        "--model",
+    ),
+    "nb_classes_mismatch": (
+        "finetune",
+        ["--data_path", "data", *TINY, *OK, "--nb_classes", "5"],
+        "3",
+    ),
     "no_val_folder": ("finetune", ["--data_path", "train_only", *TINY, *OK], "val"),
-    "both_pool_flags": ("finetune", ["--data_path", "data", *TINY, *OK, "--cls_token", "--global_pool"],
-                        "--cls_token"),
-    "linprobe_both_pool_flags": ("linprobe", ["--data_path", "data", *TINY, *OK, "--cls_token",
-                                              "--global_pool"], "--cls_token"),
-    "eval_without_checkpoint": ("finetune", ["--data_path", "data", *TINY, *OK, "--eval"], "--resume"),
-    "pretrain_model": ("finetune", ["--data_path", "data", "--model", "mae_vit_tiny_patch16", "--input_size",
-                                    "32", "--patch_size", "8", *OK], "vit_tiny_patch16"),
-    "linprobe_pretrain_model": ("linprobe", ["--data_path", "data", "--model", "mae_vit_tiny_patch16",
-                                             "--input_size", "32", "--patch_size", "8", *OK], "pre-training"),
-    "convvit_cls_token": ("linprobe", ["--data_path", "data", "--model", "convvit_small_patch16", "--input_size",
-                                       "32", "--patch_size", "4", *OK, "--cls_token"], "--cls_token"),
-    "convvit_patch_size": ("finetune", ["--data_path", "data", "--model", "convvit_small_patch16", "--input_size",
-                                        "36", "--patch_size", "6", *OK], "multiple of 4"),
-}  # fmt: skip
+    "both_pool_flags": (
+        "finetune",
+        ["--data_path", "data", *TINY, *OK, "--cls_token", "--global_pool"],
+        "--cls_token",
+    ),
+    "linprobe_both_pool_flags": (
+        "linprobe",
+        ["--data_path", "data", *TINY, *OK, "--cls_token", "--global_pool"],
+        "--cls_token",
+    ),
+    "eval_without_checkpoint": (
+        "finetune",
+        ["--data_path", "data", *TINY, *OK, "--eval"],
+        "--resume",
+    ),
+    "pretrain_model": (
+        "finetune",
+        [
+            "--data_path",
+            "data",
+            "--model",
+            "mae_vit_tiny_patch16",
+            "--input_size",
+            "32",
+            "--patch_size",
+            "8",
+            *OK,
+        ],
+        "vit_tiny_patch16",
+    ),
+    "linprobe_pretrain_model": (
+        "linprobe",
+        [
+            "--data_path",
+            "data",
+            "--model",
+            "mae_vit_tiny_patch16",
+            "--input_size",
+            "32",
+            "--patch_size",
+            "8",
+            *OK,
+        ],
+        "pre-training",
+    ),
+    "convvit_cls_token": (
+        "linprobe",
+        [
+            "--data_path",
+            "data",
+            "--model",
+            "convvit_small_patch16",
+            "--input_size",
+            "32",
+            "--patch_size",
+            "4",
+            *OK,
+            "--cls_token",
+        ],
+        "--cls_token",
+    ),
+    "convvit_patch_size": (
+        "finetune",
+        [
+            "--data_path",
+            "data",
+            "--model",
+            "convvit_small_patch16",
+            "--input_size",
+            "36",
+            "--patch_size",
+            "6",
+            *OK,
+        ],
+        "multiple of 4",
+    ),
+}
 
 
 @pytest.fixture(scope="module")
@@ -105,8 +181,10 @@ def results(scratch) -> dict[str, subprocess.CompletedProcess]:
 @pytest.fixture(scope="module")
 def subprocess_results(scratch) -> dict[str, subprocess.CompletedProcess]:
     with ThreadPoolExecutor(max_workers=3) as pool:
-        futures = {name: pool.submit(run_maekit, [CASES[name][0], *CASES[name][1]], scratch)
-                   for name in SUBPROCESS_CASES}  # fmt: skip
+        futures = {
+            name: pool.submit(run_maekit, [CASES[name][0], *CASES[name][1]], scratch)
+            for name in SUBPROCESS_CASES
+        }
         return {name: f.result() for name, f in futures.items()}
 
 

@@ -18,8 +18,11 @@ def subparser(name: str) -> argparse.ArgumentParser:
 def helps(name: str) -> dict[str, str]:
     """Flag -> its help line as printed (whitespace joined)."""
     fmt = HelpFormatter("maekit")
-    return {a.option_strings[0]: " ".join(fmt._expand_help(a).split())
-            for a in subparser(name)._actions if a.option_strings and a.help != argparse.SUPPRESS}  # fmt: skip
+    return {
+        a.option_strings[0]: " ".join(fmt._expand_help(a).split())
+        for a in subparser(name)._actions
+        if a.option_strings and a.help != argparse.SUPPRESS
+    }
 
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))

@@ -24,29 +24,66 @@ def test_pip_install_dot_into_a_venv_with_torch_then_the_cli_runs(tmp_path: Path
     venv = tmp_path / "venv"
     # --system-site-packages: torch, torchvision, timm... are already there (as in a conda or
     # cluster environment); --without-pip: the system's pip installs into it (--python).
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip",
-                    str(venv)], check=True, timeout=120)  # fmt: skip
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)],
+        check=True,
+        timeout=120,
+    )
     python = venv / "bin" / "python"
     env = {
         k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PIP_BREAK_SYSTEM_PACKAGES")
     }
     # --no-index: everything maekit depends on must already be there; nothing is downloaded.
-    r = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q",
-                        "--no-index", "--no-build-isolation", str(src)],
-                       env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)  # fmt: skip
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(python),
+            "install",
+            "-q",
+            "--no-index",
+            "--no-build-isolation",
+            str(src),
+        ],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     # The venv's own copy is the one imported (not the checkout, not the system's).
-    r = subprocess.run([str(python), "-c", "import maekit; print(maekit.__file__)"], env=env,
-                       cwd=tmp_path, capture_output=True, text=True, timeout=60)  # fmt: skip
+    r = subprocess.run(
+        [str(python), "-c", "import maekit; print(maekit.__file__)"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0 and r.stdout.strip().startswith(str(venv)), r.stdout + r.stderr
     maekit = venv / "bin" / "maekit"
-    r = subprocess.run([str(maekit), "pretrain", "--help"], env=env, cwd=tmp_path,
-                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    r = subprocess.run(
+        [str(maekit), "pretrain", "--help"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
     assert "--data_path" in r.stdout and "--norm_pix_loss" in r.stdout
     # One version: the package metadata pip wrote is maekit.__version__.
-    r = subprocess.run([str(python), "-c", "import importlib.metadata as m; print(m.version('maekit'))"],
-                       env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)  # fmt: skip
+    r = subprocess.run(
+        [str(python), "-c", "import importlib.metadata as m; print(m.version('maekit'))"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.stdout.strip() == __version__
     r = subprocess.run(
         [str(maekit), "--version"], env=env, capture_output=True, text=True, timeout=60

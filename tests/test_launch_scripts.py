@@ -24,35 +24,67 @@ from maekit.cli import build_parser
 from tests.conftest import REPO
 
 LAUNCH = REPO / "scripts" / "launch"
-PHASE_SCRIPTS = ["pretrain.sh", "finetune.sh", "linprobe.sh", "pretrain_huge.sh",
-                 "convmae_pretrain.sh", "convmae_finetune.sh", "convmae_linprobe.sh"]  # fmt: skip
+PHASE_SCRIPTS = [
+    "pretrain.sh",
+    "finetune.sh",
+    "linprobe.sh",
+    "pretrain_huge.sh",
+    "convmae_pretrain.sh",
+    "convmae_finetune.sh",
+    "convmae_linprobe.sh",
+]
 ALL_SCRIPTS = ["common.sh", *PHASE_SCRIPTS, "slurm.sbatch"]
 
 # The seed's PLSC pre-training flags, verbatim and in order.
-SEED_PRETRAIN = ("--accum_iter 1 --batch_size 128 --model mae_vit_base_patch16 --norm_pix_loss "
-                 "--mask_ratio 0.75 --epochs 1600 --warmup_epochs 40 --blr 1.5e-4 --weight_decay 0.05")  # fmt: skip
+SEED_PRETRAIN = (
+    "--accum_iter 1 --batch_size 128 --model mae_vit_base_patch16 --norm_pix_loss "
+    "--mask_ratio 0.75 --epochs 1600 --warmup_epochs 40 --blr 1.5e-4 --weight_decay 0.05"
+)
 # The official MAE ViT-B fine-tuning recipe (FINETUNE.md; recipes.md agrees).
-FINETUNE_RECIPE = ("--batch_size 32 --model vit_base_patch16 --finetune {ckpt} --epochs 100 --blr 5e-4 "
-                   "--layer_decay 0.65 --weight_decay 0.05 --drop_path 0.1 --mixup 0.8 --cutmix 1.0 "
-                   "--reprob 0.25 --dist_eval")  # fmt: skip
+FINETUNE_RECIPE = (
+    "--batch_size 32 --model vit_base_patch16 --finetune {ckpt} --epochs 100 --blr 5e-4 "
+    "--layer_decay 0.65 --weight_decay 0.05 --drop_path 0.1 --mixup 0.8 --cutmix 1.0 "
+    "--reprob 0.25 --dist_eval"
+)
 
 # Settings the scripts read: cleared so the caller's environment cannot leak into a test.
-SETTINGS = ("NNODES", "NPROC_PER_NODE", "MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "RUN_ID",
-            "RDZV_BACKEND", "TORCHRUN", "DRY_RUN", "DATA_PATH", "OUTPUT_DIR", "PRETRAINED",
-            "CUDA_VISIBLE_DEVICES", "LAUNCH_DIR")  # fmt: skip
+SETTINGS = (
+    "NNODES",
+    "NPROC_PER_NODE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "NODE_RANK",
+    "RUN_ID",
+    "RDZV_BACKEND",
+    "TORCHRUN",
+    "DRY_RUN",
+    "DATA_PATH",
+    "OUTPUT_DIR",
+    "PRETRAINED",
+    "CUDA_VISIBLE_DEVICES",
+    "LAUNCH_DIR",
+)
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in SETTINGS and not k.startswith(("PADDLE_", "SLURM_"))}  # fmt: skip
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in SETTINGS and not k.startswith(("PADDLE_", "SLURM_"))
+    }
     env["OMP_NUM_THREADS"] = "1"
     env.update(extra)
     return env
 
 
 def dry_run(script: str, *args: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(LAUNCH / script), *args], env=clean_env(DRY_RUN="1", **env),
-                          capture_output=True, text=True, timeout=30)  # fmt: skip
+    return subprocess.run(
+        ["bash", str(LAUNCH / script), *args],
+        env=clean_env(DRY_RUN="1", **env),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
 def command(script: str, *args: str, **env: str) -> str:
@@ -103,8 +135,13 @@ def test_shellcheck_clean(name: str) -> None:
     )
     # From the repository root, as a user would run it; scripts/launch/.shellcheckrc makes it
     # follow `source common.sh`.
-    r = subprocess.run([exe, "--severity=style", f"scripts/launch/{name}"], cwd=REPO,
-                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    r = subprocess.run(
+        [exe, "--severity=style", f"scripts/launch/{name}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
 
 
@@ -144,11 +181,14 @@ def test_pretrain_huge_command_shards_with_fsdp() -> None:
 
 # script -> (phase, the effective batch on 4 nodes x 8 GPUs, the recipe's published batch)
 EFFECTIVE_BATCH = {
-    "pretrain.sh": ("pretrain", 4096), "pretrain_huge.sh": ("pretrain", 4096),
-    "finetune.sh": ("finetune", 1024), "linprobe.sh": ("linprobe", 16384),
+    "pretrain.sh": ("pretrain", 4096),
+    "pretrain_huge.sh": ("pretrain", 4096),
+    "finetune.sh": ("finetune", 1024),
+    "linprobe.sh": ("linprobe", 16384),
     "convmae_pretrain.sh": ("pretrain", 3072),  # the official ConvMAE run: 128 x 24 GPUs
-    "convmae_finetune.sh": ("finetune", 1024), "convmae_linprobe.sh": ("linprobe", 16384),
-}  # fmt: skip
+    "convmae_finetune.sh": ("finetune", 1024),
+    "convmae_linprobe.sh": ("linprobe", 16384),
+}
 
 
 @pytest.mark.parametrize("script", PHASE_SCRIPTS)
@@ -165,13 +205,20 @@ def test_effective_batch_is_the_recipes(script: str, nodes: int, accum: int) -> 
 
 def test_linprobe_commands_are_the_official_recipe() -> None:
     parser = build_parser()
-    for script, model, pool in (("linprobe.sh", "vit_base_patch16", "cls_token"),
-                                ("convmae_linprobe.sh", "convvit_base_patch16", "global_pool")):  # fmt: skip
+    for script, model, pool in (
+        ("linprobe.sh", "vit_base_patch16", "cls_token"),
+        ("convmae_linprobe.sh", "convvit_base_patch16", "global_pool"),
+    ):
         phase, args = maekit_args(command(script, PRETRAINED="/c/p.pth", DATA_PATH="/d"))
         ns = parser.parse_args([phase, *args])
         assert (phase, ns.model, ns.finetune, ns.data_path) == ("linprobe", model, "/c/p.pth", "/d")
         assert (ns.epochs, ns.warmup_epochs, ns.blr, ns.weight_decay, ns.dist_eval) == (
-            90, 10, 0.1, 0.0, True)  # fmt: skip
+            90,
+            10,
+            0.1,
+            0.0,
+            True,
+        )
         assert getattr(ns, pool) is True
 
 
@@ -180,7 +227,13 @@ def test_convmae_commands() -> None:
     _, args = maekit_args(command("convmae_pretrain.sh"))
     ns = parser.parse_args(["pretrain", *args])
     assert (ns.model, ns.norm_pix_loss, ns.mask_ratio, ns.epochs, ns.warmup_epochs, ns.blr) == (
-        "convmae_convvit_base_patch16", True, 0.75, 1600, 40, 1.5e-4)  # fmt: skip
+        "convmae_convvit_base_patch16",
+        True,
+        0.75,
+        1600,
+        40,
+        1.5e-4,
+    )
     assert ns.output_dir == "runs/convmae_base_1600ep"
     _, args = maekit_args(command("convmae_finetune.sh"))
     ns = parser.parse_args(["finetune", *args])
@@ -189,15 +242,23 @@ def test_convmae_commands() -> None:
         "runs/convmae_base_1600ep/checkpoint-1599.pth",
     )
     assert (ns.epochs, ns.blr, ns.layer_decay, ns.drop_path, ns.mixup, ns.cutmix, ns.reprob) == (
-        100, 5e-4, 0.65, 0.1, 0.8, 1.0, 0.25)  # fmt: skip
+        100,
+        5e-4,
+        0.65,
+        0.1,
+        0.8,
+        1.0,
+        0.25,
+    )
     _, args = maekit_args(command("convmae_linprobe.sh"))
     assert "runs/convmae_base_1600ep/checkpoint-1599.pth" in args
 
 
 @pytest.mark.parametrize("script", PHASE_SCRIPTS)
 def test_seed_variables_map_to_torchrun(script: str) -> None:
-    line = command(script, CUDA_VISIBLE_DEVICES="0,1,2,3", PADDLE_NNODES="4",
-                   PADDLE_MASTER="10.0.0.1:8090")  # fmt: skip
+    line = command(
+        script, CUDA_VISIBLE_DEVICES="0,1,2,3", PADDLE_NNODES="4", PADDLE_MASTER="10.0.0.1:8090"
+    )
     # CUDA_VISIBLE_DEVICES stays as it is; torchrun starts one process per listed GPU.
     assert line.startswith("CUDA_VISIBLE_DEVICES=0,1,2,3 torchrun --nnodes 4 --nproc_per_node 4 ")
     assert " --rdzv_backend c10d --rdzv_endpoint 10.0.0.1:8090 " in line
@@ -205,24 +266,34 @@ def test_seed_variables_map_to_torchrun(script: str) -> None:
 
 
 def test_own_variables_win_over_the_seeds() -> None:
-    line = command("pretrain.sh", NNODES="2", PADDLE_NNODES="4", NPROC_PER_NODE="8",
-                   CUDA_VISIBLE_DEVICES="0,1", MASTER_ADDR="head", MASTER_PORT="1234",
-                   PADDLE_MASTER="10.0.0.1:8090", RUN_ID="exp7")  # fmt: skip
+    line = command(
+        "pretrain.sh",
+        NNODES="2",
+        PADDLE_NNODES="4",
+        NPROC_PER_NODE="8",
+        CUDA_VISIBLE_DEVICES="0,1",
+        MASTER_ADDR="head",
+        MASTER_PORT="1234",
+        PADDLE_MASTER="10.0.0.1:8090",
+        RUN_ID="exp7",
+    )
     assert " --nnodes 2 --nproc_per_node 8 " in line
     assert " --rdzv_endpoint head:1234 --rdzv_id exp7 " in line
     # PADDLE_MASTER without a port: the default port; MASTER_PORT alone changes only the port.
     assert " --rdzv_endpoint h0:29500 " in command(
         "pretrain.sh", PADDLE_NNODES="2", PADDLE_MASTER="h0"
     )
-    assert " --rdzv_endpoint 10.0.0.1:600 " in command("pretrain.sh", PADDLE_MASTER="10.0.0.1:8090",
-                                                       MASTER_PORT="600")  # fmt: skip
+    assert " --rdzv_endpoint 10.0.0.1:600 " in command(
+        "pretrain.sh", PADDLE_MASTER="10.0.0.1:8090", MASTER_PORT="600"
+    )
     # No GPUs listed and no NPROC_PER_NODE: torchrun counts the node's GPUs.
     assert " --nproc_per_node gpu " in command("pretrain.sh")
 
 
 def test_static_backend_takes_the_node_rank() -> None:
-    line = command("pretrain.sh", NNODES="4", MASTER_ADDR="node0", RDZV_BACKEND="static",
-                   SLURM_NODEID="2")  # fmt: skip
+    line = command(
+        "pretrain.sh", NNODES="4", MASTER_ADDR="node0", RDZV_BACKEND="static", SLURM_NODEID="2"
+    )
     assert (
         " --nnodes 4 --nproc_per_node gpu --node_rank 2 --rdzv_backend static --rdzv_endpoint node0:29500 "
         in line
@@ -241,7 +312,12 @@ def test_extra_arguments_come_last_and_override_the_recipe() -> None:
     # The recipe's other flags are maekit's own flag names and keep their values.
     assert (ns.epochs, ns.output_dir) == (800, "/tmp/with space")
     assert (ns.batch_size, ns.accum_iter, ns.model, ns.norm_pix_loss, ns.mask_ratio) == (
-        128, 1, "mae_vit_base_patch16", True, 0.75)  # fmt: skip
+        128,
+        1,
+        "mae_vit_base_patch16",
+        True,
+        0.75,
+    )
     assert (ns.warmup_epochs, ns.blr, ns.weight_decay) == (40, 1.5e-4, 0.05)
 
 
@@ -293,22 +369,55 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-TINY = ["--model", "mae_vit_tiny_patch16", "--input_size", "32", "--patch_size", "8",
-        "--batch_size", "4", "--epochs", "1", "--warmup_epochs", "1", "--max_train_step", "2",
-        "--num_workers", "0", "--print_freq", "2", "--blr", "1e-3", "--device", "cpu"]  # fmt: skip
+TINY = [
+    "--model",
+    "mae_vit_tiny_patch16",
+    "--input_size",
+    "32",
+    "--patch_size",
+    "8",
+    "--batch_size",
+    "4",
+    "--epochs",
+    "1",
+    "--warmup_epochs",
+    "1",
+    "--max_train_step",
+    "2",
+    "--num_workers",
+    "0",
+    "--print_freq",
+    "2",
+    "--blr",
+    "1e-3",
+    "--device",
+    "cpu",
+]
 
 
 def test_pretrain_script_runs_torchrun_with_two_cpu_processes(
     image_folder: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "run"
-    env = clean_env(NNODES="1", NPROC_PER_NODE="2", MASTER_PORT=str(free_port()),
-                    TORCHRUN=f"{sys.executable} -m torch.distributed.run",
-                    DATA_PATH=str(image_folder), OUTPUT_DIR=str(out), PYTHONUNBUFFERED="1",
-                    PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))  # fmt: skip
-    proc = subprocess.Popen(["bash", str(LAUNCH / "pretrain.sh"), *TINY], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # fmt: skip
+    env = clean_env(
+        NNODES="1",
+        NPROC_PER_NODE="2",
+        MASTER_PORT=str(free_port()),
+        TORCHRUN=f"{sys.executable} -m torch.distributed.run",
+        DATA_PATH=str(image_folder),
+        OUTPUT_DIR=str(out),
+        PYTHONUNBUFFERED="1",
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    )
+    proc = subprocess.Popen(
+        ["bash", str(LAUNCH / "pretrain.sh"), *TINY],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         stdout, stderr = proc.communicate(timeout=240)
     except subprocess.TimeoutExpired:
@@ -325,7 +434,11 @@ def test_pretrain_script_runs_torchrun_with_two_cpu_processes(
     assert (out / "checkpoint-0.pth").is_file() and (out / "checkpoint-last.pth").is_file()
     cfg = json.loads((out / "config.json").read_text())
     assert (cfg["model"], cfg["epochs"], cfg["norm_pix_loss"], cfg["mask_ratio"]) == (
-        "mae_vit_tiny_patch16", 1, True, 0.75)  # fmt: skip
+        "mae_vit_tiny_patch16",
+        1,
+        True,
+        0.75,
+    )
 
 
 # --------------------------------------------------------------------------- SLURM
@@ -374,10 +487,16 @@ def fake_slurm(tmp_path: Path) -> dict[str, str]:
     for name, text in (("scontrol", FAKE_SCONTROL), ("srun", FAKE_SRUN), ("scancel", FAKE_SCANCEL)):
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
-    return clean_env(PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", FAKE_LOG=str(log),
-                     SLURM_JOB_ID="4242", SLURM_JOB_NODELIST="node-[a-d]", SLURM_JOB_NUM_NODES="4",
-                     SLURM_NNODES="4", SLURM_SUBMIT_DIR=str(REPO),
-                     CUDA_VISIBLE_DEVICES="0,1,2,3,4,5,6,7")  # fmt: skip
+    return clean_env(
+        PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        FAKE_LOG=str(log),
+        SLURM_JOB_ID="4242",
+        SLURM_JOB_NODELIST="node-[a-d]",
+        SLURM_JOB_NUM_NODES="4",
+        SLURM_NNODES="4",
+        SLURM_SUBMIT_DIR=str(REPO),
+        CUDA_VISIBLE_DEVICES="0,1,2,3,4,5,6,7",
+    )
 
 
 def calls(env: dict) -> list[str]:
@@ -390,8 +509,14 @@ def test_sbatch_starts_one_torchrun_per_node(
     fake_slurm: dict, tmp_path: Path, backend: str
 ) -> None:
     env = {**fake_slurm, "SLURM_JOB_NAME": "mae_b", "RDZV_BACKEND": backend}
-    r = subprocess.run(["bash", str(LAUNCH / "slurm.sbatch"), "pretrain", "--epochs", "3"], cwd=tmp_path,
-                       env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    r = subprocess.run(
+        ["bash", str(LAUNCH / "slurm.sbatch"), "pretrain", "--epochs", "3"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     srun = [c for c in calls(env) if c.startswith("srun ")]
     assert len(srun) == 1 and srun[0].startswith("srun --nodes=4 --ntasks-per-node=1 ")
@@ -417,8 +542,14 @@ def test_sbatch_starts_one_torchrun_per_node(
 def test_sbatch_runs_the_new_launch_scripts_by_name(
     fake_slurm: dict, tmp_path: Path, name: str
 ) -> None:
-    r = subprocess.run(["bash", str(LAUNCH / "slurm.sbatch"), name], cwd=tmp_path, env=fake_slurm,
-                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    r = subprocess.run(
+        ["bash", str(LAUNCH / "slurm.sbatch"), name],
+        cwd=tmp_path,
+        env=fake_slurm,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     (srun,) = [c for c in calls(fake_slurm) if c.startswith("srun ")]
     assert srun.endswith(f" {LAUNCH / (name + '.sh')}")
@@ -428,8 +559,14 @@ def test_sbatch_runs_the_new_launch_scripts_by_name(
 
 
 def test_sbatch_rejects_an_unknown_phase(fake_slurm: dict, tmp_path: Path) -> None:
-    r = subprocess.run(["bash", str(LAUNCH / "slurm.sbatch"), "pretrian"], cwd=tmp_path,
-                       env=fake_slurm, capture_output=True, text=True, timeout=30)  # fmt: skip
+    r = subprocess.run(
+        ["bash", str(LAUNCH / "slurm.sbatch"), "pretrian"],
+        cwd=tmp_path,
+        env=fake_slurm,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert r.returncode == 2 and "no launch script" in r.stderr and not calls(fake_slurm)
 
 
@@ -440,9 +577,15 @@ def run_until_signal(
     to the step too when ``also_step``, as SLURM does for preemption), wait for it to end."""
     env = {**env, "FAKE_STEP_SECONDS": "60"}
     pid_file = Path(env["FAKE_LOG"]) / "srun.pid"
-    proc = subprocess.Popen(["bash", str(LAUNCH / "slurm.sbatch"), "pretrain"], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        ["bash", str(LAUNCH / "slurm.sbatch"), "pretrain"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 30
         while not pid_file.exists():
@@ -475,8 +618,9 @@ def test_sbatch_on_sigusr1_stops_the_steps_gracefully_and_requeues(
 
 
 @pytest.mark.parametrize(("state", "requeued"), [("RUNNING", True), ("CANCELLED", False)])
-def test_sbatch_on_sigterm_requeues_unless_cancelled(fake_slurm: dict, tmp_path: Path, state: str,
-                                                     requeued: bool) -> None:  # fmt: skip
+def test_sbatch_on_sigterm_requeues_unless_cancelled(
+    fake_slurm: dict, tmp_path: Path, state: str, requeued: bool
+) -> None:
     env = {**fake_slurm, "FAKE_JOB_STATE": state}
     r = run_until_signal(env, tmp_path, signal.SIGTERM, also_step=True)
     assert r.returncode == 0, r.stderr

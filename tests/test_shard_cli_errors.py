@@ -14,8 +14,22 @@ import pytest
 from maekit.data.shards.write import write_shards
 from tests.conftest import write_image_folder
 
-TINY = ["--input_size", "32", "--patch_size", "8", "--batch_size", "2", "--epochs", "1",
-        "--warmup_epochs", "0", "--device", "cpu", "--num_workers", "0"]  # fmt: skip
+TINY = [
+    "--input_size",
+    "32",
+    "--patch_size",
+    "8",
+    "--batch_size",
+    "2",
+    "--epochs",
+    "1",
+    "--warmup_epochs",
+    "0",
+    "--device",
+    "cpu",
+    "--num_workers",
+    "0",
+]
 PRE = ["pretrain", "--model", "mae_vit_tiny_patch16", *TINY]
 
 # name -> (argv relative to the scratch dir, command, text the error line must contain)
@@ -28,28 +42,28 @@ CASES: dict[str, tuple[list[str], str, str]] = {
         [*PRE, "--data_path", "URL/bare/shard-000000.tar"],
         "pretrain",
         "need the manifest",
-    ),  # fmt: skip
+    ),
     "pattern_matches_nothing": (
         [*PRE, "--data_path", "shards/train/shard-{000007..000009}.tar"],
         "pretrain",
         "no shard file",
-    ),  # fmt: skip
+    ),
     "corrupt_tar": ([*PRE, "--data_path", "corrupt/*.tar"], "pretrain", "not a readable tar file"),
     "broken_shard_in_worker": (
         [*PRE[:-1], "2", "--data_path", "broken"],
         "pretrain",
         "not a readable tar file",
-    ),  # fmt: skip
+    ),
     "no_val_shards": (
         ["finetune", "--model", "vit_tiny_patch16", *TINY, "--data_path", "flat_shards"],
         "finetune",
         "val/shards.json",
-    ),  # fmt: skip
+    ),
     "knn_on_shards": (
         ["knn", "--random_init", "--model", "vit_tiny_patch16", "--data_path", "shards"],
         "knn",
         "not tar shards",
-    ),  # fmt: skip
+    ),
 }
 
 
@@ -72,8 +86,14 @@ def scratch(tmp_path_factory) -> Path:
 def run_maekit(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     args = [a.replace("URL/", f"file://{cwd}/") for a in args]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": ""}
-    return subprocess.run([sys.executable, "-m", "maekit", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=240)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "maekit", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
 
 
 @pytest.fixture(scope="module")

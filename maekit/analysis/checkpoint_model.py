@@ -57,7 +57,9 @@ def read_state(path: str) -> tuple[dict[str, torch.Tensor], dict]:
         or not state
         or not all(isinstance(v, torch.Tensor) for v in state.values())
     ):
-        raise MaekitError(f"--checkpoint {path} holds no state dict (expected a 'model' entry of tensors)")  # fmt: skip
+        raise MaekitError(
+            f"--checkpoint {path} holds no state dict (expected a 'model' entry of tensors)"
+        )
     args = ckpt.get("args") if isinstance(ckpt.get("args"), dict) else {}
     return strip_prefixes(state)[0], args
 
@@ -72,8 +74,10 @@ def load_checkpoint_model(
     state, args = ({}, {}) if random_init else read_state(cfg.checkpoint)
     name = cfg.model or args.get("model")
     if not name:
-        raise MaekitError(f"--checkpoint {cfg.checkpoint} has no saved config (args); pass --model "
-                          "(and --input_size/--patch_size if not the model's defaults)")  # fmt: skip
+        raise MaekitError(
+            f"--checkpoint {cfg.checkpoint} has no saved config (args); pass --model "
+            "(and --input_size/--patch_size if not the model's defaults)"
+        )
     entry = get_entry(name)
     input_size = cfg.input_size or args.get("input_size") or entry.defaults.get("img_size", 224)
     patch_size = cfg.patch_size or args.get("patch_size")
@@ -99,21 +103,33 @@ def load_checkpoint_model(
         source = cfg.checkpoint
         wrong = shape_mismatches(state, model)
         if wrong:
-            raise shape_error(f"--checkpoint {cfg.checkpoint}", state, model, wrong,
-                              f"pass the --model/--input_size/--patch_size it was trained with "
-                              f"(now {name} at {input_size} px)")  # fmt: skip
+            raise shape_error(
+                f"--checkpoint {cfg.checkpoint}",
+                state,
+                model,
+                wrong,
+                f"pass the --model/--input_size/--patch_size it was trained with "
+                f"(now {name} at {input_size} px)",
+            )
         result = model.load_state_dict(state, strict=False)
         decoder_missing = [k for k in result.missing_keys if _is_decoder_key(k)]
         missing = [k for k in result.missing_keys if not _is_decoder_key(k)]
         unexpected = [k for k in result.unexpected_keys if not _is_decoder_key(k)]
         if missing or unexpected:
-            raise keys_error(f"--checkpoint {cfg.checkpoint}", model, missing, unexpected,
-                             f"pass the --model it was trained with (now {name})")  # fmt: skip
+            raise keys_error(
+                f"--checkpoint {cfg.checkpoint}",
+                model,
+                missing,
+                unexpected,
+                f"pass the --model it was trained with (now {name})",
+            )
         has_decoder = has_decoder and not decoder_missing
     if need_decoder and not has_decoder:
         what = "a fine-tuned encoder" if entry.kind == "encoder" else "encoder-only weights"
-        raise MaekitError(f"--checkpoint {cfg.checkpoint} is {what} ({name}) without the MAE decoder; "
-                          "reconstructions need a full pre-training checkpoint")  # fmt: skip
+        raise MaekitError(
+            f"--checkpoint {cfg.checkpoint} is {what} ({name}) without the MAE decoder; "
+            "reconstructions need a full pre-training checkpoint"
+        )
     model.eval()
     mean, std = cfg.mean, cfg.std
     saved_mean, saved_std = args.get("mean"), args.get("std")
@@ -123,5 +139,6 @@ def load_checkpoint_model(
         std = saved_std
     check_stats(mean, std, in_chans)
     mean, std = resolve_stats(in_chans, mean, std)
-    return CheckpointModel(model, name, entry.kind, input_size, in_chans, norm_pix_loss,
-                           has_decoder, source, mean, std)  # fmt: skip
+    return CheckpointModel(
+        model, name, entry.kind, input_size, in_chans, norm_pix_loss, has_decoder, source, mean, std
+    )

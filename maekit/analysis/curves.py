@@ -109,8 +109,10 @@ def run(cfg: PlotConfig) -> Path:
     known = set(find_metrics(runs)) | {k for recs in runs.values() for r in recs for k in r}
     unknown = [m for m in cfg.metrics if m not in known]
     if unknown:
-        raise MaekitError(f"--metrics {' '.join(unknown)} not in the logs; they have: "
-                          + ", ".join(find_metrics(runs)))  # fmt: skip
+        raise MaekitError(
+            f"--metrics {' '.join(unknown)} not in the logs; they have: "
+            + ", ".join(find_metrics(runs))
+        )
     out = Path(
         cfg.out
         or (Path(cfg.output_dirs[0]) / "curves.png" if len(cfg.output_dirs) == 1 else "curves.png")

@@ -93,17 +93,29 @@ def extract_features(
     """(features float32, labels int64) of the whole dataset on rank 0, in dataset order; (None,
     None) on the other ranks. Every rank must call it (it ends in a collective)."""
     if len(dataset) < env.world_size:
-        raise MaekitError(f"{len(dataset)} images for {env.world_size} processes; "
-                          "run with fewer processes")  # fmt: skip
+        raise MaekitError(
+            f"{len(dataset)} images for {env.world_size} processes; run with fewer processes"
+        )
     was_training = model.training
     model.eval()
     sampler = RankSplitSampler(len(dataset), env.rank, env.world_size)
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                        pin_memory=env.device.type == "cuda", worker_init_fn=ignore_stop_signals)  # fmt: skip
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        pin_memory=env.device.type == "cuda",
+        worker_init_fn=ignore_stop_signals,
+    )
     feats, labels = [], []
     # On a terminal a live bar; in a log file a line every 30 s instead of a carriage-return stream.
-    bar = tqdm(loader, desc=desc, disable=not (progress and env.is_main), dynamic_ncols=True,
-               mininterval=0.1 if sys.stderr.isatty() else 30.0)  # fmt: skip
+    bar = tqdm(
+        loader,
+        desc=desc,
+        disable=not (progress and env.is_main),
+        dynamic_ncols=True,
+        mininterval=0.1 if sys.stderr.isatty() else 30.0,
+    )
     for imgs, targets in bar:
         imgs = imgs.to(env.device, non_blocking=True)
         with precision.autocast():
@@ -173,8 +185,10 @@ def load_features(path: str | Path) -> tuple[torch.Tensor, torch.Tensor, dict]:
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as f:
-            meta = {k: (json.loads(v) if k in ("names", "classes") else v)
-                    for k, v in (f.metadata() or {}).items()}  # fmt: skip
+            meta = {
+                k: (json.loads(v) if k in ("names", "classes") else v)
+                for k, v in (f.metadata() or {}).items()
+            }
             return f.get_tensor("features"), f.get_tensor("labels"), meta
     meta = json.loads(path.with_suffix(".json").read_text())
     labels = torch.tensor(meta.pop("labels"), dtype=torch.int64)
@@ -205,18 +219,33 @@ def run(cfg: ExtractConfig) -> Path | None:
         precision = resolve_precision(cfg.amp, env.device)
         workers = loader_workers(cfg.num_workers)
         if env.is_main:
-            print(f"encoding {len(dataset)} {cfg.split} images of {cfg.data_path} with {loaded.name} "
-                  f"({loaded.source}), pool {cfg.pool}, on {env.device} x {env.world_size}",
-                  file=sys.stderr)  # fmt: skip
-        feats, labels = extract_features(model, dataset, cfg.pool, cfg.batch_size, env, precision,
-                                         workers, desc=f"extract {cfg.split}")  # fmt: skip
+            print(
+                f"encoding {len(dataset)} {cfg.split} images of {cfg.data_path} with {loaded.name} "
+                f"({loaded.source}), pool {cfg.pool}, on {env.device} x {env.world_size}",
+                file=sys.stderr,
+            )
+        feats, labels = extract_features(
+            model,
+            dataset,
+            cfg.pool,
+            cfg.batch_size,
+            env,
+            precision,
+            workers,
+            desc=f"extract {cfg.split}",
+        )
         if not env.is_main:
             return None
         if not labeled:
             labels = torch.full_like(labels, -1)
         base = dataset.dataset
-        meta = {"classes": list(getattr(base, "classes", ())) if labeled else [], "pool": cfg.pool,
-                "model": loaded.name, "checkpoint": loaded.source, "split": cfg.split}  # fmt: skip
+        meta = {
+            "classes": list(getattr(base, "classes", ())) if labeled else [],
+            "pool": cfg.pool,
+            "model": loaded.name,
+            "checkpoint": loaded.source,
+            "split": cfg.split,
+        }
         written = save_features(
             out, feats, labels, sample_names(dataset, cfg.data_path, cfg.split), meta
         )

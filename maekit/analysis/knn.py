@@ -62,8 +62,11 @@ def knn_accuracy(
     top = scores.topk(min(5, num_classes), dim=1).indices  # (Q, 5)
     hit = top.eq(query_labels.to(top.device)[:, None])
     n = max(len(query_labels), 1)
-    return {"acc1": 100.0 * hit[:, 0].sum().item() / n,
-            "acc5": 100.0 * hit.any(dim=1).sum().item() / n, "n": len(query_labels)}  # fmt: skip
+    return {
+        "acc1": 100.0 * hit[:, 0].sum().item() / n,
+        "acc5": 100.0 * hit.any(dim=1).sum().item() / n,
+        "n": len(query_labels),
+    }
 
 
 def labeled_splits(data_path: str, transform) -> tuple[Dataset, Dataset, int]:
@@ -75,16 +78,22 @@ def labeled_splits(data_path: str, transform) -> tuple[Dataset, Dataset, int]:
     if data_path not in BUILTIN and Path(data_path).is_dir():
         missing = [s for s in ("train", "val") if not (Path(data_path) / s).is_dir()]
         if missing:
-            raise MaekitError(f"k-NN needs labels: --data_path {data_path} has no {' or '.join(m + '/' for m in missing)} folder; "
-                              "give train/ and val/ class folders, or 'fashion-mnist'")  # fmt: skip
+            raise MaekitError(
+                f"k-NN needs labels: --data_path {data_path} has no {' or '.join(m + '/' for m in missing)} folder; "
+                "give train/ and val/ class folders, or 'fashion-mnist'"
+            )
     bank = build_dataset(data_path, "train", transform)
     queries = build_dataset(data_path, "val", transform)
     for split, ds in (("train", bank), ("val", queries)):
         if not is_labeled(ds):
-            raise MaekitError(f"k-NN needs labels: {data_path}/{split} holds images without class folders "
-                              "(at least two classes are needed); give class sub-folders")  # fmt: skip
+            raise MaekitError(
+                f"k-NN needs labels: {data_path}/{split} holds images without class folders "
+                "(at least two classes are needed); give class sub-folders"
+            )
     if list(bank.classes) != list(queries.classes):
-        raise MaekitError(f"train/ and val/ of {data_path} have different class folders; k-NN needs the same")  # fmt: skip
+        raise MaekitError(
+            f"train/ and val/ of {data_path} have different class folders; k-NN needs the same"
+        )
     return bank, queries, len(bank.classes)
 
 
@@ -104,14 +113,21 @@ def knn_evaluate(
 ) -> dict[str, float]:
     """Encode bank and queries (sharded over the processes), classify on rank 0, and return the
     result on every rank. Every rank must call it."""
-    kw = dict(pool=pool, batch_size=batch_size, env=env, precision=precision,
-              num_workers=num_workers, progress=progress)  # fmt: skip
+    kw = dict(
+        pool=pool,
+        batch_size=batch_size,
+        env=env,
+        precision=precision,
+        num_workers=num_workers,
+        progress=progress,
+    )
     bank_feats, bank_labels = extract_features(model, bank, desc="knn bank", **kw)
     query_feats, query_labels = extract_features(model, queries, desc="knn queries", **kw)
     result = None
     if env.is_main:
-        result = knn_accuracy(bank_feats, bank_labels, query_feats, query_labels, num_classes,
-                              k, temperature)  # fmt: skip
+        result = knn_accuracy(
+            bank_feats, bank_labels, query_feats, query_labels, num_classes, k, temperature
+        )
         result["bank"] = len(bank)
     return broadcast_object(result)
 
@@ -136,12 +152,24 @@ def knn_monitor(
         if (epoch + 1) % every and epoch + 1 != epochs:
             return {}
         with gathered(model):  # fsdp: whole blocks, no collectives inside the forwards
-            r = knn_evaluate(model, bank, queries, num_classes, env, precision, pool,
-                             batch_size=batch_size, num_workers=num_workers,
-                             progress=sys.stderr.isatty())  # fmt: skip
+            r = knn_evaluate(
+                model,
+                bank,
+                queries,
+                num_classes,
+                env,
+                precision,
+                pool,
+                batch_size=batch_size,
+                num_workers=num_workers,
+                progress=sys.stderr.isatty(),
+            )
         if env.is_main:
-            print(f"epoch {epoch}: knn top-1 {r['acc1']:.2f}%  top-5 {r['acc5']:.2f}%  "
-                  f"({r['n']} queries, bank {r['bank']})", flush=True)  # fmt: skip
+            print(
+                f"epoch {epoch}: knn top-1 {r['acc1']:.2f}%  top-5 {r['acc5']:.2f}%  "
+                f"({r['n']} queries, bank {r['bank']})",
+                flush=True,
+            )
         return {"knn_acc1": r["acc1"], "knn_acc5": r["acc5"]}
 
     return metrics
@@ -164,12 +192,25 @@ def run(cfg: KnnConfig) -> dict[str, float]:
         precision = resolve_precision(cfg.amp, env.device)
         workers = loader_workers(cfg.num_workers)
         model = loaded.model.to(env.device)
-        result = knn_evaluate(model, bank, queries, num_classes, env, precision, cfg.pool, cfg.k,
-                              cfg.temperature, cfg.batch_size, workers)  # fmt: skip
+        result = knn_evaluate(
+            model,
+            bank,
+            queries,
+            num_classes,
+            env,
+            precision,
+            cfg.pool,
+            cfg.k,
+            cfg.temperature,
+            cfg.batch_size,
+            workers,
+        )
         if env.is_main:
-            print(f"knn {loaded.name} ({loaded.source}) on {cfg.data_path}: top-1 {result['acc1']:.2f}%  "
-                  f"top-5 {result['acc5']:.2f}%  ({result['n']} val queries, bank of {result['bank']} "
-                  f"train images, k={cfg.k}, T={cfg.temperature}, pool {cfg.pool})")  # fmt: skip
+            print(
+                f"knn {loaded.name} ({loaded.source}) on {cfg.data_path}: top-1 {result['acc1']:.2f}%  "
+                f"top-5 {result['acc5']:.2f}%  ({result['n']} val queries, bank of {result['bank']} "
+                f"train images, k={cfg.k}, T={cfg.temperature}, pool {cfg.pool})"
+            )
         return result
     finally:
         shutdown()

@@ -143,8 +143,10 @@ class GridLayout:
     @property
     def size(self) -> tuple[int, int]:
         """(width, height) of the whole picture."""
-        return (self.cols * self.cell + (self.cols + 1) * self.pad,
-                self.top + self.rows * self.height + (self.rows + 1) * self.pad)  # fmt: skip
+        return (
+            self.cols * self.cell + (self.cols + 1) * self.pad,
+            self.top + self.rows * self.height + (self.rows + 1) * self.pad,
+        )
 
     def cell_box(self, row: int, col: int) -> tuple[int, int, int, int]:
         """(left, upper, right, lower) of one cell, PIL crop order."""
@@ -166,8 +168,13 @@ def render_grid(
     lines = _wrap(title, font, width - 2 * pad, probe)
     line_h = int(probe.textbbox((0, 0), "Ag", font=font)[3]) + 3
     head_h = int(probe.textbbox((0, 0), "Ag", font=small)[3]) + 6
-    layout = GridLayout(rows=n, cell=cell, pad=pad, top=pad + line_h * len(lines) + head_h,
-                        cell_h=None if h == w else h * scale)  # fmt: skip
+    layout = GridLayout(
+        rows=n,
+        cell=cell,
+        pad=pad,
+        top=pad + line_h * len(lines) + head_h,
+        cell_h=None if h == w else h * scale,
+    )
     canvas = Image.new("RGB", layout.size, (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     for i, line in enumerate(lines):
@@ -175,7 +182,12 @@ def render_grid(
     for c, name in enumerate(COLUMNS[: len(columns)]):
         x0 = layout.cell_box(0, c)[0]
         tw = draw.textlength(name, font=small)
-        draw.text((x0 + max(0, (cell - tw) / 2), layout.top - head_h + 2), name, fill=(60, 60, 60), font=small)  # fmt: skip
+        draw.text(
+            (x0 + max(0, (cell - tw) / 2), layout.top - head_h + 2),
+            name,
+            fill=(60, 60, 60),
+            font=small,
+        )
     for c, col in enumerate(columns):
         for r in range(n):
             up = col[r].repeat(scale, axis=0).repeat(scale, axis=1)
@@ -183,11 +195,20 @@ def render_grid(
     return canvas, layout
 
 
-def describe(name: str, input_size: int | list[int], patch_size: int, mask_ratio: float, seed: int,
-             norm_pix: bool) -> str:  # fmt: skip
+def describe(
+    name: str,
+    input_size: int | list[int],
+    patch_size: int,
+    mask_ratio: float,
+    seed: int,
+    norm_pix: bool,
+) -> str:
     """The figure title: what was run, and how the predictions were turned into pixels."""
-    how = ("norm_pix_loss model: predictions de-normalised with each patch's own mean/var"
-           if norm_pix else "pixel-target model: predictions shown as they are")  # fmt: skip
+    how = (
+        "norm_pix_loss model: predictions de-normalised with each patch's own mean/var"
+        if norm_pix
+        else "pixel-target model: predictions shown as they are"
+    )
     size = input_size if isinstance(input_size, int) else "x".join(map(str, input_size))
     return f"{name} ({size} px, patch {patch_size}), mask ratio {mask_ratio:g}, seed {seed}. {how}"
 
@@ -254,14 +275,22 @@ def run(cfg: VisualizeConfig) -> Path:
     columns = grid_columns(original, recon_px, mask_px.cpu().numpy())
     columns = [np.repeat(c, 3, axis=-1) if c.shape[-1] == 1 else c for c in columns]  # gray -> RGB
     scale = cfg.scale or max(1, math.ceil(112 / min(to_2tuple(loaded.input_size))))
-    title = describe(loaded.name, loaded.input_size, model.patch_size, cfg.mask_ratio, cfg.seed,
-                     bool(model.norm_pix_loss))  # fmt: skip
+    title = describe(
+        loaded.name,
+        loaded.input_size,
+        model.patch_size,
+        cfg.mask_ratio,
+        cfg.seed,
+        bool(model.norm_pix_loss),
+    )
     picture, _ = render_grid(columns, title, scale)
     try:
         picture.save(out)
     except OSError as e:
         raise MaekitError(f"could not write {out}: {e.strerror or e}; choose another --out") from e
     shown = lambda v: "/".join(f"{x:g}" for x in v)  # noqa: E731
-    print(f"wrote {out}: {len(original)} images, {title} Inputs normalised with mean {shown(loaded.mean)}, "
-          f"std {shown(loaded.std)}.")  # fmt: skip
+    print(
+        f"wrote {out}: {len(original)} images, {title} Inputs normalised with mean {shown(loaded.mean)}, "
+        f"std {shown(loaded.std)}."
+    )
     return out

@@ -61,8 +61,14 @@ def validation_split(cfg, train_set: Dataset) -> tuple[Dataset, Dataset | None, 
     if cfg.data_path in BUILTIN or Path(cfg.data_path, "val").is_dir():
         val_set, where = build_dataset(cfg.data_path, "val", transform, cfg.max_pixels), "val/"
     elif cfg.val_frac is None:  # the official recipe trains on every image: no silent hold-out
-        return train_set, None, ("validation: off, no val/ folder; --val_frac 0.01 holds out 1% of the "
-                                 "training images for val_loss and the reconstruction grids")  # fmt: skip
+        return (
+            train_set,
+            None,
+            (
+                "validation: off, no val/ folder; --val_frac 0.01 holds out 1% of the "
+                "training images for val_loss and the reconstruction grids"
+            ),
+        )
     elif cfg.gpu_decode:
         return train_set, None, "validation: off (--gpu_decode without a val/ folder)"
     else:
@@ -111,17 +117,30 @@ class ReconstructionWatch:
     """epoch -> {'val_loss': ...} on the epochs it runs; writes the grids. Every rank calls it
     (the loss is summed over ranks); ``model`` is the bare module, not the DDP wrapper."""
 
-    def __init__(self, cfg, model: torch.nn.Module, val_set: Dataset, env: DistEnv,
-                 precision: Precision, recorder: RunRecorder, output_dir: Path,
-                 num_workers: int) -> None:  # fmt: skip
+    def __init__(
+        self,
+        cfg,
+        model: torch.nn.Module,
+        val_set: Dataset,
+        env: DistEnv,
+        precision: Precision,
+        recorder: RunRecorder,
+        output_dir: Path,
+        num_workers: int,
+    ) -> None:
         self.cfg, self.model, self.val_set, self.env = cfg, model, val_set, env
         self.precision, self.recorder, self.output_dir = precision, recorder, output_dir
         sampler = RankSplitSampler(
             len(val_set), env.rank, env.world_size
         )  # exact shares, no padding
-        self.loader = DataLoader(SkipUnreadable(_Indexed(val_set)), batch_size=cfg.batch_size,
-                                 sampler=sampler, num_workers=num_workers, collate_fn=_collate,
-                                 generator=torch.Generator())  # fmt: skip
+        self.loader = DataLoader(
+            SkipUnreadable(_Indexed(val_set)),
+            batch_size=cfg.batch_size,
+            sampler=sampler,
+            num_workers=num_workers,
+            collate_fn=_collate,
+            generator=torch.Generator(),
+        )
         self.noise: torch.Tensor | None = None  # (N_val, L) uniform noise: the fixed masks
         self.last_grid: Path | None = None
 
@@ -133,8 +152,10 @@ class ReconstructionWatch:
         if self._due(self.cfg.val_freq, epoch):
             out["val_loss"] = self.val_loss()
             if self.env.is_main:
-                print(f"epoch {epoch}: val_loss {out['val_loss']:.4f} ({len(self.val_set)} images, fixed masks)",
-                      flush=True)  # fmt: skip
+                print(
+                    f"epoch {epoch}: val_loss {out['val_loss']:.4f} ({len(self.val_set)} images, fixed masks)",
+                    flush=True,
+                )
         if self._due(self.cfg.vis_freq, epoch):
             self.grid(epoch)
         return out
@@ -186,8 +207,14 @@ class ReconstructionWatch:
         columns = [np.repeat(c, 3, axis=-1) if c.shape[-1] == 1 else c for c in columns]
         h, w = imgs.shape[-2:]
         size = h if h == w else [h, w]
-        title = f"epoch {epoch}: " + describe(self.cfg.model, size, self.model.patch_size, self.cfg.mask_ratio,
-                                                VAL_SEED, bool(self.model.norm_pix_loss))  # fmt: skip
+        title = f"epoch {epoch}: " + describe(
+            self.cfg.model,
+            size,
+            self.model.patch_size,
+            self.cfg.mask_ratio,
+            VAL_SEED,
+            bool(self.model.norm_pix_loss),
+        )
         picture, _ = render_grid(columns, title, max(1, -(-112 // min(h, w))))
         path = self.output_dir / f"reconstruction-{epoch}.png"
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

@@ -65,13 +65,20 @@ def bench_step(cfg: BenchConfig) -> dict:
     fast = median_round(fast_rounds)
     name = device_name(device)
     out = {
-        "model": cfg.model, "phase": cfg.phase, "batch_size": cfg.batch_size,
-        "input_size": cfg.input_size, "patch_size": cfg.patch_size, "device": str(device),
-        "device_name": name, "steps": cfg.steps, "warmup": cfg.warmup, "rounds": cfg.rounds,
+        "model": cfg.model,
+        "phase": cfg.phase,
+        "batch_size": cfg.batch_size,
+        "input_size": cfg.input_size,
+        "patch_size": cfg.patch_size,
+        "device": str(device),
+        "device_name": name,
+        "steps": cfg.steps,
+        "warmup": cfg.warmup,
+        "rounds": cfg.rounds,
         "gflops_per_image": flops / cfg.batch_size / 1e9 if flops else None,
         "peak_tflops": peak_tflops(name, fast.precision, cfg.peak_tflops),
         "torch": torch.__version__,
-    }  # fmt: skip
+    }
     out.update(_rates(fast, flops, out["peak_tflops"]))
 
     def versus(other: list[StepResult]) -> tuple[dict, float, float | None, list[float]]:
@@ -87,8 +94,12 @@ def bench_step(cfg: BenchConfig) -> dict:
             rounds[REFERENCE.name]
         )
         if REFERENCE_FP32.name in rounds:  # CUDA: the fp32 way as a second row
-            (out["reference_fp32"], out["speedup_fp32"], out["mem_ratio_fp32"],
-             out["round_speedups_fp32"]) = versus(rounds[REFERENCE_FP32.name])  # fmt: skip
+            (
+                out["reference_fp32"],
+                out["speedup_fp32"],
+                out["mem_ratio_fp32"],
+                out["round_speedups_fp32"],
+            ) = versus(rounds[REFERENCE_FP32.name])
     if cfg.ablate:  # gain > 1: the path speeds the step up
         out["ablation"] = {}
         for m in modes:
@@ -155,8 +166,11 @@ def step_table(out: dict) -> str:
 def pipeline_table(out: dict) -> str:
     where = ""
     if out["gpu_decode"]:
-        where = (" on the GPU (nvJPEG decode)" if out.get("decode_device") == "cuda" else
-                 " through the --gpu_decode loader (decoded on the CPU)")  # fmt: skip
+        where = (
+            " on the GPU (nvJPEG decode)"
+            if out.get("decode_device") == "cuda"
+            else " through the --gpu_decode loader (decoded on the CPU)"
+        )
     text = (
         f"maekit bench --pipeline: {out['data_path']} with the {out['phase']} transform"
         f"{where} at {out['input_size']} px, batch {out['batch_size']}, {out['num_workers']} "
@@ -167,8 +181,10 @@ def pipeline_table(out: dict) -> str:
         text += f", at most {out['open_files_per_worker']} open files per worker"
     if "decode" in out:
         d = out["decode"]
-        text += (f"\nJPEGs: {d['jpegs']}, decoded on the device {d['gpu_decoded']}, CPU fallbacks "
-                 f"{d['cpu_fallback']}; other files (decoded in the workers) {d['cpu_decoded']}")  # fmt: skip
+        text += (
+            f"\nJPEGs: {d['jpegs']}, decoded on the device {d['gpu_decoded']}, CPU fallbacks "
+            f"{d['cpu_fallback']}; other files (decoded in the workers) {d['cpu_decoded']}"
+        )
     return text
 
 

@@ -41,8 +41,9 @@ def phase_transform(phase: str, input_size: int):
     if phase == "linprobe":
         return linprobe_transform(input_size)
     d = FinetuneConfig()
-    return finetune_transform(input_size, d.aa, d.color_jitter, d.reprob, d.remode, d.recount,
-                              d.crop_min)  # fmt: skip
+    return finetune_transform(
+        input_size, d.aa, d.color_jitter, d.reprob, d.remode, d.recount, d.crop_min
+    )
 
 
 def child_pids() -> list[int]:
@@ -73,12 +74,21 @@ def measure_pipeline(cfg: BenchConfig) -> dict:
     if cfg.gpu_decode:
         device = resolve_device(cfg.device)
         if cfg.phase != "pretrain" or (device.type != "cuda" and cfg.device != "cpu"):
-            raise MaekitError("--gpu_decode needs a CUDA device (or --device cpu to measure its "
-                              "loader with CPU decoding) and --phase pretrain")  # fmt: skip
+            raise MaekitError(
+                "--gpu_decode needs a CUDA device (or --device cpu to measure its "
+                "loader with CPU decoding) and --phase pretrain"
+            )
         dataset = encoded_folder(dataset, PRETRAIN_SCALE)
-    loader = build_train_loader(dataset, cfg.batch_size, 0, 1, cfg.seed, workers,
-                                pin_memory=device is not None and device.type == "cuda",
-                                collate_fn=collate_encoded if device is not None else None)  # fmt: skip
+    loader = build_train_loader(
+        dataset,
+        cfg.batch_size,
+        0,
+        1,
+        cfg.seed,
+        workers,
+        pin_memory=device is not None and device.type == "cuda",
+        collate_fn=collate_encoded if device is not None else None,
+    )
     if device is not None:
         loader = GpuDecodeLoader(loader, device, cfg.input_size)
     epoch, loaded, start = 0, None, 0.0
@@ -101,11 +111,18 @@ def measure_pipeline(cfg: BenchConfig) -> dict:
     elapsed = time.perf_counter() - start
     rate = loaded / elapsed
     out = {
-        "data_path": cfg.data_path, "phase": cfg.phase, "input_size": cfg.input_size,
-        "batch_size": cfg.batch_size, "num_workers": workers, "cpus": usable_cpus(),
-        "gpu_decode": device is not None, "images": loaded, "img_per_s": rate, "img_per_s_per_worker": rate / max(1, workers),
+        "data_path": cfg.data_path,
+        "phase": cfg.phase,
+        "input_size": cfg.input_size,
+        "batch_size": cfg.batch_size,
+        "num_workers": workers,
+        "cpus": usable_cpus(),
+        "gpu_decode": device is not None,
+        "images": loaded,
+        "img_per_s": rate,
+        "img_per_s_per_worker": rate / max(1, workers),
         "open_files_per_worker": worker_files if workers else None,
-    }  # fmt: skip
+    }
     if isinstance(loader, GpuDecodeLoader):  # where the JPEGs were decoded, fallbacks counted
         out["decode_device"] = device.type
         out["decode"] = dict(loader.stats)

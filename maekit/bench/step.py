@@ -94,8 +94,15 @@ def torch_default_tf32(active: bool) -> Iterator[None]:
 
 
 def fast_mode(cfg: BenchConfig) -> StepMode:
-    return StepMode("fast", amp=cfg.amp, fused_attn=True, fused_optimizer=True,
-                    print_freq=FAST_PRINT_FREQ, compile=cfg.compile, grad_ckpt=cfg.grad_ckpt)  # fmt: skip
+    return StepMode(
+        "fast",
+        amp=cfg.amp,
+        fused_attn=True,
+        fused_optimizer=True,
+        print_freq=FAST_PRINT_FREQ,
+        compile=cfg.compile,
+        grad_ckpt=cfg.grad_ckpt,
+    )
 
 
 def ablation_modes(cfg: BenchConfig, fast_precision: str) -> list[StepMode]:
@@ -138,10 +145,18 @@ def phase_config(cfg: BenchConfig, mode: StepMode):
     """The phase's own config with the benchmark's geometry and the mode's switches (defaults
     otherwise)."""
     pc = PHASE_CONFIGS[cfg.phase](
-        model=cfg.model, batch_size=cfg.batch_size, input_size=cfg.input_size,
-        patch_size=cfg.patch_size, in_chans=cfg.in_chans, device=cfg.device, seed=cfg.seed,
-        amp=mode.amp, compile=mode.compile, grad_ckpt=mode.grad_ckpt, print_freq=mode.print_freq,
-    )  # fmt: skip
+        model=cfg.model,
+        batch_size=cfg.batch_size,
+        input_size=cfg.input_size,
+        patch_size=cfg.patch_size,
+        in_chans=cfg.in_chans,
+        device=cfg.device,
+        seed=cfg.seed,
+        amp=mode.amp,
+        compile=mode.compile,
+        grad_ckpt=mode.grad_ckpt,
+        print_freq=mode.print_freq,
+    )
     if cfg.phase == "pretrain":
         pc.mask_ratio = cfg.mask_ratio
     pc.validate()
@@ -207,16 +222,24 @@ def measure(cfg: BenchConfig, device: torch.device, mode: StepMode) -> StepResul
     set_fused_attention(model, mode.fused_attn)
     precision = resolve_precision(pc.amp, device)
     env = DistEnv(0, 1, 0, device)
-    pm = parallelize(model, env, precision, grad_ckpt=pc.grad_ckpt, compile=pc.compile,
-                     name=repr(pc.model))  # fmt: skip
+    pm = parallelize(
+        model, env, precision, grad_ckpt=pc.grad_ckpt, compile=pc.compile, name=repr(pc.model)
+    )
     lr = scaled_lr(pc.blr, cfg.batch_size)
     optimizer = recipe.build_optimizer(model, lr)
     if not mode.fused_optimizer:
         optimizer = plain_optimizer(optimizer)
     # Constant lr (min_lr = lr, no warm-up): the schedule's cost stays, its shape is irrelevant.
     settings = LoopSettings(lr=lr, min_lr=lr, warmup_epochs=0.0, epochs=1, print_freq=pc.print_freq)
-    trainer = Trainer(pm, optimizer, recipe.build_loss(), settings, precision, env,
-                      RunRecorder(".", None, enabled=False))  # fmt: skip
+    trainer = Trainer(
+        pm,
+        optimizer,
+        recipe.build_loss(),
+        settings,
+        precision,
+        env,
+        RunRecorder(".", None, enabled=False),
+    )
     batch = synthetic_batch(cfg, device)
     reference = mode.name.startswith("reference")
     try:
@@ -242,12 +265,19 @@ def measure(cfg: BenchConfig, device: torch.device, mode: StepMode) -> StepResul
         raise MaekitError(f"--compile failed ({type(e).__name__}: {first}); drop --compile") from e
     fused_on, _ = fused_attention_modules(model)
     result = StepResult(
-        mode=mode.name, precision=precision.name, compile=pc.compile,
-        grad_ckpt=pc.grad_ckpt, fused_attn=fused_on > 0, optimizer=optimizer_name(optimizer),
-        loss_read_every=min(pc.print_freq, cfg.steps), img_per_s=cfg.steps * cfg.batch_size / elapsed,
-        step_ms=elapsed / cfg.steps * 1000, peak_mem_mb=meter.peak_mb(), loss=stats["loss"],
+        mode=mode.name,
+        precision=precision.name,
+        compile=pc.compile,
+        grad_ckpt=pc.grad_ckpt,
+        fused_attn=fused_on > 0,
+        optimizer=optimizer_name(optimizer),
+        loss_read_every=min(pc.print_freq, cfg.steps),
+        img_per_s=cfg.steps * cfg.batch_size / elapsed,
+        step_ms=elapsed / cfg.steps * 1000,
+        peak_mem_mb=meter.peak_mb(),
+        loss=stats["loss"],
         tf32_matmul=bool(tf32),
-    )  # fmt: skip
+    )
     del trainer, pm, model, optimizer, batch, stats
     if pc.compile:
         torch._dynamo.reset()  # drop the compiled graphs (they hold the model)

@@ -82,9 +82,14 @@ def adapt_to_model(
             if w.shape[2:] != own[key].shape[2:]:
                 break  # another patch size: reported as a shape mismatch by the caller
             state[key] = adapt_input_channels(w, in_chans)
-            how = (f"sum of the {old_chans} kernels" if in_chans == 1
-                   else f"kernels repeated, scaled by {old_chans}/{in_chans}")  # fmt: skip
-            notes.append(f"adapted {key.rsplit('.', 1)[0]} {old_chans} -> {in_chans} input channels ({how}, timm's adapt_input_conv)")  # fmt: skip
+            how = (
+                f"sum of the {old_chans} kernels"
+                if in_chans == 1
+                else f"kernels repeated, scaled by {old_chans}/{in_chans}"
+            )
+            notes.append(
+                f"adapted {key.rsplit('.', 1)[0]} {old_chans} -> {in_chans} input channels ({how}, timm's adapt_input_conv)"
+            )
     p = model.patch_size
     for leaf in ("weight", "bias"):
         key = f"decoder_pred.{leaf}"
@@ -93,7 +98,9 @@ def adapt_to_model(
                 state[key] = adapt_output_channels(state[key], p, old_chans, in_chans)
                 if leaf == "weight":
                     how = "mean of the" if in_chans == 1 else "repeated"
-                    notes.append(f"adapted decoder_pred {p * p * old_chans} -> {p * p * in_chans} outputs ({how} per-channel predictions)")  # fmt: skip
+                    notes.append(
+                        f"adapted decoder_pred {p * p * old_chans} -> {p * p * in_chans} outputs ({how} per-channel predictions)"
+                    )
     grid = tuple(model.grid_size)
     extra = 1 if getattr(model, "cls_token", None) is not None else 0
     recomputed, resized, old_shown = [], [], ""
@@ -119,7 +126,9 @@ def adapt_to_model(
             resized.append(key)
     shown = f"{grid[0]}x{grid[1]}"
     if recomputed:
-        notes.append(f"recomputed {' and '.join(recomputed)} for the {shown} grid (fixed sin-cos; the checkpoint's was {old_shown})")  # fmt: skip
+        notes.append(
+            f"recomputed {' and '.join(recomputed)} for the {shown} grid (fixed sin-cos; the checkpoint's was {old_shown})"
+        )
     if resized:
         notes.append(f"resized {' and '.join(resized)} bicubically to the {shown} grid")
     return state, notes

@@ -65,8 +65,10 @@ def adapt_state_dict(
                 f"--finetune {source}: cannot resize pos_embed {old} to a {grid} grid: {e}"
             ) from e
         if state["pos_embed"].shape != own["pos_embed"].shape:
-            raise MaekitError(f"--finetune {source}: shape mismatch for pos_embed {old} vs the model's {tuple(own['pos_embed'].shape)}; "
-                              "the checkpoint has another width (embed_dim): pick the matching --model")  # fmt: skip
+            raise MaekitError(
+                f"--finetune {source}: shape mismatch for pos_embed {old} vs the model's {tuple(own['pos_embed'].shape)}; "
+                "the checkpoint has another width (embed_dim): pick the matching --model"
+            )
         notes.append(f"interpolated pos_embed {old} -> {tuple(state['pos_embed'].shape)}")
     return state, notes
 
@@ -81,8 +83,13 @@ def load_pretrained_encoder(model: nn.Module, path: str | Path, global_pool: boo
     report.notes += notes
     wrong = shape_mismatches(state, model)
     if wrong:
-        raise shape_error(f"--finetune {path}", state, model, wrong,
-                          "pick the --model (and --patch_size/--input_size) it was pre-trained with")  # fmt: skip
+        raise shape_error(
+            f"--finetune {path}",
+            state,
+            model,
+            wrong,
+            "pick the --model (and --patch_size/--input_size) it was pre-trained with",
+        )
     result = model.load_state_dict(state, strict=False)
     missing = set(result.missing_keys)
     expected = expected_missing_keys(global_pool)
@@ -123,8 +130,13 @@ def init_from_checkpoint(model: nn.Module, path: str | Path) -> str:
     report.notes += notes
     wrong = shape_mismatches(state, model)
     if wrong:
-        raise shape_error(f"--init {path}", state, model, wrong,
-                          "pick the --model (and --patch_size) it was trained with")  # fmt: skip
+        raise shape_error(
+            f"--init {path}",
+            state,
+            model,
+            wrong,
+            "pick the --model (and --patch_size) it was trained with",
+        )
     result = model.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if k not in recomputed]
     needed = [k for k in missing if not k.startswith(FRESH_PREFIXES)]
@@ -160,8 +172,13 @@ def load_checkpoint(
         report.unused = [k for k in state if k not in own]
         report.loaded = len(state) - len(report.unused)
         if strict and (report.missing or report.unused):
-            raise keys_error(str(path), model, report.missing, report.unused,
-                             "pass strict=False to load the keys both have")  # fmt: skip
+            raise keys_error(
+                str(path),
+                model,
+                report.missing,
+                report.unused,
+                "pass strict=False to load the keys both have",
+            )
         model.load_state_dict(state, strict=False)
     if verbose:
         print(report.summary())

@@ -54,18 +54,24 @@ def progress_of(ckpt: dict, path: str | Path = "checkpoint") -> tuple[int, int]:
     (official files use -1 for "no epoch finished"), 0 or more for the others."""
     resume = ckpt.get("resume") or {}
     if not isinstance(resume, dict):
-        raise MaekitError(f"{path}: 'resume' is a {type(resume).__name__}, not a dict; "
-                          "it is not a maekit training checkpoint")  # fmt: skip
+        raise MaekitError(
+            f"{path}: 'resume' is a {type(resume).__name__}, not a dict; "
+            "it is not a maekit training checkpoint"
+        )
     if "epoch" in resume:
-        return (_count(resume["epoch"], "resume.epoch", path, 0),
-                _count(resume.get("step", 0), "resume.step", path, 0))  # fmt: skip
+        return (
+            _count(resume["epoch"], "resume.epoch", path, 0),
+            _count(resume.get("step", 0), "resume.step", path, 0),
+        )
     return _count(ckpt.get("epoch", -1), "epoch", path, -1) + 1, 0
 
 
 def _count(value: object, key: str, path: str | Path, lowest: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
-        raise MaekitError(f"{path}: '{key}' is {str(value)[:40]!r}, not an integer >= {lowest}; "
-                          "the checkpoint is damaged or was not written by a training run")  # fmt: skip
+        raise MaekitError(
+            f"{path}: '{key}' is {str(value)[:40]!r}, not an integer >= {lowest}; "
+            "the checkpoint is damaged or was not written by a training run"
+        )
     return value
 
 
@@ -86,18 +92,27 @@ def find_resume_checkpoint(folder: str | Path) -> tuple[Path, dict] | None:
         try:
             ckpt = read_checkpoint(path)
         except MaekitError as e:
-            print(f"maekit: warning: skipping damaged checkpoint for auto-resume: {e}",
-                  file=sys.stderr, flush=True)  # fmt: skip
+            print(
+                f"maekit: warning: skipping damaged checkpoint for auto-resume: {e}",
+                file=sys.stderr,
+                flush=True,
+            )
             continue
         if not isinstance(ckpt, dict) or "model" not in ckpt:
-            print(f"maekit: warning: {path} is not a training checkpoint; not resuming from it",
-                  file=sys.stderr, flush=True)  # fmt: skip
+            print(
+                f"maekit: warning: {path} is not a training checkpoint; not resuming from it",
+                file=sys.stderr,
+                flush=True,
+            )
             continue
         try:
             prog = progress_of(ckpt, path)
         except MaekitError as e:
-            print(f"maekit: warning: skipping damaged checkpoint for auto-resume: {e}",
-                  file=sys.stderr, flush=True)  # fmt: skip
+            print(
+                f"maekit: warning: skipping damaged checkpoint for auto-resume: {e}",
+                file=sys.stderr,
+                flush=True,
+            )
             continue
         if best is None or prog > best[0]:
             best = (prog, path, ckpt)

@@ -33,13 +33,17 @@ def shape_error(
     what: str, state: dict[str, torch.Tensor], model: nn.Module, keys: list[str], fix: str
 ) -> MaekitError:
     """``{what} does not fit {Model}: shape mismatch for k (a) vs (b), ...; {fix}``."""
-    return MaekitError(f"{what} does not fit {type(model).__name__}: shape mismatch for "
-                       f"{mismatch_text(state, model, keys[:6])}; {fix}")  # fmt: skip
+    return MaekitError(
+        f"{what} does not fit {type(model).__name__}: shape mismatch for "
+        f"{mismatch_text(state, model, keys[:6])}; {fix}"
+    )
 
 
 def keys_error(
     what: str, model: nn.Module, missing: list[str], unexpected: list[str], fix: str
 ) -> MaekitError:
     """``{what} does not match {Model} exactly: missing [...], unexpected [...]; {fix}``."""
-    return MaekitError(f"{what} does not match {type(model).__name__} exactly: missing "
-                       f"{list(missing)[:8]}, unexpected {list(unexpected)[:8]}; {fix}")  # fmt: skip
+    return MaekitError(
+        f"{what} does not match {type(model).__name__} exactly: missing "
+        f"{list(missing)[:8]}, unexpected {list(unexpected)[:8]}; {fix}"
+    )

@@ -80,12 +80,18 @@ class FeatureConfig(CheckpointModelConfig):
     """Encoder features of a dataset: shared by ``extract`` and ``knn``."""
 
     data_path: str = opt("fashion-mnist", "ImageNet-style folder (train/, val/) or 'fashion-mnist'")
-    pool: str = opt("cls", "feature: the cls token, the mean of the patch tokens, or all tokens",
-                    choices=("cls", "mean", "all"))  # fmt: skip
+    pool: str = opt(
+        "cls",
+        "feature: the cls token, the mean of the patch tokens, or all tokens",
+        choices=("cls", "mean", "all"),
+    )
     batch_size: int = opt(128, "images per forward pass (per process)")
     num_workers: int = opt(4, "data-loading worker processes per rank (capped at the CPU count)")
-    amp: str = opt("none", "autocast: none = fp32 (exact); bf16/fp16 faster on GPUs; auto as in training",
-                   choices=("auto", "bf16", "fp16", "none"))  # fmt: skip
+    amp: str = opt(
+        "none",
+        "autocast: none = fp32 (exact); bf16/fp16 faster on GPUs; auto as in training",
+        choices=("auto", "bf16", "fp16", "none"),
+    )
     random_init: bool = opt(
         False, "no checkpoint: a freshly initialised --model (seeded), as a baseline"
     )
@@ -126,8 +132,9 @@ class ExtractConfig(FeatureConfig):
 
 @dataclass
 class KnnConfig(FeatureConfig):
-    pool: str = opt("cls", "feature: the cls token or the mean of the patch tokens",
-                    choices=("cls", "mean"))  # fmt: skip
+    pool: str = opt(
+        "cls", "feature: the cls token or the mean of the patch tokens", choices=("cls", "mean")
+    )
     k: int = opt(20, "neighbours that vote")
     temperature: float = opt(0.07, "votes are weighted exp(cosine similarity / temperature)")
     max_bank: int | None = opt(
@@ -169,12 +176,16 @@ class PlotConfig:
 class ShardConfig:
     """``maekit shard SRC DST``: an image folder as WebDataset tar shards."""
 
-    src: str = opt("", "image folder: train/ and val/ class folders, class folders, or plain images",
-                   positional=True)  # fmt: skip
+    src: str = opt(
+        "",
+        "image folder: train/ and val/ class folders, class folders, or plain images",
+        positional=True,
+    )
     dst: str = opt("", "folder for DST/<split>/shard-NNNNNN.tar and shards.json", positional=True)
     shard_size: int = opt(1000, "samples per shard")
-    seed: int = opt(0, "seed of the order the samples are written in (shuffled once, so a shard "
-                    "mixes classes)")  # fmt: skip
+    seed: int = opt(
+        0, "seed of the order the samples are written in (shuffled once, so a shard mixes classes)"
+    )
     force: bool = opt(False, "replace the shards (and only them) already in DST")
 
     def validate(self) -> None:
@@ -188,8 +199,10 @@ class ShardConfig:
 class StatsConfig:
     """``maekit stats``: per-channel mean/std of a dataset, printed as --mean/--std flags."""
 
-    data_path: str = opt("fashion-mnist", "ImageNet-style folder (train/ is used), a plain image "
-                         "folder, or 'fashion-mnist'")  # fmt: skip
+    data_path: str = opt(
+        "fashion-mnist",
+        "ImageNet-style folder (train/ is used), a plain image folder, or 'fashion-mnist'",
+    )
     in_chans: int = opt(3, "channels as training reads them: 3 (RGB) or 1 (grayscale)")
     max_images: int = opt(1000, "measure a fixed random sample (--seed) of this many images")
     seed: int = opt(0, "random seed of the sample")
@@ -197,8 +210,10 @@ class StatsConfig:
 
     def validate(self) -> None:
         if self.in_chans not in (1, 3):
-            raise MaekitError(f"--in_chans {self.in_chans}: images are read as 3 (RGB) or 1 "
-                              "(grayscale) channels; give --in_chans 3 or --in_chans 1")  # fmt: skip
+            raise MaekitError(
+                f"--in_chans {self.in_chans}: images are read as 3 (RGB) or 1 "
+                "(grayscale) channels; give --in_chans 3 or --in_chans 1"
+            )
         if self.max_images <= 0:
             raise MaekitError(f"--max_images must be positive, got {self.max_images}")
         if self.num_workers < 0:
@@ -210,8 +225,11 @@ class BenchConfig:
     """``maekit bench``: training-step speed on synthetic batches, or the input pipeline."""
 
     model: str = opt("mae_vit_base_patch16", "registered model name (see `maekit models`)")
-    phase: str = opt("pretrain", "whose training step to build (its model kind, optimizer, loss)",
-                     choices=("pretrain", "finetune", "linprobe"))  # fmt: skip
+    phase: str = opt(
+        "pretrain",
+        "whose training step to build (its model kind, optimizer, loss)",
+        choices=("pretrain", "finetune", "linprobe"),
+    )
     batch_size: int = opt(64, "images per step")
     input_size: int = opt(224, "image size in pixels (square)")
     patch_size: int | None = opt(None, "override the model's patch size")
@@ -219,8 +237,11 @@ class BenchConfig:
     nb_classes: int = opt(1000, "classes of the synthetic labels (finetune / linprobe)")
     mask_ratio: float = opt(0.75, "pretrain: fraction of patches removed")
     device: str = opt("auto", "'auto' (cuda if available), 'cuda', 'cuda:N' or 'cpu'")
-    amp: str = opt("auto", "precision of the measured run (the reference is always fp32)",
-                   choices=("auto", "bf16", "fp16", "none"))  # fmt: skip
+    amp: str = opt(
+        "auto",
+        "precision of the measured run (the reference is always fp32)",
+        choices=("auto", "bf16", "fp16", "none"),
+    )
     compile: bool = opt(False, "torch.compile the model (compilation happens in the warm-up)")
     grad_ckpt: bool = opt(False, "activation checkpointing of the transformer blocks")
     steps: int = opt(10, "timed training steps")
@@ -261,9 +282,15 @@ class BenchConfig:
 
     def validate(self) -> None:
         check_finite(self)
-        positive = {"batch_size": self.batch_size, "input_size": self.input_size,
-                    "in_chans": self.in_chans, "nb_classes": self.nb_classes, "steps": self.steps,
-                    "images": self.images, "rounds": self.rounds}  # fmt: skip
+        positive = {
+            "batch_size": self.batch_size,
+            "input_size": self.input_size,
+            "in_chans": self.in_chans,
+            "nb_classes": self.nb_classes,
+            "steps": self.steps,
+            "images": self.images,
+            "rounds": self.rounds,
+        }
         for name, value in positive.items():
             if value <= 0:
                 raise MaekitError(f"--{name} must be a positive integer, got {value}")

@@ -24,8 +24,13 @@ def opt(
     (``maekit plot DIR...``), any other field exactly one (``maekit shard SRC DST``).
     ``nargs``: argparse's, for a scalar field that also takes several values (``--input_size``).
     """
-    meta = {"help": help, "choices": choices, "aliases": flag_aliases, "positional": positional,
-            "nargs": nargs}  # fmt: skip
+    meta = {
+        "help": help,
+        "choices": choices,
+        "aliases": flag_aliases,
+        "positional": positional,
+        "nargs": nargs,
+    }
     if isinstance(default, list | dict):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -52,14 +57,18 @@ def check_image_size(value, flag: str = "--input_size") -> None:
         return
     values = value if isinstance(value, list | tuple) else [value]
     if len(values) > 2:
-        raise MaekitError(f"{flag} takes one number (square) or two (height width), got {len(values)}: "
-                          f"{' '.join(map(str, values))}")  # fmt: skip
+        raise MaekitError(
+            f"{flag} takes one number (square) or two (height width), got {len(values)}: "
+            f"{' '.join(map(str, values))}"
+        )
     if any(v <= 0 for v in values):
         raise MaekitError(f"{flag} must be positive, got {' '.join(map(str, values))}")
 
 
-MEAN_HELP = ("normalisation mean, one value per input channel (default: ImageNet's, averaged for "
-             "one channel; `maekit stats` measures your data's)")  # fmt: skip
+MEAN_HELP = (
+    "normalisation mean, one value per input channel (default: ImageNet's, averaged for "
+    "one channel; `maekit stats` measures your data's)"
+)
 STD_HELP = "normalisation std, one value per input channel (default: ImageNet's, as --mean)"
 
 

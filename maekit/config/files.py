@@ -34,8 +34,10 @@ def read_mapping(spec: str) -> tuple[dict, str]:
     else:
         path = Path(spec)
         if not path.is_file():
-            raise MaekitError(f"--config {spec}: no such file; give a .yaml/.json file or recipe:NAME "
-                              "(see `maekit recipes`)")  # fmt: skip
+            raise MaekitError(
+                f"--config {spec}: no such file; give a .yaml/.json file or recipe:NAME "
+                "(see `maekit recipes`)"
+            )
     import yaml
 
     try:
@@ -50,7 +52,9 @@ def read_mapping(spec: str) -> tuple[dict, str]:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise MaekitError(f"--config {spec}: expected a mapping of flag names to values, got a {type(data).__name__}")  # fmt: skip
+        raise MaekitError(
+            f"--config {spec}: expected a mapping of flag names to values, got a {type(data).__name__}"
+        )
     return data, spec
 
 
@@ -93,8 +97,10 @@ def flag_values(data: dict, cls: type, command: str, spec: str) -> dict:
     types, choices, and a recipe made for another command."""
     recipe = data.get("recipe")
     if isinstance(recipe, dict) and recipe.get("command") not in (None, command):
-        raise MaekitError(f"--config {spec} is a `maekit {recipe['command']}` recipe; run "
-                          f"`maekit {recipe['command']} --config {spec}`")  # fmt: skip
+        raise MaekitError(
+            f"--config {spec} is a `maekit {recipe['command']}` recipe; run "
+            f"`maekit {recipe['command']} --config {spec}`"
+        )
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = [k for k in data if k not in fields and k not in NOT_FLAGS]
     if unknown:
@@ -102,8 +108,10 @@ def flag_values(data: dict, cls: type, command: str, spec: str) -> dict:
         for k in unknown:
             near = difflib.get_close_matches(str(k), list(fields), n=1)
             parts.append(f"{k!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
-        raise MaekitError(f"--config {spec}: unknown key{'s' if len(unknown) > 1 else ''} "
-                          f"{', '.join(parts)}; `maekit {command} --help` lists the flags")  # fmt: skip
+        raise MaekitError(
+            f"--config {spec}: unknown key{'s' if len(unknown) > 1 else ''} "
+            f"{', '.join(parts)}; `maekit {command} --help` lists the flags"
+        )
     hints = typing.get_type_hints(cls)
     out = {}
     for key, value in data.items():
@@ -111,7 +119,9 @@ def flag_values(data: dict, cls: type, command: str, spec: str) -> dict:
             continue
         f = fields[key]
         if f.metadata.get("positional"):
-            raise MaekitError(f"--config {spec}: {key} is a positional argument; give it on the command line")  # fmt: skip
+            raise MaekitError(
+                f"--config {spec}: {key} is a positional argument; give it on the command line"
+            )
         optional = type(None) in typing.get_args(hints[key])
         if value is None:
             if not optional:

@@ -62,11 +62,19 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
         if typing.get_origin(tp) is list:  # list[str] -> one or more values
             (elem,) = typing.get_args(tp)
             if meta.get("positional"):
-                parser.add_argument(f.name, type=elem, nargs="+", metavar=f.name.upper(),
-                                    help=meta.get("help"))  # fmt: skip
+                parser.add_argument(
+                    f.name, type=elem, nargs="+", metavar=f.name.upper(), help=meta.get("help")
+                )
             else:
-                parser.add_argument(*names, dest=f.name, type=elem, nargs="+", default=default,
-                                    metavar=f.name.upper(), help=meta.get("help"))  # fmt: skip
+                parser.add_argument(
+                    *names,
+                    dest=f.name,
+                    type=elem,
+                    nargs="+",
+                    default=default,
+                    metavar=f.name.upper(),
+                    help=meta.get("help"),
+                )
         elif tp is bool:
             group = parser.add_mutually_exclusive_group()
             group.add_argument(*names, dest=f.name, action="store_true", help=meta.get("help"))
@@ -78,9 +86,14 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
             parser.add_argument(f.name, type=tp, metavar=f.name.upper(), help=meta.get("help"))
         else:
             parser.add_argument(
-                *names, dest=f.name, type=tp, default=default, choices=meta.get("choices"),
-                help=meta.get("help"), nargs=meta.get("nargs"),
-            )  # fmt: skip
+                *names,
+                dest=f.name,
+                type=tp,
+                default=default,
+                choices=meta.get("choices"),
+                help=meta.get("help"),
+                nargs=meta.get("nargs"),
+            )
 
 
 def config_from_args(cls: type, ns: argparse.Namespace):

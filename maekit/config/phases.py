@@ -39,8 +39,11 @@ class CommonConfig:
     clip_grad: float | None = opt(
         None, "clip the gradient norm to this value (default: no clipping)"
     )
-    amp: str = opt("auto", "mixed precision: auto = bf16 where the device runs it fast, else fp32",
-                   choices=("auto", "bf16", "fp16", "none"))  # fmt: skip
+    amp: str = opt(
+        "auto",
+        "mixed precision: auto = bf16 where the device runs it fast, else fp32",
+        choices=("auto", "bf16", "fp16", "none"),
+    )
     # --- model ---
     model: str = opt("mae_vit_large_patch16", "registered model name (see `maekit models`)")
     input_size: int | list[int] = opt(224, INPUT_SIZE_HELP, nargs="+")
@@ -72,9 +75,12 @@ class CommonConfig:
         False, "activation checkpointing of the transformer blocks: less memory, ~1/3 more compute"
     )
     # --- distributed training ---
-    dist_mode: str = opt("ddp", "multi-process training: ddp (replicated weights) or fsdp (FSDP2: "
-                         "weights, gradients and optimizer state sharded per block; ViT-L/H)",
-                         choices=("ddp", "fsdp"))  # fmt: skip
+    dist_mode: str = opt(
+        "ddp",
+        "multi-process training: ddp (replicated weights) or fsdp (FSDP2: "
+        "weights, gradients and optimizer state sharded per block; ViT-L/H)",
+        choices=("ddp", "fsdp"),
+    )
     # --- run ---
     output_dir: str = opt("./output_dir", "where checkpoints, log.txt and config.json go")
     log_dir: str | None = opt(None, "TensorBoard directory (default: output_dir)")
@@ -134,15 +140,22 @@ class CommonConfig:
         check_image_size(self.input_size)
         check_stats(self.mean, self.std, self.in_chans)
         check_finite(self)
-        positive = {"batch_size": self.batch_size, "epochs": self.epochs, "accum_iter": self.accum_iter,
-                    "save_freq": self.save_freq, "print_freq": self.print_freq,
-                    "in_chans": self.in_chans}  # fmt: skip
+        positive = {
+            "batch_size": self.batch_size,
+            "epochs": self.epochs,
+            "accum_iter": self.accum_iter,
+            "save_freq": self.save_freq,
+            "print_freq": self.print_freq,
+            "in_chans": self.in_chans,
+        }
         for name, value in positive.items():
             if value is not None and value <= 0:
                 raise MaekitError(f"--{name} must be a positive integer, got {value}")
         if self.in_chans is not None and self.in_chans not in (1, 3):
-            raise MaekitError(f"--in_chans {self.in_chans}: images are read as 3 (RGB) or 1 "
-                              "(grayscale) channels; give --in_chans 3 or --in_chans 1")  # fmt: skip
+            raise MaekitError(
+                f"--in_chans {self.in_chans}: images are read as 3 (RGB) or 1 "
+                "(grayscale) channels; give --in_chans 3 or --in_chans 1"
+            )
         if self.patch_size is not None and self.patch_size <= 0:
             raise MaekitError(f"--patch_size must be positive, got {self.patch_size}")
         if self.warmup_epochs < 0:
@@ -162,14 +175,20 @@ class CommonConfig:
         if self.num_workers < 0:
             raise MaekitError(f"--num_workers must be >= 0, got {self.num_workers}")
         if self.weight_decay < 0 or self.min_lr < 0:
-            raise MaekitError(f"--weight_decay and --min_lr must be >= 0, got {self.weight_decay} "
-                              f"and {self.min_lr}")  # fmt: skip
+            raise MaekitError(
+                f"--weight_decay and --min_lr must be >= 0, got {self.weight_decay} "
+                f"and {self.min_lr}"
+            )
         if self.clip_grad is not None and self.clip_grad <= 0:
-            raise MaekitError(f"--clip_grad must be a positive gradient norm, got {self.clip_grad} "
-                              "(leave it out for no clipping)")  # fmt: skip
+            raise MaekitError(
+                f"--clip_grad must be a positive gradient norm, got {self.clip_grad} "
+                "(leave it out for no clipping)"
+            )
         if self.lr is not None and self.min_lr > self.lr:
-            raise MaekitError(f"--min_lr {self.min_lr} is above --lr {self.lr}; the cosine schedule "
-                              "decays from --lr to --min_lr")  # fmt: skip
+            raise MaekitError(
+                f"--min_lr {self.min_lr} is above --lr {self.lr}; the cosine schedule "
+                "decays from --lr to --min_lr"
+            )
         if self.max_pixels <= 0:
             raise MaekitError(f"--max_pixels must be positive, got {self.max_pixels}")
 
@@ -208,32 +227,39 @@ class PretrainConfig(CommonConfig):
     knn_max_query: int | None = opt(
         None, "k-NN queries: a fixed random subset of this many val images (none: all)"
     )
-    knn_pool: str = opt("cls", "k-NN feature: the cls token or the mean of the patch tokens",
-                        choices=("cls", "mean"))  # fmt: skip
+    knn_pool: str = opt(
+        "cls",
+        "k-NN feature: the cls token or the mean of the patch tokens",
+        choices=("cls", "mean"),
+    )
     gpu_decode: bool = opt(
         False, "decode JPEGs and crop/flip on the GPU (nvJPEG): image folders on CUDA only"
     )
     knn_baseline: bool = opt(
-        False, "with --knn_eval_freq: also k-NN the initial (random) weights on the same subsets "
+        False,
+        "with --knn_eval_freq: also k-NN the initial (random) weights on the same subsets "
         "before training, and print both top-1s at the end",
-    )  # fmt: skip
+    )
 
     # Watching the reconstruction (label-free; an addition)
     val_freq: int = opt(
-        1, "every N epochs (and at the last) log val_loss: the reconstruction loss of held-out "
+        1,
+        "every N epochs (and at the last) log val_loss: the reconstruction loss of held-out "
         "images under a fixed mask (0 = off, nothing held out)",
-    )  # fmt: skip
+    )
     val_frac: float | None = opt(
-        None, "without a val/ folder: hold out this fraction of the training images (a fixed "
+        None,
+        "without a val/ folder: hold out this fraction of the training images (a fixed "
         "choice) for val_loss and the grids, in (0, 0.5] (none: no hold-out, the official data)",
-    )  # fmt: skip
+    )
     val_max_images: int | None = opt(
         1000, "val_loss on a fixed subset of this many validation images (none: all)"
     )
     vis_freq: int = opt(
-        20, "every N epochs (and at the last) save reconstruction-{epoch}.png of fixed validation "
+        20,
+        "every N epochs (and at the last) save reconstruction-{epoch}.png of fixed validation "
         "images and log it to TensorBoard (0 = off)",
-    )  # fmt: skip
+    )
     vis_images: int = opt(8, "rows of the reconstruction grid")
 
     def validate(self) -> None:
@@ -244,7 +270,9 @@ class PretrainConfig(CommonConfig):
                 "continues a run; give one of them"
             )
         if self.gpu_decode and (self.mean is not None or self.std is not None):
-            raise MaekitError("--gpu_decode normalises with the default statistics; drop it to use --mean/--std")  # fmt: skip
+            raise MaekitError(
+                "--gpu_decode normalises with the default statistics; drop it to use --mean/--std"
+            )
         if self.gpu_decode and not isinstance(self.input_size, int):
             raise MaekitError("--gpu_decode crops square images; drop it for --input_size H W")
         if self.val_frac is not None and not 0.0 < self.val_frac <= 0.5:
@@ -267,8 +295,10 @@ class PretrainConfig(CommonConfig):
         if self.gpu_decode and self.in_chans != 3:
             raise MaekitError("--gpu_decode decodes to RGB; drop it for --in_chans 1")
         if not 0.0 < self.mask_ratio < 1.0:
-            raise MaekitError(f"--mask_ratio must be in (0, 1), got {self.mask_ratio}: the loss is "
-                              "computed on the masked patches, so some must be masked")  # fmt: skip
+            raise MaekitError(
+                f"--mask_ratio must be in (0, 1), got {self.mask_ratio}: the loss is "
+                "computed on the masked patches, so some must be masked"
+            )
         if self.knn_eval_freq < 0:
             raise MaekitError(f"--knn_eval_freq must be >= 0 (0 = off), got {self.knn_eval_freq}")
         for name in ("knn_max_bank", "knn_max_query"):

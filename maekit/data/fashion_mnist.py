@@ -26,8 +26,18 @@ from ..errors import MaekitError
 
 DEBIAN_ROOT = Path("/usr/share/datasets/fashion-mnist")
 DEFAULT_ROOT = Path(os.environ.get("MAEKIT_FASHION_MNIST", str(DEBIAN_ROOT)))
-CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-           "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")  # fmt: skip
+CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 _FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "val": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),

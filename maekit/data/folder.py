@@ -35,9 +35,10 @@ class UnreadableImage(Exception):
 
 # Errors of opening that belong to the file itself (a dangling link, a socket, permissions).
 _BAD_FILE_ERRNOS = frozenset(
-    getattr(errno, n) for n in ("ENOENT", "ENXIO", "ELOOP", "EACCES", "EPERM", "EISDIR", "ENOTDIR")
+    getattr(errno, n)
+    for n in ("ENOENT", "ENXIO", "ELOOP", "EACCES", "EPERM", "EISDIR", "ENOTDIR")
     if hasattr(errno, n)
-)  # fmt: skip
+)
 
 
 def open_regular(path: str | Path) -> BinaryIO:
@@ -67,8 +68,13 @@ def open_regular(path: str | Path) -> BinaryIO:
 
 
 def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a directory")):  # fmt: skip
+    for test, name in (
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISDIR, "a directory"),
+    ):
         if test(mode):
             return name
     return "not a file"
@@ -92,8 +98,10 @@ def decode_rgb(f: BinaryIO, name: str, max_pixels: int | None = DEFAULT_MAX_PIXE
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(f)
             if max_pixels is not None and img.width * img.height > max_pixels:
-                raise UnreadableImage(f"{name}: {img.width}x{img.height} = {img.width * img.height} "
-                                      f"pixels, more than --max_pixels {max_pixels}")  # fmt: skip
+                raise UnreadableImage(
+                    f"{name}: {img.width}x{img.height} = {img.width * img.height} "
+                    f"pixels, more than --max_pixels {max_pixels}"
+                )
             img.load()  # decodes everything: a truncated file fails here, not in a transform
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise UnreadableImage(f"{name}: {e}") from e
@@ -146,8 +154,10 @@ def image_folder(
         empty = _empty_class_folders(root)
         if empty and len(empty) < sum(1 for p in root.iterdir() if p.is_dir()):
             more = f" ({len(empty) - 1} more class folders are empty)" if len(empty) > 1 else ""
-            raise MaekitError(f"class folder {empty[0]} has no images{more}; add "
-                              f"{', '.join(sorted(IMG_EXTENSIONS))} files to it or remove it") from e  # fmt: skip
+            raise MaekitError(
+                f"class folder {empty[0]} has no images{more}; add "
+                f"{', '.join(sorted(IMG_EXTENSIONS))} files to it or remove it"
+            ) from e
         raise MaekitError(
             f"no images found in {root} (looked for {', '.join(sorted(IMG_EXTENSIONS))} files directly "
             "inside it or in class sub-folders); check --data_path"

@@ -167,10 +167,15 @@ def crop_resize_flip(
     Each crop is resized (bicubic, antialiased, rounded to uint8 like PIL) then flipped.
     """
     crops = [
-        TF.resized_crop(img, *(int(v) for v in box), [size, size],
-                        interpolation=T.InterpolationMode.BICUBIC, antialias=True)
+        TF.resized_crop(
+            img,
+            *(int(v) for v in box),
+            [size, size],
+            interpolation=T.InterpolationMode.BICUBIC,
+            antialias=True,
+        )
         for img, box in zip(images, boxes.tolist(), strict=True)
-    ]  # fmt: skip
+    ]
     x = torch.stack(crops)  # (N, C, S, S) uint8
     flips = flips.to(x.device).view(-1, 1, 1, 1)
     x = torch.where(flips, x.flip(-1), x).float().div_(255)
@@ -253,8 +258,12 @@ class GpuDecodeLoader:
             fell_back = self.stats["cpu_fallback"] - before["cpu_fallback"]
             if fell_back:
                 jpegs = self.stats["jpegs"] - before["jpegs"]
-                print(f"maekit: --gpu_decode: {fell_back} of {jpegs} JPEGs this epoch were decoded "
-                      "on the CPU because nvJPEG failed on them", file=sys.stderr, flush=True)  # fmt: skip
+                print(
+                    f"maekit: --gpu_decode: {fell_back} of {jpegs} JPEGs this epoch were decoded "
+                    "on the CPU because nvJPEG failed on them",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
     def _on_device(self, data: list[torch.Tensor]) -> list[torch.Tensor]:
         """``decode_fn`` with the side-stream discipline (see the module docstring)."""
@@ -312,16 +321,22 @@ class GpuDecodeLoader:
             )
         if on_cpu and not self._warned:
             self._warned = True
-            print(f"maekit: --gpu_decode: nvJPEG failed on {on_cpu} of {len(jpegs)} JPEGs of a batch "
-                  f"({str(first_error).strip().splitlines()[0][:200]}); decoded them on the CPU "
-                  "(counted, reported per epoch)", file=sys.stderr, flush=True)  # fmt: skip
+            print(
+                f"maekit: --gpu_decode: nvJPEG failed on {on_cpu} of {len(jpegs)} JPEGs of a batch "
+                f"({str(first_error).strip().splitlines()[0][:200]}); decoded them on the CPU "
+                "(counted, reported per epoch)",
+                file=sys.stderr,
+                flush=True,
+            )
         for i in range(n):
             if batch.shapes[i] is not None:
                 images[i] = batch.image(i).to(dev, non_blocking=True)
         good = next((img for img in images if img is not None), None)
         if good is None:
-            raise MaekitError(f"no image of a batch could be decoded (e.g. {batch.paths[0]}); "
-                              "check --data_path or drop --gpu_decode")  # fmt: skip
+            raise MaekitError(
+                f"no image of a batch could be decoded (e.g. {batch.paths[0]}); "
+                "check --data_path or drop --gpu_decode"
+            )
         for i, img in enumerate(images):
             if img is None:  # stand in with a readable image, counted like a skipped file
                 images[i] = good

@@ -35,8 +35,12 @@ class TooManyBadImages(MaekitError):
 
 
 # Errors of the machine, not of the file: never counted as an unreadable image.
-RESOURCE_ERRNOS = {errno.EMFILE: "open files", errno.ENFILE: "open files (system-wide)",
-                   errno.ENOMEM: "memory", errno.ENOSPC: "space (e.g. /dev/shm)"}  # fmt: skip
+RESOURCE_ERRNOS = {
+    errno.EMFILE: "open files",
+    errno.ENFILE: "open files (system-wide)",
+    errno.ENOMEM: "memory",
+    errno.ENOSPC: "space (e.g. /dev/shm)",
+}
 
 
 class DataResourceError(MaekitError):
@@ -48,8 +52,11 @@ def resource_error(e: OSError, what: str) -> DataResourceError | None:
     name = RESOURCE_ERRNOS.get(getattr(e, "errno", None))
     if name is None:
         return None
-    hint = ("raise the open-file limit (ulimit -n) or lower --num_workers / --batch_size"
-            if "open files" in name else "lower --num_workers / --batch_size")  # fmt: skip
+    hint = (
+        "raise the open-file limit (ulimit -n) or lower --num_workers / --batch_size"
+        if "open files" in name
+        else "lower --num_workers / --batch_size"
+    )
     return DataResourceError(
         f"the data loader ran out of {name} reading {what} ({e.strerror}); {hint}"
     )

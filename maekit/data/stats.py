@@ -64,8 +64,11 @@ def run(cfg: StatsConfig) -> tuple[list[float], list[float]]:
     picked = subset_indices(len(dataset), cfg.max_images, cfg.seed)
     workers = loader_workers(cfg.num_workers)
     mean, std, pixels = channel_stats(Subset(dataset, picked), workers)
-    print(f"{len(picked)} of {len(dataset)} images of {cfg.data_path} (seed {cfg.seed}), "
-          f"{pixels} pixels per channel, as read for --in_chans {cfg.in_chans}:", flush=True)  # fmt: skip
+    print(
+        f"{len(picked)} of {len(dataset)} images of {cfg.data_path} (seed {cfg.seed}), "
+        f"{pixels} pixels per channel, as read for --in_chans {cfg.in_chans}:",
+        flush=True,
+    )
     fmt = lambda values: " ".join(f"{v:.4f}" for v in values)  # noqa: E731
     print(f"--mean {fmt(mean)} --std {fmt(std)}")
     return mean, std

@@ -99,8 +99,10 @@ def describe_failure(step: object, error: BaseException) -> str:
     detail = (str(error).strip().splitlines() or [""])[0]
     fix = OFF_FLAGS.get(kind)
     fix = f"{fix} turns it off" if fix else "please report it; no flag turns this step off"
-    return (f"the data transform {where} failed on an image ({type(error).__name__}: {detail}); "
-            f"this is a bug in the augmentation code, not in the data: {fix}")  # fmt: skip
+    return (
+        f"the data transform {where} failed on an image ({type(error).__name__}: {detail}); "
+        f"this is a bug in the augmentation code, not in the data: {fix}"
+    )
 
 
 class CheckedCompose(T.Compose):
@@ -160,10 +162,17 @@ def pretrain_transform(
     input_size: int | list[int], in_chans: int = 3, mean=None, std=None
 ) -> T.Compose:
     """RandomResizedCrop(scale 0.2-1, bicubic) + horizontal flip + normalisation."""
-    return _pipeline([
-        T.RandomResizedCrop(input_size, scale=PRETRAIN_SCALE, interpolation=T.InterpolationMode.BICUBIC),
-        T.RandomHorizontalFlip(),
-    ], in_chans, mean, std)  # fmt: skip
+    return _pipeline(
+        [
+            T.RandomResizedCrop(
+                input_size, scale=PRETRAIN_SCALE, interpolation=T.InterpolationMode.BICUBIC
+            ),
+            T.RandomHorizontalFlip(),
+        ],
+        in_chans,
+        mean,
+        std,
+    )
 
 
 def finetune_transform(
@@ -231,17 +240,29 @@ def eval_transform(
         resize = T.Resize(int(input_size / crop_pct), interpolation=T.InterpolationMode.BICUBIC)
     else:  # (height, width): cover (h / crop_pct, w / crop_pct), aspect kept
         resize = ResizeToCover(tuple(int(s / crop_pct) for s in input_size))
-    return _pipeline([
-        resize,
-        T.CenterCrop(to_2tuple(input_size)),
-    ], in_chans, mean, std)  # fmt: skip
+    return _pipeline(
+        [
+            resize,
+            T.CenterCrop(to_2tuple(input_size)),
+        ],
+        in_chans,
+        mean,
+        std,
+    )
 
 
 def linprobe_transform(
     input_size: int | list[int], crop_min: float = 0.08, in_chans: int = 3, mean=None, std=None
 ) -> T.Compose:
     """RandomResizedCrop(0.08-1, bicubic) + flip + normalise (no RandAugment, no erasing)."""
-    return _pipeline([
-        T.RandomResizedCrop(input_size, scale=(crop_min, 1.0), interpolation=T.InterpolationMode.BICUBIC),
-        T.RandomHorizontalFlip(),
-    ], in_chans, mean, std)  # fmt: skip
+    return _pipeline(
+        [
+            T.RandomResizedCrop(
+                input_size, scale=(crop_min, 1.0), interpolation=T.InterpolationMode.BICUBIC
+            ),
+            T.RandomHorizontalFlip(),
+        ],
+        in_chans,
+        mean,
+        std,
+    )

@@ -68,16 +68,25 @@ def build_eval_loader(
         from ..data.shards.stream import shard_eval_loader
 
         split = dist_eval and env.distributed
-        return shard_eval_loader(dataset, batch_size, env.rank, env.world_size, split, num_workers,
-                                 pin_memory)  # fmt: skip
+        return shard_eval_loader(
+            dataset, batch_size, env.rank, env.world_size, split, num_workers, pin_memory
+        )
     dataset = SkipUnreadable(dataset)
     if dist_eval and env.distributed:
         sampler = RankSplitSampler(len(dataset), env.rank, env.world_size)
     else:
         sampler = torch.utils.data.SequentialSampler(dataset)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      pin_memory=pin_memory, drop_last=False, collate_fn=_collate_readable, worker_init_fn=ignore_stop_signals,
-                      generator=torch.Generator())  # fmt: skip
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        drop_last=False,
+        collate_fn=_collate_readable,
+        worker_init_fn=ignore_stop_signals,
+        generator=torch.Generator(),
+    )
 
 
 @torch.no_grad()
@@ -100,12 +109,14 @@ def evaluate(
         k = min(5, logits.shape[1])
         top = logits.topk(k, dim=1).indices  # (N, k)
         hit = top.eq(targets[:, None])
-        sums += torch.stack([
-            F.cross_entropy(logits, targets, reduction="sum").double(),
-            hit[:, :1].any(dim=1).sum().double(),
-            hit.any(dim=1).sum().double(),
-            torch.tensor(float(targets.shape[0]), dtype=torch.float64, device=env.device),
-        ])  # fmt: skip
+        sums += torch.stack(
+            [
+                F.cross_entropy(logits, targets, reduction="sum").double(),
+                hit[:, :1].any(dim=1).sum().double(),
+                hit.any(dim=1).sum().double(),
+                torch.tensor(float(targets.shape[0]), dtype=torch.float64, device=env.device),
+            ]
+        )
     if split:
         all_reduce_sum(sums)
     loss, c1, c5, n = sums.tolist()

@@ -51,8 +51,11 @@ def fit(
             point.epoch, int((point.epoch + point.state.step / max(n_steps, 1)) * 1000) + 1
         )
     if env.is_main:
-        print(f"training {cfg.model} on {env.device} x {env.world_size} in {ctx.precision.name} "
-              f"for epochs {point.epoch}..{cfg.epochs - 1}", flush=True)  # fmt: skip
+        print(
+            f"training {cfg.model} on {env.device} x {env.world_size} in {ctx.precision.name} "
+            f"for epochs {point.epoch}..{cfg.epochs - 1}",
+            flush=True,
+        )
 
     history = []
     run_start = time.perf_counter()
@@ -71,8 +74,11 @@ def fit(
                 saver.check_finite(epoch, done.step - 1)
                 saver.save(epoch - 1, (epoch, done.step), done)
                 if env.is_main:
-                    print(f"stopped by {stop.signal_name or 'a stop request'} at epoch {epoch}, step {done.step}: "
-                          f"saved {ctx.output_dir / LAST}; run the same command to continue", flush=True)  # fmt: skip
+                    print(
+                        f"stopped by {stop.signal_name or 'a stop request'} at epoch {epoch}, step {done.step}: "
+                        f"saved {ctx.output_dir / LAST}; run the same command to continue",
+                        flush=True,
+                    )
                 break
             log, improved = epoch_log(
                 stats, epoch, evaluate_fn, monitors, saver, trainer, run_start
@@ -89,8 +95,11 @@ def fit(
             barrier()
             if stop.requested and epoch + 1 < cfg.epochs:
                 if env.is_main:
-                    print(f"stopped by {stop.signal_name} after epoch {epoch}: saved {ctx.output_dir / LAST}; "
-                          "run the same command to continue", flush=True)  # fmt: skip
+                    print(
+                        f"stopped by {stop.signal_name} after epoch {epoch}: saved {ctx.output_dir / LAST}; "
+                        "run the same command to continue",
+                        flush=True,
+                    )
                 break
     ctx.recorder.close()
     return history
@@ -105,16 +114,27 @@ def _has_epochs_left(cfg, point, is_main: bool) -> bool:
         return True
     if point.path and not cfg.resume:
         if is_main:
-            print(f"nothing to do: {point.path} already finished epoch {point.epoch - 1} of "
-                  f"--epochs {cfg.epochs}; raise --epochs to train longer, or give a new "
-                  "--output_dir (or --no_auto_resume) to start over")  # fmt: skip
+            print(
+                f"nothing to do: {point.path} already finished epoch {point.epoch - 1} of "
+                f"--epochs {cfg.epochs}; raise --epochs to train longer, or give a new "
+                "--output_dir (or --no_auto_resume) to start over"
+            )
         return False
-    raise MaekitError(f"nothing to do: training starts at epoch {point.epoch} but --epochs is {cfg.epochs}; "
-                      "raise --epochs to train longer")  # fmt: skip
+    raise MaekitError(
+        f"nothing to do: training starts at epoch {point.epoch} but --epochs is {cfg.epochs}; "
+        "raise --epochs to train longer"
+    )
 
 
-def epoch_log(stats: dict, epoch: int, evaluate_fn: EvaluateFn | None, monitors: Sequence[Monitor],
-              saver: Saver, trainer: Trainer, run_start: float) -> tuple[dict, bool]:  # fmt: skip
+def epoch_log(
+    stats: dict,
+    epoch: int,
+    evaluate_fn: EvaluateFn | None,
+    monitors: Sequence[Monitor],
+    saver: Saver,
+    trainer: Trainer,
+    run_start: float,
+) -> tuple[dict, bool]:
     """The epoch's log record (train_*, test_*, the monitors', timings), and whether the test
     top-1 improved on the best so far."""
     log = {"train_loss": stats["loss"], "train_lr": stats["lr"]}
@@ -126,9 +146,14 @@ def epoch_log(stats: dict, epoch: int, evaluate_fn: EvaluateFn | None, monitors:
         saver.best = max(saver.best, test["acc1"])
     for monitor in monitors:  # e.g. val_loss, kNN accuracy during pre-training
         log.update(monitor(epoch))
-    log.update({"epoch": epoch, "train_img_per_s": round(stats["img_per_s"], 2),
-                "epoch_time_s": round(stats["time_s"], 2),
-                "wall_time_s": round(time.perf_counter() - run_start, 2)})  # fmt: skip
+    log.update(
+        {
+            "epoch": epoch,
+            "train_img_per_s": round(stats["img_per_s"], 2),
+            "epoch_time_s": round(stats["time_s"], 2),
+            "wall_time_s": round(time.perf_counter() - run_start, 2),
+        }
+    )
     if stats["bad_images"]:
         log["bad_images_skipped"] = stats["bad_images"]
     if trainer.counters.nonfinite_skipped:
@@ -138,11 +163,15 @@ def epoch_log(stats: dict, epoch: int, evaluate_fn: EvaluateFn | None, monitors:
 
 def epoch_line(log: dict, best: float | None) -> str:
     """The one line printed per epoch."""
-    line = (f"epoch {log['epoch']}: train_loss {log['train_loss']:.4f}  lr {log['train_lr']:.3e}  "
-            f"{log['train_img_per_s']:.1f} img/s  {log['epoch_time_s']:.0f}s")  # fmt: skip
+    line = (
+        f"epoch {log['epoch']}: train_loss {log['train_loss']:.4f}  lr {log['train_lr']:.3e}  "
+        f"{log['train_img_per_s']:.1f} img/s  {log['epoch_time_s']:.0f}s"
+    )
     if best is not None:
-        line += (f"  test acc1 {log['test_acc1']:.2f}%  acc5 {log['test_acc5']:.2f}%  "
-                 f"loss {log['test_loss']:.4f}  (max acc1 {best:.2f}%)")  # fmt: skip
+        line += (
+            f"  test acc1 {log['test_acc1']:.2f}%  acc5 {log['test_acc5']:.2f}%  "
+            f"loss {log['test_loss']:.4f}  (max acc1 {best:.2f}%)"
+        )
     if log.get("bad_images_skipped"):
         line += f"  ({log['bad_images_skipped']} unreadable images skipped)"
     return line

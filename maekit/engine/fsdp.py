@@ -36,8 +36,10 @@ def _fsdp():
     from torch.distributed import fsdp  # FSDP2 (torch >= 2.6)
 
     if not hasattr(fsdp, "fully_shard"):
-        raise MaekitError("--dist_mode fsdp needs torch.distributed.fsdp.fully_shard (torch >= 2.6); "
-                          "use --dist_mode ddp")  # fmt: skip
+        raise MaekitError(
+            "--dist_mode fsdp needs torch.distributed.fsdp.fully_shard (torch >= 2.6); "
+            "use --dist_mode ddp"
+        )
     return fsdp
 
 
@@ -52,8 +54,9 @@ def fsdp_units(model: nn.Module) -> list[nn.Module]:
             continue
         entries = list(m)
         one_class = len({type(e) for e in entries}) == 1
-        if one_class and all(any(True for _ in e.children()) and any(True for _ in e.parameters())
-                             for e in entries):  # fmt: skip
+        if one_class and all(
+            any(True for _ in e.children()) and any(True for _ in e.parameters()) for e in entries
+        ):
             units.extend(entries)
     return units
 
@@ -84,8 +87,11 @@ def fully_shard_model(model: nn.Module, precision: Precision) -> nn.Module:
     warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view")
     units = fsdp_units(model)
     if not units:
-        warnings.warn(f"--dist_mode fsdp: {type(model).__name__} has no blocks to shard one at a "
-                      "time, so its whole parameter set is gathered for every forward", stacklevel=2)  # fmt: skip
+        warnings.warn(
+            f"--dist_mode fsdp: {type(model).__name__} has no blocks to shard one at a "
+            "time, so its whole parameter set is gathered for every forward",
+            stacklevel=2,
+        )
     for unit in units:
         fsdp.fully_shard(unit, **kw)
     fsdp.fully_shard(model, **kw)
@@ -163,8 +169,11 @@ def _to_integer_ids(by_name: dict, optimizer: torch.optim.Optimizer, model: nn.M
             order.append(ids[names[id(p)]])
         groups.append({**{k: v for k, v in saved.items() if k != "params"}, "params": order})
     # 0-dim entries (AdamW's ``step``) come back as the live optimizer's own tensors: copy them.
-    state = {ids[k]: {n: t.clone() if torch.is_tensor(t) and t.dim() == 0 else t for n, t in v.items()}
-             for k, v in by_name.get("state", {}).items() if k in ids}  # fmt: skip
+    state = {
+        ids[k]: {n: t.clone() if torch.is_tensor(t) and t.dim() == 0 else t for n, t in v.items()}
+        for k, v in by_name.get("state", {}).items()
+        if k in ids
+    }
     return {"state": state, "param_groups": groups}
 
 
@@ -176,12 +185,19 @@ def _to_names(by_id: dict, optimizer: torch.optim.Optimizer, model: nn.Module) -
     if len(saved_groups) != len(optimizer.param_groups) or sum(
         len(g["params"]) for g in saved_groups
     ) != len(order):
-        raise MaekitError("the checkpoint's optimizer state has other parameter groups than this run "
-                          "(another model, --layer_decay or --weight_decay rule?); resume with the "
-                          "same settings")  # fmt: skip
+        raise MaekitError(
+            "the checkpoint's optimizer state has other parameter groups than this run "
+            "(another model, --layer_decay or --weight_decay rule?); resume with the "
+            "same settings"
+        )
     name_of = dict(enumerate(order))
-    groups = [{**{k: v for k, v in g.items() if k != "params"},
-               "params": [name_of[i] for i in g["params"]]} for g in saved_groups]  # fmt: skip
+    groups = [
+        {
+            **{k: v for k, v in g.items() if k != "params"},
+            "params": [name_of[i] for i in g["params"]],
+        }
+        for g in saved_groups
+    ]
     state = {name_of[int(i)]: dict(v) for i, v in by_id["state"].items()}
     return {"state": state, "param_groups": groups}
 
@@ -202,8 +218,10 @@ def load_full_state(
     own = set(model.state_dict())
     missing, unexpected = sorted(own - set(model_state)), sorted(set(model_state) - own)
     if missing or unexpected:
-        raise MaekitError(f"the checkpoint does not match the model: missing {missing[:8]}, "
-                          f"unexpected {unexpected[:8]}; resume with the same --model and sizes")  # fmt: skip
+        raise MaekitError(
+            f"the checkpoint does not match the model: missing {missing[:8]}, "
+            f"unexpected {unexpected[:8]}; resume with the same --model and sizes"
+        )
     # Both setters replace entries of the dicts they are given: hand them copies.
     set_model_state_dict(model, dict(model_state), options=_options())
     if optimizer is not None and optimizer_state is not None:

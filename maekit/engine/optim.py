@@ -106,10 +106,16 @@ def layer_decay_groups(
             continue
         decay = not (p.ndim == 1 or name in skip)
         lid = layer_id(name, num_layers)
-        group = groups.setdefault((lid, decay), {
-            "params": [], "param_names": [], "weight_decay": weight_decay if decay else 0.0,
-            "lr_scale": layer_decay ** (num_layers - lid), "layer_id": lid,
-        })  # fmt: skip
+        group = groups.setdefault(
+            (lid, decay),
+            {
+                "params": [],
+                "param_names": [],
+                "weight_decay": weight_decay if decay else 0.0,
+                "lr_scale": layer_decay ** (num_layers - lid),
+                "layer_id": lid,
+            },
+        )
         group["params"].append(p)
         group["param_names"].append(name)
     return [groups[k] for k in sorted(groups)]

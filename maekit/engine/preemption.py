@@ -28,8 +28,12 @@ class StopRequest:
         if not self.requested:
             self.requested = True
             self.signal_name = signal.Signals(signum).name
-            print(f"maekit: {self.signal_name} received; stopping after the current step and "
-                  "saving a checkpoint", file=sys.stderr, flush=True)  # fmt: skip
+            print(
+                f"maekit: {self.signal_name} received; stopping after the current step and "
+                "saving a checkpoint",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():

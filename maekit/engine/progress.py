@@ -90,8 +90,10 @@ class RunRecorder:
             try:
                 self.tb = SummaryWriter(log_dir=log_dir or output_dir)
             except OSError as e:
-                raise MaekitError(f"--log_dir {log_dir or output_dir} is not writable ({e.strerror or e}); "
-                                  "choose another folder") from e  # fmt: skip
+                raise MaekitError(
+                    f"--log_dir {log_dir or output_dir} is not writable ({e.strerror or e}); "
+                    "choose another folder"
+                ) from e
 
     def scalar(self, tag: str, value: float, step: int) -> None:
         if self.tb is not None:

@@ -77,17 +77,22 @@ def restore(cfg, start: tuple[str, dict | None], trainer: Trainer) -> StartPoint
         if same_world and resume.get("epoch_state"):
             point.state = EpochState(**resume["epoch_state"])
     except (TypeError, ValueError, KeyError, IndexError, AttributeError) as e:
-        raise MaekitError(f"{path}: its resume state is damaged ({type(e).__name__}: "
-                          f"{str(e)[:80]}); resume from another checkpoint, or start over with "
-                          "--no_auto_resume") from e  # fmt: skip
+        raise MaekitError(
+            f"{path}: its resume state is damaged ({type(e).__name__}: "
+            f"{str(e)[:80]}); resume from another checkpoint, or start over with "
+            "--no_auto_resume"
+        ) from e
     if env.is_main:
         where = f"epoch {point.epoch}" + (f", step {point.state.step}" if point.state.step else "")
         how = "auto-resumed" if not cfg.resume else "resumed"
         print(f"{how} from {path}: continuing at {where}")
         if resume and not same_world:
-            print(f"maekit: warning: the checkpoint was written by {resume.get('world_size')} processes, "
-                  f"this run has {env.world_size}: data order and random streams are not continued "
-                  "exactly (an interrupted epoch restarts)", file=sys.stderr)  # fmt: skip
+            print(
+                f"maekit: warning: the checkpoint was written by {resume.get('world_size')} processes, "
+                f"this run has {env.world_size}: data order and random streams are not continued "
+                "exactly (an interrupted epoch restarts)",
+                file=sys.stderr,
+            )
     return point
 
 
@@ -119,13 +124,24 @@ class Saver:
             "resume point; try a lower --blr or --clip_grad, or --amp bf16/none instead of fp16"
         )
 
-    def save(self, epoch_done: int, resume_at: tuple[int, int], state: EpochState | None,
-             periodic: bool = False, as_best: bool = False) -> None:  # fmt: skip
+    def save(
+        self,
+        epoch_done: int,
+        resume_at: tuple[int, int],
+        state: EpochState | None,
+        periodic: bool = False,
+        as_best: bool = False,
+    ) -> None:
         """All ranks call it (the RNG states and, under fsdp, the shards are gathered)."""
         t, env = self.trainer, self.trainer.env
-        resume = {"epoch": resume_at[0], "step": resume_at[1], "world_size": env.world_size,
-                  "rng": gather_rng_states(env), "nonfinite_skipped": t.counters.nonfinite_skipped,
-                  "epoch_state": None if state is None else state.as_dict()}  # fmt: skip
+        resume = {
+            "epoch": resume_at[0],
+            "step": resume_at[1],
+            "world_size": env.world_size,
+            "rng": gather_rng_states(env),
+            "nonfinite_skipped": t.counters.nonfinite_skipped,
+            "epoch_state": None if state is None else state.as_dict(),
+        }
         model_state = optimizer_state = None
         if t.model.fsdp:  # fsdp: gather full tensors to rank 0 (all ranks call)
             model_state, optimizer_state = full_state(t.model.bare, t.optimizer)
@@ -134,8 +150,17 @@ class Saver:
             if self.track_best:
                 extra["max_accuracy"] = self.best
             last = self.output_dir / LAST
-            save_checkpoint(last, t.model.bare, t.optimizer, epoch_done, t.scaler, self.cfg.to_dict(),
-                            extra=extra, model_state=model_state, optimizer_state=optimizer_state)  # fmt: skip
+            save_checkpoint(
+                last,
+                t.model.bare,
+                t.optimizer,
+                epoch_done,
+                t.scaler,
+                self.cfg.to_dict(),
+                extra=extra,
+                model_state=model_state,
+                optimizer_state=optimizer_state,
+            )
             if periodic:
                 atomic_copy(last, self.output_dir / f"checkpoint-{epoch_done}.pth")
                 prune_checkpoints(self.output_dir, self.cfg.keep_last)

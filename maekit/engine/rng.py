@@ -18,8 +18,13 @@ def capture() -> dict:
     """This process's RNG states as plain values (bytes, ints, lists): weights_only-loadable
     and safe to send through ``all_gather_object``."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
-    numpy_state = {"kind": kind, "keys": keys.astype(np.uint32).tobytes(), "pos": int(pos),
-                   "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}  # fmt: skip
+    numpy_state = {
+        "kind": kind,
+        "keys": keys.astype(np.uint32).tobytes(),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "cached_gaussian": float(cached),
+    }
     state = {
         "python": _to_plain(random.getstate()),
         "numpy": numpy_state,

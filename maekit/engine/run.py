@@ -100,8 +100,10 @@ def prepare_run(cfg) -> RunContext:
     env = init_distributed(cfg.device)
     lr, eff = absolute_lr(cfg, env.world_size)
     if cfg.min_lr > lr:
-        raise MaekitError(f"--min_lr {cfg.min_lr:g} is above the learning rate {lr:.3g} (--blr x effective "
-                          f"batch {eff} / 256, or --lr); lower --min_lr or raise --blr")  # fmt: skip
+        raise MaekitError(
+            f"--min_lr {cfg.min_lr:g} is above the learning rate {lr:.3g} (--blr x effective "
+            f"batch {eff} / 256, or --lr); lower --min_lr or raise --blr"
+        )
     out, error = Path(cfg.output_dir), None
     if env.is_main:
         try:
@@ -117,10 +119,12 @@ def prepare_run(cfg) -> RunContext:
         if start[0] and not cfg.resume:  # auto-resume: the same run, so the same recipe
             clash = resume_conflicts(cfg.to_dict(), (start[1] or {}).get("args"))
             if clash:
-                error = MaekitError(f"--output_dir {out} holds a run with other settings than these flags "
-                                    f"({start[0]}): {', '.join(clash[:8])}; rerun with the checkpoint's "
-                                    "values, or give a new --output_dir (--no_auto_resume starts over "
-                                    "in this one)")  # fmt: skip
+                error = MaekitError(
+                    f"--output_dir {out} holds a run with other settings than these flags "
+                    f"({start[0]}): {', '.join(clash[:8])}; rerun with the checkpoint's "
+                    "values, or give a new --output_dir (--no_auto_resume starts over "
+                    "in this one)"
+                )
         _agree(env, error)
     barrier()
     seed_all(cfg.seed + env.rank, accelerators=True)
@@ -129,16 +133,25 @@ def prepare_run(cfg) -> RunContext:
         # What the flags resolved to on this machine: `--amp auto` is fp32 or bf16 by hardware.
         # The absolute lr too: --blr scales with the effective batch, which --accum_iter and the
         # process count set.
-        resolved = {"precision": precision.name, "device": str(env.device),
-                    "world_size": env.world_size, "effective_batch": eff, "lr": lr,
-                    "torch": torch.__version__}  # fmt: skip
+        resolved = {
+            "precision": precision.name,
+            "device": str(env.device),
+            "world_size": env.world_size,
+            "effective_batch": eff,
+            "lr": lr,
+            "torch": torch.__version__,
+        }
         (out / "config.json").write_text(
             json.dumps({**cfg.to_dict(), "resolved": resolved}, indent=2) + "\n"
         )
     from .wandb_run import start_wandb
 
-    recorder = RunRecorder(str(out), cfg.log_dir, enabled=env.is_main,
-                           wandb=start_wandb(cfg, out) if env.is_main else None)  # fmt: skip
+    recorder = RunRecorder(
+        str(out),
+        cfg.log_dir,
+        enabled=env.is_main,
+        wandb=start_wandb(cfg, out) if env.is_main else None,
+    )
     workers = loader_workers(cfg.num_workers)
     pin = cfg.pin_mem and env.device.type == "cuda"
     return RunContext(env, precision, recorder, out, workers, pin, lr, eff, start)
@@ -175,15 +188,25 @@ def run(cfg, recipe: Recipe) -> list[dict]:
         if env.is_main:
             for line in recipe.data_lines(loader, model):
                 print(line)
-        pm = parallelize(model, env, ctx.precision, cfg.dist_mode, cfg.grad_ckpt, cfg.compile,
-                         repr(cfg.model))  # fmt: skip
+        pm = parallelize(
+            model, env, ctx.precision, cfg.dist_mode, cfg.grad_ckpt, cfg.compile, repr(cfg.model)
+        )
         if env.is_main:  # base and actual lr, like the official
-            print(f"base lr: {ctx.lr * 256 / ctx.effective_batch:.2e}  actual lr: {ctx.lr:.2e}  "
-                  f"effective batch: {ctx.effective_batch} ({cfg.batch_size} x {cfg.accum_iter} "
-                  f"accum x {env.world_size} procs)")  # fmt: skip
+            print(
+                f"base lr: {ctx.lr * 256 / ctx.effective_batch:.2e}  actual lr: {ctx.lr:.2e}  "
+                f"effective batch: {ctx.effective_batch} ({cfg.batch_size} x {cfg.accum_iter} "
+                f"accum x {env.world_size} procs)"
+            )
         optimizer = recipe.build_optimizer(pm.bare, ctx.lr)
-        trainer = Trainer(pm, optimizer, recipe.build_loss(), LoopSettings.from_config(cfg, ctx.lr),
-                          ctx.precision, env, ctx.recorder)  # fmt: skip
+        trainer = Trainer(
+            pm,
+            optimizer,
+            recipe.build_loss(),
+            LoopSettings.from_config(cfg, ctx.lr),
+            ctx.precision,
+            env,
+            ctx.recorder,
+        )
         evaluate_fn = recipe.evaluator(ctx, pm)
         monitors = recipe.monitors(ctx, pm)
         history = fit(cfg, ctx, trainer, loader, evaluate_fn, monitors)

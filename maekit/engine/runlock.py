@@ -43,8 +43,10 @@ def lock_output_dir(folder: str | Path) -> Path:
         holder = _read_pid(fd)
         os.close(fd)
         who = f"pid {holder}" if holder else "another process"
-        raise MaekitError(f"--output_dir {folder} is in use by another maekit run ({who}); wait for it "
-                          "to finish or stop it, or give this run another --output_dir") from None  # fmt: skip
+        raise MaekitError(
+            f"--output_dir {folder} is in use by another maekit run ({who}); wait for it "
+            "to finish or stop it, or give this run another --output_dir"
+        ) from None
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     _held[folder] = fd

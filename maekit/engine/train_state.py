@@ -45,8 +45,11 @@ def nonfinite_entries(
         named += [(k, b) for k, b in unwrap(module).named_buffers()]
     if optimizer is not None:
         for i, st in enumerate(optimizer.state.values()):
-            named += [(f"optimizer state {i}: {k}", v) for k, v in st.items()
-                      if isinstance(v, torch.Tensor) and v.dim() > 0]  # fmt: skip
+            named += [
+                (f"optimizer state {i}: {k}", v)
+                for k, v in st.items()
+                if isinstance(v, torch.Tensor) and v.dim() > 0
+            ]
     named = [(k, _local(v)) for k, v in named]
     named = [(k, v) for k, v in named if v.is_floating_point() and v.numel() > 0]
     if not named:
@@ -120,8 +123,9 @@ def resume_from(
     else:
         result = bare.load_state_dict(state, strict=False)
         if result.missing_keys or result.unexpected_keys:
-            raise keys_error(f"checkpoint {path}", bare, result.missing_keys,
-                             result.unexpected_keys, RESUME_FIX)  # fmt: skip
+            raise keys_error(
+                f"checkpoint {path}", bare, result.missing_keys, result.unexpected_keys, RESUME_FIX
+            )
         if optimizer is not None and ckpt.get("optimizer") is not None:
             optimizer.load_state_dict(ckpt["optimizer"])
     if scaler is not None and ckpt.get("scaler") is not None:

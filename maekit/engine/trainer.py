@@ -56,10 +56,18 @@ class LoopSettings:
     @classmethod
     def from_config(cls, cfg, lr: float) -> LoopSettings:
         """A phase config's loop flags, with the absolute ``lr`` the run resolved."""
-        return cls(lr=lr, min_lr=cfg.min_lr, warmup_epochs=cfg.warmup_epochs, epochs=cfg.epochs,
-                   accum_iter=cfg.accum_iter, clip_grad=cfg.clip_grad, print_freq=cfg.print_freq,
-                   max_train_step=cfg.max_train_step, max_nonfinite=cfg.max_nonfinite,
-                   max_bad_frac=cfg.max_bad_frac)  # fmt: skip
+        return cls(
+            lr=lr,
+            min_lr=cfg.min_lr,
+            warmup_epochs=cfg.warmup_epochs,
+            epochs=cfg.epochs,
+            accum_iter=cfg.accum_iter,
+            clip_grad=cfg.clip_grad,
+            print_freq=cfg.print_freq,
+            max_train_step=cfg.max_train_step,
+            max_nonfinite=cfg.max_nonfinite,
+            max_bad_frac=cfg.max_bad_frac,
+        )
 
 
 @dataclass
@@ -166,9 +174,11 @@ class Trainer:
             if skipped:
                 self.counters.nonfinite_skipped += 1
                 if self.env.is_main:
-                    print(f"maekit: non-finite loss at epoch {epoch}, step {step}; step skipped "
-                          f"({self.counters.nonfinite_skipped} of --max_nonfinite {s.max_nonfinite})",
-                          flush=True)  # fmt: skip
+                    print(
+                        f"maekit: non-finite loss at epoch {epoch}, step {step}; step skipped "
+                        f"({self.counters.nonfinite_skipped} of --max_nonfinite {s.max_nonfinite})",
+                        flush=True,
+                    )
                 if self.counters.nonfinite_skipped > s.max_nonfinite:
                     raise NonFiniteLossError(
                         f"more than --max_nonfinite {s.max_nonfinite} non-finite losses "
@@ -191,8 +201,10 @@ class Trainer:
             if s.max_nonfinite > 0 and not scaler.is_enabled() and not bool(torch.isfinite(norm)):
                 self.counters.nonfinite_skipped += 1  # finite loss, non-finite gradient: skip too
                 if self.env.is_main:
-                    print(f"maekit: non-finite gradient at epoch {epoch}, step {step}; "
-                          "step skipped", flush=True)  # fmt: skip
+                    print(
+                        f"maekit: non-finite gradient at epoch {epoch}, step {step}; step skipped",
+                        flush=True,
+                    )
             else:
                 scaler.step(self.optimizer)
                 scaler.update()
@@ -268,18 +280,33 @@ class Trainer:
             progress.close()
         return self._epoch_totals(state, meters, step, time.perf_counter() - start, lr)
 
-    def _print_point(self, meters: _Window, state: EpochState, stop: StopRequest | None, epoch: int,
-                     step: int, n_steps: int, lr: float, progress: EpochProgress) -> bool:  # fmt: skip
+    def _print_point(
+        self,
+        meters: _Window,
+        state: EpochState,
+        stop: StopRequest | None,
+        epoch: int,
+        step: int,
+        n_steps: int,
+        lr: float,
+        progress: EpochProgress,
+    ) -> bool:
         """Every --print_freq steps: one all-reduce of the window's loss, the bad-image count and
         the stop flag; raise on a non-finite loss or too many unreadable images; print and log.
         Returns whether any rank was asked to stop."""
         s, f64 = self.settings, meters.f64
         local_stop = 1.0 if stop is not None and stop.requested else 0.0
-        window = all_reduce_sum(torch.stack([
-            meters.window_sum, torch.tensor(float(meters.window_n), **f64),
-            torch.tensor(float(state.bad_images), **f64),
-            torch.tensor(float(state.images + meters.imgs_seen), **f64), torch.tensor(local_stop, **f64),
-        ]))  # fmt: skip
+        window = all_reduce_sum(
+            torch.stack(
+                [
+                    meters.window_sum,
+                    torch.tensor(float(meters.window_n), **f64),
+                    torch.tensor(float(state.bad_images), **f64),
+                    torch.tensor(float(state.images + meters.imgs_seen), **f64),
+                    torch.tensor(local_stop, **f64),
+                ]
+            )
+        )
         bad_step = int(meters.first_bad)
         if bad_step >= 0:
             raise NonFiniteLossError(
@@ -304,18 +331,27 @@ class Trainer:
         meters.window_n = 0
         return window[4].item() > 0
 
-    def _epoch_totals(self, state: EpochState, meters: _Window, step: int, elapsed: float,
-                      lr: float) -> dict:  # fmt: skip
+    def _epoch_totals(
+        self, state: EpochState, meters: _Window, step: int, elapsed: float, lr: float
+    ) -> dict:
         """Fold this call's sums into ``state`` and all-reduce the epoch's totals."""
         state.step = step + 1
         state.loss_sum += meters.loss_sum.item()
         state.loss_steps += meters.n_loss
         state.images += meters.imgs_seen
         state.time_s += elapsed
-        totals = all_reduce_sum(torch.tensor(
-            [state.loss_sum, float(state.loss_steps), float(state.images), float(state.bad_images)],
-            device=self.env.device, dtype=torch.float64,
-        ))  # fmt: skip
+        totals = all_reduce_sum(
+            torch.tensor(
+                [
+                    state.loss_sum,
+                    float(state.loss_steps),
+                    float(state.images),
+                    float(state.bad_images),
+                ],
+                device=self.env.device,
+                dtype=torch.float64,
+            )
+        )
         return {
             "loss": (totals[0] / totals[1]).item() if totals[1].item() > 0 else float("nan"),
             "lr": state.lr_sum / max(state.lr_steps, 1),

@@ -22,8 +22,12 @@ def start_wandb(cfg, output_dir: Path):
         raise MaekitError(
             "--log_wandb needs wandb: pip install 'maekit[wandb]' (or drop --log_wandb)"
         ) from e
-    run = wandb.init(project=cfg.wandb_project, name=cfg.wandb_name or output_dir.resolve().name,
-                     dir=str(output_dir), config=cfg.to_dict())  # fmt: skip
+    run = wandb.init(
+        project=cfg.wandb_project,
+        name=cfg.wandb_name or output_dir.resolve().name,
+        dir=str(output_dir),
+        config=cfg.to_dict(),
+    )
     # The same x axes as TensorBoard: per-iteration scalars at 1000 x the fractional epoch,
     # per-epoch scalars and images at the epoch.
     run.define_metric("epoch_x1000")

@@ -55,8 +55,14 @@ _LAYER = {
     "mlp.fc1": "mlp.fc1",
     "mlp.fc2": "mlp.fc2",
 }
-_QKV = {"attention.attention.query": 0, "attention.attention.key": 1, "attention.attention.value": 2,
-        "attention.q_proj": 0, "attention.k_proj": 1, "attention.v_proj": 2}  # fmt: skip
+_QKV = {
+    "attention.attention.query": 0,
+    "attention.attention.key": 1,
+    "attention.attention.value": 2,
+    "attention.q_proj": 0,
+    "attention.k_proj": 1,
+    "attention.v_proj": 2,
+}
 _TOP = {
     "embeddings.cls_token": "cls_token",
     "embeddings.position_embeddings": "pos_embed",
@@ -76,7 +82,9 @@ _TOP = {
     "classifier.bias": "head.bias",
 }
 _ENC_LAYER = re.compile(r"^(?:encoder\.layer|layers)\.(\d+)\.(.+)\.(weight|bias)$")
-_DEC_LAYER = re.compile(r"^decoder\.(?:decoder_layers|decoder_encoder\.layer)\.(\d+)\.(.+)\.(weight|bias)$")  # fmt: skip
+_DEC_LAYER = re.compile(
+    r"^decoder\.(?:decoder_layers|decoder_encoder\.layer)\.(\d+)\.(.+)\.(weight|bias)$"
+)
 # weights HF models may carry that ours have no use for
 _IGNORED = ("pooler.", "embeddings.mask_token")
 
@@ -113,8 +121,10 @@ def architecture(config: dict, where: str) -> str:
             f"it reads {', '.join(ARCHITECTURES)}"
         )
     if config.get("hidden_act", "gelu") != "gelu" or not config.get("qkv_bias", True):
-        raise MaekitError(f"{where}: this {name} uses hidden_act={config.get('hidden_act')!r}, "
-                          f"qkv_bias={config.get('qkv_bias')}; maekit's ViTs use gelu with a qkv bias")  # fmt: skip
+        raise MaekitError(
+            f"{where}: this {name} uses hidden_act={config.get('hidden_act')!r}, "
+            f"qkv_bias={config.get('qkv_bias')}; maekit's ViTs use gelu with a qkv bias"
+        )
     return name
 
 
@@ -127,10 +137,14 @@ def _weight_files(folder: Path) -> list[Path]:
             shards = sorted(set(read_json(folder / name).get("weight_map", {}).values()))
             missing = [s for s in shards if not (folder / s).is_file()]
             if not shards or missing:
-                raise MaekitError(f"{folder / name} lists shards that are missing: {', '.join(missing[:3])}")  # fmt: skip
+                raise MaekitError(
+                    f"{folder / name} lists shards that are missing: {', '.join(missing[:3])}"
+                )
             return [folder / s for s in shards]
-    raise MaekitError(f"{folder} has a config.json but no weights ({', '.join(WEIGHT_FILES)}); "
-                      "give the whole save_pretrained folder")  # fmt: skip
+    raise MaekitError(
+        f"{folder} has a config.json but no weights ({', '.join(WEIGHT_FILES)}); "
+        "give the whole save_pretrained folder"
+    )
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -202,7 +216,9 @@ def hf_to_maekit(
             elif name in _LAYER:
                 out[f"{stem}.{_LAYER[name]}.{leaf}"] = value
             else:
-                raise MaekitError(f"{where}: unexpected tensor {key} in a Hugging Face ViT checkpoint")  # fmt: skip
+                raise MaekitError(
+                    f"{where}: unexpected tensor {key} in a Hugging Face ViT checkpoint"
+                )
         elif k in _TOP:
             out[_TOP[k]] = value
         elif k.startswith(_IGNORED):
@@ -211,7 +227,9 @@ def hf_to_maekit(
             raise MaekitError(f"{where}: unexpected tensor {key} in a Hugging Face ViT checkpoint")
     for (stem, leaf), parts in qkv.items():
         if any(p is None for p in parts):
-            raise MaekitError(f"{where}: {stem} lacks a query, key or value {leaf}; the file is incomplete")  # fmt: skip
+            raise MaekitError(
+                f"{where}: {stem} lacks a query, key or value {leaf}; the file is incomplete"
+            )
         out[f"{stem}.attn.qkv.{leaf}"] = torch.cat(parts, dim=0)  # (3D, ...) in q, k, v order
     if "patch_embed.proj.weight" not in out:
         raise MaekitError(f"{where}: no patch embedding in this Hugging Face checkpoint")
@@ -223,10 +241,14 @@ def hf_to_maekit(
         arch = "ViTMAEForPreTraining" if "decoder_pred.weight" in out else "ViTMAEModel"
     notes = [f"renamed from Hugging Face {arch} names (query/key/value fused into qkv)"]
     if ignored:
-        notes.append(f"ignored {', '.join(sorted({k.split('.')[-2] for k in ignored}))} ({len(ignored)} tensors)")  # fmt: skip
+        notes.append(
+            f"ignored {', '.join(sorted({k.split('.')[-2] for k in ignored}))} ({len(ignored)} tensors)"
+        )
     eps = (config or {}).get("layer_norm_eps", OFFICIAL_LN_EPS)
     if eps != OFFICIAL_LN_EPS:
-        notes.append(f"config layer_norm_eps {eps:g}: maekit's LayerNorms use the official MAE's {OFFICIAL_LN_EPS:g}")  # fmt: skip
+        notes.append(
+            f"config layer_norm_eps {eps:g}: maekit's LayerNorms use the official MAE's {OFFICIAL_LN_EPS:g}"
+        )
     return out, _args_from(out, config, arch), notes, arch
 
 
@@ -251,9 +273,14 @@ def _args_from(state: dict, config: dict | None, arch: str) -> dict:
     tokens = state["pos_embed"].shape[1] - 1
     side = round(tokens**0.5)
     input_size = _image_size(config.get("image_size", side * patch))
-    args = {"model": matching_model(kind, sizes), "input_size": input_size, "patch_size": patch,
-            "in_chans": in_chans, "norm_pix_loss": bool(config.get("norm_pix_loss", False)),
-            "hf_architecture": arch}  # fmt: skip
+    args = {
+        "model": matching_model(kind, sizes),
+        "input_size": input_size,
+        "patch_size": patch,
+        "in_chans": in_chans,
+        "norm_pix_loss": bool(config.get("norm_pix_loss", False)),
+        "hf_architecture": arch,
+    }
     if config.get("mask_ratio") is not None:
         args["mask_ratio"] = config["mask_ratio"]
     if arch == "ViTForImageClassification":
@@ -291,15 +318,19 @@ def _heads(dim: int, args: dict, field: str, hf_field: str) -> int:
         d = get_entry(name).defaults
         if d.get(width) == dim and field in d:
             return int(d[field])
-    raise MaekitError(f"cannot tell the number of attention heads of a {dim}-wide {'decoder' if 'decoder' in field else 'encoder'} "
-                      "(not a standard size and the checkpoint names no model); convert a checkpoint saved by maekit")  # fmt: skip
+    raise MaekitError(
+        f"cannot tell the number of attention heads of a {dim}-wide {'decoder' if 'decoder' in field else 'encoder'} "
+        "(not a standard size and the checkpoint names no model); convert a checkpoint saved by maekit"
+    )
 
 
 def hf_architecture_of(state: dict) -> str:
     """Which HF class our state dict becomes; refuses what HF has no class for."""
     if any(k.startswith(("blocks3.", "patch_embed4.")) for k in state):
-        raise MaekitError("this is a ConvMAE checkpoint and transformers has no ConvMAE model; "
-                          "convert it --to maekit or --to safetensors instead")  # fmt: skip
+        raise MaekitError(
+            "this is a ConvMAE checkpoint and transformers has no ConvMAE model; "
+            "convert it --to maekit or --to safetensors instead"
+        )
     if "patch_embed.proj.weight" not in state or "pos_embed" not in state:
         raise MaekitError("not a ViT/MAE state dict (no patch_embed.proj.weight or pos_embed)")
     if "decoder_pred.weight" in state:
@@ -332,15 +363,23 @@ def maekit_to_hf(
         )
     prefix = "" if arch == "ViTMAEModel" else "vit."
     back_top = {v: k for k, v in _TOP.items()}
-    back_layer = {"norm1": "layernorm_before", "norm2": "layernorm_after", "attn.proj": "attention.output.dense",
-                  "mlp.fc1": "intermediate.dense", "mlp.fc2": "output.dense"}  # fmt: skip
+    back_layer = {
+        "norm1": "layernorm_before",
+        "norm2": "layernorm_after",
+        "attn.proj": "attention.output.dense",
+        "mlp.fc1": "intermediate.dense",
+        "mlp.fc2": "output.dense",
+    }
     out: dict[str, torch.Tensor] = {}
     dropped = []
     for key, value in state.items():
         m = re.match(r"^(blocks|decoder_blocks)\.(\d+)\.(.+)\.(weight|bias)$", key)
         if m:
-            stem = (f"{prefix}encoder.layer.{m.group(2)}" if m.group(1) == "blocks"
-                    else f"decoder.decoder_layers.{m.group(2)}")  # fmt: skip
+            stem = (
+                f"{prefix}encoder.layer.{m.group(2)}"
+                if m.group(1) == "blocks"
+                else f"decoder.decoder_layers.{m.group(2)}"
+            )
             name, leaf = m.group(3), m.group(4)
             if name == "attn.qkv":
                 for part, chunk in zip(
@@ -372,10 +411,17 @@ def maekit_to_hf(
             if isinstance(config["image_size"], int)
             else config["image_size"]
         )
-        pre = {"image_processor_type": "ViTImageProcessor", "do_resize": True,
-               "size": {"height": h, "width": w}, "resample": 3, "do_rescale": True,
-               "rescale_factor": 1 / 255, "do_normalize": True,
-               "image_mean": list(args["mean"]), "image_std": list(args["std"])}  # fmt: skip
+        pre = {
+            "image_processor_type": "ViTImageProcessor",
+            "do_resize": True,
+            "size": {"height": h, "width": w},
+            "resample": 3,
+            "do_rescale": True,
+            "rescale_factor": 1 / 255,
+            "do_normalize": True,
+            "image_mean": list(args["mean"]),
+            "image_std": list(args["std"]),
+        }
     return out, config, pre, notes
 
 
@@ -386,32 +432,47 @@ def _config_for(state: dict, args: dict, arch: str) -> dict:
     if size is None:
         side = round(tokens**0.5)
         if side * side != tokens:
-            raise MaekitError("the checkpoint's patch grid is not square and it records no --input_size")  # fmt: skip
+            raise MaekitError(
+                "the checkpoint's patch grid is not square and it records no --input_size"
+            )
         size = side * patch
     size = _image_size(size if isinstance(size, list | tuple) else [size, size])
     config = dict(args.get("hf_config") or {})
     config.pop("transformers_version", None)
-    config.update({
-        "architectures": [arch], "model_type": "vit" if arch == "ViTForImageClassification" else "vit_mae",
-        "hidden_size": int(dim), "num_hidden_layers": _depth(state, "blocks"),
-        "num_attention_heads": _heads(int(dim), args, "num_heads", "num_attention_heads"),
-        "intermediate_size": int(state["blocks.0.mlp.fc1.weight"].shape[0]),
-        "hidden_act": "gelu", "layer_norm_eps": OFFICIAL_LN_EPS, "qkv_bias": True,
-        "image_size": size, "patch_size": int(patch), "num_channels": int(in_chans),
-    })  # fmt: skip
+    config.update(
+        {
+            "architectures": [arch],
+            "model_type": "vit" if arch == "ViTForImageClassification" else "vit_mae",
+            "hidden_size": int(dim),
+            "num_hidden_layers": _depth(state, "blocks"),
+            "num_attention_heads": _heads(int(dim), args, "num_heads", "num_attention_heads"),
+            "intermediate_size": int(state["blocks.0.mlp.fc1.weight"].shape[0]),
+            "hidden_act": "gelu",
+            "layer_norm_eps": OFFICIAL_LN_EPS,
+            "qkv_bias": True,
+            "image_size": size,
+            "patch_size": int(patch),
+            "num_channels": int(in_chans),
+        }
+    )
     config.setdefault("hidden_dropout_prob", 0.0)
     config.setdefault("attention_probs_dropout_prob", 0.0)
     config.setdefault("initializer_range", 0.02)
     config.setdefault("dtype", "float32")
     if arch == "ViTMAEForPreTraining":
         ddim = int(state["decoder_embed.weight"].shape[0])
-        config.update({
-            "decoder_hidden_size": ddim, "decoder_num_hidden_layers": _depth(state, "decoder_blocks"),
-            "decoder_num_attention_heads": _heads(ddim, args, "decoder_num_heads", "decoder_num_attention_heads"),
-            "decoder_intermediate_size": int(state["decoder_blocks.0.mlp.fc1.weight"].shape[0]),
-            "norm_pix_loss": bool(args.get("norm_pix_loss", False)),
-            "mask_ratio": float(args.get("mask_ratio", 0.75)),
-        })  # fmt: skip
+        config.update(
+            {
+                "decoder_hidden_size": ddim,
+                "decoder_num_hidden_layers": _depth(state, "decoder_blocks"),
+                "decoder_num_attention_heads": _heads(
+                    ddim, args, "decoder_num_heads", "decoder_num_attention_heads"
+                ),
+                "decoder_intermediate_size": int(state["decoder_blocks.0.mlp.fc1.weight"].shape[0]),
+                "norm_pix_loss": bool(args.get("norm_pix_loss", False)),
+                "mask_ratio": float(args.get("mask_ratio", 0.75)),
+            }
+        )
     if arch == "ViTForImageClassification":
         n = int(
             (state.get("head.weight") if "head.weight" in state else state["head.1.weight"]).shape[

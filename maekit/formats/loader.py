@@ -51,9 +51,11 @@ def detect_format(path: str | Path) -> str:
     if path.is_dir():
         if is_hf_dir(path):
             return "hf"
-        raise MaekitError(f"checkpoint {path} is a directory without a config.json; give a checkpoint "
-                          f"file in it (e.g. {path / 'checkpoint-last.pth'}) or a Hugging Face "
-                          "save_pretrained folder")  # fmt: skip
+        raise MaekitError(
+            f"checkpoint {path} is a directory without a config.json; give a checkpoint "
+            f"file in it (e.g. {path / 'checkpoint-last.pth'}) or a Hugging Face "
+            "save_pretrained folder"
+        )
     if not path.exists():
         raise MaekitError(
             f"checkpoint {path} does not exist; check the path given to --resume/--finetune"
@@ -129,12 +131,16 @@ def check_contents(obj: object, path: str | Path) -> None:
     while stack:
         x, depth = stack.pop()
         if depth > MAX_DEPTH:
-            raise MaekitError(f"refusing {path}: its contents are nested more than {MAX_DEPTH} levels "
-                              "deep, which no checkpoint is; the file is damaged or crafted")  # fmt: skip
+            raise MaekitError(
+                f"refusing {path}: its contents are nested more than {MAX_DEPTH} levels "
+                "deep, which no checkpoint is; the file is damaged or crafted"
+            )
         if isinstance(x, np.ndarray):
             if x.dtype.hasobject:
-                raise MaekitError(f"refusing {path}: it holds a numpy array of Python objects "
-                                  f"(dtype {x.dtype}); checkpoints hold numeric arrays only")  # fmt: skip
+                raise MaekitError(
+                    f"refusing {path}: it holds a numpy array of Python objects "
+                    f"(dtype {x.dtype}); checkpoints hold numeric arrays only"
+                )
         elif isinstance(x, dict):
             stack.extend((item, depth + 1) for kv in x.items() for item in kv)
         elif isinstance(x, list | tuple | set | frozenset):
@@ -149,8 +155,10 @@ def check_contents(obj: object, path: str | Path) -> None:
     for where, state in weights:
         bad = next((k for k in state if not isinstance(k, str)), None)
         if bad is not None:
-            raise MaekitError(f"refusing {path}: its {where!r} weights have a name that is not a string "
-                              f"({type(bad).__name__} {str(bad)[:40]}); the file is damaged or crafted")  # fmt: skip
+            raise MaekitError(
+                f"refusing {path}: its {where!r} weights have a name that is not a string "
+                f"({type(bad).__name__} {str(bad)[:40]}); the file is damaged or crafted"
+            )
 
 
 def _from_torch(obj: object, path: Path) -> tuple[dict, dict, str]:

@@ -67,8 +67,10 @@ def to_timm(
             "convert it --to maekit or --to safetensors instead"
         )
     if "patch_embed.proj.weight" not in state or "pos_embed" not in state:
-        raise MaekitError("not a ViT/MAE encoder state dict (no patch_embed.proj.weight or "
-                          "pos_embed); only ViT encoders can be exported to timm")  # fmt: skip
+        raise MaekitError(
+            "not a ViT/MAE encoder state dict (no patch_embed.proj.weight or "
+            "pos_embed); only ViT encoders can be exported to timm"
+        )
     notes = []
     out = {k: v for k, v in state.items() if not k.startswith(MAE_ONLY_PREFIXES)}
     if len(out) < len(state):
@@ -111,8 +113,10 @@ def timm_create_call(state: dict[str, torch.Tensor], global_pool: bool) -> str:
     num_classes = state["head.weight"].shape[0] if "head.weight" in state else 0
     stem, std_depth = TIMM_VITS.get(dim, ("vit_base", 12))
     name = f"{stem}_patch{14 if stem == 'vit_huge' else 16}_224"
-    kw = [f"pretrained=False, img_size={img_size}, patch_size={patch}, num_classes={num_classes}",
-          f"global_pool={'avg' if global_pool else 'token'!r}"]  # fmt: skip
+    kw = [
+        f"pretrained=False, img_size={img_size}, patch_size={patch}, num_classes={num_classes}",
+        f"global_pool={'avg' if global_pool else 'token'!r}",
+    ]
     if in_chans != 3:
         kw.append(f"in_chans={in_chans}")
     if dim not in TIMM_VITS:

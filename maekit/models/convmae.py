@@ -66,9 +66,15 @@ class MaskedAutoencoderConvViT(ConvViTBackbone):
             torch.zeros(1, L, decoder_embed_dim), requires_grad=False
         )
         self.decoder_blocks = nn.ModuleList(
-            Block(decoder_embed_dim, decoder_num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm_layer)
+            Block(
+                decoder_embed_dim,
+                decoder_num_heads,
+                mlp_ratio,
+                qkv_bias=True,
+                norm_layer=norm_layer,
+            )
             for _ in range(decoder_depth)
-        )  # fmt: skip
+        )
         self.decoder_norm = norm_layer(decoder_embed_dim)
         self.decoder_pred = nn.Linear(decoder_embed_dim, patch_size**2 * in_chans, bias=True)
 

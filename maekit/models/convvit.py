@@ -169,10 +169,16 @@ class ConvViTBackbone(nn.Module):
             ConvBlock(d2, mlp_ratio, dpr[depth[0] + i]) for i in range(depth[1])
         )
         self.blocks3 = nn.ModuleList(
-            Block(d3, num_heads, mlp_ratio, qkv_bias=True, drop_path=dpr[depth[0] + depth[1] + i],
-                  norm_layer=partial(nn.LayerNorm, eps=1e-6))
+            Block(
+                d3,
+                num_heads,
+                mlp_ratio,
+                qkv_bias=True,
+                drop_path=dpr[depth[0] + depth[1] + i],
+                norm_layer=partial(nn.LayerNorm, eps=1e-6),
+            )
             for i in range(depth[2])
-        )  # fmt: skip
+        )
         self.grad_checkpointing = False  # set by the phase's --grad_ckpt
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -244,8 +250,9 @@ class ConvViT(ConvViTBackbone):
             raise ValueError(
                 "ConvViT has no cls token: it classifies the mean of its tokens (global_pool=True)"
             )
-        super().__init__(img_size, patch_size, in_chans, embed_dim, depth, num_heads, mlp_ratio,
-                         drop_path_rate)  # fmt: skip
+        super().__init__(
+            img_size, patch_size, in_chans, embed_dim, depth, num_heads, mlp_ratio, drop_path_rate
+        )
         self.num_classes = num_classes
         self.uses_global_pool = True
         self.pos_embed = nn.Parameter(torch.zeros(1, self.num_patches, self.embed_dim))

@@ -30,9 +30,16 @@ def build_criterion(cfg: FinetuneConfig) -> torch.nn.Module:
 def build_mixup(cfg: FinetuneConfig, nb_classes: int) -> Mixup | None:
     if not cfg.mixup_active():
         return None
-    return Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, cutmix_minmax=cfg.cutmix_minmax,
-                 prob=cfg.mixup_prob, switch_prob=cfg.mixup_switch_prob, mode=cfg.mixup_mode,
-                 label_smoothing=cfg.smoothing, num_classes=nb_classes)  # fmt: skip
+    return Mixup(
+        mixup_alpha=cfg.mixup,
+        cutmix_alpha=cfg.cutmix,
+        cutmix_minmax=cfg.cutmix_minmax,
+        prob=cfg.mixup_prob,
+        switch_prob=cfg.mixup_switch_prob,
+        mode=cfg.mixup_mode,
+        label_smoothing=cfg.smoothing,
+        num_classes=nb_classes,
+    )
 
 
 def build_optimizer(
@@ -40,8 +47,14 @@ def build_optimizer(
 ) -> torch.optim.Optimizer:
     """AdamW over layer-decay groups (the model family's layer rule; fused kernel where available)."""
     layer_id, num_layers = layer_rule(model, cfg.layer_decay_rule)
-    groups = layer_decay_groups(model, cfg.weight_decay, cfg.layer_decay, skip=model.no_weight_decay(),
-                                layer_id=layer_id, num_layers=num_layers)  # fmt: skip
+    groups = layer_decay_groups(
+        model,
+        cfg.weight_decay,
+        cfg.layer_decay,
+        skip=model.no_weight_decay(),
+        layer_id=layer_id,
+        num_layers=num_layers,
+    )
     return build_adamw(groups, lr, device=next(model.parameters()).device)
 
 
@@ -65,8 +78,18 @@ class FinetuneRecipe(SupervisedRecipe):
 
     def train_transform(self):
         cfg = self.cfg
-        return finetune_transform(cfg.input_size, cfg.aa, cfg.color_jitter, cfg.reprob, cfg.remode,
-                                  cfg.recount, cfg.crop_min, cfg.in_chans, cfg.mean, cfg.std)  # fmt: skip
+        return finetune_transform(
+            cfg.input_size,
+            cfg.aa,
+            cfg.color_jitter,
+            cfg.reprob,
+            cfg.remode,
+            cfg.recount,
+            cfg.crop_min,
+            cfg.in_chans,
+            cfg.mean,
+            cfg.std,
+        )
 
     def model_overrides(self) -> dict:
         return {"drop_path_rate": self.cfg.drop_path}

@@ -20,8 +20,10 @@ from ..models import create_model, get_entry, list_models
 def build_model(cfg: PretrainConfig) -> torch.nn.Module:
     entry = get_entry(cfg.model)
     if entry.kind != "pretrain":
-        raise MaekitError(f"{cfg.model!r} is not a pre-training model; `maekit pretrain` takes one of: "
-                          + ", ".join(list_models("pretrain")))  # fmt: skip
+        raise MaekitError(
+            f"{cfg.model!r} is not a pre-training model; `maekit pretrain` takes one of: "
+            + ", ".join(list_models("pretrain"))
+        )
     return create_model(cfg.model, norm_pix_loss=cfg.norm_pix_loss, **cfg.size_overrides())
 
 
@@ -80,8 +82,10 @@ def init_weights(cfg: PretrainConfig, model: torch.nn.Module) -> str:
 
     found = find_resume_checkpoint(cfg.output_dir) if cfg.auto_resume else None
     if found:
-        return (f"--init {cfg.init} not used: {cfg.output_dir} already has progress ({found[0].name}), "
-                "auto-resuming from it (give a new --output_dir to start over from --init)")  # fmt: skip
+        return (
+            f"--init {cfg.init} not used: {cfg.output_dir} already has progress ({found[0].name}), "
+            "auto-resuming from it (give a new --output_dir to start over from --init)"
+        )
     return init_from_checkpoint(model, cfg.init)
 
 
@@ -112,14 +116,24 @@ class PretrainRecipe(Recipe):
 
     def train_loader(self, ctx):
         cfg, env = self.cfg, ctx.env
-        loader = build_train_loader(self.train_set, cfg.batch_size, env.rank, env.world_size, cfg.seed,
-                                    ctx.num_workers, ctx.pin_memory,
-                                    collate_fn=collate_encoded if cfg.gpu_decode else None)  # fmt: skip
+        loader = build_train_loader(
+            self.train_set,
+            cfg.batch_size,
+            env.rank,
+            env.world_size,
+            cfg.seed,
+            ctx.num_workers,
+            ctx.pin_memory,
+            collate_fn=collate_encoded if cfg.gpu_decode else None,
+        )
         return GpuDecodeLoader(loader, env.device, cfg.input_size) if cfg.gpu_decode else loader
 
     def data_lines(self, loader, model) -> list[str]:
-        return [f"data: {self.cfg.data_path} ({len(self.train_set)} images), {len(loader)} steps/epoch "
-                "per process", self.val_note]  # fmt: skip
+        return [
+            f"data: {self.cfg.data_path} ({len(self.train_set)} images), {len(loader)} steps/epoch "
+            "per process",
+            self.val_note,
+        ]
 
     def build_optimizer(self, model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
         return build_optimizer(self.cfg, model, lr)
@@ -131,21 +145,50 @@ class PretrainRecipe(Recipe):
         cfg, env, out = self.cfg, ctx.env, []
         self.watch = self.baseline = None
         if self.val_set is not None:
-            self.watch = ReconstructionWatch(cfg, model.bare, self.val_set, env, ctx.precision,
-                                             ctx.recorder, ctx.output_dir, ctx.num_workers)  # fmt: skip
+            self.watch = ReconstructionWatch(
+                cfg,
+                model.bare,
+                self.val_set,
+                env,
+                ctx.precision,
+                ctx.recorder,
+                ctx.output_dir,
+                ctx.num_workers,
+            )
             out.append(self.watch)
         if self.knn_data is not None:
             from ..analysis.knn import knn_evaluate, knn_monitor
 
             if cfg.knn_baseline:  # the initial (random) weights, before any step: same subsets
-                self.baseline = knn_evaluate(model.bare, *self.knn_data, env, ctx.precision, cfg.knn_pool,
-                                             batch_size=cfg.batch_size, num_workers=ctx.num_workers,
-                                             progress=False)  # fmt: skip
+                self.baseline = knn_evaluate(
+                    model.bare,
+                    *self.knn_data,
+                    env,
+                    ctx.precision,
+                    cfg.knn_pool,
+                    batch_size=cfg.batch_size,
+                    num_workers=ctx.num_workers,
+                    progress=False,
+                )
                 if env.is_main:
-                    print(f"k-NN top-1 of the initial ({'--init' if cfg.init else 'random'}) weights: "
-                          f"{self.baseline['acc1']:.2f}%", flush=True)  # fmt: skip
-            out.append(knn_monitor(model.bare, *self.knn_data, cfg.knn_eval_freq, cfg.epochs, env,
-                                   ctx.precision, cfg.knn_pool, cfg.batch_size, ctx.num_workers))  # fmt: skip
+                    print(
+                        f"k-NN top-1 of the initial ({'--init' if cfg.init else 'random'}) weights: "
+                        f"{self.baseline['acc1']:.2f}%",
+                        flush=True,
+                    )
+            out.append(
+                knn_monitor(
+                    model.bare,
+                    *self.knn_data,
+                    cfg.knn_eval_freq,
+                    cfg.epochs,
+                    env,
+                    ctx.precision,
+                    cfg.knn_pool,
+                    cfg.batch_size,
+                    ctx.num_workers,
+                )
+            )
         return out
 
     def finish(self, history: list[dict]) -> None:
@@ -157,8 +200,10 @@ class PretrainRecipe(Recipe):
         knn = [h["knn_acc1"] for h in history if "knn_acc1" in h]
         if self.baseline is not None and knn:
             bank, queries, _ = self.knn_data
-            print(f"k-NN top-1 on {cfg.data_path} ({len(queries)} val images, bank of {len(bank)} train images, "
-                  f"k=20): pre-trained encoder {knn[-1]:.2f}%, random-init encoder {self.baseline['acc1']:.2f}%")  # fmt: skip
+            print(
+                f"k-NN top-1 on {cfg.data_path} ({len(queries)} val images, bank of {len(bank)} train images, "
+                f"k=20): pre-trained encoder {knn[-1]:.2f}%, random-init encoder {self.baseline['acc1']:.2f}%"
+            )
 
 
 def run(cfg: PretrainConfig) -> list[dict]:

@@ -36,16 +36,25 @@ def num_classes_of(dataset) -> int:
 def build_encoder(cfg: SupervisedConfig, nb_classes: int, overrides: dict) -> torch.nn.Module:
     entry = get_entry(cfg.model)
     if entry.kind != "encoder":
-        raise MaekitError(f"{cfg.model!r} is a pre-training model; fine-tuning and linear probing take an "
-                          f"encoder: {', '.join(list_models('encoder'))}")  # fmt: skip
+        raise MaekitError(
+            f"{cfg.model!r} is a pre-training model; fine-tuning and linear probing take an "
+            f"encoder: {', '.join(list_models('encoder'))}"
+        )
     global_pool = cfg.use_global_pool()
     if not getattr(entry.cls, "has_cls_token", True):  # ConvViT: global pooling only
         if cfg.cls_token:
-            raise MaekitError(f"{cfg.model!r} has no cls token (it classifies the mean of its tokens); "
-                              "drop --cls_token")  # fmt: skip
+            raise MaekitError(
+                f"{cfg.model!r} has no cls token (it classifies the mean of its tokens); "
+                "drop --cls_token"
+            )
         global_pool = True
-    return create_model(cfg.model, num_classes=nb_classes, global_pool=global_pool,
-                        **cfg.size_overrides(), **overrides)  # fmt: skip
+    return create_model(
+        cfg.model,
+        num_classes=nb_classes,
+        global_pool=global_pool,
+        **cfg.size_overrides(),
+        **overrides,
+    )
 
 
 # What a fine-tune / linear-probe run takes from the checkpoint it starts from when not given.
@@ -118,9 +127,11 @@ class SupervisedRecipe(Recipe):
         if cfg.eval and not (cfg.resume or cfg.finetune):
             raise MaekitError("--eval needs a checkpoint: give --resume PATH (or --finetune PATH)")
         self.val_set = build_dataset(
-            cfg.data_path, "val", eval_transform(cfg.input_size, cfg.in_chans, cfg.mean, cfg.std),
+            cfg.data_path,
+            "val",
+            eval_transform(cfg.input_size, cfg.in_chans, cfg.mean, cfg.std),
             cfg.max_pixels,
-        )  # fmt: skip
+        )
         train_set = None
         if not cfg.eval:
             train_set = build_dataset(
@@ -130,11 +141,15 @@ class SupervisedRecipe(Recipe):
         self.train_set = train_set
         nb_classes = num_classes_of(train_set if train_set is not None else self.val_set)
         if cfg.nb_classes is not None and cfg.nb_classes != nb_classes:
-            raise MaekitError(f"--nb_classes {cfg.nb_classes} does not match the dataset, which has {nb_classes} "
-                              f"classes; drop the flag or pass --nb_classes {nb_classes}")  # fmt: skip
+            raise MaekitError(
+                f"--nb_classes {cfg.nb_classes} does not match the dataset, which has {nb_classes} "
+                f"classes; drop the flag or pass --nb_classes {nb_classes}"
+            )
         if train_set is not None and num_classes_of(self.val_set) != nb_classes:
-            raise MaekitError(f"train/ has {nb_classes} classes but val/ has {num_classes_of(self.val_set)}; "
-                              "both need the same class folders")  # fmt: skip
+            raise MaekitError(
+                f"train/ has {nb_classes} classes but val/ has {num_classes_of(self.val_set)}; "
+                "both need the same class folders"
+            )
         self.nb_classes = nb_classes
 
     def build_model(self) -> torch.nn.Module:
@@ -146,14 +161,23 @@ class SupervisedRecipe(Recipe):
 
     def train_loader(self, ctx):
         cfg, env = self.cfg, ctx.env
-        return build_train_loader(self.train_set, cfg.batch_size, env.rank, env.world_size, cfg.seed,
-                                  ctx.num_workers, ctx.pin_memory)  # fmt: skip
+        return build_train_loader(
+            self.train_set,
+            cfg.batch_size,
+            env.rank,
+            env.world_size,
+            cfg.seed,
+            ctx.num_workers,
+            ctx.pin_memory,
+        )
 
     def data_lines(self, loader, model) -> list[str]:
         n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        return [f"data: {self.cfg.data_path} ({len(self.train_set)} train / {len(self.val_set)} val images, "
-                f"{self.nb_classes} classes), {len(loader)} steps/epoch per process; "
-                f"{n_params / 1e6:.2f}M trainable params"]  # fmt: skip
+        return [
+            f"data: {self.cfg.data_path} ({len(self.train_set)} train / {len(self.val_set)} val images, "
+            f"{self.nb_classes} classes), {len(loader)} steps/epoch per process; "
+            f"{n_params / 1e6:.2f}M trainable params"
+        ]
 
     def evaluator(self, ctx, model) -> Callable[[], dict]:
         return self._evaluator(ctx, model.bare)
@@ -179,6 +203,8 @@ class SupervisedRecipe(Recipe):
             resume_from(self.cfg.resume, model, None, None)
         stats = self._evaluator(ctx, model)()
         if ctx.env.is_main:
-            print(f"accuracy of the network on the {stats['n']} test images: "
-                  f"acc1 {stats['acc1']:.2f}%  acc5 {stats['acc5']:.2f}%  loss {stats['loss']:.4f}")  # fmt: skip
+            print(
+                f"accuracy of the network on the {stats['n']} test images: "
+                f"acc1 {stats['acc1']:.2f}%  acc5 {stats['acc5']:.2f}%  loss {stats['loss']:.4f}"
+            )
         return [stats]

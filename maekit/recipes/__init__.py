@@ -54,5 +54,7 @@ def run() -> None:
         print(
             f"{name:34s} {meta['command']:9s} {r['model']:30s} {r['epochs']:>6d} {batch:>15s}  {_top1(meta.get('top1'))}"
         )
-    print("use one: maekit COMMAND --config recipe:NAME [flags that override it]; "
-          "--print_config shows what it resolves to here")  # fmt: skip
+    print(
+        "use one: maekit COMMAND --config recipe:NAME [flags that override it]; "
+        "--print_config shows what it resolves to here"
+    )

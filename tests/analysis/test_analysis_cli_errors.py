@@ -9,22 +9,38 @@ import pytest
 from maekit.cli import main
 
 CASES = {
-    "visualize_missing_checkpoint": (["visualize", "--checkpoint", "nope.pth", "--images", "a.png"], "does not exist"),
+    "visualize_missing_checkpoint": (
+        ["visualize", "--checkpoint", "nope.pth", "--images", "a.png"],
+        "does not exist",
+    ),
     "visualize_no_checkpoint": (["visualize", "--images", "a.png"], "--checkpoint is required"),
-    "visualize_images_and_data": (["visualize", "--checkpoint", "CKPT", "--images", "a.png", "--data_path", "d"],
-                                  "either --images"),
-    "visualize_missing_image": (["visualize", "--checkpoint", "CKPT", "--images", "a.png"], "a.png not found"),
-    "visualize_mask_ratio": (["visualize", "--checkpoint", "CKPT", "--images", "a.png", "--mask_ratio", "1"],
-                             "--mask_ratio"),
+    "visualize_images_and_data": (
+        ["visualize", "--checkpoint", "CKPT", "--images", "a.png", "--data_path", "d"],
+        "either --images",
+    ),
+    "visualize_missing_image": (
+        ["visualize", "--checkpoint", "CKPT", "--images", "a.png"],
+        "a.png not found",
+    ),
+    "visualize_mask_ratio": (
+        ["visualize", "--checkpoint", "CKPT", "--images", "a.png", "--mask_ratio", "1"],
+        "--mask_ratio",
+    ),
     "extract_missing_checkpoint": (["extract", "--checkpoint", "nope.pth"], "does not exist"),
     "extract_no_checkpoint": (["extract"], "--checkpoint is required"),
-    "extract_bad_suffix": (["extract", "--checkpoint", "CKPT", "--out", "f.pt"], ".safetensors or .npy"),
+    "extract_bad_suffix": (
+        ["extract", "--checkpoint", "CKPT", "--out", "f.pt"],
+        ".safetensors or .npy",
+    ),
     "extract_random_init_without_model": (["extract", "--random_init"], "needs --model"),
     "knn_missing_checkpoint": (["knn", "--checkpoint", "nope.pth"], "does not exist"),
     "knn_not_a_checkpoint": (["knn", "--checkpoint", "junk.pth"], "could not read checkpoint"),
-    "knn_wrong_model": (["knn", "--checkpoint", "CKPT", "--model", "mae_vit_small_patch16"], "pass the --model"),
+    "knn_wrong_model": (
+        ["knn", "--checkpoint", "CKPT", "--model", "mae_vit_small_patch16"],
+        "pass the --model",
+    ),
     "knn_bad_k": (["knn", "--checkpoint", "CKPT", "--k", "0"], "--k must be positive"),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

@@ -17,8 +17,17 @@ def write_log(folder: Path, records: list[dict], tail: str = "") -> Path:
     return folder
 
 
-PRETRAIN = [{"train_loss": 1.0 - 0.1 * e, "train_lr": 1e-3 * (e + 1), "epoch": e, "epoch_time_s": 3.0,
-             "wall_time_s": 3.0 * e, "train_img_per_s": 50.0} for e in range(4)]  # fmt: skip
+PRETRAIN = [
+    {
+        "train_loss": 1.0 - 0.1 * e,
+        "train_lr": 1e-3 * (e + 1),
+        "epoch": e,
+        "epoch_time_s": 3.0,
+        "wall_time_s": 3.0 * e,
+        "train_img_per_s": 50.0,
+    }
+    for e in range(4)
+]
 FINETUNE = [
     {"train_loss": 2.0 - 0.2 * e, "train_lr": 5e-4, "test_acc1": 40.0 + e, "epoch": e}
     for e in range(3)

@@ -59,8 +59,13 @@ def test_subset_indices_are_a_fixed_sorted_random_subset() -> None:
 @pytest.mark.parametrize("suffix", [".safetensors", ".npy"])
 def test_save_and_load_round_trip(tmp_path: Path, suffix: str) -> None:
     feats, labels = torch.randn(3, 4, 5), torch.tensor([2, -1, 0])
-    written = save_features(tmp_path / f"f{suffix}", feats, labels, ["a.png", "b/c.jpg", "d"],
-                            {"classes": ["x", "y", "z"], "pool": "all"})  # fmt: skip
+    written = save_features(
+        tmp_path / f"f{suffix}",
+        feats,
+        labels,
+        ["a.png", "b/c.jpg", "d"],
+        {"classes": ["x", "y", "z"], "pool": "all"},
+    )
     expected = [tmp_path / f"f{suffix}"] + ([tmp_path / "f.json"] if suffix == ".npy" else [])
     assert written == expected and all(p.is_file() for p in written)
     f, lab, meta = load_features(tmp_path / f"f{suffix}")
@@ -74,8 +79,21 @@ def test_extract_gives_the_same_features_in_one_and_two_processes(tmp_path: Path
     # 3 classes x 5 = 15 images: shards of 8 and 7, and batch 4 leaves a short last batch.
     data = write_image_folder(tmp_path / "data", classes=3, per_class=5)
     ckpt = write_finetune_checkpoint(tmp_path / "ft.pth", global_pool=True)
-    args = ["extract", "--checkpoint", str(ckpt), "--data_path", str(data), "--pool", "mean", "--batch_size", "4",
-            "--num_workers", "0", "--device", "cpu"]  # fmt: skip
+    args = [
+        "extract",
+        "--checkpoint",
+        str(ckpt),
+        "--data_path",
+        str(data),
+        "--pool",
+        "mean",
+        "--batch_size",
+        "4",
+        "--num_workers",
+        "0",
+        "--device",
+        "cpu",
+    ]
     one, two = tmp_path / "one.npy", tmp_path / "two.safetensors"
     r = run_cli([*args, "--out", str(one)], tmp_path, timeout=180)
     assert r.returncode == 0, r.stderr
@@ -104,8 +122,26 @@ def test_extract_all_tokens_of_a_flat_folder(tmp_path: Path, mae_checkpoint, cap
     write_image_folder(tmp_path / "tmp", classes=1, per_class=5)
     (tmp_path / "tmp" / "train" / "class_0").rename(tmp_path / "flat")
     out = tmp_path / "f.safetensors"
-    assert main(["extract", "--checkpoint", str(mae_checkpoint), "--data_path", str(tmp_path / "flat"),
-                 "--pool", "all", "--out", str(out), "--num_workers", "0", "--max_images", "3"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "extract",
+                "--checkpoint",
+                str(mae_checkpoint),
+                "--data_path",
+                str(tmp_path / "flat"),
+                "--pool",
+                "all",
+                "--out",
+                str(out),
+                "--num_workers",
+                "0",
+                "--max_images",
+                "3",
+            ]
+        )
+        == 0
+    )
     f, labels, meta = load_features(out)
     assert f.shape == (3, 17, 192) and labels.tolist() == [-1, -1, -1] and meta["classes"] == []
     assert all(n.endswith((".png", ".jpg")) for n in meta["names"])

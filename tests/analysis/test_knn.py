@@ -82,16 +82,35 @@ def test_knn_command_on_a_checkpoint_and_a_random_init(
     assert main(["knn", "--checkpoint", str(mae_checkpoint), *args, "--max_bank", "12"]) == 0
     out = capsys.readouterr().out
     assert "top-1" in out and "9 val queries, bank of 12 train images, k=20" in out
-    assert main(["knn", "--random_init", "--model", "vit_tiny_patch16", "--input_size", "32", "--patch_size", "8",
-                 "--pool", "mean", *args]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "knn",
+                "--random_init",
+                "--model",
+                "vit_tiny_patch16",
+                "--input_size",
+                "32",
+                "--patch_size",
+                "8",
+                "--pool",
+                "mean",
+                *args,
+            ]
+        )
+        == 0
+    )
     assert "bank of 18 train images" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
     "layout, message",
-    [("flat", "has no train/ or val/ folder"), ("no_val", "has no val/ folder"),
-     ("flat_train", "holds images without class folders")],
-)  # fmt: skip
+    [
+        ("flat", "has no train/ or val/ folder"),
+        ("no_val", "has no val/ folder"),
+        ("flat_train", "holds images without class folders"),
+    ],
+)
 def test_knn_needs_labels(
     tmp_path: Path, mae_checkpoint, capsys, layout: str, message: str
 ) -> None:
@@ -114,10 +133,35 @@ def test_knn_needs_labels(
 def test_pretrain_logs_knn_every_n_epochs_and_at_the_last(tmp_path: Path) -> None:
     data = labeled_data(tmp_path / "data")
     out = tmp_path / "run"
-    r = run_cli(["pretrain", "--model", "mae_vit_tiny_patch16", "--input_size", "32", "--patch_size", "8",
-                 "--batch_size", "6", "--epochs", "3", "--warmup_epochs", "0", "--num_workers", "0",
-                 "--data_path", str(data), "--output_dir", str(out), "--knn_eval_freq", "2",
-                 "--knn_max_bank", "10"], tmp_path, timeout=240)  # fmt: skip
+    r = run_cli(
+        [
+            "pretrain",
+            "--model",
+            "mae_vit_tiny_patch16",
+            "--input_size",
+            "32",
+            "--patch_size",
+            "8",
+            "--batch_size",
+            "6",
+            "--epochs",
+            "3",
+            "--warmup_epochs",
+            "0",
+            "--num_workers",
+            "0",
+            "--data_path",
+            str(data),
+            "--output_dir",
+            str(out),
+            "--knn_eval_freq",
+            "2",
+            "--knn_max_bank",
+            "10",
+        ],
+        tmp_path,
+        timeout=240,
+    )
     assert r.returncode == 0, r.stderr
     logs = [json.loads(line) for line in (out / "log.txt").read_text().splitlines()]
     assert ["knn_acc1" in log for log in logs] == [
@@ -137,9 +181,25 @@ def test_pretrain_logs_knn_every_n_epochs_and_at_the_last(tmp_path: Path) -> Non
 def test_pretrain_knn_on_unlabeled_data_fails_at_start_up(tmp_path: Path) -> None:
     write_image_folder(tmp_path / "tmp", classes=1, per_class=8)
     (tmp_path / "tmp" / "train" / "class_0").rename(tmp_path / "flat")
-    r = run_cli(["pretrain", "--model", "mae_vit_tiny_patch16", "--input_size", "32", "--patch_size", "8",
-                 "--data_path", str(tmp_path / "flat"), "--output_dir", str(tmp_path / "run"),
-                 "--knn_eval_freq", "1"], tmp_path, timeout=120)  # fmt: skip
+    r = run_cli(
+        [
+            "pretrain",
+            "--model",
+            "mae_vit_tiny_patch16",
+            "--input_size",
+            "32",
+            "--patch_size",
+            "8",
+            "--data_path",
+            str(tmp_path / "flat"),
+            "--output_dir",
+            str(tmp_path / "run"),
+            "--knn_eval_freq",
+            "1",
+        ],
+        tmp_path,
+        timeout=120,
+    )
     assert r.returncode == 2
     assert r.stderr.startswith("maekit pretrain: error: --knn_eval_freq: k-NN needs labels"), (
         r.stderr

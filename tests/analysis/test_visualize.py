@@ -119,12 +119,45 @@ def test_visualize_command_reads_sizes_from_the_checkpoint(
 ) -> None:
     images = write_images(tmp_path / "imgs", 2)
     out2, out3 = tmp_path / "two.png", tmp_path / "three.png"
-    assert main(["visualize", "--checkpoint", str(mae_checkpoint), "--images", *images, "--out", str(out2),
-                 "--device", "cpu"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "visualize",
+                "--checkpoint",
+                str(mae_checkpoint),
+                "--images",
+                *images,
+                "--out",
+                str(out2),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert "de-normalised with each patch's own mean/var" in capsys.readouterr().out
     data = write_image_folder(tmp_path / "data", classes=2, per_class=3)
-    assert main(["visualize", "--checkpoint", str(mae_checkpoint), "--data_path", str(data), "--num_images", "3",
-                 "--out", str(out3), "--device", "cpu", "--no_norm_pix_loss", "--mask_ratio", "0.5"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "visualize",
+                "--checkpoint",
+                str(mae_checkpoint),
+                "--data_path",
+                str(data),
+                "--num_images",
+                "3",
+                "--out",
+                str(out3),
+                "--device",
+                "cpu",
+                "--no_norm_pix_loss",
+                "--mask_ratio",
+                "0.5",
+            ]
+        )
+        == 0
+    )
     assert "predictions shown as they are" in capsys.readouterr().out
     w2, h2 = Image.open(out2).size
     w3, h3 = Image.open(out3).size

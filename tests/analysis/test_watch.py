@@ -28,16 +28,38 @@ def test_holdout_is_fixed_disjoint_and_complete():
     assert len(holdout_indices(3, 0.01)[1]) == 1  # at least one image
 
 
-def watch_for(batch_size: int, tmp_path, epochs: int = 4, val_freq: int = 1, vis_freq: int = 0,
-              model: str = "mae_vit_tiny_patch16", record: bool = False) -> ReconstructionWatch:  # fmt: skip
+def watch_for(
+    batch_size: int,
+    tmp_path,
+    epochs: int = 4,
+    val_freq: int = 1,
+    vis_freq: int = 0,
+    model: str = "mae_vit_tiny_patch16",
+    record: bool = False,
+) -> ReconstructionWatch:
     torch.manual_seed(0)
     net = create_model(model, img_size=16, patch_size=4, norm_pix_loss=True)
     imgs = torch.randn(11, 3, 16, 16, generator=torch.Generator().manual_seed(1))
-    cfg = SimpleNamespace(batch_size=batch_size, mask_ratio=0.75, epochs=epochs, val_freq=val_freq,
-                          vis_freq=vis_freq, vis_images=4, model=model)  # fmt: skip
+    cfg = SimpleNamespace(
+        batch_size=batch_size,
+        mask_ratio=0.75,
+        epochs=epochs,
+        val_freq=val_freq,
+        vis_freq=vis_freq,
+        vis_images=4,
+        model=model,
+    )
     recorder = RunRecorder(str(tmp_path), None, enabled=record)
-    return ReconstructionWatch(cfg, net, TensorDataset(imgs, torch.zeros(11)), DistEnv(0, 1, 0, CPU),
-                               resolve_precision("none", CPU), recorder, tmp_path, 0)  # fmt: skip
+    return ReconstructionWatch(
+        cfg,
+        net,
+        TensorDataset(imgs, torch.zeros(11)),
+        DistEnv(0, 1, 0, CPU),
+        resolve_precision("none", CPU),
+        recorder,
+        tmp_path,
+        0,
+    )
 
 
 def test_val_loss_uses_fixed_per_image_masks(tmp_path):
@@ -86,7 +108,9 @@ def test_grids_at_vis_freq_and_last_epoch(tmp_path, model):
     w.recorder.close()
     assert all(np.isfinite(x["val_loss"]) for x in logs)
     assert sorted(p.name for p in tmp_path.glob("reconstruction-*.png")) == [
-        "reconstruction-1.png", "reconstruction-2.png"]  # fmt: skip
+        "reconstruction-1.png",
+        "reconstruction-2.png",
+    ]
     assert w.last_grid == tmp_path / "reconstruction-2.png"
     acc = EventAccumulator(str(tmp_path), size_guidance={"images": 0})
     acc.Reload()

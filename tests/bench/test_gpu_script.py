@@ -27,16 +27,27 @@ def test_gpu_script_shellcheck_clean():
     assert r.returncode == 0, r.stdout
 
 
-MATRIX = ["mae_b_pretrain", "pipeline_pretrain", "pipeline_gpu_decode", "vit_b_finetune",
-          "mae_b_e2e_gpu_decode", "mae_b_e2e", "convmae_b_pretrain", "mae_l_pretrain",
-          "mae_l_pretrain_ckpt", "mae_b_pretrain_compile", "vit_b_finetune_compile"]  # fmt: skip
+MATRIX = [
+    "mae_b_pretrain",
+    "pipeline_pretrain",
+    "pipeline_gpu_decode",
+    "vit_b_finetune",
+    "mae_b_e2e_gpu_decode",
+    "mae_b_e2e",
+    "convmae_b_pretrain",
+    "mae_l_pretrain",
+    "mae_l_pretrain_ckpt",
+    "mae_b_pretrain_compile",
+    "vit_b_finetune_compile",
+]
 
 
 def _script(tmp_path, timeout: int, **env_vars) -> dict:
     out = tmp_path / "gpu.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **env_vars}
-    r = subprocess.run(["bash", str(SCRIPT), str(out)], capture_output=True, text=True, env=env,
-                       timeout=timeout)  # fmt: skip
+    r = subprocess.run(
+        ["bash", str(SCRIPT), str(out)], capture_output=True, text=True, env=env, timeout=timeout
+    )
     assert r.returncode == 0, r.stderr
     data = json.loads(out.read_text())
     data["stdout"] = r.stdout
@@ -56,8 +67,17 @@ def test_gpu_script_plan_fits_its_budget_with_every_timeout_capped(tmp_path):
     for run in runs:
         assert 0 < run["timeout_s"] <= 2 * run["estimate_s"], run
         assert run["error"].startswith("skipped: DRY_RUN") and "result" not in run
-    for key in ("gpu", "driver", "torch", "dev_shm_free_bytes", "dev_shm_total_bytes",
-                "open_files_soft", "open_files_hard", "workers", "workers_gpu_decode"):  # fmt: skip
+    for key in (
+        "gpu",
+        "driver",
+        "torch",
+        "dev_shm_free_bytes",
+        "dev_shm_total_bytes",
+        "open_files_soft",
+        "open_files_hard",
+        "workers",
+        "workers_gpu_decode",
+    ):
         assert key in meta, key
     assert meta["torch"] and meta["open_files_soft"] > 0 and meta["workers"] >= 0
 

@@ -8,11 +8,16 @@ import torch
 from maekit.bench.hardware import MemoryMeter, device_name, peak_tflops
 
 
-@pytest.mark.parametrize("name,expected", [("NVIDIA H100 80GB HBM3", 989.0),
-                                           ("NVIDIA H100 PCIe", 756.0),
-                                           ("NVIDIA H200", 989.0),
-                                           ("NVIDIA A100-SXM4-80GB", 312.0),
-                                           ("NVIDIA GeForce RTX 4090", None)])  # fmt: skip
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        ("NVIDIA H100 80GB HBM3", 989.0),
+        ("NVIDIA H100 PCIe", 756.0),
+        ("NVIDIA H200", 989.0),
+        ("NVIDIA A100-SXM4-80GB", 312.0),
+        ("NVIDIA GeForce RTX 4090", None),
+    ],
+)
 def test_bf16_peak_table(name, expected):
     assert peak_tflops(name, "bf16") == expected
 

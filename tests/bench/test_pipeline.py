@@ -15,8 +15,14 @@ from tests.conftest import run_cli, write_image_folder
 @pytest.mark.parametrize("workers", [0, 1])
 def test_pipeline_loads_the_asked_images(tmp_path, workers):
     data = write_image_folder(tmp_path / "data", classes=2, per_class=6)
-    cfg = BenchConfig(pipeline=True, data_path=str(data), input_size=32, batch_size=4,
-                      num_workers=workers, images=20)  # fmt: skip
+    cfg = BenchConfig(
+        pipeline=True,
+        data_path=str(data),
+        input_size=32,
+        batch_size=4,
+        num_workers=workers,
+        images=20,
+    )
     out = measure_pipeline(cfg)
     # 12 images: the first batch is untimed, then epochs wrap until 20 more are loaded
     assert out["images"] == 20
@@ -35,9 +41,25 @@ def test_phase_transforms_give_normalised_tensors(phase):
 
 def test_cli_pipeline_json(tmp_path):
     data = write_image_folder(tmp_path / "data", classes=1, per_class=8)
-    r = run_cli(["bench", "--pipeline", "--data_path", str(data), "--input_size", "32",
-                 "--batch_size", "4", "--num_workers", "0", "--images", "8", "--json"],
-                tmp_path, timeout=120)  # fmt: skip
+    r = run_cli(
+        [
+            "bench",
+            "--pipeline",
+            "--data_path",
+            str(data),
+            "--input_size",
+            "32",
+            "--batch_size",
+            "4",
+            "--num_workers",
+            "0",
+            "--images",
+            "8",
+            "--json",
+        ],
+        tmp_path,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["images"] == 8 and out["img_per_s"] > 0

@@ -30,8 +30,16 @@ from maekit.errors import MaekitError
 from tests.conftest import run_cli
 
 CPU = torch.device("cpu")
-TINY = dict(model="mae_vit_tiny_patch16", input_size=32, patch_size=8, batch_size=2, steps=2,
-            warmup=1, device="cpu", amp="none")  # fmt: skip
+TINY = dict(
+    model="mae_vit_tiny_patch16",
+    input_size=32,
+    patch_size=8,
+    batch_size=2,
+    steps=2,
+    warmup=1,
+    device="cpu",
+    amp="none",
+)
 
 
 def test_bench_reports_positive_figures_and_the_reference_ratio():
@@ -59,10 +67,19 @@ def test_rounds_alternate_the_modes_and_report_each_modes_median(monkeypatch):
         reference = mode.name == "reference"
         calls.append("ref" if reference else "fast")
         rate = next(ref_rates if reference else fast_rates)
-        return StepResult(mode="reference" if reference else "fast", precision="fp32",
-                          compile=False, grad_ckpt=False, fused_attn=not reference,
-                          optimizer="AdamW", loss_read_every=1, img_per_s=rate,
-                          step_ms=2000 / rate, peak_mem_mb=10 * rate, loss=1.0)  # fmt: skip
+        return StepResult(
+            mode="reference" if reference else "fast",
+            precision="fp32",
+            compile=False,
+            grad_ckpt=False,
+            fused_attn=not reference,
+            optimizer="AdamW",
+            loss_read_every=1,
+            img_per_s=rate,
+            step_ms=2000 / rate,
+            peak_mem_mb=10 * rate,
+            loss=1.0,
+        )
 
     monkeypatch.setattr(bench, "measure", fake_measure)
     out = bench_step(BenchConfig(**TINY, reference=True, rounds=3))
@@ -75,8 +92,10 @@ def test_rounds_alternate_the_modes_and_report_each_modes_median(monkeypatch):
 
 
 def test_median_round_of_an_even_count_is_the_lower_middle():
-    rs = [StepResult("fast", "fp32", False, False, True, "AdamW", 1, r, 1.0, 1.0, 0.0)
-          for r in (4.0, 1.0, 3.0, 2.0)]  # fmt: skip
+    rs = [
+        StepResult("fast", "fp32", False, False, True, "AdamW", 1, r, 1.0, 1.0, 0.0)
+        for r in (4.0, 1.0, 3.0, 2.0)
+    ]
     assert median_round(rs).img_per_s == 2.0
 
 
@@ -95,9 +114,14 @@ def test_peak_tflops_gives_mfu():
     assert out["mfu"] == pytest.approx(out["tflops"] / 1.0)
 
 
-@pytest.mark.parametrize("phase,model", [("pretrain", "mae_vit_tiny_patch16"),
-                                         ("finetune", "vit_tiny_patch16"),
-                                         ("linprobe", "vit_tiny_patch16")])  # fmt: skip
+@pytest.mark.parametrize(
+    "phase,model",
+    [
+        ("pretrain", "mae_vit_tiny_patch16"),
+        ("finetune", "vit_tiny_patch16"),
+        ("linprobe", "vit_tiny_patch16"),
+    ],
+)
 def test_fast_and_reference_run_differently_but_give_the_same_loss(phase, model):
     cfg = BenchConfig(**{**TINY, "model": model, "steps": 3}, phase=phase, nb_classes=7)
     fast = measure(cfg, CPU, fast_mode(cfg))
@@ -111,9 +135,14 @@ def test_fast_and_reference_run_differently_but_give_the_same_loss(phase, model)
     assert fast.loss == pytest.approx(ref.loss, rel=1e-5)
 
 
-@pytest.mark.parametrize("phase,model", [("pretrain", "mae_vit_tiny_patch16"),
-                                         ("finetune", "vit_tiny_patch16"),
-                                         ("linprobe", "vit_tiny_patch16")])  # fmt: skip
+@pytest.mark.parametrize(
+    "phase,model",
+    [
+        ("pretrain", "mae_vit_tiny_patch16"),
+        ("finetune", "vit_tiny_patch16"),
+        ("linprobe", "vit_tiny_patch16"),
+    ],
+)
 def test_bf16_mode_stays_within_its_stated_tolerance_of_the_fp32_reference(phase, model):
     """bf16 autocast (8 mantissa bits, ~4e-3 per rounding) moves the mean loss of 3 steps on a
     fixed batch by < 0.5 % of the fp32 reference's (measured: 7e-5 pretrain, 8e-4 finetune,
@@ -159,8 +188,10 @@ def test_reference_never_compiles_or_checkpoints():
 
 def test_plain_optimizer_keeps_groups_and_hyperparameters():
     lin = torch.nn.Linear(3, 2)
-    groups = [{"params": [lin.weight], "weight_decay": 0.05, "lr_scale": 0.5},
-              {"params": [lin.bias], "weight_decay": 0.0}]  # fmt: skip
+    groups = [
+        {"params": [lin.weight], "weight_decay": 0.05, "lr_scale": 0.5},
+        {"params": [lin.bias], "weight_decay": 0.0},
+    ]
     fused = torch.optim.AdamW(groups, lr=0.1, betas=(0.9, 0.95), fused=True)
     plain = plain_optimizer(fused)
     assert plain is not fused
@@ -190,13 +221,33 @@ def test_cli_json_is_one_valid_object(tmp_path):
     assert out["model"] == "mae_vit_tiny_patch16" and out["batch_size"] == 2
 
 
-@pytest.mark.parametrize("args,text", [(["--steps", "0"], "--steps"),
-                                       (["--rounds", "0"], "--rounds"),
-                                       (["--model", "vit_gigantic"], "unknown model"),
-                                       (["--phase", "finetune"], "pre-training model")])  # fmt: skip
+@pytest.mark.parametrize(
+    "args,text",
+    [
+        (["--steps", "0"], "--steps"),
+        (["--rounds", "0"], "--rounds"),
+        (["--model", "vit_gigantic"], "unknown model"),
+        (["--phase", "finetune"], "pre-training model"),
+    ],
+)
 def test_cli_bad_input_is_one_error_line(tmp_path, args, text):
-    base = ["bench", "--device", "cpu", "--input_size", "32", "--patch_size", "8",
-            "--batch_size", "2", "--steps", "1", "--warmup", "0", "--model", "mae_vit_tiny_patch16"]  # fmt: skip
+    base = [
+        "bench",
+        "--device",
+        "cpu",
+        "--input_size",
+        "32",
+        "--patch_size",
+        "8",
+        "--batch_size",
+        "2",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--model",
+        "mae_vit_tiny_patch16",
+    ]
     r = run_cli(base + args, tmp_path, timeout=120)
     assert r.returncode == 2
     assert r.stderr.startswith("maekit bench: error:") and text in r.stderr
@@ -206,17 +257,37 @@ def test_cli_bad_input_is_one_error_line(tmp_path, args, text):
 def test_ablation_modes_switch_off_only_the_paths_the_fast_mode_uses():
     cfg = BenchConfig(**TINY)
     assert [m.without for m in ablation_modes(cfg, "fp32")] == [
-        "fused_attn", "deferred_loss_read", "fused_adamw"]  # fmt: skip
+        "fused_attn",
+        "deferred_loss_read",
+        "fused_adamw",
+    ]
     every = BenchConfig(**{**TINY, "amp": "bf16"}, compile=True, grad_ckpt=True)
     modes = {m.without: m for m in ablation_modes(every, "bf16")}
-    assert list(modes) == ["amp", "fused_attn", "deferred_loss_read", "fused_adamw", "compile",
-                           "grad_ckpt"]  # fmt: skip
+    assert list(modes) == [
+        "amp",
+        "fused_attn",
+        "deferred_loss_read",
+        "fused_adamw",
+        "compile",
+        "grad_ckpt",
+    ]
     fast = fast_mode(every)
-    changed = {k: {f for f in fast.__dataclass_fields__ if f not in ("name", "without")
-                   and getattr(m, f) != getattr(fast, f)} for k, m in modes.items()}  # fmt: skip
-    assert changed == {"amp": {"amp"}, "fused_attn": {"fused_attn"},
-                       "deferred_loss_read": {"print_freq"}, "fused_adamw": {"fused_optimizer"},
-                       "compile": {"compile"}, "grad_ckpt": {"grad_ckpt"}}  # fmt: skip
+    changed = {
+        k: {
+            f
+            for f in fast.__dataclass_fields__
+            if f not in ("name", "without") and getattr(m, f) != getattr(fast, f)
+        }
+        for k, m in modes.items()
+    }
+    assert changed == {
+        "amp": {"amp"},
+        "fused_attn": {"fused_attn"},
+        "deferred_loss_read": {"print_freq"},
+        "fused_adamw": {"fused_optimizer"},
+        "compile": {"compile"},
+        "grad_ckpt": {"grad_ckpt"},
+    }
     probe = BenchConfig(**{**TINY, "model": "vit_tiny_patch16"}, phase="linprobe")
     assert "fused_adamw" not in [m.without for m in ablation_modes(probe, "fp32")]  # LARS
 
@@ -241,11 +312,19 @@ def test_the_reference_is_the_official_recipes_precision_on_each_device():
     """CUDA: fp16 autocast + GradScaler (the official GPU loop), with the fp32 way second;
     CPU: fp32 only (the official autocast is CUDA's, a no-op on a CPU)."""
     cuda, fp32 = reference_modes(torch.device("cuda"))
-    assert (cuda.name, cuda.amp, fp32.name, fp32.amp) == ("reference", "fp16", "reference fp32",
-                                                          "none")  # fmt: skip
+    assert (cuda.name, cuda.amp, fp32.name, fp32.amp) == (
+        "reference",
+        "fp16",
+        "reference fp32",
+        "none",
+    )
     for m in (cuda, fp32):  # otherwise the official way: eager, matmul attention, plain AdamW
-        assert (m.fused_attn, m.fused_optimizer, m.print_freq, m.compile) == (False, False, 1,
-                                                                              False)  # fmt: skip
+        assert (m.fused_attn, m.fused_optimizer, m.print_freq, m.compile) == (
+            False,
+            False,
+            1,
+            False,
+        )
     assert reference_modes(CPU) == [REFERENCE] and REFERENCE.amp == "none"
 
 
@@ -288,10 +367,19 @@ def test_on_cuda_speedups_are_against_the_official_style_reference_with_fp32_sec
 
     def fake_measure(cfg, device, mode):
         r = rates[mode.name]
-        return StepResult(mode=mode.name, precision="fp16" if mode.amp == "fp16" else "fp32",
-                          compile=False, grad_ckpt=False, fused_attn=mode.fused_attn,
-                          optimizer="AdamW", loss_read_every=1, img_per_s=r, step_ms=2000 / r,
-                          peak_mem_mb=10.0, loss=1.0)  # fmt: skip
+        return StepResult(
+            mode=mode.name,
+            precision="fp16" if mode.amp == "fp16" else "fp32",
+            compile=False,
+            grad_ckpt=False,
+            fused_attn=mode.fused_attn,
+            optimizer="AdamW",
+            loss_read_every=1,
+            img_per_s=r,
+            step_ms=2000 / r,
+            peak_mem_mb=10.0,
+            loss=1.0,
+        )
 
     monkeypatch.setattr(bench, "measure", fake_measure)
     monkeypatch.setattr(bench, "reference_modes", lambda device: [OFFICIAL_GPU, REFERENCE_FP32])

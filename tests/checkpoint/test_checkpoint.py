@@ -297,10 +297,16 @@ def test_a_failing_copy_keeps_the_old_periodic_file(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize(
     "ckpt",
-    [{"epoch": "abc"}, {"epoch": -5}, {"epoch": 1.5}, {"epoch": True},
-     {"epoch": 0, "resume": {"epoch": -1}}, {"epoch": 0, "resume": {"epoch": 1, "step": "x"}},
-     {"epoch": 0, "resume": [1, 2]}],
-)  # fmt: skip
+    [
+        {"epoch": "abc"},
+        {"epoch": -5},
+        {"epoch": 1.5},
+        {"epoch": True},
+        {"epoch": 0, "resume": {"epoch": -1}},
+        {"epoch": 0, "resume": {"epoch": 1, "step": "x"}},
+        {"epoch": 0, "resume": [1, 2]},
+    ],
+)
 def test_progress_of_refuses_a_damaged_epoch(ckpt):
     with pytest.raises(MaekitError, match="integer|not a dict"):
         progress_of(ckpt, "c.pth")
@@ -373,7 +379,11 @@ def test_keep_last_prunes_old_periodic_checkpoints_only(tmp_path):
         "checkpoint-2.pth",
     ]
     assert sorted(p.name for p in tmp_path.glob("*.pth")) == [
-        "checkpoint-3.pth", "checkpoint-4.pth", BEST, LAST]  # fmt: skip
+        "checkpoint-3.pth",
+        "checkpoint-4.pth",
+        BEST,
+        LAST,
+    ]
     assert prune_checkpoints(tmp_path, None) == []  # default: keep everything
 
 

@@ -44,8 +44,10 @@ def test_input_conv_follows_timm_and_keeps_the_gray_response():
         four["patch_embed.proj.weight"], adapt_input_conv(4, w), rtol=0, atol=0
     )
     gray = torch.randn(2, 1, 8, 8)  # a gray image is an RGB image with three equal channels
-    torch.testing.assert_close(F.conv2d(gray, one["patch_embed.proj.weight"], stride=4),
-                               F.conv2d(gray.expand(-1, 3, -1, -1), w, stride=4))  # fmt: skip
+    torch.testing.assert_close(
+        F.conv2d(gray, one["patch_embed.proj.weight"], stride=4),
+        F.conv2d(gray.expand(-1, 3, -1, -1), w, stride=4),
+    )
 
 
 def test_decoder_output_layer_predicts_the_mean_or_repeats():
@@ -104,8 +106,16 @@ def test_learned_table_is_resized_and_sincos_detected():
     assert is_sincos(table, grid, 1) and not is_sincos(table + 0.01, grid, 1)
     learned = torch.randn(1, 1 + 4 * 6, 32)
     resized = interpolate_pos_embed(learned, (2, 3), 1, old_grid=grid)
-    ref = F.interpolate(learned[:, 1:].reshape(1, 4, 6, 32).permute(0, 3, 1, 2), size=(2, 3),
-                        mode="bicubic", align_corners=False).permute(0, 2, 3, 1).reshape(1, 6, 32)  # fmt: skip
+    ref = (
+        F.interpolate(
+            learned[:, 1:].reshape(1, 4, 6, 32).permute(0, 3, 1, 2),
+            size=(2, 3),
+            mode="bicubic",
+            align_corners=False,
+        )
+        .permute(0, 2, 3, 1)
+        .reshape(1, 6, 32)
+    )
     torch.testing.assert_close(resized, torch.cat([learned[:, :1], ref], dim=1))
     with pytest.raises(ValueError, match="not square"):
         interpolate_pos_embed(learned, (2, 3), 1)

@@ -39,8 +39,14 @@ def save(tmp_path: Path, state: dict, name: str = "ckpt.pth") -> Path:
 
 def encoder(global_pool: bool = True, img_size: int = 32, num_classes: int = 10):
     torch.manual_seed(1)
-    return create_model("vit_tiny_patch16", img_size=img_size, patch_size=8, depth=DEPTH,
-                        num_classes=num_classes, global_pool=global_pool)  # fmt: skip
+    return create_model(
+        "vit_tiny_patch16",
+        img_size=img_size,
+        patch_size=8,
+        depth=DEPTH,
+        num_classes=num_classes,
+        global_pool=global_pool,
+    )
 
 
 @pytest.mark.parametrize("global_pool", [True, False])

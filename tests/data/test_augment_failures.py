@@ -94,8 +94,23 @@ def test_a_failing_step_in_a_data_worker_stops_the_run_and_keeps_the_checkpoint(
     (data / "t" / "train").rename(data / "train")
     (data / "v" / "train").rename(data / "val")
     out = tmp_path / "run"
-    args = ["finetune", "--model", "vit_golden", "--data_path", str(data), "--output_dir", str(out),
-            "--input_size", "32", "--batch_size", "4", "--num_workers", "1", "--warmup_epochs", "0"]  # fmt: skip
+    args = [
+        "finetune",
+        "--model",
+        "vit_golden",
+        "--data_path",
+        str(data),
+        "--output_dir",
+        str(out),
+        "--input_size",
+        "32",
+        "--batch_size",
+        "4",
+        "--num_workers",
+        "1",
+        "--warmup_epochs",
+        "0",
+    ]
     assert main([*args, "--epochs", "1"]) == 0
     saved = {p.name: p.read_bytes() for p in out.glob("checkpoint-*.pth")}
     assert "checkpoint-0.pth" in saved

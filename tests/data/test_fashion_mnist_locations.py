@@ -91,9 +91,25 @@ def test_env_variable_names_the_files_or_a_torchvision_root(
 def test_missing_everywhere_is_one_line_naming_download(
     nowhere: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    rc = main(["pretrain", "--data_path", "fashion-mnist", "--model", "mae_vit_tiny_patch16",
-               "--input_size", "28", "--patch_size", "4", "--num_workers", "0", "--device", "cpu",
-               "--output_dir", str(nowhere / "run")])  # fmt: skip
+    rc = main(
+        [
+            "pretrain",
+            "--data_path",
+            "fashion-mnist",
+            "--model",
+            "mae_vit_tiny_patch16",
+            "--input_size",
+            "28",
+            "--patch_size",
+            "4",
+            "--num_workers",
+            "0",
+            "--device",
+            "cpu",
+            "--output_dir",
+            str(nowhere / "run"),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and len(err.strip().splitlines()) == 1, err
     assert "Fashion-MNIST (train) not found" in err and "--download" in err
@@ -109,8 +125,11 @@ def file_mirror(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     mirror = tmp_path / "mirror"
     write_split(mirror, "train", 30, seed=5)
     write_split(mirror, "val", 10, seed=6)
-    resources = [(f"{stem}.gz", hashlib.md5((mirror / f"{stem}.gz").read_bytes()).hexdigest())
-                 for split in ("train", "val") for stem in STEMS[split]]  # fmt: skip
+    resources = [
+        (f"{stem}.gz", hashlib.md5((mirror / f"{stem}.gz").read_bytes()).hexdigest())
+        for split in ("train", "val")
+        for stem in STEMS[split]
+    ]
 
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def __init__(self, *args, **kwargs):
@@ -142,10 +161,32 @@ def test_download_fetches_into_the_torchvision_layout(nowhere: Path, file_mirror
 def test_download_flag_on_the_command_line(
     nowhere: Path, file_mirror: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    rc = main(["pretrain", "--download", "--epochs", "1", "--max_train_step", "1",
-               "--model", "mae_vit_tiny_patch16", "--input_size", "28", "--patch_size", "7",
-               "--batch_size", "8", "--num_workers", "0", "--device", "cpu", "--warmup_epochs", "0",
-               "--output_dir", str(nowhere / "run")])  # fmt: skip
+    rc = main(
+        [
+            "pretrain",
+            "--download",
+            "--epochs",
+            "1",
+            "--max_train_step",
+            "1",
+            "--model",
+            "mae_vit_tiny_patch16",
+            "--input_size",
+            "28",
+            "--patch_size",
+            "7",
+            "--batch_size",
+            "8",
+            "--num_workers",
+            "0",
+            "--device",
+            "cpu",
+            "--warmup_epochs",
+            "0",
+            "--output_dir",
+            str(nowhere / "run"),
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0, out
     assert f"Fashion-MNIST: {nowhere / 'cache' / 'maekit' / 'FashionMNIST' / 'raw'}" in out

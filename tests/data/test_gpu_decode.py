@@ -42,8 +42,9 @@ def test_crop_resize_flip_is_torchvisions_resized_crop_then_flip_then_normalise(
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
     for img, box, flip, got in zip(images, boxes.tolist(), flips, out, strict=True):
-        want = TF.resized_crop(img, *box, [16, 16], interpolation=InterpolationMode.BICUBIC,
-                               antialias=True)  # fmt: skip
+        want = TF.resized_crop(
+            img, *box, [16, 16], interpolation=InterpolationMode.BICUBIC, antialias=True
+        )
         want = want.flip(-1) if flip else want
         torch.testing.assert_close(got, (want.float() / 255 - mean) / std)
     # the flip mirrors: the unflipped crop of image 0, mirrored, is what came out
@@ -136,8 +137,14 @@ def test_an_undecodable_jpeg_is_stood_in_for_and_counted(tmp_path, monkeypatch):
     assert skipped.tolist() == [int(i == i_bad) for i in range(4)]
     assert all(img.dtype == torch.uint8 and img.shape[0] == 3 for img in images)
     # three decoded one by one by the "GPU" decoder, the bad one by nobody: not a fallback
-    assert loader.stats == {"batches": 1, "jpegs": 4, "gpu_decoded": 3, "cpu_fallback": 0,
-                            "cpu_decoded": 0, "stood_in": 1}  # fmt: skip
+    assert loader.stats == {
+        "batches": 1,
+        "jpegs": 4,
+        "gpu_decoded": 3,
+        "cpu_fallback": 0,
+        "cpu_decoded": 0,
+        "stood_in": 1,
+    }
 
 
 def test_jpegs_the_gpu_decoder_rejects_fall_back_to_the_cpu_counted_and_reported(tmp_path, capsys):
@@ -243,8 +250,15 @@ def test_decode_runs_on_a_side_stream_ordered_both_ways_with_the_compute_stream(
     x, _, _ = next(iter(loader))
     assert x.shape == (4, 3, 16, 16)
     records = [f"record {id(o)} on compute" for o in outputs]
-    assert log.calls == ["side.wait(compute)", "enter side", "decode", "exit side",
-                         "compute.wait(side)", *records, "use"]  # fmt: skip
+    assert log.calls == [
+        "side.wait(compute)",
+        "enter side",
+        "decode",
+        "exit side",
+        "compute.wait(side)",
+        *records,
+        "use",
+    ]
 
 
 def test_a_resource_error_in_a_worker_is_a_clear_error_not_an_unreadable_image(
@@ -274,8 +288,16 @@ def test_gpu_decode_refuses_fashion_mnist_and_cpu(tmp_path):
 
     root = write_image_folder(tmp_path / "d", classes=1, per_class=4)
     with pytest.raises(MaekitError, match="CUDA"):
-        measure_pipeline(BenchConfig(pipeline=True, gpu_decode=True, data_path=str(root),
-                                     device="cpu", batch_size=2, phase="finetune"))  # fmt: skip
+        measure_pipeline(
+            BenchConfig(
+                pipeline=True,
+                gpu_decode=True,
+                data_path=str(root),
+                device="cpu",
+                batch_size=2,
+                phase="finetune",
+            )
+        )
 
 
 def test_bench_pipeline_measures_the_gpu_decode_loader_on_the_cpu(tmp_path):
@@ -285,9 +307,18 @@ def test_bench_pipeline_measures_the_gpu_decode_loader_on_the_cpu(tmp_path):
     from maekit.config import BenchConfig
 
     root = _smooth_folder(tmp_path / "d", n=8)
-    out = measure_pipeline(BenchConfig(pipeline=True, gpu_decode=True, data_path=str(root),
-                                       device="cpu", batch_size=4, num_workers=1, images=16,
-                                       input_size=16))  # fmt: skip
+    out = measure_pipeline(
+        BenchConfig(
+            pipeline=True,
+            gpu_decode=True,
+            data_path=str(root),
+            device="cpu",
+            batch_size=4,
+            num_workers=1,
+            images=16,
+            input_size=16,
+        )
+    )
     assert out["images"] == 16 and out["decode_device"] == "cpu"
     d = out["decode"]
     assert d["batches"] == 5 and d["jpegs"] + d["cpu_decoded"] == 20  # 1 untimed + 4 batches
@@ -311,9 +342,11 @@ def test_batch_256_under_ulimit_n_256_completes(tmp_path):
     img = TF.to_pil_image((torch.rand(3, 12, 16, generator=g) * 255).to(torch.uint8))
     for i in range(256):
         img.save(d / f"{i}.jpg")
-    cmd = (f"ulimit -n 256 && exec {sys.executable} -m maekit bench --pipeline --gpu_decode "
-           f"--device cpu --data_path {tmp_path / 'jpegs'} --batch_size 256 --num_workers 2 "
-           "--images 256 --input_size 16 --json")  # fmt: skip
+    cmd = (
+        f"ulimit -n 256 && exec {sys.executable} -m maekit bench --pipeline --gpu_decode "
+        f"--device cpu --data_path {tmp_path / 'jpegs'} --batch_size 256 --num_workers 2 "
+        "--images 256 --input_size 16 --json"
+    )
     env = {**__import__("os").environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     r = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]

@@ -96,9 +96,14 @@ def write_mode(path: Path, mode: str) -> Path:
 
 @pytest.mark.parametrize(
     ("name", "mode"),
-    [("gray.png", "L"), ("pal.png", "P"), ("rgba.png", "RGBA"), ("deep.png", "I;16"),
-     ("cmyk.jpg", "CMYK")],
-)  # fmt: skip
+    [
+        ("gray.png", "L"),
+        ("pal.png", "P"),
+        ("rgba.png", "RGBA"),
+        ("deep.png", "I;16"),
+        ("cmyk.jpg", "CMYK"),
+    ],
+)
 def test_any_mode_loads_as_rgb(tmp_path, name, mode):
     path = write_mode(tmp_path / name, mode)
     assert Image.open(path).mode.startswith(mode.split(";")[0])

@@ -217,8 +217,12 @@ def test_persistent_workers_read_on_across_epochs_and_give_a_fresh_loaders_batch
     loader = build_train_loader(LoggedDraws(log), 4, 0, 1, 5, 1, False)
 
     def fresh(epoch: int, skip: int = 0, take: int | None = None) -> list:
-        return _epoch_batches(build_train_loader(LoggedDraws(tmp_path / "x.log"), 4, 0, 1, 5, 0,
-                                                 False), epoch, skip, take)  # fmt: skip
+        return _epoch_batches(
+            build_train_loader(LoggedDraws(tmp_path / "x.log"), 4, 0, 1, 5, 0, False),
+            epoch,
+            skip,
+            take,
+        )
 
     assert _same(_epoch_batches(loader, 0), fresh(0)) and len(fresh(0)) == 6
     # Before epoch 1 is asked for, the worker has already fetched some of its samples.

@@ -100,8 +100,10 @@ def test_writer_refuses_existing_shards_unless_forced_and_keeps_other_files(tmp_
     with pytest.raises(MaekitError, match="already holds shards.*--force"):
         write_shards(tmp_path / "src", dst, 5)
     lines = write_shards(tmp_path / "src", dst, 20, force=True)
-    assert lines == [f"train: 24 samples (2 classes) in 2 shards of up to 20, "
-                     f"{lines[0].split(', ')[1].split(' ->')[0]} -> {dst / 'train'}"]  # fmt: skip
+    assert lines == [
+        f"train: 24 samples (2 classes) in 2 shards of up to 20, "
+        f"{lines[0].split(', ')[1].split(' ->')[0]} -> {dst / 'train'}"
+    ]
     names = sorted(p.name for p in (dst / "train").iterdir())
     assert names == ["notes.txt", "shard-000000.tar", "shard-000001.tar", "shards.json"]
 
@@ -156,9 +158,14 @@ def test_brace_expansion():
 
 def test_patterns_globs_and_file_urls_find_the_same_shards(tmp_path):
     dst = make_shards(tmp_path, per_class=10, shard_size=6, val=True)
-    forms = [str(dst), f"{dst}/{{split}}/shard-{{000000..000003}}.tar", f"{dst}/{{split}}/*.tar",
-             f"file://{dst}", f"file://{dst}/{{split}}/shard-{{000000..000003}}.tar",
-             f"file://{dst}/{{split}}/shard-*.tar"]  # fmt: skip
+    forms = [
+        str(dst),
+        f"{dst}/{{split}}/shard-{{000000..000003}}.tar",
+        f"{dst}/{{split}}/*.tar",
+        f"file://{dst}",
+        f"file://{dst}/{{split}}/shard-{{000000..000003}}.tar",
+        f"file://{dst}/{{split}}/shard-*.tar",
+    ]
     for form in forms:
         train = resolve_shards(form, "train")
         assert train.counts == (6, 6, 6, 2) and train.classes == ("class_0", "class_1"), form
@@ -237,8 +244,9 @@ def test_epochs_differ_and_repeat(tmp_path):
 
 
 def test_augmentation_depends_only_on_seed_epoch_and_sample(tmp_path):
-    ds = build_dataset(str(make_shards(tmp_path, per_class=12, shard_size=5)), "train",
-                       pretrain_transform(8))  # fmt: skip
+    ds = build_dataset(
+        str(make_shards(tmp_path, per_class=12, shard_size=5)), "train", pretrain_transform(8)
+    )
 
     def tensors(world: int, workers: int) -> dict[str, torch.Tensor]:
         out = {}
@@ -257,8 +265,9 @@ def test_augmentation_depends_only_on_seed_epoch_and_sample(tmp_path):
 @pytest.mark.filterwarnings("ignore:This DataLoader will create")
 @pytest.mark.parametrize("world,workers", [(1, 0), (2, 2), (1, 3)])  # (1, 3): 6, 7, 7 batches
 def test_start_at_resumes_with_exactly_the_rest_of_the_epoch(tmp_path, world, workers):
-    ds = build_dataset(str(make_shards(tmp_path, per_class=20, shard_size=5)), "train",
-                       pretrain_transform(8))  # fmt: skip
+    ds = build_dataset(
+        str(make_shards(tmp_path, per_class=20, shard_size=5)), "train", pretrain_transform(8)
+    )
     loader = build_train_loader(ds, 2, world - 1, world, 0, workers, False)
     loader.sampler.set_epoch(4)
     full = list(loader.batches_with_keys())
@@ -282,8 +291,9 @@ def test_resume_plan_rotates_workers():
 
 
 def test_main_process_loading_leaves_the_global_rng_alone(tmp_path):
-    ds = build_dataset(str(make_shards(tmp_path, per_class=6, shard_size=4)), "train",
-                       pretrain_transform(8))  # fmt: skip
+    ds = build_dataset(
+        str(make_shards(tmp_path, per_class=6, shard_size=4)), "train", pretrain_transform(8)
+    )
     torch.manual_seed(1), random.seed(1), np.random.seed(1)
     expected = (torch.rand(1), random.random(), np.random.rand())
     torch.manual_seed(1), random.seed(1), np.random.seed(1)

@@ -127,13 +127,15 @@ def shards(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize(
     "change,key",
-    [(lambda m: m["shards"][0].update(count="3"), r"shards\[0\].count"),
-     (lambda m: m["shards"][1].update(count=-1), r"shards\[1\].count"),
-     (lambda m: m["shards"][0].pop("name"), r"shards\[0\].name"),
-     (lambda m: m["shards"][0].update(name="../../etc/x.tar"), r"shards\[0\].name .* leaves"),
-     (lambda m: m["shards"][0].update(name="/abs/x.tar"), r"shards\[0\].name .* leaves"),
-     (lambda m: m.update(classes=[1, 2]), "classes")],
-)  # fmt: skip
+    [
+        (lambda m: m["shards"][0].update(count="3"), r"shards\[0\].count"),
+        (lambda m: m["shards"][1].update(count=-1), r"shards\[1\].count"),
+        (lambda m: m["shards"][0].pop("name"), r"shards\[0\].name"),
+        (lambda m: m["shards"][0].update(name="../../etc/x.tar"), r"shards\[0\].name .* leaves"),
+        (lambda m: m["shards"][0].update(name="/abs/x.tar"), r"shards\[0\].name .* leaves"),
+        (lambda m: m.update(classes=[1, 2]), "classes"),
+    ],
+)
 def test_malformed_manifest_is_one_line_naming_the_key(tmp_path, change, key):
     folder = shards(tmp_path)
     m = json.loads((folder / "shards.json").read_text())

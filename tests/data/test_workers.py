@@ -50,8 +50,9 @@ SCRIPT = textwrap.dedent(
 
 
 def test_exit_with_live_workers_that_ignore_sigterm_is_prompt_and_quiet(tmp_path):
-    r = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=60,
-                       cwd=tmp_path)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip() == "error: bad sample", r.stderr
     pids = [int(p) for p in r.stdout.split()]

@@ -10,8 +10,22 @@ from pathlib import Path
 
 from tests.conftest import run_cli, write_image_folder
 
-TINY = ["--input_size", "32", "--patch_size", "8", "--batch_size", "4", "--num_workers", "0",
-        "--print_freq", "2", "--warmup_epochs", "0", "--epochs", "1"]  # fmt: skip
+TINY = [
+    "--input_size",
+    "32",
+    "--patch_size",
+    "8",
+    "--batch_size",
+    "4",
+    "--num_workers",
+    "0",
+    "--print_freq",
+    "2",
+    "--warmup_epochs",
+    "0",
+    "--epochs",
+    "1",
+]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
 
@@ -26,8 +40,22 @@ def labeled_folder(root: Path) -> Path:
 
 
 def single_process_eval(phase: str, data: Path, ckpt: Path, tmp: Path) -> tuple[float, float]:
-    r = run_cli([phase, "--eval", "--resume", str(ckpt), "--data_path", str(data), "--model", "vit_tiny_patch16",
-                 "--output_dir", str(tmp / f"eval_{phase}"), *TINY], tmp)  # fmt: skip
+    r = run_cli(
+        [
+            phase,
+            "--eval",
+            "--resume",
+            str(ckpt),
+            "--data_path",
+            str(data),
+            "--model",
+            "vit_tiny_patch16",
+            "--output_dir",
+            str(tmp / f"eval_{phase}"),
+            *TINY,
+        ],
+        tmp,
+    )
     assert r.returncode == 0, r.stderr
     m = re.search(r"on the 9 test images: acc1 ([\d.]+)%  acc5 ([\d.]+)%", r.stdout)
     assert m, r.stdout
@@ -37,14 +65,42 @@ def single_process_eval(phase: str, data: Path, ckpt: Path, tmp: Path) -> tuple[
 def test_pretrain_finetune_linprobe_under_torchrun(tmp_path: Path) -> None:
     data = labeled_folder(tmp_path / "data")
     pre = tmp_path / "pre"
-    r = run_cli(["pretrain", "--model", "mae_vit_tiny_patch16", "--data_path", str(data), "--output_dir", str(pre),
-                 *TINY], tmp_path, launcher=TORCHRUN, timeout=240)  # fmt: skip
+    r = run_cli(
+        [
+            "pretrain",
+            "--model",
+            "mae_vit_tiny_patch16",
+            "--data_path",
+            str(data),
+            "--output_dir",
+            str(pre),
+            *TINY,
+        ],
+        tmp_path,
+        launcher=TORCHRUN,
+        timeout=240,
+    )
     assert r.returncode == 0, r.stderr
     for phase in ("finetune", "linprobe"):
         out = tmp_path / phase
-        r = run_cli([phase, "--model", "vit_tiny_patch16", "--finetune", str(pre / "checkpoint-0.pth"),
-                     "--dist_eval", "--data_path", str(data), "--output_dir", str(out), *TINY],
-                    tmp_path, launcher=TORCHRUN, timeout=240)  # fmt: skip
+        r = run_cli(
+            [
+                phase,
+                "--model",
+                "vit_tiny_patch16",
+                "--finetune",
+                str(pre / "checkpoint-0.pth"),
+                "--dist_eval",
+                "--data_path",
+                str(data),
+                "--output_dir",
+                str(out),
+                *TINY,
+            ],
+            tmp_path,
+            launcher=TORCHRUN,
+            timeout=240,
+        )
         assert r.returncode == 0, r.stderr
         assert "effective batch: 8" in r.stdout
         (log,) = [json.loads(line) for line in (out / "log.txt").read_text().splitlines()]

@@ -10,8 +10,24 @@ import torch
 
 from tests.conftest import run_cli, write_image_folder
 
-TINY = ["--input_size", "32", "--patch_size", "4", "--batch_size", "4", "--num_workers", "0",
-        "--print_freq", "1", "--warmup_epochs", "0", "--epochs", "1", "--max_train_step", "2"]  # fmt: skip
+TINY = [
+    "--input_size",
+    "32",
+    "--patch_size",
+    "4",
+    "--batch_size",
+    "4",
+    "--num_workers",
+    "0",
+    "--print_freq",
+    "1",
+    "--warmup_epochs",
+    "0",
+    "--epochs",
+    "1",
+    "--max_train_step",
+    "2",
+]
 
 
 def read_log(out: Path) -> list[dict]:
@@ -25,8 +41,20 @@ def test_convmae_pretrain_finetune_linprobe(tmp_path: Path) -> None:
     (tmp_path / "v" / "train").rename(data / "val")
 
     pre = tmp_path / "pre"
-    r = run_cli(["pretrain", "--model", "convmae_convvit_small_patch16", "--norm_pix_loss", "--data_path",
-                 str(data / "train"), "--output_dir", str(pre), *TINY], tmp_path)  # fmt: skip
+    r = run_cli(
+        [
+            "pretrain",
+            "--model",
+            "convmae_convvit_small_patch16",
+            "--norm_pix_loss",
+            "--data_path",
+            str(data / "train"),
+            "--output_dir",
+            str(pre),
+            *TINY,
+        ],
+        tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     (log,) = read_log(pre)
     assert torch.isfinite(torch.tensor(log["train_loss"]))
@@ -36,9 +64,27 @@ def test_convmae_pretrain_finetune_linprobe(tmp_path: Path) -> None:
     assert ckpt["model"]["decoder_pred.weight"].shape == (4 * 4 * 3, 256)
 
     ft = tmp_path / "ft"
-    r = run_cli(["finetune", "--model", "convvit_small_patch16", "--finetune", str(pre / "checkpoint-0.pth"),
-                 "--layer_decay_rule", "plsc", "--aa", "none", "--reprob", "0", "--data_path", str(data),
-                 "--output_dir", str(ft), *TINY], tmp_path)  # fmt: skip
+    r = run_cli(
+        [
+            "finetune",
+            "--model",
+            "convvit_small_patch16",
+            "--finetune",
+            str(pre / "checkpoint-0.pth"),
+            "--layer_decay_rule",
+            "plsc",
+            "--aa",
+            "none",
+            "--reprob",
+            "0",
+            "--data_path",
+            str(data),
+            "--output_dir",
+            str(ft),
+            *TINY,
+        ],
+        tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     assert "newly initialised: fc_norm.bias, fc_norm.weight, head.bias, head.weight" in r.stdout
     (log,) = read_log(ft)
@@ -50,8 +96,21 @@ def test_convmae_pretrain_finetune_linprobe(tmp_path: Path) -> None:
     # linear probe without pooling flags: the phase's cls-token default falls back to global
     # pooling for a ConvViT, which has no cls token
     lp = tmp_path / "lp"
-    r = run_cli(["linprobe", "--model", "convvit_small_patch16", "--finetune", str(pre / "checkpoint-0.pth"),
-                 "--data_path", str(data), "--output_dir", str(lp), *TINY], tmp_path)  # fmt: skip
+    r = run_cli(
+        [
+            "linprobe",
+            "--model",
+            "convvit_small_patch16",
+            "--finetune",
+            str(pre / "checkpoint-0.pth"),
+            "--data_path",
+            str(data),
+            "--output_dir",
+            str(lp),
+            *TINY,
+        ],
+        tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     (log,) = read_log(lp)
     assert {"train_loss", "test_acc1"} <= log.keys()

@@ -19,9 +19,23 @@ from PIL import Image
 
 from tests.conftest import REPO, run_cli, write_image_folder
 
-TINY = ["--model", "mae_vit_tiny_patch16", "--input_size", "32", "--patch_size", "8",
-        "--batch_size", "4", "--warmup_epochs", "1", "--print_freq", "1", "--blr", "1e-3",
-        "--norm_pix_loss"]  # fmt: skip
+TINY = [
+    "--model",
+    "mae_vit_tiny_patch16",
+    "--input_size",
+    "32",
+    "--patch_size",
+    "8",
+    "--batch_size",
+    "4",
+    "--warmup_epochs",
+    "1",
+    "--print_freq",
+    "1",
+    "--blr",
+    "1e-3",
+    "--norm_pix_loss",
+]
 
 
 # `python -c` bootstrap for a run whose checkpoint writes are slow (a kill can land inside
@@ -44,12 +58,22 @@ class Run:
     ``save_delay``: seconds every checkpoint write waits with its temp file written."""
 
     def __init__(self, args: list[str], cwd: Path, save_delay: float | None = None) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
-               "PYTHONPATH": str(REPO)}  # fmt: skip
+        env = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": str(REPO),
+        }
         launch = ["-m", "maekit"] if save_delay is None else ["-c", SLOW_SAVE, str(save_delay)]
-        self.proc = subprocess.Popen([sys.executable, *launch, *args], cwd=cwd, env=env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     start_new_session=True)  # fmt: skip
+        self.proc = subprocess.Popen(
+            [sys.executable, *launch, *args],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -182,8 +206,18 @@ def test_sigterm_mid_epoch_saves_exits_0_and_resumes_bit_identical(tmp_path: Pat
 def test_auto_resume_skips_a_truncated_newest_checkpoint(tmp_path: Path) -> None:
     data = write_image_folder(tmp_path / "data", per_class=4)  # 8 images: 2 steps per epoch
     out = tmp_path / "run"
-    args = ["pretrain", "--data_path", str(data), "--num_workers", "0", "--save_freq", "1",
-            "--output_dir", str(out), *TINY]  # fmt: skip
+    args = [
+        "pretrain",
+        "--data_path",
+        str(data),
+        "--num_workers",
+        "0",
+        "--save_freq",
+        "1",
+        "--output_dir",
+        str(out),
+        *TINY,
+    ]
     r = run_cli([*args, "--epochs", "2"], tmp_path)
     assert r.returncode == 0, r.stderr
     for name in ("checkpoint-last.pth", "checkpoint-1.pth"):  # both name epoch 1: damage both
@@ -203,8 +237,18 @@ def test_auto_resume_skips_a_truncated_newest_checkpoint(tmp_path: Path) -> None
 def test_finished_run_is_not_trained_again(tmp_path: Path) -> None:
     data = write_image_folder(tmp_path / "data", per_class=4)
     out = tmp_path / "run"
-    args = ["pretrain", "--data_path", str(data), "--num_workers", "0", "--epochs", "1",
-            "--output_dir", str(out), *TINY]  # fmt: skip
+    args = [
+        "pretrain",
+        "--data_path",
+        str(data),
+        "--num_workers",
+        "0",
+        "--epochs",
+        "1",
+        "--output_dir",
+        str(out),
+        *TINY,
+    ]
     assert run_cli(args, tmp_path).returncode == 0
     before = (out / "checkpoint-0.pth").stat().st_mtime_ns
     r = run_cli(args, tmp_path)
@@ -225,8 +269,23 @@ def test_bad_images_are_skipped_counted_exactly_and_training_completes(tmp_path:
     for i in range(24 - len(bad) - len(odd)):  # 24 files: 6 full batches, every file visited
         Image.fromarray((rng.random((30, 30, 3)) * 255).astype(np.uint8)).save(flat / f"g{i}.png")
     out = tmp_path / "run"
-    r = run_cli(["pretrain", "--data_path", str(flat), "--epochs", "2", "--num_workers", "1",
-                 "--max_bad_frac", "0.5", "--output_dir", str(out), *TINY], tmp_path)  # fmt: skip
+    r = run_cli(
+        [
+            "pretrain",
+            "--data_path",
+            str(flat),
+            "--epochs",
+            "2",
+            "--num_workers",
+            "1",
+            "--max_bad_frac",
+            "0.5",
+            "--output_dir",
+            str(out),
+            *TINY,
+        ],
+        tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     log = [json.loads(line) for line in (out / "log.txt").read_text().splitlines()]
     assert [rec["bad_images_skipped"] for rec in log] == [len(bad), len(bad)]
@@ -242,8 +301,21 @@ def test_too_many_bad_images_stop_with_a_clear_error(tmp_path: Path) -> None:
         Image.fromarray(np.full((20, 20, 3), 9 * i, np.uint8)).save(flat / f"g{i}.png")
         (flat / f"b{i}.jpg").write_bytes(b"\xff\xd8 not really")
     out = tmp_path / "run"
-    r = run_cli(["pretrain", "--data_path", str(flat), "--epochs", "1", "--num_workers", "0",
-                 "--output_dir", str(out), *TINY], tmp_path)  # fmt: skip
+    r = run_cli(
+        [
+            "pretrain",
+            "--data_path",
+            str(flat),
+            "--epochs",
+            "1",
+            "--num_workers",
+            "0",
+            "--output_dir",
+            str(out),
+            *TINY,
+        ],
+        tmp_path,
+    )
     assert r.returncode == 2
     assert "could not be read" in r.stderr and "--max_bad_frac" in r.stderr
     assert "Traceback" not in r.stderr

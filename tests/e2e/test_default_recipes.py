@@ -25,8 +25,18 @@ from maekit.data.sampling import subset_indices
 from tests.golden.models import register_golden_models
 
 N_IMAGES = 2000
-COMMON = ["--max_train_images", str(N_IMAGES), "--epochs", "1", "--input_size", "28",
-          "--patch_size", "4", "--print_freq", "1000"]  # fmt: skip
+COMMON = [
+    "--max_train_images",
+    str(N_IMAGES),
+    "--epochs",
+    "1",
+    "--input_size",
+    "28",
+    "--patch_size",
+    "4",
+    "--print_freq",
+    "1000",
+]
 RUNS = {
     "pretrain-mae": ["pretrain", "--model", "mae_vit_golden"],
     "pretrain-convmae": ["pretrain", "--model", "convmae_golden"],

@@ -28,8 +28,18 @@ def leftovers(out: Path) -> list[str]:
 def test_a_second_run_on_the_same_folder_is_refused(tmp_path):
     data = write_image_folder(tmp_path / "data", per_class=4)  # 8 images: 2 steps per epoch
     out = tmp_path / "run"
-    args = ["pretrain", "--data_path", str(data), "--epochs", "2", "--num_workers", "0",
-            "--output_dir", str(out), *TINY]  # fmt: skip
+    args = [
+        "pretrain",
+        "--data_path",
+        str(data),
+        "--epochs",
+        "2",
+        "--num_workers",
+        "0",
+        "--output_dir",
+        str(out),
+        *TINY,
+    ]
     first = Run(args, tmp_path, save_delay=1)
     try:
         # Caught in the middle of its first save, then frozen: the second run starts exactly
@@ -63,8 +73,16 @@ def _file_size_limit(limit: int):
 def test_a_failing_checkpoint_writer_is_one_line_and_the_run_resumes_after(tmp_path):
     data = write_image_folder(tmp_path / "data", per_class=4)
     out = tmp_path / "run"
-    args = ["pretrain", "--data_path", str(data), "--num_workers", "0", "--output_dir", str(out),
-            *TINY]  # fmt: skip
+    args = [
+        "pretrain",
+        "--data_path",
+        str(data),
+        "--num_workers",
+        "0",
+        "--output_dir",
+        str(out),
+        *TINY,
+    ]
     assert run_cli([*args, "--epochs", "1"], tmp_path).returncode == 0
     before = (out / "checkpoint-last.pth").read_bytes()
 
@@ -76,9 +94,15 @@ def test_a_failing_checkpoint_writer_is_one_line_and_the_run_resumes_after(tmp_p
     from tests.conftest import REPO
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    full = subprocess.run([sys.executable, "-m", "maekit", *args, "--epochs", "2"], cwd=tmp_path,
-                          env=env, capture_output=True, text=True, timeout=300,
-                          preexec_fn=_file_size_limit(1 << 20))  # fmt: skip
+    full = subprocess.run(
+        [sys.executable, "-m", "maekit", *args, "--epochs", "2"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=_file_size_limit(1 << 20),
+    )
     assert full.returncode == 2, full.stderr[-3000:]
     lines = full.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in full.stderr, full.stderr[-3000:]
@@ -109,8 +133,24 @@ def test_fifo_socket_and_dangling_link_are_skipped_and_counted(tmp_path):
         Image.new("RGB", (36, 36), (15 * i, 80, 160)).save(flat / f"g{i}.png")
     _special_files(flat)
     out = tmp_path / "run"
-    r = run_cli(["pretrain", "--data_path", str(flat), "--epochs", "1", "--num_workers", "1",
-                 "--max_bad_frac", "0.5", "--output_dir", str(out), *TINY], tmp_path, timeout=300)  # fmt: skip
+    r = run_cli(
+        [
+            "pretrain",
+            "--data_path",
+            str(flat),
+            "--epochs",
+            "1",
+            "--num_workers",
+            "1",
+            "--max_bad_frac",
+            "0.5",
+            "--output_dir",
+            str(out),
+            *TINY,
+        ],
+        tmp_path,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     assert [
         rec["bad_images_skipped"]

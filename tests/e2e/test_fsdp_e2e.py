@@ -19,9 +19,32 @@ from tests.conftest import run_cli, write_image_folder
 from tests.e2e.test_chain_e2e import labeled_folder
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-PRE = ["--model", "mae_vit_tiny_patch16", "--input_size", "32", "--patch_size", "8", "--batch_size", "4",
-       "--warmup_epochs", "1", "--num_workers", "0", "--print_freq", "2", "--blr", "1e-3",
-       "--accum_iter", "2", "--clip_grad", "0.5", "--device", "cpu", "--amp", "none"]  # fmt: skip
+PRE = [
+    "--model",
+    "mae_vit_tiny_patch16",
+    "--input_size",
+    "32",
+    "--patch_size",
+    "8",
+    "--batch_size",
+    "4",
+    "--warmup_epochs",
+    "1",
+    "--num_workers",
+    "0",
+    "--print_freq",
+    "2",
+    "--blr",
+    "1e-3",
+    "--accum_iter",
+    "2",
+    "--clip_grad",
+    "0.5",
+    "--device",
+    "cpu",
+    "--amp",
+    "none",
+]
 # fp32 reduction order differs between all-reduce and reduce-scatter. fp32 is pinned: under
 # --amp auto a CPU with AMX trains in bf16 (so did one with AVX-512 BF16 before that rule),
 # where fsdp's bf16 parameter policy and ddp's autocast round differently (and Adam's first
@@ -96,17 +119,52 @@ def test_fsdp_finetune_and_linprobe_with_sharded_evaluation(tmp_path: Path) -> N
     """9 val images split 5/4 (2 and 1 batches): evaluation under fsdp runs uneven batch counts
     and logs exactly what a single-process --eval of the saved checkpoint measures."""
     data = labeled_folder(tmp_path / "data")
-    common = ["--model", "vit_tiny_patch16", "--input_size", "32", "--patch_size", "8", "--batch_size", "4",
-              "--num_workers", "0", "--print_freq", "2", "--warmup_epochs", "0", "--epochs", "1",
-              "--device", "cpu", "--amp", "none", "--data_path", str(data)]  # fmt: skip
+    common = [
+        "--model",
+        "vit_tiny_patch16",
+        "--input_size",
+        "32",
+        "--patch_size",
+        "8",
+        "--batch_size",
+        "4",
+        "--num_workers",
+        "0",
+        "--print_freq",
+        "2",
+        "--warmup_epochs",
+        "0",
+        "--epochs",
+        "1",
+        "--device",
+        "cpu",
+        "--amp",
+        "none",
+        "--data_path",
+        str(data),
+    ]
     for phase in ("finetune", "linprobe"):
         out = tmp_path / phase
-        r = run_cli([phase, "--dist_mode", "fsdp", "--dist_eval", "--output_dir", str(out), *common],
-                    tmp_path, launcher=TORCHRUN, timeout=300)  # fmt: skip
+        r = run_cli(
+            [phase, "--dist_mode", "fsdp", "--dist_eval", "--output_dir", str(out), *common],
+            tmp_path,
+            launcher=TORCHRUN,
+            timeout=300,
+        )
         assert r.returncode == 0, r.stderr[-3000:]
         (log,) = [json.loads(line) for line in (out / "log.txt").read_text().splitlines()]
-        r = run_cli([phase, "--eval", "--resume", str(out / "checkpoint-0.pth"), "--output_dir",
-                     str(tmp_path / f"eval_{phase}"), *common], tmp_path)  # fmt: skip
+        r = run_cli(
+            [
+                phase,
+                "--eval",
+                "--resume",
+                str(out / "checkpoint-0.pth"),
+                "--output_dir",
+                str(tmp_path / f"eval_{phase}"),
+                *common,
+            ],
+            tmp_path,
+        )
         assert r.returncode == 0, r.stderr[-3000:]
         m = re.search(
             r"on the 9 test images: acc1 ([\d.]+)%  acc5 ([\d.]+)%  loss ([\d.]+)", r.stdout

@@ -16,8 +16,22 @@ from maekit.data.transforms import eval_transform, normalization, pretrain_trans
 from maekit.formats import read_checkpoint
 from tests.golden.models import register_golden_models
 
-SIZE = ["--input_size", "32", "--batch_size", "4", "--num_workers", "0", "--print_freq", "2",
-        "--warmup_epochs", "0", "--epochs", "1", "--in_chans", "1"]  # fmt: skip
+SIZE = [
+    "--input_size",
+    "32",
+    "--batch_size",
+    "4",
+    "--num_workers",
+    "0",
+    "--print_freq",
+    "2",
+    "--warmup_epochs",
+    "0",
+    "--epochs",
+    "1",
+    "--in_chans",
+    "1",
+]
 
 
 def gray_folder(root: Path, per_class: int = 6) -> Path:
@@ -47,35 +61,107 @@ def test_grayscale_chain(tmp_path: Path, capsys) -> None:
     register_golden_models()
     data = gray_folder(tmp_path / "data")
     pre = tmp_path / "pre"
-    assert main(["pretrain", "--model", "mae_vit_golden", "--data_path", str(data),
-                 "--output_dir", str(pre), *SIZE]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "pretrain",
+                "--model",
+                "mae_vit_golden",
+                "--data_path",
+                str(data),
+                "--output_dir",
+                str(pre),
+                *SIZE,
+            ]
+        )
+        == 0
+    )
     ckpt = pre / "checkpoint-0.pth"
     assert read_checkpoint(ckpt)["model"]["patch_embed.proj.weight"].shape[1] == 1
 
     for phase in ("finetune", "linprobe"):
         out = tmp_path / phase
-        assert main([phase, "--model", "vit_golden", "--finetune", str(ckpt), "--data_path", str(data),
-                     "--output_dir", str(out), *SIZE]) == 0  # fmt: skip
+        assert (
+            main(
+                [
+                    phase,
+                    "--model",
+                    "vit_golden",
+                    "--finetune",
+                    str(ckpt),
+                    "--data_path",
+                    str(data),
+                    "--output_dir",
+                    str(out),
+                    *SIZE,
+                ]
+            )
+            == 0
+        )
         assert (
             read_checkpoint(out / "checkpoint-0.pth")["model"]["patch_embed.proj.weight"].shape[1]
             == 1
         )
     capsys.readouterr()
 
-    assert main(["knn", "--checkpoint", str(ckpt), "--data_path", str(data), "--k", "3",
-                 "--num_workers", "0"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "knn",
+                "--checkpoint",
+                str(ckpt),
+                "--data_path",
+                str(data),
+                "--k",
+                "3",
+                "--num_workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     assert "top-1" in capsys.readouterr().out
 
     feats = tmp_path / "feats.safetensors"
-    assert main(["extract", "--checkpoint", str(ckpt), "--data_path", str(data), "--out", str(feats),
-                 "--num_workers", "0"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "extract",
+                "--checkpoint",
+                str(ckpt),
+                "--data_path",
+                str(data),
+                "--out",
+                str(feats),
+                "--num_workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     from safetensors.torch import load_file
 
     assert load_file(str(feats))["features"].shape == (18, 16)
 
     grid = tmp_path / "grid.png"
-    assert main(["visualize", "--checkpoint", str(ckpt), "--data_path", str(data), "--num_images", "3",
-                 "--scale", "1", "--out", str(grid)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "visualize",
+                "--checkpoint",
+                str(ckpt),
+                "--data_path",
+                str(data),
+                "--num_images",
+                "3",
+                "--scale",
+                "1",
+                "--out",
+                str(grid),
+            ]
+        )
+        == 0
+    )
     pic = np.asarray(Image.open(grid).convert("RGB")).astype(int)
     assert pic.shape[0] > 3 * 32
     gray = (pic[..., 0] == pic[..., 1]) & (pic[..., 1] == pic[..., 2])
@@ -84,8 +170,21 @@ def test_grayscale_chain(tmp_path: Path, capsys) -> None:
     shards = tmp_path / "shards"
     assert main(["shard", str(data), str(shards)]) == 0
     out = tmp_path / "pre_shards"
-    assert main(["pretrain", "--model", "mae_vit_golden", "--data_path", str(shards),
-                 "--output_dir", str(out), *SIZE]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "pretrain",
+                "--model",
+                "mae_vit_golden",
+                "--data_path",
+                str(shards),
+                "--output_dir",
+                str(out),
+                *SIZE,
+            ]
+        )
+        == 0
+    )
     assert (out / "checkpoint-0.pth").is_file()
 
 

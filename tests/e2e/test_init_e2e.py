@@ -16,11 +16,35 @@ from tests.conftest import run_cli
 from tests.formats.test_hf import set_sincos_tables
 
 # mae_vit_tiny_patch16's sizes, so `--model mae_vit_tiny_patch16` takes the HF weights as they are
-TINY_HF = dict(hidden_size=192, num_hidden_layers=12, num_attention_heads=3, intermediate_size=768,
-               decoder_hidden_size=128, decoder_num_hidden_layers=4, decoder_num_attention_heads=4,
-               decoder_intermediate_size=512, image_size=32, patch_size=8, layer_norm_eps=1e-6)  # fmt: skip
-FLAGS = ["--model", "mae_vit_tiny_patch16", "--patch_size", "8", "--batch_size", "4",
-         "--warmup_epochs", "1", "--num_workers", "0", "--print_freq", "2", "--blr", "1e-3"]  # fmt: skip
+TINY_HF = dict(
+    hidden_size=192,
+    num_hidden_layers=12,
+    num_attention_heads=3,
+    intermediate_size=768,
+    decoder_hidden_size=128,
+    decoder_num_hidden_layers=4,
+    decoder_num_attention_heads=4,
+    decoder_intermediate_size=512,
+    image_size=32,
+    patch_size=8,
+    layer_norm_eps=1e-6,
+)
+FLAGS = [
+    "--model",
+    "mae_vit_tiny_patch16",
+    "--patch_size",
+    "8",
+    "--batch_size",
+    "4",
+    "--warmup_epochs",
+    "1",
+    "--num_workers",
+    "0",
+    "--print_freq",
+    "2",
+    "--blr",
+    "1e-3",
+]
 
 
 def hf_folder(tmp_path: Path) -> Path:
@@ -45,8 +69,21 @@ def test_pretrain_init_from_hf_folder_one_channel_non_square(tmp_path: Path) -> 
     folder = hf_folder(tmp_path)
     data = gray_folder(tmp_path / "gray")
     out = tmp_path / "run"
-    args = ["pretrain", "--init", str(folder), "--in_chans", "1", "--input_size", "24", "40",
-            "--data_path", str(data), "--output_dir", str(out), *FLAGS]  # fmt: skip
+    args = [
+        "pretrain",
+        "--init",
+        str(folder),
+        "--in_chans",
+        "1",
+        "--input_size",
+        "24",
+        "40",
+        "--data_path",
+        str(data),
+        "--output_dir",
+        str(out),
+        *FLAGS,
+    ]
     r = run_cli([*args, "--epochs", "1"], tmp_path)
     assert r.returncode == 0, r.stderr
     line = next(ln for ln in r.stdout.splitlines() if ln.startswith("init from"))

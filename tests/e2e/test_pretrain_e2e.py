@@ -13,9 +13,24 @@ import torch
 from maekit.models import create_model
 from tests.conftest import run_cli
 
-TINY = ["--model", "mae_vit_tiny_patch16", "--input_size", "32", "--patch_size", "8",
-        "--batch_size", "4", "--warmup_epochs", "1", "--num_workers", "0", "--print_freq", "2",
-        "--blr", "1e-3"]  # fmt: skip
+TINY = [
+    "--model",
+    "mae_vit_tiny_patch16",
+    "--input_size",
+    "32",
+    "--patch_size",
+    "8",
+    "--batch_size",
+    "4",
+    "--warmup_epochs",
+    "1",
+    "--num_workers",
+    "0",
+    "--print_freq",
+    "2",
+    "--blr",
+    "1e-3",
+]
 
 
 def read_log(out: Path) -> list[dict]:
@@ -67,8 +82,21 @@ def test_pretrain_two_epochs_then_resume_to_three(image_folder: Path, tmp_path: 
     model = create_model("mae_vit_tiny_patch16", img_size=32, patch_size=8)
     model.load_state_dict(ckpt["model"], strict=True)
 
-    r = run_cli(["pretrain", "--data_path", str(image_folder), "--epochs", "3", "--output_dir", str(out),
-                 "--resume", str(out / "checkpoint-1.pth"), *TINY], tmp_path)  # fmt: skip
+    r = run_cli(
+        [
+            "pretrain",
+            "--data_path",
+            str(image_folder),
+            "--epochs",
+            "3",
+            "--output_dir",
+            str(out),
+            "--resume",
+            str(out / "checkpoint-1.pth"),
+            *TINY,
+        ],
+        tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     assert "continuing at epoch 2" in r.stdout
     assert [rec["epoch"] for rec in read_log(out)] == [0, 1, 2]
@@ -105,14 +133,34 @@ def test_torchrun_two_processes_rank0_writes_alone(image_folder: Path, tmp_path:
         "--nproc_per_node",
         "2",
     ]
-    r = run_cli(["pretrain", "--data_path", str(image_folder), "--epochs", "1", "--output_dir", str(out),
-                 "--max_train_step", "2", *TINY], tmp_path, launcher=launcher, timeout=180)  # fmt: skip
+    r = run_cli(
+        [
+            "pretrain",
+            "--data_path",
+            str(image_folder),
+            "--epochs",
+            "1",
+            "--output_dir",
+            str(out),
+            "--max_train_step",
+            "2",
+            *TINY,
+        ],
+        tmp_path,
+        launcher=launcher,
+        timeout=180,
+    )
     assert r.returncode == 0, r.stderr
     # One process group of two: the effective batch counts both ranks.
     assert "effective batch: 8 (4 x 1 accum x 2 procs)" in r.stdout
     # Rank 0 alone logs: each line appears once, not once per rank.
     assert r.stdout.count("epoch 0: train_loss") == 1
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith("events.")) == [
-        ".maekit.lock", "checkpoint-0.pth", "checkpoint-last.pth", "config.json", "log.txt"]  # fmt: skip
+        ".maekit.lock",
+        "checkpoint-0.pth",
+        "checkpoint-last.pth",
+        "config.json",
+        "log.txt",
+    ]
     assert len(list(out.glob("events.out.tfevents.*"))) == 1
     assert len(read_log(out)) == 1

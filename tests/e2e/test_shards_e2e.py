@@ -18,8 +18,24 @@ from tests.e2e.log_shard_batches import LOG_ENV
 from tests.e2e.test_crash_safety import Run, assert_bit_identical, final_weights
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-TINY = ["--input_size", "32", "--patch_size", "8", "--batch_size", "4", "--num_workers", "2",
-        "--print_freq", "2", "--warmup_epochs", "0", "--epochs", "1", "--device", "cpu"]  # fmt: skip
+TINY = [
+    "--input_size",
+    "32",
+    "--patch_size",
+    "8",
+    "--batch_size",
+    "4",
+    "--num_workers",
+    "2",
+    "--print_freq",
+    "2",
+    "--warmup_epochs",
+    "0",
+    "--epochs",
+    "1",
+    "--device",
+    "cpu",
+]
 # Runs the command with the shard loader's batches logged per rank (no hook in maekit itself).
 LOG_BATCHES = str(Path(__file__).with_name("log_shard_batches.py"))
 
@@ -37,9 +53,21 @@ def test_shard_then_pretrain_two_processes_two_workers_sees_every_sample_once(
     os.environ[LOG_ENV] = str(prefix)  # run_cli passes the environment on
     try:
         out = tmp_path / "run"
-        r = run_cli(["pretrain", "--model", "mae_vit_tiny_patch16", "--data_path", str(shards),
-                     "--output_dir", str(out), *TINY], tmp_path, launcher=[*TORCHRUN, LOG_BATCHES],
-                    timeout=300)  # fmt: skip
+        r = run_cli(
+            [
+                "pretrain",
+                "--model",
+                "mae_vit_tiny_patch16",
+                "--data_path",
+                str(shards),
+                "--output_dir",
+                str(out),
+                *TINY,
+            ],
+            tmp_path,
+            launcher=[*TORCHRUN, LOG_BATCHES],
+            timeout=300,
+        )
     finally:
         del os.environ[LOG_ENV]
     assert r.returncode == 0, r.stderr
@@ -67,15 +95,41 @@ def test_finetune_from_train_and_val_shards(tmp_path: Path) -> None:
     assert "val: 6 samples (3 classes) in 2 shards" in r.stdout
     out = tmp_path / "ft"
     pattern = f"{shards}/{{split}}/shard-*.tar"
-    r = run_cli(["finetune", "--model", "vit_tiny_patch16", "--data_path", pattern, "--output_dir", str(out),
-                 "--dist_eval", *TINY], tmp_path, launcher=TORCHRUN, timeout=300)  # fmt: skip
+    r = run_cli(
+        [
+            "finetune",
+            "--model",
+            "vit_tiny_patch16",
+            "--data_path",
+            pattern,
+            "--output_dir",
+            str(out),
+            "--dist_eval",
+            *TINY,
+        ],
+        tmp_path,
+        launcher=TORCHRUN,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     assert "(12 train / 6 val images, 3 classes)" in r.stdout
     (log,) = [json.loads(line) for line in (out / "log.txt").read_text().splitlines()]
     assert {"test_acc1", "test_acc5", "test_loss", "train_loss"} <= log.keys()
     out = tmp_path / "lp"  # one process, the folder form of --data_path
-    r = run_cli(["linprobe", "--model", "vit_tiny_patch16", "--data_path", str(shards), "--output_dir", str(out),
-                 *TINY], tmp_path, timeout=300)  # fmt: skip
+    r = run_cli(
+        [
+            "linprobe",
+            "--model",
+            "vit_tiny_patch16",
+            "--data_path",
+            str(shards),
+            "--output_dir",
+            str(out),
+            *TINY,
+        ],
+        tmp_path,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     (log,) = [json.loads(line) for line in (out / "log.txt").read_text().splitlines()]
     assert "test_acc1" in log
@@ -86,8 +140,19 @@ def test_sigterm_mid_epoch_on_shards_resumes_bit_identical(tmp_path: Path) -> No
     src = write_image_folder(tmp_path / "src", classes=2, per_class=24, size=(32, 32))
     shards = tmp_path / "shards"
     write_shards(src, shards, 7)
-    args = ["pretrain", "--model", "mae_vit_tiny_patch16", "--data_path", str(shards), *TINY,
-            "--epochs", "2", "--print_freq", "1", "--norm_pix_loss"]  # fmt: skip
+    args = [
+        "pretrain",
+        "--model",
+        "mae_vit_tiny_patch16",
+        "--data_path",
+        str(shards),
+        *TINY,
+        "--epochs",
+        "2",
+        "--print_freq",
+        "1",
+        "--norm_pix_loss",
+    ]
     ref = tmp_path / "ref"
     r = run_cli([*args, "--output_dir", str(ref)], tmp_path)
     assert r.returncode == 0, r.stderr

@@ -20,9 +20,25 @@ from maekit.config.files import flag_values, read_mapping
 from maekit.config.flags import config_from_args
 from tests.conftest import run_cli
 
-TINY = ["--model", "mae_vit_tiny_patch16", "--input_size", "32", "--patch_size", "8",
-        "--batch_size", "4", "--warmup_epochs", "1", "--num_workers", "0", "--print_freq", "2",
-        "--blr", "1e-3", "--norm_pix_loss"]  # fmt: skip
+TINY = [
+    "--model",
+    "mae_vit_tiny_patch16",
+    "--input_size",
+    "32",
+    "--patch_size",
+    "8",
+    "--batch_size",
+    "4",
+    "--warmup_epochs",
+    "1",
+    "--num_workers",
+    "0",
+    "--print_freq",
+    "2",
+    "--blr",
+    "1e-3",
+    "--norm_pix_loss",
+]
 
 
 def wandb_records(path: Path) -> list:
@@ -57,9 +73,28 @@ def test_three_epochs_watched(image_folder: Path, tmp_path: Path, monkeypatch) -
     out = tmp_path / "run"
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    r = run_cli(["pretrain", "--data_path", str(image_folder), "--epochs", "3", "--output_dir", str(out),
-                 "--val_frac", "0.25", "--vis_freq", "2", "--log_wandb", "--wandb_project", "maekit-test",
-                 "--wandb_name", "watch", *TINY], tmp_path)  # fmt: skip
+    r = run_cli(
+        [
+            "pretrain",
+            "--data_path",
+            str(image_folder),
+            "--epochs",
+            "3",
+            "--output_dir",
+            str(out),
+            "--val_frac",
+            "0.25",
+            "--vis_freq",
+            "2",
+            "--log_wandb",
+            "--wandb_project",
+            "maekit-test",
+            "--wandb_name",
+            "watch",
+            *TINY,
+        ],
+        tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     # image_folder has no val/: 6 of its 24 training images are held out, 18 train
     assert "(18 images)" in r.stdout
@@ -70,7 +105,9 @@ def test_three_epochs_watched(image_folder: Path, tmp_path: Path, monkeypatch) -
     assert all(math.isfinite(v) and v > 0 for v in val)
     # every --vis_freq 2 epochs (epoch 1) and at the last (epoch 2)
     assert sorted(p.name for p in out.glob("reconstruction-*.png")) == [
-        "reconstruction-1.png", "reconstruction-2.png"]  # fmt: skip
+        "reconstruction-1.png",
+        "reconstruction-2.png",
+    ]
     png = np.asarray(Image.open(out / "reconstruction-2.png").convert("RGB"))
     assert (
         png.shape[0] > 6 * 32 * 4 and png.shape[1] > 4 * 32 * 4
@@ -114,8 +151,16 @@ def test_three_epochs_watched(image_folder: Path, tmp_path: Path, monkeypatch) -
     # the run's own config.json starts the same configuration
     saved = json.loads((out / "config.json").read_text())
     argv = ["pretrain", "--config", str(out / "config.json")]
-    ns = build_parser({"pretrain": flag_values(*read_mapping(str(out / "config.json"))[:1], PretrainConfig,
-                                               "pretrain", "config.json")}).parse_args(argv)  # fmt: skip
+    ns = build_parser(
+        {
+            "pretrain": flag_values(
+                *read_mapping(str(out / "config.json"))[:1],
+                PretrainConfig,
+                "pretrain",
+                "config.json",
+            )
+        }
+    ).parse_args(argv)
     again = config_from_args(PretrainConfig, ns)
     assert again == PretrainConfig(**{k: v for k, v in saved.items() if k != "resolved"})
     assert (again.val_frac, again.vis_freq, again.epochs, again.norm_pix_loss) == (0.25, 2, 3, True)

@@ -60,8 +60,22 @@ def test_defaults_are_the_official_script_defaults():
 
 
 def test_values_are_parsed_with_their_types():
-    cfg = parse("--batch_size", "8", "--lr", "0.003", "--clip_grad", "1.5", "--max_train_step",
-                "7", "--mask_ratio", "0.6", "--resume", "ck.pth", "--log_dir", "tb")  # fmt: skip
+    cfg = parse(
+        "--batch_size",
+        "8",
+        "--lr",
+        "0.003",
+        "--clip_grad",
+        "1.5",
+        "--max_train_step",
+        "7",
+        "--mask_ratio",
+        "0.6",
+        "--resume",
+        "ck.pth",
+        "--log_dir",
+        "tb",
+    )
     assert cfg.batch_size == 8 and isinstance(cfg.batch_size, int)
     assert cfg.lr == pytest.approx(0.003) and isinstance(cfg.lr, float)
     assert cfg.clip_grad == pytest.approx(1.5)
@@ -147,9 +161,14 @@ def test_validate_accepts_mask_ratio_in_range(mask_ratio):
 
 
 @pytest.mark.parametrize(
-    "cls,field", [(FinetuneConfig, "layer_decay"), (FinetuneConfig, "smoothing"),
-                  (FinetuneConfig, "cutmix_minmax"), (LinprobeConfig, "blr")],
-)  # fmt: skip
+    "cls,field",
+    [
+        (FinetuneConfig, "layer_decay"),
+        (FinetuneConfig, "smoothing"),
+        (FinetuneConfig, "cutmix_minmax"),
+        (LinprobeConfig, "blr"),
+    ],
+)
 def test_every_float_flag_must_be_finite(cls, field):
     value = [0.1, float("nan")] if field == "cutmix_minmax" else float("inf")
     with pytest.raises(MaekitError, match=f"--{field} must be a finite number"):

@@ -142,8 +142,15 @@ def test_grad_ckpt_on_a_model_without_it_is_a_clear_error():
 def _parallelize(model: nn.Module, cfg) -> nn.Module:
     """The step module parallelize() makes from a phase config's flags, in one CPU process."""
     env = DistEnv(0, 1, 0, torch.device("cpu"))
-    pm = parallelize(model, env, resolve_precision("none", env.device), cfg.dist_mode,
-                     cfg.grad_ckpt, cfg.compile, repr(cfg.model))  # fmt: skip
+    pm = parallelize(
+        model,
+        env,
+        resolve_precision("none", env.device),
+        cfg.dist_mode,
+        cfg.grad_ckpt,
+        cfg.compile,
+        repr(cfg.model),
+    )
     assert pm.bare is model
     return pm.step
 
@@ -174,8 +181,15 @@ def test_phase_flags_exist():
 @pytest.mark.skipif(not hasattr(torch, "compile"), reason="torch.compile is not available")
 def test_compiled_mae_gives_the_eager_loss_and_gradients():
     """The real inductor path on a one-block MAE (compiling takes ~1 min on a cold cache)."""
-    tiny = dict(img_size=16, embed_dim=16, depth=1, num_heads=2, decoder_embed_dim=16,
-                decoder_depth=1, decoder_num_heads=2)  # fmt: skip
+    tiny = dict(
+        img_size=16,
+        embed_dim=16,
+        depth=1,
+        num_heads=2,
+        decoder_embed_dim=16,
+        decoder_depth=1,
+        decoder_num_heads=2,
+    )
     model = _mae(**tiny)
     imgs = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     noise = torch.rand(2, 4, generator=torch.Generator().manual_seed(1))

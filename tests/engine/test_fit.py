@@ -21,8 +21,15 @@ from maekit.formats import read_checkpoint
 
 def fit(cfg, ctx, model, opt, loader, loss_fn, lr):
     """The epochs of a run over a toy model, as engine.run.run drives them."""
-    trainer = Trainer(plain(model), opt, loss_fn, LoopSettings.from_config(cfg, lr), ctx.precision,
-                      ctx.env, ctx.recorder)  # fmt: skip
+    trainer = Trainer(
+        plain(model),
+        opt,
+        loss_fn,
+        LoopSettings.from_config(cfg, lr),
+        ctx.precision,
+        ctx.env,
+        ctx.recorder,
+    )
     return fit_epochs(cfg, ctx, trainer, loader)
 
 
@@ -40,8 +47,18 @@ class NanInEpoch:
 
 
 def setup(tmp_path, **overrides):
-    base = dict(output_dir=str(tmp_path / "run"), epochs=3, batch_size=4, warmup_epochs=0, blr=0.1,
-                save_freq=1, print_freq=100, device="cpu", num_workers=0, model="toy")  # fmt: skip
+    base = dict(
+        output_dir=str(tmp_path / "run"),
+        epochs=3,
+        batch_size=4,
+        warmup_epochs=0,
+        blr=0.1,
+        save_freq=1,
+        print_freq=100,
+        device="cpu",
+        num_workers=0,
+        model="toy",
+    )
     cfg = PretrainConfig(**{**base, **overrides})
     ctx = prepare_run(cfg)
     torch.manual_seed(0)
@@ -59,7 +76,9 @@ def test_nan_stops_with_epoch_and_step_and_keeps_the_last_good_checkpoint(tmp_pa
     out = tmp_path / "run"
     last = read_checkpoint(out / "checkpoint-last.pth")
     assert last["epoch"] == 0 and sorted(p.name for p in out.glob("checkpoint-*.pth")) == [
-        "checkpoint-0.pth", "checkpoint-last.pth"]  # fmt: skip
+        "checkpoint-0.pth",
+        "checkpoint-last.pth",
+    ]
     for k, v in last["model"].items():
         assert torch.isfinite(v).all(), k
         assert torch.equal(v, read_checkpoint(out / "checkpoint-0.pth")["model"][k])
@@ -118,7 +137,9 @@ def test_a_non_finite_update_on_an_epochs_last_step_is_never_saved(tmp_path):
     last = read_checkpoint(out / "checkpoint-last.pth")
     assert last["epoch"] == 0  # the last good checkpoint stays the newest
     assert sorted(p.name for p in out.glob("checkpoint-*.pth")) == [
-        "checkpoint-0.pth", "checkpoint-last.pth"]  # fmt: skip
+        "checkpoint-0.pth",
+        "checkpoint-last.pth",
+    ]
     assert [json.loads(x)["epoch"] for x in (out / "log.txt").read_text().splitlines()] == [0]
 
     # Auto-resume (same run, healthy optimizer now) continues from the last good checkpoint.
@@ -174,8 +195,14 @@ def test_rerun_with_conflicting_flags_is_refused_and_config_json_untouched(tmp_p
 def test_min_lr_above_the_scaled_lr_is_refused_before_anything_is_written(tmp_path):
     from maekit.errors import MaekitError
 
-    cfg = PretrainConfig(output_dir=str(tmp_path / "run"), batch_size=4, blr=1e-3, min_lr=1e-3,
-                         device="cpu", num_workers=0)  # fmt: skip
+    cfg = PretrainConfig(
+        output_dir=str(tmp_path / "run"),
+        batch_size=4,
+        blr=1e-3,
+        min_lr=1e-3,
+        device="cpu",
+        num_workers=0,
+    )
     with pytest.raises(MaekitError, match="--min_lr 0.001 is above the learning rate"):
         prepare_run(cfg)
     assert not (tmp_path / "run").exists()

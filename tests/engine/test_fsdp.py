@@ -84,8 +84,16 @@ def test_fsdp_two_processes(tmp_path: Path) -> None:
     identically and loads into a plain optimizer; gathered() evaluates uneven batch counts
     without collectives and matches the unsharded model."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(REPO / "tests" / "engine" / "fsdp_worker.py"), str(tmp_path)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(REPO / "tests" / "engine" / "fsdp_worker.py"),
+        str(tmp_path),
+    ]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     res = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in (0, 1)]

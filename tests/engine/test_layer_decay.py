@@ -16,8 +16,14 @@ NUM_LAYERS = DEPTH + 1
 
 def tiny_vit(global_pool: bool = True):
     torch.manual_seed(0)
-    return create_model("vit_tiny_patch16", img_size=32, patch_size=8, num_classes=10,
-                        depth=DEPTH, global_pool=global_pool)  # fmt: skip
+    return create_model(
+        "vit_tiny_patch16",
+        img_size=32,
+        patch_size=8,
+        num_classes=10,
+        depth=DEPTH,
+        global_pool=global_pool,
+    )
 
 
 def expected_id(name: str) -> int:

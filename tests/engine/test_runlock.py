@@ -15,13 +15,14 @@ from maekit.engine.runlock import LOCK_NAME, lock_output_dir
 from maekit.errors import MaekitError
 from tests.conftest import REPO
 
-HOLD = "from maekit.engine.runlock import lock_output_dir; import sys, time; lock_output_dir(sys.argv[1]); print('locked', flush=True); time.sleep(120)"  # fmt: skip
+HOLD = "from maekit.engine.runlock import lock_output_dir; import sys, time; lock_output_dir(sys.argv[1]); print('locked', flush=True); time.sleep(120)"
 
 
 def hold_lock(folder: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], stdout=subprocess.PIPE,
-                            text=True, env=env)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(folder)], stdout=subprocess.PIPE, text=True, env=env
+    )
     assert proc.stdout.readline().strip() == "locked"
     return proc
 

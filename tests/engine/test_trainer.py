@@ -86,8 +86,9 @@ def test_lr_changes_on_accumulation_boundaries_only(tmp_path):
     opt = torch.optim.SGD(model.parameters(), lr=123.0)
     loss_fn = Recording(opt)
     epoch, accum, n = 1, 2, 8
-    stats = run_epoch(model, loader, opt, loss_fn, LoopSettings(**SCHED, accum_iter=accum), epoch,
-                      tmp_path)  # fmt: skip
+    stats = run_epoch(
+        model, loader, opt, loss_fn, LoopSettings(**SCHED, accum_iter=accum), epoch, tmp_path
+    )
     expected = [lr_at(epoch + (s - s % accum) / n, **SCHED) for s in range(n)]
     assert loss_fn.lrs == pytest.approx(expected)
     assert stats["lr"] == pytest.approx(
@@ -266,8 +267,15 @@ def test_max_nonfinite_skips_bad_steps_without_touching_the_weights(tmp_path):
     model, loader = tiny_model(), tiny_loader(6)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     steps = count_steps(opt)
-    stats = run_epoch(model, loader, opt, NanAt({1, 4}),
-                      LoopSettings(**SCHED, print_freq=2, max_nonfinite=2), 0, tmp_path)  # fmt: skip
+    stats = run_epoch(
+        model,
+        loader,
+        opt,
+        NanAt({1, 4}),
+        LoopSettings(**SCHED, print_freq=2, max_nonfinite=2),
+        0,
+        tmp_path,
+    )
     assert len(steps) == 4  # 6 batches, 2 skipped
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert math.isfinite(stats["loss"])
@@ -277,8 +285,15 @@ def test_max_nonfinite_budget_exceeded_stops(tmp_path):
     model, loader = tiny_model(), tiny_loader(6)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(NonFiniteLossError, match="more than --max_nonfinite 1 .*epoch 0, step 4"):
-        run_epoch(model, loader, opt, NanAt({1, 4}),
-                  LoopSettings(**SCHED, print_freq=2, max_nonfinite=1), 0, tmp_path)  # fmt: skip
+        run_epoch(
+            model,
+            loader,
+            opt,
+            NanAt({1, 4}),
+            LoopSettings(**SCHED, print_freq=2, max_nonfinite=1),
+            0,
+            tmp_path,
+        )
 
 
 def test_stop_request_ends_the_epoch_at_an_update_boundary(tmp_path):
@@ -298,8 +313,15 @@ def test_stop_request_ends_the_epoch_at_an_update_boundary(tmp_path):
 
     precision = resolve_precision("none", CPU)
     state = EpochState()
-    trainer = Trainer(plain(model), opt, loss_fn, LoopSettings(**SCHED, accum_iter=2), precision,
-                      ENV, RunRecorder(str(tmp_path), None, False))  # fmt: skip
+    trainer = Trainer(
+        plain(model),
+        opt,
+        loss_fn,
+        LoopSettings(**SCHED, accum_iter=2),
+        precision,
+        ENV,
+        RunRecorder(str(tmp_path), None, False),
+    )
     stats = trainer.train_epoch(loader, 0, state=state, stop=stop)
     assert stats["state"].stopped and stats["state"].step == 4  # finished the accumulation window
     assert len(calls) == 4
@@ -362,9 +384,22 @@ def test_a_nonfinite_loss_on_one_rank_is_skipped_by_all_ranks(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(NONFINITE_WORKER)
     out = tmp_path / "out.json"
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                        "--nproc_per_node", "2", str(script), str(out)], capture_output=True,
-                       text=True, timeout=120, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(script),
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     results = [json.loads((tmp_path / f"out.json.{rank}").read_text()) for rank in (0, 1)]
     for res in results:

@@ -22,8 +22,9 @@ def tiny_mae(seed: int = 0, depth: int = 2) -> nn.Module:
 
 def tiny_encoder(seed: int = 1, global_pool: bool = True, num_classes: int = 10, depth: int = 2):
     torch.manual_seed(seed)
-    return create_model("vit_tiny_patch16", depth=depth, num_classes=num_classes,
-                        global_pool=global_pool, **SMALL).eval()  # fmt: skip
+    return create_model(
+        "vit_tiny_patch16", depth=depth, num_classes=num_classes, global_pool=global_pool, **SMALL
+    ).eval()
 
 
 def _tensors(module: nn.Module):
@@ -67,9 +68,13 @@ def write_pd(path: Path, arrays: dict[str, np.ndarray], epoch: int = 7, protocol
     model = {k: (f"param_{i}.w_0", a) for i, (k, a) in enumerate(arrays.items())}
     optimizer = {f"param_{i}.w_0_moment1_0": (f"m_{i}", np.zeros(2, np.float32)) for i in range(3)}
     optimizer["LR_Scheduler"] = {"last_epoch": 10, "last_lr": 0.001}
-    ckpt = {"model": model, "optimizer": optimizer, "epoch": epoch,
-            "scaler": {"scale": np.array([1024.0], np.float32), "incr_count": 3},
-            "args": argparse.Namespace(model="mae_vit_tiny_patch16", blr=1.5e-4, norm_pix_loss=True)}  # fmt: skip
+    ckpt = {
+        "model": model,
+        "optimizer": optimizer,
+        "epoch": epoch,
+        "scaler": {"scale": np.array([1024.0], np.float32), "incr_count": 3},
+        "args": argparse.Namespace(model="mae_vit_tiny_patch16", blr=1.5e-4, norm_pix_loss=True),
+    }
     path.write_bytes(pickle.dumps(ckpt, protocol=protocol))
     return path
 

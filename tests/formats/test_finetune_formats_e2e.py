@@ -14,8 +14,24 @@ from tests.conftest import run_cli, write_image_folder
 
 from .builders import paddle_layout, write_official_pth, write_pd, write_pdparams
 
-TINY = ["--model", "vit_tiny_patch16", "--input_size", "32", "--patch_size", "8", "--batch_size", "4",
-        "--num_workers", "0", "--epochs", "1", "--warmup_epochs", "0", "--max_train_step", "2"]  # fmt: skip
+TINY = [
+    "--model",
+    "vit_tiny_patch16",
+    "--input_size",
+    "32",
+    "--patch_size",
+    "8",
+    "--batch_size",
+    "4",
+    "--num_workers",
+    "0",
+    "--epochs",
+    "1",
+    "--warmup_epochs",
+    "0",
+    "--max_train_step",
+    "2",
+]
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +78,20 @@ def test_finetune_from_each_format(source, tmp_path, fmt):
     root, state = source
     ckpt, shown = write(fmt, tmp_path, state)
     out = tmp_path / "ft"
-    r = run_cli(["finetune", "--finetune", str(ckpt), "--data_path", str(root / "data"),
-                 "--output_dir", str(out), *TINY], tmp_path, timeout=300)  # fmt: skip
+    r = run_cli(
+        [
+            "finetune",
+            "--finetune",
+            str(ckpt),
+            "--data_path",
+            str(root / "data"),
+            "--output_dir",
+            str(out),
+            *TINY,
+        ],
+        tmp_path,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     (line,) = [x for x in r.stdout.splitlines() if x.startswith(f"{ckpt}: ")]
     assert (

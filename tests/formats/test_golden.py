@@ -28,8 +28,11 @@ OFFICIAL = GOLDEN / "official_mae"
 # Paddle's kernels (attention, GELU, LayerNorm) against torch's: float32 rounding only.
 PADDLE_TOL = dict(rtol=1e-4, atol=2e-5)
 TORCH_TOL = dict(rtol=1e-5, atol=1e-6)  # same tool, maybe another thread count
-SOURCES = [(PLSC / "checkpoint-1.pd", PLSC, PADDLE_TOL), (PLSC / "mae.pdparams", PLSC, PADDLE_TOL),
-           (OFFICIAL / "checkpoint-1.pth", OFFICIAL, TORCH_TOL)]  # fmt: skip
+SOURCES = [
+    (PLSC / "checkpoint-1.pd", PLSC, PADDLE_TOL),
+    (PLSC / "mae.pdparams", PLSC, PADDLE_TOL),
+    (OFFICIAL / "checkpoint-1.pth", OFFICIAL, TORCH_TOL),
+]
 
 
 @pytest.fixture(autouse=True)
@@ -83,8 +86,15 @@ def test_full_paddle_checkpoint_metadata():
 def test_every_paddle_dtype():
     state, _ = load_state_dict(PLSC / "dtypes.pdparams")
     ref = np.load(PLSC / "reference.npz")
-    dtypes = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16,
-              "i64": torch.int64, "i32": torch.int32, "u8": torch.uint8, "bool": torch.bool}  # fmt: skip
+    dtypes = {
+        "f32": torch.float32,
+        "f16": torch.float16,
+        "bf16": torch.bfloat16,
+        "i64": torch.int64,
+        "i32": torch.int32,
+        "u8": torch.uint8,
+        "bool": torch.bool,
+    }
     assert set(state) == set(dtypes)
     for name, dtype in dtypes.items():
         assert state[name].dtype == dtype, name
@@ -104,8 +114,26 @@ def test_maekit_convert(tmp_path, to):
 
 # A learning rate so small that one AdamW step leaves every float32 weight bit-identical: the
 # checkpoint a run writes then holds exactly the weights it started from.
-FROZEN = ["--lr", "1e-30", "--min_lr", "0", "--epochs", "1", "--max_train_step", "1", "--batch_size", "2",
-          "--num_workers", "0", "--input_size", str(IMG_SIZE), "--amp", "none", "--print_freq", "1"]  # fmt: skip
+FROZEN = [
+    "--lr",
+    "1e-30",
+    "--min_lr",
+    "0",
+    "--epochs",
+    "1",
+    "--max_train_step",
+    "1",
+    "--batch_size",
+    "2",
+    "--num_workers",
+    "0",
+    "--input_size",
+    str(IMG_SIZE),
+    "--amp",
+    "none",
+    "--print_freq",
+    "1",
+]
 
 
 def small_labeled_folder(root: Path) -> Path:
@@ -116,13 +144,26 @@ def small_labeled_folder(root: Path) -> Path:
     return root
 
 
-@pytest.mark.parametrize("path", [PLSC / "checkpoint-1.pd", OFFICIAL / "checkpoint-1.pth"],
-                         ids=lambda p: p.name)  # fmt: skip
+@pytest.mark.parametrize(
+    "path", [PLSC / "checkpoint-1.pd", OFFICIAL / "checkpoint-1.pth"], ids=lambda p: p.name
+)
 def test_resume_from_the_golden_checkpoint(tmp_path, path, capsys):
     data = small_labeled_folder(tmp_path / "data")
     out = tmp_path / "run"
-    args = ["pretrain", "--model", "mae_vit_golden", "--resume", str(path), "--data_path",
-            str(data), "--output_dir", str(out), *FROZEN, "--epochs", "3"]  # fmt: skip
+    args = [
+        "pretrain",
+        "--model",
+        "mae_vit_golden",
+        "--resume",
+        str(path),
+        "--data_path",
+        str(data),
+        "--output_dir",
+        str(out),
+        *FROZEN,
+        "--epochs",
+        "3",
+    ]
     assert main(args) == 0
     assert f"resumed from {path}: continuing at epoch 2" in capsys.readouterr().out
     model = fresh_mae()
@@ -133,8 +174,19 @@ def test_resume_from_the_golden_checkpoint(tmp_path, path, capsys):
 def test_finetune_from_the_paddle_checkpoint(tmp_path):
     data = small_labeled_folder(tmp_path / "data")
     out = tmp_path / "ft"
-    args = ["finetune", "--model", "vit_golden", "--finetune", str(PLSC / "checkpoint-1.pd"),
-            "--cls_token", "--data_path", str(data), "--output_dir", str(out), *FROZEN]  # fmt: skip
+    args = [
+        "finetune",
+        "--model",
+        "vit_golden",
+        "--finetune",
+        str(PLSC / "checkpoint-1.pd"),
+        "--cls_token",
+        "--data_path",
+        str(data),
+        "--output_dir",
+        str(out),
+        *FROZEN,
+    ]
     assert main(args) == 0
     torch.manual_seed(0)
     encoder = create_model("vit_golden", img_size=IMG_SIZE, num_classes=2, global_pool=False)

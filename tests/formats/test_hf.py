@@ -22,10 +22,21 @@ from maekit.models.pos_embed import sincos_2d
 X = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 NOISE = torch.rand(3, 16, generator=torch.Generator().manual_seed(1))
 # Small but not trivial: 2 heads of 16, MLP ratio 4, one decoder block; official LayerNorm eps
-SIZES = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
-             image_size=32, patch_size=8, layer_norm_eps=1e-6)  # fmt: skip
-MAE_SIZES = dict(decoder_hidden_size=16, decoder_num_hidden_layers=1, decoder_num_attention_heads=2,
-                 decoder_intermediate_size=64)  # fmt: skip
+SIZES = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=128,
+    image_size=32,
+    patch_size=8,
+    layer_norm_eps=1e-6,
+)
+MAE_SIZES = dict(
+    decoder_hidden_size=16,
+    decoder_num_hidden_layers=1,
+    decoder_num_attention_heads=2,
+    decoder_intermediate_size=64,
+)
 
 
 def hf_mae(tmp_path, norm_pix_loss: bool = True, seed: int = 0):
@@ -51,9 +62,18 @@ def set_sincos_tables(model) -> None:
 
 
 def maekit_mae(norm_pix_loss: bool = True):
-    return create_model("mae_vit_tiny_patch16", embed_dim=32, depth=2, num_heads=2, decoder_embed_dim=16,
-                        decoder_depth=1, decoder_num_heads=2, img_size=32, patch_size=8,
-                        norm_pix_loss=norm_pix_loss).eval()  # fmt: skip
+    return create_model(
+        "mae_vit_tiny_patch16",
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        decoder_embed_dim=16,
+        decoder_depth=1,
+        decoder_num_heads=2,
+        img_size=32,
+        patch_size=8,
+        norm_pix_loss=norm_pix_loss,
+    ).eval()
 
 
 def loaded_from_pretrained(cls, folder):
@@ -104,8 +124,15 @@ def test_convert_to_maekit_and_back_round_trips(tmp_path, capsys):
 def test_maekit_mae_exports_to_hf_with_equal_outputs(tmp_path):
     torch.manual_seed(3)
     model = maekit_mae(norm_pix_loss=False)
-    args = {"model": "mae_vit_tiny_patch16", "input_size": 32, "patch_size": 8, "in_chans": 3,
-            "norm_pix_loss": False, "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.2, 0.25]}  # fmt: skip
+    args = {
+        "model": "mae_vit_tiny_patch16",
+        "input_size": 32,
+        "patch_size": 8,
+        "in_chans": 3,
+        "norm_pix_loss": False,
+        "mean": [0.5, 0.4, 0.3],
+        "std": [0.2, 0.2, 0.25],
+    }
     torch.save({"model": model.state_dict(), "epoch": 4, "args": args}, tmp_path / "ck.pth")
     # embed_dim 32 is no standard width: the heads come from... nowhere; refused in one line
     assert main(["convert", str(tmp_path / "ck.pth"), str(tmp_path / "hf"), "--to", "hf"]) == 2
@@ -152,8 +179,16 @@ def test_vit_classifier_both_ways_gives_equal_logits(tmp_path, capsys):
     hf = hf_classifier()
     hf.save_pretrained(tmp_path / "hf_vit")
     state, _ = load_state_dict(tmp_path / "hf_vit")
-    model = create_model("vit_tiny_patch16", embed_dim=32, depth=2, num_heads=2, img_size=32,
-                         patch_size=8, num_classes=5, global_pool=False).eval()  # fmt: skip
+    model = create_model(
+        "vit_tiny_patch16",
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        img_size=32,
+        patch_size=8,
+        num_classes=5,
+        global_pool=False,
+    ).eval()
     model.load_state_dict(state, strict=True)
     with torch.no_grad():
         ref = hf(pixel_values=X).logits
@@ -217,8 +252,9 @@ def test_unsupported_architecture_is_named_in_one_line(tmp_path):
 
     folder = tmp_path / "swin"
     folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({"architectures": ["SwinForImageClassification"],
-                                                    "model_type": "swin"}))  # fmt: skip
+    (folder / "config.json").write_text(
+        json.dumps({"architectures": ["SwinForImageClassification"], "model_type": "swin"})
+    )
     save_file({"embeddings.norm.weight": torch.ones(4)}, str(folder / "model.safetensors"))
     r = run_cli(
         ["convert", str(folder), str(tmp_path / "out.pth"), "--to", "maekit"], tmp_path, timeout=120

@@ -80,8 +80,11 @@ def test_containers_and_wrapper_prefixes(tmp_path, wrap, note):
 def test_legacy_torch_format(tmp_path):
     sd = tiny_encoder().state_dict()
     path = tmp_path / "old.pth"
-    torch.save({"model": sd, "args": argparse.Namespace(lr=0.1)}, path,
-               _use_new_zipfile_serialization=False)  # fmt: skip
+    torch.save(
+        {"model": sd, "args": argparse.Namespace(lr=0.1)},
+        path,
+        _use_new_zipfile_serialization=False,
+    )
     assert detect_format(path) == "pickle"  # a pickle stream; the magic number says torch
     state, _ = load_state_dict(path)
     assert all(torch.equal(state[k], sd[k]) for k in sd)

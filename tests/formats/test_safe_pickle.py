@@ -59,8 +59,11 @@ def _writers(payload):
         torch.save({"model": {"w": torch.zeros(2)}, "args": payload}, path)
 
     def legacy(path):  # torch.save's pre-1.6 format
-        torch.save({"model": {"w": torch.zeros(2)}, "args": payload}, path,
-                   _use_new_zipfile_serialization=False)  # fmt: skip
+        torch.save(
+            {"model": {"w": torch.zeros(2)}, "args": payload},
+            path,
+            _use_new_zipfile_serialization=False,
+        )
 
     return {"checkpoint-1.pd": pd, "evil.pth": pth, "legacy.pth": legacy, "plain_pickle.pth": pd}
 

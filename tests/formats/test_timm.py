@@ -20,9 +20,15 @@ X = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
 
 def timm_vit(global_pool: bool, num_classes: int, depth: int = 2):
-    return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8,
-                             num_classes=num_classes, global_pool="avg" if global_pool else "token",
-                             depth=depth).eval()  # fmt: skip
+    return timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        img_size=32,
+        patch_size=8,
+        num_classes=num_classes,
+        global_pool="avg" if global_pool else "token",
+        depth=depth,
+    ).eval()
 
 
 def export(tmp_path, src_path, *flags, name="timm.pth") -> dict:

@@ -32,8 +32,18 @@ import paddle.nn.functional as F
 
 OUT = Path(__file__).resolve().parent / "plsc_mae"
 # The geometry the tests register as mae_vit_golden / vit_golden (tests/golden/models.py).
-GEOMETRY = dict(img_size=32, patch_size=8, in_chans=3, embed_dim=16, depth=2, num_heads=2,
-                decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2, mlp_ratio=4.0)  # fmt: skip
+GEOMETRY = dict(
+    img_size=32,
+    patch_size=8,
+    in_chans=3,
+    embed_dim=16,
+    depth=2,
+    num_heads=2,
+    decoder_embed_dim=16,
+    decoder_depth=1,
+    decoder_num_heads=2,
+    mlp_ratio=4.0,
+)
 
 
 class Attention(nn.Layer):
@@ -88,8 +98,19 @@ class PatchEmbed(nn.Layer):
 class MaskedAutoencoderViT(nn.Layer):
     """PLSC's MAE structure and names; random (not official) init, enough for a golden file."""
 
-    def __init__(self, img_size, patch_size, in_chans, embed_dim, depth, num_heads,
-                 decoder_embed_dim, decoder_depth, decoder_num_heads, mlp_ratio) -> None:  # fmt: skip
+    def __init__(
+        self,
+        img_size,
+        patch_size,
+        in_chans,
+        embed_dim,
+        depth,
+        num_heads,
+        decoder_embed_dim,
+        decoder_depth,
+        decoder_num_heads,
+        mlp_ratio,
+    ) -> None:
         super().__init__()
         self.p, self.c = patch_size, in_chans
         num_patches = (img_size // patch_size) ** 2
@@ -104,8 +125,9 @@ class MaskedAutoencoderViT(nn.Layer):
         self.norm = nn.LayerNorm(embed_dim, epsilon=1e-6)
         self.decoder_embed = nn.Linear(embed_dim, decoder_embed_dim)
         self.mask_token = self.create_parameter([1, 1, decoder_embed_dim], default_initializer=rand)
-        self.decoder_pos_embed = self.create_parameter([1, num_patches + 1, decoder_embed_dim],
-                                                       default_initializer=rand)  # fmt: skip
+        self.decoder_pos_embed = self.create_parameter(
+            [1, num_patches + 1, decoder_embed_dim], default_initializer=rand
+        )
         self.decoder_pos_embed.stop_gradient = True
         self.decoder_blocks = nn.LayerList(
             [Block(decoder_embed_dim, decoder_num_heads, mlp_ratio) for _ in range(decoder_depth)]
@@ -184,27 +206,55 @@ def main() -> None:
     with paddle.no_grad():
         loss, pred, mask = model(paddle.to_tensor(imgs), 0.75, paddle.to_tensor(noise))
         features = model.forward_features(paddle.to_tensor(imgs))
-    args = argparse.Namespace(model="mae_vit_golden", input_size=GEOMETRY["img_size"], batch_size=2,
-                              mask_ratio=0.75, norm_pix_loss=False, blr=1.5e-4, epochs=2)  # fmt: skip
-    paddle.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": 1,
-                 "scaler": scaler.state_dict(), "args": args}, str(OUT / "checkpoint-1.pd"))  # fmt: skip
+    args = argparse.Namespace(
+        model="mae_vit_golden",
+        input_size=GEOMETRY["img_size"],
+        batch_size=2,
+        mask_ratio=0.75,
+        norm_pix_loss=False,
+        blr=1.5e-4,
+        epochs=2,
+    )
+    paddle.save(
+        {
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "epoch": 1,
+            "scaler": scaler.state_dict(),
+            "args": args,
+        },
+        str(OUT / "checkpoint-1.pd"),
+    )
     paddle.save(model.state_dict(), str(OUT / "mae.pdparams"))
 
     values = np.linspace(-3, 3, 12).reshape(3, 4)
-    dtypes = {"f32": paddle.to_tensor(values, dtype="float32"),
-              "f16": paddle.to_tensor(values, dtype="float16"),
-              "bf16": paddle.to_tensor(values, dtype="bfloat16"),
-              "i64": paddle.to_tensor(np.arange(-6, 6).reshape(3, 4), dtype="int64"),
-              "i32": paddle.to_tensor(np.arange(-6, 6).reshape(3, 4), dtype="int32"),
-              "u8": paddle.to_tensor(np.arange(12).reshape(3, 4), dtype="uint8"),
-              "bool": paddle.to_tensor(np.arange(12).reshape(3, 4) % 2 == 0)}  # fmt: skip
+    dtypes = {
+        "f32": paddle.to_tensor(values, dtype="float32"),
+        "f16": paddle.to_tensor(values, dtype="float16"),
+        "bf16": paddle.to_tensor(values, dtype="bfloat16"),
+        "i64": paddle.to_tensor(np.arange(-6, 6).reshape(3, 4), dtype="int64"),
+        "i32": paddle.to_tensor(np.arange(-6, 6).reshape(3, 4), dtype="int32"),
+        "u8": paddle.to_tensor(np.arange(12).reshape(3, 4), dtype="uint8"),
+        "bool": paddle.to_tensor(np.arange(12).reshape(3, 4) % 2 == 0),
+    }
     paddle.save(dtypes, str(OUT / "dtypes.pdparams"))
 
-    np.savez(OUT / "reference.npz", imgs=imgs, noise=noise, loss=loss.numpy(), pred=pred.numpy(),
-             mask=mask.numpy(), features=features.numpy(),
-             **{f"dtype_{k}": v.astype("float32").numpy().astype("float64") for k, v in dtypes.items()})  # fmt: skip
-    versions = {"paddlepaddle": paddle.__version__, "numpy": np.__version__,
-                "python": platform.python_version(), "script": "tests/golden/make_paddle_golden.py"}  # fmt: skip
+    np.savez(
+        OUT / "reference.npz",
+        imgs=imgs,
+        noise=noise,
+        loss=loss.numpy(),
+        pred=pred.numpy(),
+        mask=mask.numpy(),
+        features=features.numpy(),
+        **{f"dtype_{k}": v.astype("float32").numpy().astype("float64") for k, v in dtypes.items()},
+    )
+    versions = {
+        "paddlepaddle": paddle.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "script": "tests/golden/make_paddle_golden.py",
+    }
     (OUT / "versions.json").write_text(json.dumps(versions, indent=1) + "\n")
     print(f"wrote {OUT}: {sorted(p.name for p in OUT.iterdir())}", file=sys.stderr)
 

@@ -50,14 +50,40 @@ def main() -> None:
     with torch.no_grad():
         loss, pred, mask = model(torch.from_numpy(imgs), 0.75, torch.from_numpy(noise))
         features = model.forward_features(torch.from_numpy(imgs))
-    args = argparse.Namespace(model="mae_vit_golden", input_size=IMG_SIZE, batch_size=2,
-                              mask_ratio=0.75, norm_pix_loss=False, blr=1.5e-4, epochs=2)  # fmt: skip
-    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": 1,
-                "scaler": scaler.state_dict(), "args": args}, OUT / "checkpoint-1.pth")  # fmt: skip
-    np.savez(OUT / "reference.npz", imgs=imgs, noise=noise, loss=loss.numpy(), pred=pred.numpy(),
-             mask=mask.numpy(), features=features.numpy())  # fmt: skip
-    versions = {"torch": torch.__version__, "numpy": np.__version__,
-                "python": platform.python_version(), "script": "tests/golden/make_torch_golden.py"}  # fmt: skip
+    args = argparse.Namespace(
+        model="mae_vit_golden",
+        input_size=IMG_SIZE,
+        batch_size=2,
+        mask_ratio=0.75,
+        norm_pix_loss=False,
+        blr=1.5e-4,
+        epochs=2,
+    )
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "epoch": 1,
+            "scaler": scaler.state_dict(),
+            "args": args,
+        },
+        OUT / "checkpoint-1.pth",
+    )
+    np.savez(
+        OUT / "reference.npz",
+        imgs=imgs,
+        noise=noise,
+        loss=loss.numpy(),
+        pred=pred.numpy(),
+        mask=mask.numpy(),
+        features=features.numpy(),
+    )
+    versions = {
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "script": "tests/golden/make_torch_golden.py",
+    }
     (OUT / "versions.json").write_text(json.dumps(versions, indent=1) + "\n")
     print(f"wrote {OUT}: {sorted(p.name for p in OUT.iterdir())}", file=sys.stderr)
 

@@ -86,15 +86,25 @@ def convvit_features_nchw(model, imgs: torch.Tensor) -> torch.Tensor:
 
 
 def _pe(prefix: str, cin: int, cout: int, k: int) -> dict:
-    return {f"{prefix}.proj.weight": (cout, cin, k, k), f"{prefix}.proj.bias": (cout,),
-            f"{prefix}.norm.weight": (cout,), f"{prefix}.norm.bias": (cout,)}  # fmt: skip
+    return {
+        f"{prefix}.proj.weight": (cout, cin, k, k),
+        f"{prefix}.proj.bias": (cout,),
+        f"{prefix}.norm.weight": (cout,),
+        f"{prefix}.norm.bias": (cout,),
+    }
 
 
 def _conv_block(prefix: str, d: int) -> dict:
     sd = {}
-    for sub, shape in (("norm1", None), ("conv1", (d, d, 1, 1)), ("attn", (d, 1, 5, 5)),
-                       ("conv2", (d, d, 1, 1)), ("norm2", None), ("mlp.fc1", (4 * d, d, 1, 1)),
-                       ("mlp.fc2", (d, 4 * d, 1, 1))):  # fmt: skip
+    for sub, shape in (
+        ("norm1", None),
+        ("conv1", (d, d, 1, 1)),
+        ("attn", (d, 1, 5, 5)),
+        ("conv2", (d, d, 1, 1)),
+        ("norm2", None),
+        ("mlp.fc1", (4 * d, d, 1, 1)),
+        ("mlp.fc2", (d, 4 * d, 1, 1)),
+    ):
         sd[f"{prefix}.{sub}.weight"] = shape or (d,)
         sd[f"{prefix}.{sub}.bias"] = (shape[0],) if shape else (d,)
     return sd
@@ -102,8 +112,14 @@ def _conv_block(prefix: str, d: int) -> dict:
 
 def vit_block(prefix: str, d: int) -> dict:
     sd = {}
-    for sub, shape in (("norm1", (d,)), ("attn.qkv", (3 * d, d)), ("attn.proj", (d, d)),
-                       ("norm2", (d,)), ("mlp.fc1", (4 * d, d)), ("mlp.fc2", (d, 4 * d))):  # fmt: skip
+    for sub, shape in (
+        ("norm1", (d,)),
+        ("attn.qkv", (3 * d, d)),
+        ("attn.proj", (d, d)),
+        ("norm2", (d,)),
+        ("mlp.fc1", (4 * d, d)),
+        ("mlp.fc2", (d, 4 * d)),
+    ):
         sd[f"{prefix}.{sub}.weight"] = shape
         sd[f"{prefix}.{sub}.bias"] = (shape[0],)
     return sd
@@ -112,8 +128,14 @@ def vit_block(prefix: str, d: int) -> dict:
 def official_convvit_encoder(dims=(256, 384, 768), depths=(2, 2, 11)) -> dict:
     """The ConvMAE-Base encoder as the recipe describes it, at 224 px."""
     d1, d2, d3 = dims
-    sd = {**_pe("patch_embed1", 3, d1, 4), **_pe("patch_embed2", d1, d2, 2), **_pe("patch_embed3", d2, d3, 2),
-          "patch_embed4.weight": (d3, d3), "patch_embed4.bias": (d3,), "pos_embed": (1, 196, d3)}  # fmt: skip
+    sd = {
+        **_pe("patch_embed1", 3, d1, 4),
+        **_pe("patch_embed2", d1, d2, 2),
+        **_pe("patch_embed3", d2, d3, 2),
+        "patch_embed4.weight": (d3, d3),
+        "patch_embed4.bias": (d3,),
+        "pos_embed": (1, 196, d3),
+    }
     for i in range(depths[0]):
         sd.update(_conv_block(f"blocks1.{i}", d1))
     for i in range(depths[1]):
@@ -125,15 +147,30 @@ def official_convvit_encoder(dims=(256, 384, 768), depths=(2, 2, 11)) -> dict:
 
 def official_convmae_base() -> dict:
     sd = official_convvit_encoder()
-    sd.update({"stage1_output_decode.weight": (768, 256, 4, 4), "stage1_output_decode.bias": (768,),
-               "stage2_output_decode.weight": (768, 384, 2, 2), "stage2_output_decode.bias": (768,),
-               "norm.weight": (768,), "norm.bias": (768,), "mask_token": (1, 1, 512),
-               "decoder_pos_embed": (1, 196, 512), "decoder_embed.weight": (512, 768),
-               "decoder_embed.bias": (512,)})  # fmt: skip
+    sd.update(
+        {
+            "stage1_output_decode.weight": (768, 256, 4, 4),
+            "stage1_output_decode.bias": (768,),
+            "stage2_output_decode.weight": (768, 384, 2, 2),
+            "stage2_output_decode.bias": (768,),
+            "norm.weight": (768,),
+            "norm.bias": (768,),
+            "mask_token": (1, 1, 512),
+            "decoder_pos_embed": (1, 196, 512),
+            "decoder_embed.weight": (512, 768),
+            "decoder_embed.bias": (512,),
+        }
+    )
     for j in range(8):
         sd.update(vit_block(f"decoder_blocks.{j}", 512))
-    sd.update({"decoder_norm.weight": (512,), "decoder_norm.bias": (512,),
-               "decoder_pred.weight": (16 * 16 * 3, 512), "decoder_pred.bias": (16 * 16 * 3,)})  # fmt: skip
+    sd.update(
+        {
+            "decoder_norm.weight": (512,),
+            "decoder_norm.bias": (512,),
+            "decoder_pred.weight": (16 * 16 * 3, 512),
+            "decoder_pred.bias": (16 * 16 * 3,),
+        }
+    )
     return sd
 
 

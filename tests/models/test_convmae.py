@@ -272,9 +272,17 @@ def test_wrong_input_size_at_forward_is_a_clear_error(model):
 
 def test_non_square_input_and_channels():
     torch.manual_seed(0)
-    m = MaskedAutoencoderConvViT(img_size=(32, 48), patch_size=4, in_chans=1, embed_dim=(16, 32, 64),
-                                 depth=(1, 1, 1), num_heads=2, decoder_embed_dim=32, decoder_depth=1,
-                                 decoder_num_heads=2)  # fmt: skip
+    m = MaskedAutoencoderConvViT(
+        img_size=(32, 48),
+        patch_size=4,
+        in_chans=1,
+        embed_dim=(16, 32, 64),
+        depth=(1, 1, 1),
+        num_heads=2,
+        decoder_embed_dim=32,
+        decoder_depth=1,
+        decoder_num_heads=2,
+    )
     assert m.grid_size == (8, 12)
     loss, pred, mask = m(torch.randn(2, 1, 32, 48))
     assert pred.shape == (2, 96, 16) and mask.shape == (2, 96)

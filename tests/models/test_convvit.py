@@ -47,8 +47,14 @@ def test_base_state_dict_equals_the_official_layout():
     with torch.device("meta"):
         m = create_model("convvit_base_patch16")
     expected = official_convvit_encoder()
-    expected.update({"fc_norm.weight": (768,), "fc_norm.bias": (768,), "head.weight": (1000, 768),
-                     "head.bias": (1000,)})  # fmt: skip
+    expected.update(
+        {
+            "fc_norm.weight": (768,),
+            "fc_norm.bias": (768,),
+            "head.weight": (1000, 768),
+            "head.bias": (1000,),
+        }
+    )
     assert_same_layout({k: tuple(v.shape) for k, v in m.state_dict().items()}, expected)
     assert all(p.requires_grad for p in m.parameters())  # pos_embed is learned when fine-tuning
     assert (
@@ -190,11 +196,19 @@ def test_convmae_checkpoint_loads_into_convvit(convmae_ckpt):
     for k, v in own.items():
         if k in state:
             torch.testing.assert_close(v, state[k], rtol=0, atol=0, msg=k)
-    assert set(own) - set(state) == expected_missing_keys(True) == {"head.weight", "head.bias", "fc_norm.weight",
-                                                                    "fc_norm.bias"}  # fmt: skip
+    assert (
+        set(own) - set(state)
+        == expected_missing_keys(True)
+        == {"head.weight", "head.bias", "fc_norm.weight", "fc_norm.bias"}
+    )
     unused = set(state) - set(own)
-    assert unused == {k for k in state if k.startswith(("decoder", "stage1_output_decode", "stage2_output_decode",
-                                                        "norm.", "mask_token"))}  # fmt: skip
+    assert unused == {
+        k
+        for k in state
+        if k.startswith(
+            ("decoder", "stage1_output_decode", "stage2_output_decode", "norm.", "mask_token")
+        )
+    }
     assert m.head.weight.std() < 1e-4  # the official new-head init: trunc_normal(std=2e-5)
     assert any("head.weight" in n for n in notes)
 

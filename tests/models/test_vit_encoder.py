@@ -131,8 +131,15 @@ def test_state_dict_loads_strictly_into_timm(global_pool):
         g = torch.Generator().manual_seed(1)
         for p in ours.parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=g))
-    theirs = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10, img_size=32,
-                               patch_size=8, depth=2, global_pool="avg" if global_pool else "token")  # fmt: skip
+    theirs = timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        num_classes=10,
+        img_size=32,
+        patch_size=8,
+        depth=2,
+        global_pool="avg" if global_pool else "token",
+    )
     theirs.load_state_dict(ours.state_dict(), strict=True)
     theirs.eval()
     x = torch.randn(2, 3, 32, 32)
@@ -157,8 +164,13 @@ def test_attach_probe_head():
     trainable = {n for n, p in m.named_parameters() if p.requires_grad}
     assert trainable == {"head.1.weight", "head.1.bias"}
     keys = {k for k in m.state_dict() if k.startswith("head.")}
-    assert keys == {"head.0.running_mean", "head.0.running_var", "head.0.num_batches_tracked",
-                    "head.1.weight", "head.1.bias"}  # fmt: skip
+    assert keys == {
+        "head.0.running_mean",
+        "head.0.running_var",
+        "head.0.num_batches_tracked",
+        "head.1.weight",
+        "head.1.bias",
+    }
     m.eval()
     with torch.no_grad():
         assert m(torch.randn(2, 3, 32, 32)).shape == (2, 10)

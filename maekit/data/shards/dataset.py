@@ -31,8 +31,10 @@ class ShardDataset:
         return sum(self.shards.counts)
 
     def __getitem__(self, i: int):
-        raise MaekitError(f"{self.shards.source} is tar shards, read as a stream; this command needs "
-                          "an image folder")  # fmt: skip
+        raise MaekitError(
+            f"{self.shards.source} is tar shards, read as a stream; this command needs "
+            "an image folder"
+        )
 
 
 def load_shard_dataset(

@@ -50,8 +50,9 @@ def expand_braces(pattern: str) -> list[str]:
     elif "," in body:
         options = body.split(",")
     else:
-        raise MaekitError(f"cannot expand {{{body}}} in {pattern}; use {{000000..000127}}, "
-                          "{a,b} or {split}")  # fmt: skip
+        raise MaekitError(
+            f"cannot expand {{{body}}} in {pattern}; use {{000000..000127}}, {{a,b}} or {{split}}"
+        )
     return [s for opt in options for s in expand_braces(head + opt + tail)]
 
 
@@ -71,8 +72,10 @@ def is_shard_path(data_path: str) -> bool:
 def refuse_shards(data_path: str, command: str) -> None:
     """Commands that index samples (k-NN, feature extraction, visualisation) need a folder."""
     if data_path and is_shard_path(data_path):
-        raise MaekitError(f"{command} reads image folders, not tar shards ({data_path}); give the "
-                          "image folder the shards were written from")  # fmt: skip
+        raise MaekitError(
+            f"{command} reads image folders, not tar shards ({data_path}); give the "
+            "image folder the shards were written from"
+        )
 
 
 def _read_manifest(folder: str) -> dict | None:
@@ -106,8 +109,11 @@ def _check_manifest(data: dict, path: str) -> None:
         if not isinstance(name, str) or not name:
             raise bad(f"shards[{i}].name", f"is {name!r}, not a file name")
         if "/" in name or "\\" in name or name in (".", "..") or ":" in name:
-            raise bad(f"shards[{i}].name", f"{name!r} leaves the manifest's folder (shards are "
-                      "named by their file name alone)")  # fmt: skip
+            raise bad(
+                f"shards[{i}].name",
+                f"{name!r} leaves the manifest's folder (shards are "
+                "named by their file name alone)",
+            )
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
             raise bad(
                 f"shards[{i}].count",
@@ -143,9 +149,12 @@ class ShardList:
 
 def _from_manifest(folder: str, data: dict, source: str) -> ShardList:
     entries = data["shards"]
-    return ShardList(tuple(_join(folder, e["name"]) for e in entries),
-                     tuple(int(e["count"]) for e in entries), tuple(data.get("classes") or ()),
-                     source)  # fmt: skip
+    return ShardList(
+        tuple(_join(folder, e["name"]) for e in entries),
+        tuple(int(e["count"]) for e in entries),
+        tuple(data.get("classes") or ()),
+        source,
+    )
 
 
 def _from_files(files: list[str], source: str) -> ShardList:
@@ -160,15 +169,19 @@ def _from_files(files: list[str], source: str) -> ShardList:
             manifests[folder] = {e["name"]: int(e["count"]) for e in (data or {}).get("shards", [])}
             found = tuple((data or {}).get("classes") or ())
             if found and classes and found != classes:
-                raise MaekitError(f"the shards of {source} have different classes in their "
-                                  f"{MANIFEST} files; use shards of one dataset")  # fmt: skip
+                raise MaekitError(
+                    f"the shards of {source} have different classes in their "
+                    f"{MANIFEST} files; use shards of one dataset"
+                )
             classes = classes or found
         name = f.rsplit("/", 1)[-1]
         if name in manifests[folder]:
             counts.append(manifests[folder][name])
         elif is_url(f):
-            raise MaekitError(f"{f} is not listed in a {MANIFEST} beside it; shards read from URLs "
-                              f"need the manifest `maekit shard` writes (local shards are counted)")  # fmt: skip
+            raise MaekitError(
+                f"{f} is not listed in a {MANIFEST} beside it; shards read from URLs "
+                f"need the manifest `maekit shard` writes (local shards are counted)"
+            )
         else:
             n, top = scan_shard(f)
             counts.append(n)
@@ -182,16 +195,20 @@ def resolve_shards(data_path: str, split: str) -> ShardList:
     """The shards of ``split`` named by ``data_path`` (folder/URL with manifests, or pattern)."""
     if _is_pattern(data_path) and (is_url(data_path) or not Path(data_path).is_dir()):
         if "{split}" not in data_path and split != "train":
-            raise MaekitError(f"--data_path {data_path} names one set of shards, but evaluation needs "
-                              f"{split} shards too: write the pattern with {{split}} (e.g. "
-                              ".../{split}/shard-{000000..000009}.tar) or give the folder holding "
-                              "train/ and val/")  # fmt: skip
+            raise MaekitError(
+                f"--data_path {data_path} names one set of shards, but evaluation needs "
+                f"{split} shards too: write the pattern with {{split}} (e.g. "
+                ".../{split}/shard-{000000..000009}.tar) or give the folder holding "
+                "train/ and val/"
+            )
         pattern = data_path.replace("{split}", split)
         files = [f for name in expand_braces(pattern) for f in _glob(name)]
         missing = [f for f in files if not is_url(f) and not Path(f).is_file()]
         if not files or missing:
-            raise MaekitError(f"--data_path {data_path}: no shard file {missing[0] if missing else pattern}; "
-                              "check the path and pattern")  # fmt: skip
+            raise MaekitError(
+                f"--data_path {data_path}: no shard file {missing[0] if missing else pattern}; "
+                "check the path and pattern"
+            )
         return _from_files(files, data_path)
     base = data_path.rstrip("/")
     for folder in (_join(base, split), base) if split == "train" else (_join(base, split),):
@@ -199,8 +216,12 @@ def resolve_shards(data_path: str, split: str) -> ShardList:
         if data is not None:
             return _from_manifest(folder, data, data_path)
     if split == "train":
-        raise MaekitError(f"--data_path {data_path} holds no {MANIFEST} (looked in train/ and the "
-                          "folder itself); give the folder `maekit shard` wrote, or a pattern of .tar "
-                          "files")  # fmt: skip
-    raise MaekitError(f"--data_path {data_path} has no {split}/{MANIFEST}; evaluation needs {split} "
-                      f"shards (`maekit shard` writes them from SRC/{split}/)")  # fmt: skip
+        raise MaekitError(
+            f"--data_path {data_path} holds no {MANIFEST} (looked in train/ and the "
+            "folder itself); give the folder `maekit shard` wrote, or a pattern of .tar "
+            "files"
+        )
+    raise MaekitError(
+        f"--data_path {data_path} has no {split}/{MANIFEST}; evaluation needs {split} "
+        f"shards (`maekit shard` writes them from SRC/{split}/)"
+    )

@@ -40,8 +40,10 @@ def train_blocks(
     wrapped)."""
     per_rank = -(-total // world)
     nb, base = per_rank // batch, rank * per_rank
-    return [(base + k * nb // workers * batch, base + (k + 1) * nb // workers * batch)
-            for k in range(workers)]  # fmt: skip
+    return [
+        (base + k * nb // workers * batch, base + (k + 1) * nb // workers * batch)
+        for k in range(workers)
+    ]
 
 
 def eval_blocks(
@@ -51,8 +53,10 @@ def eval_blocks(
     in whole batches per worker, the last one possibly short."""
     lo, hi = rank * total // world, (rank + 1) * total // world
     nb = -(-(hi - lo) // batch)
-    return [(lo + k * nb // workers * batch, min(hi, lo + (k + 1) * nb // workers * batch))
-            for k in range(workers)]  # fmt: skip
+    return [
+        (lo + k * nb // workers * batch, min(hi, lo + (k + 1) * nb // workers * batch))
+        for k in range(workers)
+    ]
 
 
 def resume_plan(batches: list[int], skip: int) -> tuple[list[int], int]:
@@ -63,8 +67,12 @@ def resume_plan(batches: list[int], skip: int) -> tuple[list[int], int]:
     ``skip`` of them and letting loader slot w run worker (w + rotation) % K, with rotation the
     worker of the first remaining batch, gives exactly the remaining order.
     """
-    order = [(j, k) for j in range(max(batches, default=0)) for k in range(len(batches))
-             if batches[k] > j]  # fmt: skip
+    order = [
+        (j, k)
+        for j in range(max(batches, default=0))
+        for k in range(len(batches))
+        if batches[k] > j
+    ]
     skips = [0] * len(batches)
     for _, k in order[:skip]:
         skips[k] += 1

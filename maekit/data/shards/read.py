@@ -80,8 +80,9 @@ def read_samples(
     except FileNotFoundError as e:
         raise MaekitError(f"shard {path} not found; check --data_path") from e
     except (tarfile.TarError, EOFError, OSError) as e:
-        raise MaekitError(f"shard {path} is not a readable tar file ({e}); re-create it with "
-                          "`maekit shard`") from e  # fmt: skip
+        raise MaekitError(
+            f"shard {path} is not a readable tar file ({e}); re-create it with `maekit shard`"
+        ) from e
 
 
 MAX_CLASSES = 1_000_000  # a label at or above this is damage, not a class index
@@ -100,13 +101,17 @@ def parse_label(
             raise ValueError(text)
         label = int(text)
     except (UnicodeDecodeError, ValueError) as e:
-        raise MaekitError(f"{shard}: {key}.cls is not a class index ({cls[:20]!r}); re-create the "
-                          "shards with `maekit shard`") from e  # fmt: skip
+        raise MaekitError(
+            f"{shard}: {key}.cls is not a class index ({cls[:20]!r}); re-create the "
+            "shards with `maekit shard`"
+        ) from e
     top = min(num_classes, MAX_CLASSES) if num_classes else MAX_CLASSES
     if not 0 <= label < top:
         known = f"the {num_classes} classes of its {MANIFEST}" if num_classes else "a class index"
-        raise MaekitError(f"{shard}: {key}.cls holds {label}, outside 0..{top - 1} ({known}); re-create "
-                          "the shards with `maekit shard`")  # fmt: skip
+        raise MaekitError(
+            f"{shard}: {key}.cls holds {label}, outside 0..{top - 1} ({known}); re-create "
+            "the shards with `maekit shard`"
+        )
     return label
 
 

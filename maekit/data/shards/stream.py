@@ -50,8 +50,15 @@ class _Stream(IterableDataset):
     ``(images, targets)`` or None when no image of the batch could be read.
     """
 
-    def __init__(self, data: ShardDataset, batch_size: int, seed: int, workers: int,
-                 train: bool, shuffle_buffer: int = SHUFFLE_BUFFER) -> None:  # fmt: skip
+    def __init__(
+        self,
+        data: ShardDataset,
+        batch_size: int,
+        seed: int,
+        workers: int,
+        train: bool,
+        shuffle_buffer: int = SHUFFLE_BUFFER,
+    ) -> None:
         self.data, self.batch_size, self.seed = data, batch_size, seed
         self.workers, self.train, self.shuffle_buffer = max(1, workers), train, shuffle_buffer
         # Set by the loader before each epoch's iterator starts (workers get a copy then).
@@ -89,8 +96,10 @@ class _Stream(IterableDataset):
                 yield Record(self.data.offsets[s] + i, key, ext, data, label, url)
                 n = i + 1
             if n < end:
-                raise MaekitError(f"shard {url} holds {n} samples, its manifest says {counts[s]}; "
-                                  "re-create the shards with `maekit shard`")  # fmt: skip
+                raise MaekitError(
+                    f"shard {url} holds {n} samples, its manifest says {counts[s]}; "
+                    "re-create the shards with `maekit shard`"
+                )
 
     def _decode(self, rec: Record):
         try:
@@ -105,8 +114,10 @@ class _Stream(IterableDataset):
     def _target(self, rec: Record) -> int:
         if rec.label is None:
             if self.data.classes:
-                raise MaekitError(f"{rec.shard}: sample {rec.key} has no .cls label while the others "
-                                  "have; re-create the shards with `maekit shard`")  # fmt: skip
+                raise MaekitError(
+                    f"{rec.shard}: sample {rec.key} has no .cls label while the others "
+                    "have; re-create the shards with `maekit shard`"
+                )
             return 0
         return rec.label
 
@@ -118,8 +129,10 @@ class _Stream(IterableDataset):
         if good:
             self._last_good = (chunk[good[-1]], images[good[-1]])
         elif self._last_good is None:
-            raise TooManyBadImages(f"no image of the {len(chunk)} samples from {chunk[0].shard} "
-                                   f"(key {chunk[0].key} on) could be read; check the shards")  # fmt: skip
+            raise TooManyBadImages(
+                f"no image of the {len(chunk)} samples from {chunk[0].shard} "
+                f"(key {chunk[0].key} on) could be read; check the shards"
+            )
         xs, targets, skipped = [], [], []
         for i in range(len(chunk)):
             j = (
@@ -155,8 +168,17 @@ class ShardLoader:
     DataLoader has its own generator, so starting an epoch never draws from the global RNG.
     """
 
-    def __init__(self, dataset: ShardDataset, batch_size: int, rank: int, world_size: int, seed: int,
-                 num_workers: int, pin_memory: bool, shuffle_buffer: int = SHUFFLE_BUFFER) -> None:  # fmt: skip
+    def __init__(
+        self,
+        dataset: ShardDataset,
+        batch_size: int,
+        rank: int,
+        world_size: int,
+        seed: int,
+        num_workers: int,
+        pin_memory: bool,
+        shuffle_buffer: int = SHUFFLE_BUFFER,
+    ) -> None:
         self.dataset, self.batch_size, self.rank = dataset, batch_size, rank
         self.stream = _Stream(dataset, batch_size, seed, num_workers, True, shuffle_buffer)
         self.stream.rank = rank
@@ -164,10 +186,15 @@ class ShardLoader:
             len(dataset), world_size, rank, batch_size, self.stream.workers
         )
         self.worker_batches = [(b - a) // batch_size for a, b in self.stream.blocks]
-        self.loader = DataLoader(self.stream, batch_size=None, num_workers=num_workers,
-                                 pin_memory=pin_memory, persistent_workers=False,
-                                 worker_init_fn=ignore_stop_signals,
-                                 generator=torch.Generator().manual_seed(seed))  # fmt: skip
+        self.loader = DataLoader(
+            self.stream,
+            batch_size=None,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            persistent_workers=False,
+            worker_init_fn=ignore_stop_signals,
+            generator=torch.Generator().manual_seed(seed),
+        )
         self.sampler = self
         self.epoch, self.skip = 0, 0
         self.seed = seed
@@ -201,15 +228,28 @@ class ShardLoader:
 class ShardEvalLoader:
     """Evaluation batches (images, targets) of a rank's share of the shards, in file order."""
 
-    def __init__(self, dataset: ShardDataset, batch_size: int, rank: int, world_size: int,
-                 num_workers: int, pin_memory: bool) -> None:  # fmt: skip
+    def __init__(
+        self,
+        dataset: ShardDataset,
+        batch_size: int,
+        rank: int,
+        world_size: int,
+        num_workers: int,
+        pin_memory: bool,
+    ) -> None:
         self.stream = _Stream(dataset, batch_size, 0, num_workers, False)
         self.stream.blocks = eval_blocks(
             len(dataset), world_size, rank, batch_size, self.stream.workers
         )
-        self.loader = DataLoader(self.stream, batch_size=None, num_workers=num_workers,
-                                 pin_memory=pin_memory, persistent_workers=False,
-                                 worker_init_fn=ignore_stop_signals, generator=torch.Generator())  # fmt: skip
+        self.loader = DataLoader(
+            self.stream,
+            batch_size=None,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            persistent_workers=False,
+            worker_init_fn=ignore_stop_signals,
+            generator=torch.Generator(),
+        )
         self.batch_size = batch_size
 
     def __len__(self) -> int:
@@ -221,8 +261,15 @@ class ShardEvalLoader:
         yield from self.loader
 
 
-def shard_eval_loader(dataset: ShardDataset, batch_size: int, rank: int, world_size: int,
-                      rank_split: bool, num_workers: int, pin_memory: bool) -> ShardEvalLoader:  # fmt: skip
+def shard_eval_loader(
+    dataset: ShardDataset,
+    batch_size: int,
+    rank: int,
+    world_size: int,
+    rank_split: bool,
+    num_workers: int,
+    pin_memory: bool,
+) -> ShardEvalLoader:
     """``rank_split`` (--dist_eval under torchrun): this rank's exact share; else every sample."""
     if not rank_split:
         rank, world_size = 0, 1

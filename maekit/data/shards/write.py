@@ -92,8 +92,9 @@ def _write_split(
                         with open_regular(path) as fh:
                             data, mtime = fh.read(), int(os.fstat(fh.fileno()).st_mtime)
                     except (OSError, UnreadableImage) as e:
-                        raise MaekitError(f"cannot read {path} ({e}); fix its permissions "
-                                          "or remove it from SRC") from e  # fmt: skip
+                        raise MaekitError(
+                            f"cannot read {path} ({e}); fix its permissions or remove it from SRC"
+                        ) from e
                     key = f"{pos:0{width}d}"
                     _add_member(tar, f"{key}.{path.suffix.lower().lstrip('.')}", data, mtime)
                     if label is not None:
@@ -119,8 +120,10 @@ def write_shards(
     if shard_size <= 0:
         raise MaekitError(f"--shard_size must be a positive number of samples, got {shard_size}")
     if not src.is_dir():
-        raise MaekitError(f"SRC {src} is not a folder; give an image folder (train/ and val/ class "
-                          "folders, class folders, or plain images)")  # fmt: skip
+        raise MaekitError(
+            f"SRC {src} is not a folder; give an image folder (train/ and val/ class "
+            "folders, class folders, or plain images)"
+        )
     if dst.exists() and not dst.is_dir():
         raise MaekitError(f"DST {dst} is a file; give a folder for the shards")
     s, d = src.resolve(), dst.resolve()
@@ -133,20 +136,27 @@ def write_shards(
         if not items:
             raise MaekitError(f"no images found in {root}; check SRC")
         for p in skipped[:10]:
-            print(f"maekit: skipping {p}: not a regular file (FIFO, socket, device or dangling link)",
-                  file=sys.stderr, flush=True)  # fmt: skip
+            print(
+                f"maekit: skipping {p}: not a regular file (FIFO, socket, device or dangling link)",
+                file=sys.stderr,
+                flush=True,
+            )
         existing = _existing_shards(dst / split)
         if existing and not force:
-            raise MaekitError(f"{existing[0].parent} already holds shards ({existing[0].name}); "
-                              "pass --force to replace them, or choose another DST")  # fmt: skip
+            raise MaekitError(
+                f"{existing[0].parent} already holds shards ({existing[0].name}); "
+                "pass --force to replace them, or choose another DST"
+            )
         plans.append((split, items, classes, skipped))
     lines = []
     for split, items, classes, skipped in plans:
         n_shards, size = _write_split(items, classes, dst / split, shard_size, seed)
         labels = f"{len(classes)} classes" if classes else "no labels"
         note = f"; {len(skipped)} unreadable entries skipped (not regular files)" if skipped else ""
-        lines.append(f"{split}: {len(items)} samples ({labels}) in {n_shards} shards of up to "
-                     f"{shard_size}, {size / 1e6:.1f} MB -> {dst / split}{note}")  # fmt: skip
+        lines.append(
+            f"{split}: {len(items)} samples ({labels}) in {n_shards} shards of up to "
+            f"{shard_size}, {size / 1e6:.1f} MB -> {dst / split}{note}"
+        )
     return lines
 
 
