@@ -137,6 +137,10 @@ due() {
         echo "skipped: DRY_RUN (estimate $estimate s, timeout $limit s)" >"$f.err"
         return 1
     fi
+    if [ -n "${ONLY:-}" ] && [[ ",$ONLY," != *",$name,"* ]]; then
+        echo "skipped: not in ONLY" >"$f.err"
+        return 1
+    fi
     if [ "$left" -lt "$estimate" ]; then
         echo "skipped: $left s left, needs about $estimate s" >"$f.err"
         echo "gpu.sh: $name skipped ($left s left)" >&2
