@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import inspect
 import json
 import sys
 import tempfile
@@ -62,12 +63,19 @@ def longest_functions(top: int) -> list[tuple[int, str]]:
     return sorted(out, reverse=True)[:top]
 
 
-def trace_pretrain(steps: int) -> tuple[list[str], list[str]]:
-    """(modules in first-entry order, package path up to the first training step)."""
+# The function that runs the phase: the pretrain phase's run() (before issue 19 the skeleton
+# lived there), or engine.run.run (after).
+RUNNERS = {("maekit.phases.pretrain", "run"), ("maekit.engine.run", "run")}
+
+
+def trace_pretrain(steps: int) -> tuple[list[str], list[str], list[str]]:
+    """(modules in first-entry order, package path up to the first training step, the calls
+    the phase's runner makes, in order)."""
     from maekit.cli import main
 
     first: list[str] = []
     seen: set[str] = set()
+    skeleton: list[str] = []
     path: list[str] = []
     state = {"training": False}
 
@@ -75,8 +83,19 @@ def trace_pretrain(steps: int) -> tuple[list[str], list[str]]:
         if event != "call":
             return
         mod = module_of(frame.f_code.co_filename)
-        if mod is None or frame.f_code.co_name == "<module>":  # imports are not the run's path
+        # module and class bodies run at import: not the run's path (functions are "optimized")
+        if mod is None or not frame.f_code.co_flags & inspect.CO_OPTIMIZED:
             return
+        caller = frame.f_back
+        if (
+            caller is not None
+            and (module_of(caller.f_code.co_filename), caller.f_code.co_name) in RUNNERS
+        ):
+            name = f"{mod}.{frame.f_code.co_qualname}"
+            if (mod, frame.f_code.co_name) not in RUNNERS and (
+                not skeleton or skeleton[-1] != name
+            ):
+                skeleton.append(name)
         if mod not in seen:
             seen.add(mod)
             first.append(mod)
@@ -119,7 +138,7 @@ def trace_pretrain(steps: int) -> tuple[list[str], list[str]]:
                 raise
         finally:
             sys.setprofile(None)
-    return first, path
+    return first, path, skeleton
 
 
 def main() -> None:
@@ -128,12 +147,15 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=12)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    first, path = trace_pretrain(args.steps)
+    first, path, skeleton = trace_pretrain(args.steps)
     climbs = sum(rank(b) < rank(a) for a, b in zip(path, path[1:], strict=False))
     longest = longest_functions(args.top)
     print(f"modules entered, in order ({len(first)}):")
     for m in first:
         print(f"  {m}")
+    print(f"\nthe calls the runner makes ({len(skeleton)}):")
+    for name in skeleton:
+        print(f"  {name}")
     print(f"\npackage path to the first training step ({len(path)} hops, {climbs} climbs back up):")
     print("  " + " -> ".join(path))
     print("\nlongest functions (lines):")
@@ -142,7 +164,14 @@ def main() -> None:
     if args.json:
         Path(args.json).write_text(
             json.dumps(
-                {"modules": first, "path": path, "climbs": climbs, "longest": longest}, indent=1
+                {
+                    "modules": first,
+                    "runner_calls": skeleton,
+                    "path": path,
+                    "climbs": climbs,
+                    "longest": longest,
+                },
+                indent=1,
             )
         )
 
