@@ -68,9 +68,12 @@ def _buggy_op(img, *args, **kwargs):
 
 
 def break_rand_augment(tf):
-    """Every RandAugment op becomes a function that raises, as posterize did under Pillow 13."""
+    """Every RandAugment op becomes a function that raises, as posterize did under Pillow 13.
+    Each op is applied always (prob 1): with timm's 0.5 per op, one draw in four applied none
+    and the test then depended on the global random state, i.e. on the test order."""
     for op in rand_augment(tf).ops:
         op.aug_fn = _buggy_op
+        op.prob = 1.0
     return tf
 
 
