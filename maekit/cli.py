@@ -172,13 +172,12 @@ def resolved_view(cfg, world_size: int, source: dict | None = None) -> dict:
     file's mapping; for a recipe, its published effective batch is shown too, so a mismatch
     with this launch shows."""
     from .config.phases import CommonConfig
-    from .engine.schedule import scaled_lr
+    from .engine.schedule import absolute_lr
 
     view = cfg.to_dict()
     if not isinstance(cfg, CommonConfig):
         return view
-    eff = cfg.batch_size * cfg.accum_iter * world_size
-    lr = cfg.lr if cfg.lr is not None else scaled_lr(cfg.blr, eff)
+    lr, eff = absolute_lr(cfg, world_size)
     resolved = {"world_size": world_size, "effective_batch": eff, "blr": lr * 256 / eff, "lr": lr}
     recipe = (source or {}).get("recipe")
     if isinstance(recipe, dict) and recipe.get("world_size"):

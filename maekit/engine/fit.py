@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from ..checkpoint.rundir import LAST, remove_stale_temp_files
+from ..errors import MaekitError
 from . import rng
 from .distributed import barrier
 from .preemption import StopRequest
@@ -108,8 +109,6 @@ def fit(
 def _has_epochs_left(cfg, point, is_main: bool) -> bool:
     """False (said once) when an auto-resumed run is already done; an explicit start past
     --epochs is an error."""
-    from ..errors import MaekitError
-
     if point.epoch < cfg.epochs:
         return True
     if point.path and not cfg.resume:

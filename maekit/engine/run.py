@@ -27,7 +27,7 @@ from .progress import RunRecorder
 from .recipe import Recipe, RunContext
 from .resume import find_start
 from .runlock import lock_output_dir
-from .schedule import scaled_lr
+from .schedule import absolute_lr
 from .trainer import LoopSettings, Trainer
 
 
@@ -155,12 +155,6 @@ def prepare_run(cfg) -> RunContext:
     workers = loader_workers(cfg.num_workers)
     pin = cfg.pin_mem and env.device.type == "cuda"
     return RunContext(env, precision, recorder, out, workers, pin, lr, eff, start)
-
-
-def absolute_lr(cfg, world_size: int) -> tuple[float, int]:
-    """(absolute lr, effective batch): --lr if given, else --blr x effective batch / 256."""
-    eff = cfg.batch_size * cfg.accum_iter * world_size
-    return (cfg.lr if cfg.lr is not None else scaled_lr(cfg.blr, eff)), eff
 
 
 def run(cfg, recipe: Recipe) -> list[dict]:

@@ -12,6 +12,12 @@ def scaled_lr(blr: float, effective_batch: int) -> float:
     return blr * effective_batch / 256
 
 
+def absolute_lr(cfg, world_size: int) -> tuple[float, int]:
+    """(absolute lr, effective batch): --lr if given, else --blr x effective batch / 256."""
+    eff = cfg.batch_size * cfg.accum_iter * world_size
+    return (cfg.lr if cfg.lr is not None else scaled_lr(cfg.blr, eff)), eff
+
+
 def lr_at(epoch: float, lr: float, min_lr: float, warmup_epochs: float, epochs: float) -> float:
     """lr at fractional epoch ``epoch``: linear warm-up, then half-cycle cosine to ``min_lr``."""
     if epoch < warmup_epochs:
