@@ -10,31 +10,17 @@ from . import __version__
 from .config import (
     BenchConfig,
     ExtractConfig,
-    FinetuneConfig,
     KnnConfig,
-    LinprobeConfig,
     PlotConfig,
-    PretrainConfig,
     ShardConfig,
     StatsConfig,
     VisualizeConfig,
 )
 from .config.flags import HelpFormatter, add_config_flags, config_from_args
 from .errors import MaekitError, error_text
+from .phases import PHASES as PHASE_TABLE
 
-PHASES = {
-    "pretrain": (PretrainConfig, "MAE pre-training (official recipe)", "maekit.phases.pretrain"),
-    "finetune": (
-        FinetuneConfig,
-        "end-to-end fine-tuning (official recipe)",
-        "maekit.phases.finetune",
-    ),
-    "linprobe": (
-        LinprobeConfig,
-        "linear probing of a frozen encoder (official recipe)",
-        "maekit.phases.linprobe",
-    ),
-}
+PHASES = {name: (p.config, p.summary, p.module) for name, p in PHASE_TABLE.items()}
 # Looking at a trained model: same shape as PHASES (config, help, module with run(cfg)).
 TOOLS = {
     "visualize": (

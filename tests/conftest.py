@@ -81,9 +81,13 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 300, launcher: list[str
 def _registry_restored():
     """Models a test registers (the golden files' tiny geometry) are gone after it, so tests
     that list the registered models see only the shipped ones, whichever xdist worker ran what."""
+    from maekit.models.family import families, unregister_family
     from maekit.models.registry import _REGISTRY
 
-    before = set(_REGISTRY)
+    before, before_families = set(_REGISTRY), {f.name for f in families()}
     yield
     for name in set(_REGISTRY) - before:
         del _REGISTRY[name]
+    for family in families():
+        if family.name not in before_families:
+            unregister_family(family.name)

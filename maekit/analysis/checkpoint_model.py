@@ -24,9 +24,6 @@ from ..errors import MaekitError
 from ..formats.loader import read_checkpoint, strip_prefixes
 from ..models import create_model, get_entry
 
-# MAE weights the encoder does not need: features work without them (released encoder-only files).
-DECODER_PREFIXES = ("decoder_", "mask_token")
-
 
 @dataclass
 class CheckpointModel:
@@ -40,10 +37,6 @@ class CheckpointModel:
     source: str  # the checkpoint path, or "random init"
     mean: tuple[float, ...] = IMAGENET_MEAN  # the normalisation the model was trained with
     std: tuple[float, ...] = IMAGENET_STD
-
-
-def _is_decoder_key(key: str) -> bool:
-    return key.startswith(DECODER_PREFIXES)
 
 
 def read_state(path: str) -> tuple[dict[str, torch.Tensor], dict]:
@@ -79,6 +72,7 @@ def load_checkpoint_model(
             "(and --input_size/--patch_size if not the model's defaults)"
         )
     entry = get_entry(name)
+    layout = entry.family.checkpoint
     input_size = cfg.input_size or args.get("input_size") or entry.defaults.get("img_size", 224)
     patch_size = cfg.patch_size or args.get("patch_size")
     in_chans = cfg.in_chans or args.get("in_chans") or 3
@@ -90,10 +84,11 @@ def load_checkpoint_model(
     if entry.kind == "pretrain":
         kw["norm_pix_loss"] = norm_pix_loss
     else:
-        # No head: features only. A global-pool checkpoint carries fc_norm (and no final norm).
-        state = {k: v for k, v in state.items() if not k.startswith("head.")}
+        # No head: features only. A global-pool checkpoint carries the pooled-token norm.
+        heads = tuple(k.rsplit(".", 1)[0] + "." for k in layout.head)
+        state = {k: v for k, v in state.items() if not k.startswith(heads)}
         kw["num_classes"] = 0
-        kw["global_pool"] = "fc_norm.weight" in state if state else True
+        kw["global_pool"] = layout.pool_norm[0] in state if state else True
     if random_init:
         torch.manual_seed(cfg.seed)
     model = create_model(name, **kw)
@@ -112,9 +107,11 @@ def load_checkpoint_model(
                 f"(now {name} at {input_size} px)",
             )
         result = model.load_state_dict(state, strict=False)
-        decoder_missing = [k for k in result.missing_keys if _is_decoder_key(k)]
-        missing = [k for k in result.missing_keys if not _is_decoder_key(k)]
-        unexpected = [k for k in result.unexpected_keys if not _is_decoder_key(k)]
+        # The decoder is not needed for features (released encoder-only files lack it).
+        decoder = layout.pretrain_only
+        decoder_missing = [k for k in result.missing_keys if k.startswith(decoder)]
+        missing = [k for k in result.missing_keys if not k.startswith(decoder)]
+        unexpected = [k for k in result.unexpected_keys if not k.startswith(decoder)]
         if missing or unexpected:
             raise keys_error(
                 f"--checkpoint {cfg.checkpoint}",

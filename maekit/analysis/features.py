@@ -32,6 +32,7 @@ from ..engine.evaluate import RankSplitSampler
 from ..engine.precision import Precision, resolve_precision
 from ..errors import MaekitError
 from ..files import atomic_write
+from ..models.family import Family, family_of
 
 POOLS = ("cls", "mean", "all")
 
@@ -42,17 +43,26 @@ def encode(model: torch.nn.Module, imgs: torch.Tensor, pool: str) -> torch.Tenso
     The mean goes through the model's ``fc_norm`` where it has one (a global-pool fine-tuned
     encoder), so it is exactly what that model's head sees.
     """
+    if pool not in POOLS:
+        raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
+    family = family_of(model)
+    if pool == "cls" and not family.cls_token:
+        raise MaekitError(cls_pool_refusal(family))
     tokens = model.forward_features(imgs)  # (N, prefix + L, D)
     if pool == "all":
         return tokens
     if pool == "cls":
         return tokens[:, 0]
-    if pool != "mean":
-        raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
-    prefix = getattr(model, "num_prefix_tokens", 1)  # timm's count of cls/register tokens
-    pooled = tokens[:, prefix:].mean(dim=1)
-    fc_norm = getattr(model, "fc_norm", None)
-    return fc_norm(pooled) if fc_norm is not None else pooled
+    pooled = tokens[:, family.prefix_tokens :].mean(dim=1)
+    norm = family.pooled_norm(model)
+    return norm(pooled) if norm is not None else pooled
+
+
+def cls_pool_refusal(family: Family) -> str:
+    return (
+        f"{family.name} models have no cls token: pool the mean of the tokens "
+        "(--pool mean, or --knn_pool mean while pre-training)"
+    )
 
 
 def gather_in_order(local: torch.Tensor, total: int, env: DistEnv) -> torch.Tensor | None:

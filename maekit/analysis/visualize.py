@@ -24,6 +24,7 @@ from torchvision.transforms import functional as TF
 from ..config import VisualizeConfig
 from ..data.transforms import resolve_stats
 from ..errors import MaekitError
+from ..models.family import family_of
 
 COLUMNS = ("original", "masked", "reconstruction", "recon. + visible")
 MASK_GREY = 128
@@ -66,13 +67,21 @@ def from_uint8(arrays: np.ndarray, mean=None, std=None) -> torch.Tensor:
 
 @torch.no_grad()
 def reconstruct(
-    model: torch.nn.Module, imgs: torch.Tensor, mask_ratio: float, seed: int
+    model: torch.nn.Module,
+    imgs: torch.Tensor,
+    mask_ratio: float,
+    seed: int,
+    cells: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(reconstruction (N, C, H, W) in the input's normalised space, pixel mask (N, H, W) bool,
-    True = removed). The masking noise comes from ``seed``, so a grid is reproducible."""
+    True = removed). The masking noise comes from ``seed``, so a grid is reproducible.
+
+    ``cells``: how many cells the model's random mask is drawn over (its family's
+    ``mask_cells``); None: one per patch, MAE's convention."""
     model.eval()
     patches = model.patchify(imgs)  # (N, L, p*p*C)
-    noise = torch.rand(patches.shape[:2], generator=torch.Generator().manual_seed(seed))
+    cells = patches.shape[1] if cells is None else cells
+    noise = torch.rand((imgs.shape[0], cells), generator=torch.Generator().manual_seed(seed))
     _, pred, mask = model(imgs, mask_ratio=mask_ratio, noise=noise.to(imgs.device))
     pred = pred.float()
     if model.norm_pix_loss:
@@ -269,7 +278,11 @@ def run(cfg: VisualizeConfig) -> Path:
     model = loaded.model.to(device)
     stats = (loaded.mean, loaded.std)  # the checkpoint's own normalisation
     recon, mask_px = reconstruct(
-        model, from_uint8(original, *stats).to(device), cfg.mask_ratio, cfg.seed
+        model,
+        from_uint8(original, *stats).to(device),
+        cfg.mask_ratio,
+        cfg.seed,
+        family_of(model).mask_cells(model),
     )
     recon_px = show_gray(original, to_uint8(recon, *stats))
     columns = grid_columns(original, recon_px, mask_px.cpu().numpy())

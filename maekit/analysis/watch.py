@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..config import PretrainConfig
 from ..data import BUILTIN, build_dataset
 from ..data.sampling import subset_indices
 from ..data.shards.locate import is_shard_path
@@ -32,6 +33,7 @@ from ..engine.evaluate import RankSplitSampler, SkipUnreadable
 from ..engine.fsdp import gathered
 from ..engine.precision import Precision
 from ..engine.progress import RunRecorder
+from ..models.family import family_of
 from .visualize import describe, grid_columns, reconstruct, render_grid, show_gray, to_uint8
 
 HOLDOUT_SEED = 0  # which training images --val_frac keeps out
@@ -46,7 +48,9 @@ def holdout_indices(n: int, frac: float) -> tuple[list[int], list[int]]:
     return sorted(perm[k:]), sorted(perm[:k])
 
 
-def validation_split(cfg, train_set: Dataset) -> tuple[Dataset, Dataset | None, str]:
+def validation_split(
+    cfg: PretrainConfig, train_set: Dataset
+) -> tuple[Dataset, Dataset | None, str]:
     """(training set, validation set or None, a line saying where val_loss comes from).
 
     Called before ``--gpu_decode`` wraps the training set: a held-out split is a Subset of it.
@@ -119,7 +123,7 @@ class ReconstructionWatch:
 
     def __init__(
         self,
-        cfg,
+        cfg: PretrainConfig,
         model: torch.nn.Module,
         val_set: Dataset,
         env: DistEnv,
@@ -160,10 +164,11 @@ class ReconstructionWatch:
             self.grid(epoch)
         return out
 
-    def _masks(self, n_patches: int) -> torch.Tensor:
-        if self.noise is None or self.noise.shape[1] != n_patches:
+    def _masks(self, n_cells: int) -> torch.Tensor:
+        """One fixed noise row per validation image, over the cells the family masks."""
+        if self.noise is None or self.noise.shape[1] != n_cells:
             g = torch.Generator().manual_seed(VAL_SEED)
-            self.noise = torch.rand((len(self.val_set), n_patches), generator=g)
+            self.noise = torch.rand((len(self.val_set), n_cells), generator=g)
         return self.noise
 
     @torch.no_grad()
@@ -178,7 +183,7 @@ class ReconstructionWatch:
                     continue
                 imgs, idx = batch
                 imgs = imgs.to(device, non_blocking=True)
-                noise = self._masks(self.model.patchify(imgs).shape[1])[idx].to(device)
+                noise = self._masks(family_of(self.model).mask_cells(self.model))[idx].to(device)
                 with self.precision.autocast():
                     loss = self.model(imgs, mask_ratio=self.cfg.mask_ratio, noise=noise)[0]
                 sums[0] += loss.double() * imgs.shape[0]
@@ -194,7 +199,11 @@ class ReconstructionWatch:
         imgs = torch.stack([self.val_set[i][0] for i in range(k)])  # (k, C, H, W), eval transform
         with gathered(self.model):
             recon, mask_px = reconstruct(
-                self.model, imgs.to(self.env.device), self.cfg.mask_ratio, VAL_SEED
+                self.model,
+                imgs.to(self.env.device),
+                self.cfg.mask_ratio,
+                VAL_SEED,
+                family_of(self.model).mask_cells(self.model),
             )
         self.model.train()
         if not self.env.is_main:

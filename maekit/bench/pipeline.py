@@ -19,31 +19,27 @@ import os
 import time
 from pathlib import Path
 
-from ..config import BenchConfig, FinetuneConfig
+from ..config import BenchConfig
 from ..data import build_dataset, build_train_loader
 from ..data.gpu_decode import GpuDecodeLoader, collate_encoded, encoded_folder
 from ..data.transforms import (
     PRETRAIN_SCALE,
-    finetune_transform,
-    linprobe_transform,
-    pretrain_transform,
 )
 from ..data.workers import loader_workers, usable_cpus
 from ..engine.distributed import resolve_device
 from ..errors import MaekitError
+from ..phases import PHASES
 from .hardware import synchronize
 
 
 def phase_transform(phase: str, input_size: int):
-    """The phase's training transform with its default settings."""
-    if phase == "pretrain":
-        return pretrain_transform(input_size)
-    if phase == "linprobe":
-        return linprobe_transform(input_size)
-    d = FinetuneConfig()
-    return finetune_transform(
-        input_size, d.aa, d.color_jitter, d.reprob, d.remode, d.recount, d.crop_min
-    )
+    """The phase's training transform with its default settings (its recipe's own)."""
+    entry = PHASES[phase]
+    recipe_cls = entry.recipe_class()
+    cfg = entry.config(input_size=input_size, in_chans=3)
+    recipe = recipe_cls(cfg, recipe_cls.bench_data(1))
+    recipe.cfg, _ = recipe.resolve(cfg)
+    return recipe.train_transform()
 
 
 def child_pids() -> list[int]:

@@ -28,6 +28,7 @@ so each path's own gain is a ratio measured in the same run.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 import io
 import time
@@ -36,7 +37,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from ..config import BenchConfig, FinetuneConfig, LinprobeConfig, PretrainConfig
+from ..config import BenchConfig
 from ..engine.distributed import DistEnv
 from ..engine.fastpath import fused_attention_modules, set_fused_attention
 from ..engine.parallelize import parallelize
@@ -45,10 +46,9 @@ from ..engine.progress import RunRecorder
 from ..engine.schedule import scaled_lr
 from ..engine.trainer import LoopSettings, Trainer
 from ..errors import MaekitError
-from ..phases import recipe_class
+from ..phases import PHASES
 from .hardware import MemoryMeter, synchronize
 
-PHASE_CONFIGS = {"pretrain": PretrainConfig, "finetune": FinetuneConfig, "linprobe": LinprobeConfig}
 FAST_PRINT_FREQ = 20  # the phases' default --print_freq
 
 
@@ -113,7 +113,7 @@ def ablation_modes(cfg: BenchConfig, fast_precision: str) -> list[StepMode]:
     off = {"fused_attn": {"fused_attn": False}, "deferred_loss_read": {"print_freq": 1}}
     if fast_precision != "fp32":
         off = {"amp": {"amp": "none"}, **off}
-    if cfg.phase != "linprobe":  # LARS has one implementation
+    if PHASES[cfg.phase].recipe_class().optimizer_kind == "adamw":  # LARS has one implementation
         off["fused_adamw"] = {"fused_optimizer": False}
     if cfg.compile:
         off["compile"] = {"compile": False}
@@ -144,7 +144,8 @@ class StepResult:
 def phase_config(cfg: BenchConfig, mode: StepMode):
     """The phase's own config with the benchmark's geometry and the mode's switches (defaults
     otherwise)."""
-    pc = PHASE_CONFIGS[cfg.phase](
+    cls = PHASES[cfg.phase].config
+    given = dict(
         model=cfg.model,
         batch_size=cfg.batch_size,
         input_size=cfg.input_size,
@@ -156,19 +157,19 @@ def phase_config(cfg: BenchConfig, mode: StepMode):
         compile=mode.compile,
         grad_ckpt=mode.grad_ckpt,
         print_freq=mode.print_freq,
+        mask_ratio=cfg.mask_ratio,  # pre-training's own
     )
-    if cfg.phase == "pretrain":
-        pc.mask_ratio = cfg.mask_ratio
+    names = {f.name for f in dataclasses.fields(cls)}
+    pc = cls(**{k: v for k, v in given.items() if k in names})
     pc.validate()
     return pc
 
 
 def phase_recipe(pc, phase: str, nb_classes: int):
-    """The phase's recipe over the benchmark's config, with the benchmark's class count (the
-    data a run would read them from is not opened)."""
-    recipe = recipe_class(phase)(pc)
-    recipe.nb_classes = nb_classes
-    return recipe
+    """The phase's recipe over the benchmark's config, with the benchmark's class count as its
+    data (the data a run would read is not opened)."""
+    recipe_cls = PHASES[phase].recipe_class()
+    return recipe_cls(pc, recipe_cls.bench_data(nb_classes))
 
 
 def plain_optimizer(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:

@@ -20,19 +20,18 @@ import torch
 import torch.nn as nn
 from timm.models import adapt_input_conv
 
+from ..models.family import Family, family_of
 from ..models.pos_embed import interpolate_pos_embed, sincos_2d
 
-INPUT_CONVS = ("patch_embed.proj.weight", "patch_embed1.proj.weight")
-POS_TABLES = ("pos_embed", "decoder_pos_embed")
 SINCOS_ATOL = 1e-4  # float32 copies of the float64 table (official, PLSC, HF) agree far closer
 
 
-def grid_of(args: dict, state: dict[str, torch.Tensor]) -> tuple[int, int] | None:
+def grid_of(args: dict, state: dict[str, torch.Tensor], family: Family) -> tuple[int, int] | None:
     """The patch grid a checkpoint was trained on, from its saved --input_size and patch size
-    (the overall stride); None when the args do not say."""
+    (the overall stride; else the family reads it from the weights); None when unknown."""
     size, patch = args.get("input_size"), args.get("patch_size")
-    if patch is None and "patch_embed.proj.weight" in state:  # a ViT's conv is one patch
-        patch = state["patch_embed.proj.weight"].shape[-1]
+    if patch is None:
+        patch = family.patch_of(state)
     if size is None or patch is None:
         return None
     h, w = (size, size) if isinstance(size, int) else size
@@ -72,10 +71,12 @@ def adapt_to_model(
     """``state`` made to fit ``model``'s channels and grid; (new state, one note per adaptation)."""
     state = dict(state)
     own = model.state_dict()
+    family = family_of(model)
+    layout = family.checkpoint
     notes: list[str] = []
     in_chans = model.in_chans
     old_chans = None
-    for key in INPUT_CONVS:
+    for key in layout.input_convs:
         if key in state and key in own and state[key].shape[1] != in_chans:
             w = state[key]
             old_chans = w.shape[1]
@@ -91,20 +92,20 @@ def adapt_to_model(
                 f"adapted {key.rsplit('.', 1)[0]} {old_chans} -> {in_chans} input channels ({how}, timm's adapt_input_conv)"
             )
     p = model.patch_size
-    for leaf in ("weight", "bias"):
-        key = f"decoder_pred.{leaf}"
+    for leaf in ("weight", "bias") if layout.output_layer else ():
+        key = f"{layout.output_layer}.{leaf}"
         if old_chans and key in state and key in own and state[key].shape != own[key].shape:
             if state[key].shape[0] == p * p * old_chans:
                 state[key] = adapt_output_channels(state[key], p, old_chans, in_chans)
                 if leaf == "weight":
                     how = "mean of the" if in_chans == 1 else "repeated"
                     notes.append(
-                        f"adapted decoder_pred {p * p * old_chans} -> {p * p * in_chans} outputs ({how} per-channel predictions)"
+                        f"adapted {layout.output_layer} {p * p * old_chans} -> {p * p * in_chans} outputs ({how} per-channel predictions)"
                     )
-    grid = tuple(model.grid_size)
-    extra = 1 if getattr(model, "cls_token", None) is not None else 0
+    grid = tuple(family.token_grid(model))
+    extra = family.prefix_tokens
     recomputed, resized, old_shown = [], [], ""
-    for key in POS_TABLES:
+    for key in layout.pos_tables:
         if key not in state or key not in own:
             continue
         table = state[key]

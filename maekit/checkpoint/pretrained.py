@@ -21,15 +21,18 @@ from timm.layers import trunc_normal_
 
 from ..errors import MaekitError
 from ..formats.loader import load_state_dict, read_file, strip_prefixes
+from ..models.family import HEAD_KEYS, POOL_NORM_KEYS, CheckpointLayout, family_of
 from ..models.pos_embed import interpolate_pos_embed
 from .adapt import adapt_to_model, grid_of
 from .state_dict import keys_error, shape_error, shape_mismatches
 
 
-def expected_missing_keys(global_pool: bool) -> set[str]:
-    keys = {"head.weight", "head.bias"}
+def expected_missing_keys(global_pool: bool, layout: CheckpointLayout | None = None) -> set[str]:
+    """The keys a pre-training checkpoint lacks for an encoder: its head (+ the pooled-token norm
+    with global pool); ``layout``: the encoder family's (timm's names by default)."""
+    keys = set(layout.head if layout else HEAD_KEYS)
     if global_pool:
-        keys |= {"fc_norm.weight", "fc_norm.bias"}
+        keys |= set(layout.pool_norm if layout else POOL_NORM_KEYS)
     return keys
 
 
@@ -42,34 +45,32 @@ def adapt_state_dict(
     """Pre-trained weights -> this model's shapes. Returns (state, notes on what changed)."""
     state = strip_prefixes(state)[0]
     own = model.state_dict()
+    family = family_of(model)
     notes = []
-    for k in ("head.weight", "head.bias"):
+    for k in family.checkpoint.head:
         if k in state and k in own and state[k].shape != own[k].shape:
             notes.append(f"dropped {k} {tuple(state[k].shape)} (new head is {tuple(own[k].shape)})")
             del state[k]
-    if (
-        "pos_embed" in state
-        and "pos_embed" in own
-        and state["pos_embed"].shape != own["pos_embed"].shape
-    ):
-        extra = 1 if getattr(model, "cls_token", None) is not None else 0
-        # ConvViT keeps its token grid on the model (it has no single patch_embed)
-        grid = tuple(getattr(model, "grid_size", None) or model.patch_embed.grid_size)
-        old = tuple(state["pos_embed"].shape)
+    for key in family.checkpoint.pos_tables:  # the encoder's tables (no decoder's here)
+        if key not in state or key not in own or state[key].shape == own[key].shape:
+            continue
+        extra = family.prefix_tokens
+        grid = tuple(family.token_grid(model))
+        old = tuple(state[key].shape)
         try:
-            n_old = state["pos_embed"].shape[1] - extra
+            n_old = state[key].shape[1] - extra
             known = old_grid if old_grid and old_grid[0] * old_grid[1] == n_old else None
-            state["pos_embed"] = interpolate_pos_embed(state["pos_embed"], grid, extra, known)
+            state[key] = interpolate_pos_embed(state[key], grid, extra, known)
         except ValueError as e:
             raise MaekitError(
-                f"--finetune {source}: cannot resize pos_embed {old} to a {grid} grid: {e}"
+                f"--finetune {source}: cannot resize {key} {old} to a {grid} grid: {e}"
             ) from e
-        if state["pos_embed"].shape != own["pos_embed"].shape:
+        if state[key].shape != own[key].shape:
             raise MaekitError(
-                f"--finetune {source}: shape mismatch for pos_embed {old} vs the model's {tuple(own['pos_embed'].shape)}; "
+                f"--finetune {source}: shape mismatch for {key} {old} vs the model's {tuple(own[key].shape)}; "
                 "the checkpoint has another width (embed_dim): pick the matching --model"
             )
-        notes.append(f"interpolated pos_embed {old} -> {tuple(state['pos_embed'].shape)}")
+        notes.append(f"interpolated {key} {old} -> {tuple(state[key].shape)}")
     return state, notes
 
 
@@ -79,7 +80,8 @@ def load_pretrained_encoder(model: nn.Module, path: str | Path, global_pool: boo
     ckpt = read_file(path)
     state, report = ckpt.model, ckpt.report
     args = ckpt.extras.get("args") if isinstance(ckpt.extras.get("args"), dict) else {}
-    state, notes = adapt_state_dict(state, model, str(path), grid_of(args, state))
+    family = family_of(model)
+    state, notes = adapt_state_dict(state, model, str(path), grid_of(args, state, family))
     report.notes += notes
     wrong = shape_mismatches(state, model)
     if wrong:
@@ -92,7 +94,7 @@ def load_pretrained_encoder(model: nn.Module, path: str | Path, global_pool: boo
         )
     result = model.load_state_dict(state, strict=False)
     missing = set(result.missing_keys)
-    expected = expected_missing_keys(global_pool)
+    expected = expected_missing_keys(global_pool, family.checkpoint)
     offending = sorted(missing - expected)
     if offending:
         raise MaekitError(
@@ -101,18 +103,13 @@ def load_pretrained_encoder(model: nn.Module, path: str | Path, global_pool: boo
             f"(only {', '.join(sorted(expected))} may be missing); "
             "pick the --model it was pre-trained with, and --global_pool/--cls_token to match"
         )
-    if "head.weight" in missing:  # a pre-training checkpoint: new head, official init
+    if family.checkpoint.head[0] in missing:  # a pre-training checkpoint: new head, official init
         trunc_normal_(model.head.weight, std=2e-5)
         nn.init.zeros_(model.head.bias)
     report.loaded = len(state) - len(result.unexpected_keys)
     report.missing, report.unused = sorted(missing), list(result.unexpected_keys)
     report.missing_label = "newly initialised"
     return [report.summary()]
-
-
-# Weights a pre-training model may lack in the file and initialise afresh: the decoder (released
-# encoder-only files, ViTMAEModel, fine-tuned encoders) and the final norm (global-pool encoders).
-FRESH_PREFIXES = ("decoder_", "mask_token", "norm.")
 
 
 def init_from_checkpoint(model: nn.Module, path: str | Path) -> str:
@@ -125,7 +122,8 @@ def init_from_checkpoint(model: nn.Module, path: str | Path) -> str:
     report = ckpt.report
     args = ckpt.extras.get("args") if isinstance(ckpt.extras.get("args"), dict) else {}
     original = strip_prefixes(ckpt.model)[0]
-    state, notes = adapt_to_model(original, model, grid_of(args, original))
+    layout = family_of(model).checkpoint
+    state, notes = adapt_to_model(original, model, grid_of(args, original, family_of(model)))
     recomputed = {k for k in original if k not in state}  # fixed tables the model rebuilt
     report.notes += notes
     wrong = shape_mismatches(state, model)
@@ -139,14 +137,18 @@ def init_from_checkpoint(model: nn.Module, path: str | Path) -> str:
         )
     result = model.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if k not in recomputed]
-    needed = [k for k in missing if not k.startswith(FRESH_PREFIXES)]
+    # A file may lack the decoder (released encoder-only files, ViTMAEModel, fine-tuned encoders)
+    # and what the family lists (a global-pool encoder's final norm): initialised afresh.
+    needed = [
+        k for k in missing if not k.startswith((*layout.pretrain_only, *layout.init_may_lack))
+    ]
     if needed:
         raise MaekitError(
             f"--init {path} lacks encoder weights of {type(model).__name__}: "
             f"{', '.join(needed[:6])}{' ...' if len(needed) > 6 else ''}; "
             "pick the --model it was trained with"
         )
-    if any(k.startswith(("decoder_", "mask_token")) for k in missing):
+    if any(k.startswith(layout.pretrain_only) for k in missing):
         report.notes.append("the checkpoint has no decoder: decoder freshly initialised")
     report.loaded = len(state) - len(result.unexpected_keys)
     report.missing, report.unused = sorted(missing), list(result.unexpected_keys)

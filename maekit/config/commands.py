@@ -7,9 +7,10 @@ from dataclasses import dataclass
 
 from ..errors import MaekitError
 from .fields import check_finite, check_image_size, check_stats, image_size_value, opt
+from .phases import PHASE_NAMES
 
 
-@dataclass
+@dataclass(frozen=True)
 class CheckpointModelConfig:
     """What ``visualize``, ``extract`` and ``knn`` share: a model restored from a checkpoint.
 
@@ -33,7 +34,7 @@ class CheckpointModelConfig:
     seed: int = opt(0, "random seed (masking, image/subset choice, --random_init weights)")
 
     def __post_init__(self) -> None:
-        self.input_size = image_size_value(self.input_size)
+        object.__setattr__(self, "input_size", image_size_value(self.input_size))
 
     def validate(self) -> None:
         check_finite(self)
@@ -45,7 +46,7 @@ class CheckpointModelConfig:
                 raise MaekitError(f"--{name} must be a positive integer, got {value}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class VisualizeConfig(CheckpointModelConfig):
     images: list[str] = opt([], "image files to reconstruct (or use --data_path)")
     data_path: str | None = opt(
@@ -75,7 +76,7 @@ class VisualizeConfig(CheckpointModelConfig):
             raise MaekitError(f"--scale must be a positive integer, got {self.scale}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class FeatureConfig(CheckpointModelConfig):
     """Encoder features of a dataset: shared by ``extract`` and ``knn``."""
 
@@ -112,7 +113,7 @@ class FeatureConfig(CheckpointModelConfig):
             raise MaekitError(f"--num_workers must be >= 0, got {self.num_workers}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ExtractConfig(FeatureConfig):
     split: str = opt("train", "which split to encode", choices=("train", "val"))
     max_images: int | None = opt(
@@ -130,7 +131,7 @@ class ExtractConfig(FeatureConfig):
             )
 
 
-@dataclass
+@dataclass(frozen=True)
 class KnnConfig(FeatureConfig):
     pool: str = opt(
         "cls", "feature: the cls token or the mean of the patch tokens", choices=("cls", "mean")
@@ -155,7 +156,7 @@ class KnnConfig(FeatureConfig):
                 raise MaekitError(f"--{name} must be positive, got {getattr(self, name)}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class PlotConfig:
     output_dirs: list[str] = opt(
         [], "run folders holding log.txt (several are overlaid)", positional=True
@@ -172,7 +173,7 @@ class PlotConfig:
             raise MaekitError("give at least one run folder: maekit plot OUTPUT_DIR...")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ShardConfig:
     """``maekit shard SRC DST``: an image folder as WebDataset tar shards."""
 
@@ -195,7 +196,7 @@ class ShardConfig:
             )
 
 
-@dataclass
+@dataclass(frozen=True)
 class StatsConfig:
     """``maekit stats``: per-channel mean/std of a dataset, printed as --mean/--std flags."""
 
@@ -220,7 +221,7 @@ class StatsConfig:
             raise MaekitError(f"--num_workers must be >= 0, got {self.num_workers}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class BenchConfig:
     """``maekit bench``: training-step speed on synthetic batches, or the input pipeline."""
 
@@ -228,7 +229,7 @@ class BenchConfig:
     phase: str = opt(
         "pretrain",
         "whose training step to build (its model kind, optimizer, loss)",
-        choices=("pretrain", "finetune", "linprobe"),
+        choices=PHASE_NAMES,
     )
     batch_size: int = opt(64, "images per step")
     input_size: int = opt(224, "image size in pixels (square)")

@@ -17,8 +17,14 @@ def opt(
     flag_aliases: tuple[str, ...] = (),
     positional: bool = False,
     nargs: str | None = None,
+    resumable: bool = False,
 ):
     """A config field with its CLI help text (and optional choices / extra flag names).
+
+    ``resumable``: a rerun may change it and still continue the run in its --output_dir (more
+    --epochs; where and how it runs and reports). Every other field shapes the model, the
+    optimisation or the data the checkpoint was trained with, so a rerun that changes one is
+    refused (:func:`maekit.engine.run.resume_conflicts`).
 
     ``positional``: read from the bare command-line arguments: a list field takes one or more
     (``maekit plot DIR...``), any other field exactly one (``maekit shard SRC DST``).
@@ -30,10 +36,16 @@ def opt(
         "aliases": flag_aliases,
         "positional": positional,
         "nargs": nargs,
+        "resumable": resumable,
     }
     if isinstance(default, list | dict):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
+
+
+def resumable_fields(cls: type) -> frozenset[str]:
+    """The fields of config class ``cls`` a rerun may change (``opt(..., resumable=True)``)."""
+    return frozenset(f.name for f in dataclasses.fields(cls) if f.metadata.get("resumable"))
 
 
 INPUT_SIZE_HELP = "image size in pixels: one number (square) or two (height width)"
@@ -87,7 +99,7 @@ def check_stats(mean, std, in_chans: int | None) -> None:
             raise MaekitError(f"--std values must be positive, got {' '.join(map(str, values))}")
 
 
-def check_finite(cfg) -> None:
+def check_finite(cfg: object) -> None:
     """Every float flag is a finite number: argparse's float() accepts 'nan' and 'inf', and a
     non-finite lr, decay or clip would train to NaN weights (or fail deep inside torch)."""
     for f in dataclasses.fields(cfg):

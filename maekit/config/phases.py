@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import ClassVar
 
 from ..errors import MaekitError
 from .fields import (
@@ -23,13 +24,13 @@ from .fields import (
 )
 
 
-@dataclass
+@dataclass(frozen=True)
 class CommonConfig:
     # --- optimisation ---
     batch_size: int = opt(
         64, "batch size per process (effective = batch_size * accum_iter * world size)"
     )
-    epochs: int = opt(400, "total training epochs")
+    epochs: int = opt(400, "total training epochs", resumable=True)
     accum_iter: int = opt(1, "gradient accumulation steps per optimizer update")
     lr: float | None = opt(None, "absolute learning rate; default blr * effective_batch / 256")
     blr: float = opt(1e-3, "base learning rate, scaled by effective_batch / 256")
@@ -43,6 +44,7 @@ class CommonConfig:
         "auto",
         "mixed precision: auto = bf16 where the device runs it fast, else fp32",
         choices=("auto", "bf16", "fp16", "none"),
+        resumable=True,
     )
     # --- model ---
     model: str = opt("mae_vit_large_patch16", "registered model name (see `maekit models`)")
@@ -61,18 +63,27 @@ class CommonConfig:
         "ImageNet-style folder (train/, val/), a plain image folder, 'fashion-mnist', or tar "
         "shards: a folder/URL with train/shards.json, or a pattern such as "
         "DIR/{split}/shard-{000000..000127}.tar",
+        resumable=True,
     )
     download: bool = opt(
-        False, "fetch Fashion-MNIST with torchvision if it is not found (needs a network)"
+        False,
+        "fetch Fashion-MNIST with torchvision if it is not found (needs a network)",
+        resumable=True,
     )
-    num_workers: int = opt(10, "data-loading worker processes per rank (capped at the CPU count)")
-    pin_mem: bool = opt(True, "pin host memory for faster GPU copies (--no_pin_mem to disable)")
+    num_workers: int = opt(
+        10, "data-loading worker processes per rank (capped at the CPU count)", resumable=True
+    )
+    pin_mem: bool = opt(
+        True, "pin host memory for faster GPU copies (--no_pin_mem to disable)", resumable=True
+    )
     # --- speed (see `maekit bench`) ---
     compile: bool = opt(
-        False, "torch.compile the model for the training step (first steps compile)"
+        False, "torch.compile the model for the training step (first steps compile)", resumable=True
     )
     grad_ckpt: bool = opt(
-        False, "activation checkpointing of the transformer blocks: less memory, ~1/3 more compute"
+        False,
+        "activation checkpointing of the transformer blocks: less memory, ~1/3 more compute",
+        resumable=True,
     )
     # --- distributed training ---
     dist_mode: str = opt(
@@ -80,36 +91,55 @@ class CommonConfig:
         "multi-process training: ddp (replicated weights) or fsdp (FSDP2: "
         "weights, gradients and optimizer state sharded per block; ViT-L/H)",
         choices=("ddp", "fsdp"),
+        resumable=True,
     )
     # --- run ---
-    output_dir: str = opt("./output_dir", "where checkpoints, log.txt and config.json go")
-    log_dir: str | None = opt(None, "TensorBoard directory (default: output_dir)")
-    device: str = opt("auto", "'auto' (cuda if available), 'cuda', 'cuda:N' or 'cpu'")
+    output_dir: str = opt(
+        "./output_dir", "where checkpoints, log.txt and config.json go", resumable=True
+    )
+    log_dir: str | None = opt(None, "TensorBoard directory (default: output_dir)", resumable=True)
+    device: str = opt(
+        "auto", "'auto' (cuda if available), 'cuda', 'cuda:N' or 'cpu'", resumable=True
+    )
     seed: int = opt(0, "random seed (each rank uses seed + rank)")
-    resume: str = opt("", "checkpoint to resume from (model, optimizer, scaler, epoch)")
+    resume: str = opt(
+        "", "checkpoint to resume from (model, optimizer, scaler, epoch)", resumable=True
+    )
     auto_resume: bool = opt(
         True,
         "without --resume, continue from the newest checkpoint in --output_dir that loads "
         "cleanly (--no_auto_resume to always start fresh)",
+        resumable=True,
     )
     keep_last: int | None = opt(
-        None, "keep only the newest K checkpoint-{epoch}.pth files (last and best always kept)"
+        None,
+        "keep only the newest K checkpoint-{epoch}.pth files (last and best always kept)",
+        resumable=True,
     )
     max_nonfinite: int = opt(
-        0, "skip up to N steps whose loss or gradient is not finite (0: stop at the first)"
+        0,
+        "skip up to N steps whose loss or gradient is not finite (0: stop at the first)",
+        resumable=True,
     )
     max_bad_frac: float = opt(
-        0.01, "stop when more than this fraction of an epoch's images cannot be read"
+        0.01,
+        "stop when more than this fraction of an epoch's images cannot be read",
+        resumable=True,
     )
     max_pixels: int = opt(
         120_000_000,
         "skip (and count as unreadable) images with more pixels than this, before decoding them",
+        resumable=True,
     )
-    start_epoch: int = opt(0, "first epoch (overwritten by --resume)")
-    save_freq: int = opt(20, "save checkpoint-{epoch}.pth every N epochs (and at the last epoch)")
-    print_freq: int = opt(20, "log every N steps (the loss is read from the device only then)")
+    start_epoch: int = opt(0, "first epoch (overwritten by --resume)", resumable=True)
+    save_freq: int = opt(
+        20, "save checkpoint-{epoch}.pth every N epochs (and at the last epoch)", resumable=True
+    )
+    print_freq: int = opt(
+        20, "log every N steps (the loss is read from the device only then)", resumable=True
+    )
     max_train_step: int | None = opt(
-        None, "stop each epoch after this many steps (smoke tests, benchmarks)"
+        None, "stop each epoch after this many steps (smoke tests, benchmarks)", resumable=True
     )
     max_train_images: int | None = opt(
         None,
@@ -117,23 +147,32 @@ class CommonConfig:
         "every epoch and run (none: all), e.g. 5000 of fashion-mnist; not for tar shards",
     )
     # --- distributed (torchrun's environment takes precedence; kept for compatibility) ---
-    world_size: int = opt(1, "number of processes (set by torchrun)")
-    local_rank: int = opt(-1, "local rank (set by torchrun)")
-    dist_url: str = opt("env://", "rendezvous URL (torchrun sets the environment instead)")
+    world_size: int = opt(1, "number of processes (set by torchrun)", resumable=True)
+    local_rank: int = opt(-1, "local rank (set by torchrun)", resumable=True)
+    dist_url: str = opt(
+        "env://", "rendezvous URL (torchrun sets the environment instead)", resumable=True
+    )
     dist_on_itp: bool = opt(
-        False, "accepted for compatibility with the official script; torchrun's environment is used"
+        False,
+        "accepted for compatibility with the official script; torchrun's environment is used",
+        resumable=True,
     )
     # --- Weights & Biases (optional: pip install maekit[wandb]) ---
     log_wandb: bool = opt(
-        False, "also log the scalars and images to Weights & Biases (WANDB_MODE=offline works)"
+        False,
+        "also log the scalars and images to Weights & Biases (WANDB_MODE=offline works)",
+        resumable=True,
     )
-    wandb_project: str = opt("maekit", "Weights & Biases project (with --log_wandb)")
+    wandb_project: str = opt(
+        "maekit", "Weights & Biases project (with --log_wandb)", resumable=True
+    )
     wandb_name: str | None = opt(
-        None, "Weights & Biases run name (default: the output folder's name)"
+        None, "Weights & Biases run name (default: the output folder's name)", resumable=True
     )
 
     def __post_init__(self) -> None:
-        self.input_size = image_size_value(self.input_size)
+        # frozen: the one normalisation a config makes of its own value
+        object.__setattr__(self, "input_size", image_size_value(self.input_size))
 
     def validate(self) -> None:
         """Raise MaekitError naming the bad value and the fix."""
@@ -204,13 +243,17 @@ class CommonConfig:
         return dataclasses.asdict(self)
 
 
-@dataclass
+@dataclass(frozen=True)
 class PretrainConfig(CommonConfig):
+    command: ClassVar[str] = "pretrain"  # the phase's name: its CLI command and --phase choice
+    summary: ClassVar[str] = "MAE pre-training (official recipe)"
+
     init: str = opt(
         "",
         "start from these weights at epoch 0 with a fresh optimizer and schedule: any checkpoint "
         "maekit reads (official .pth, encoder-only .pth, PLSC .pd/.pdparams, maekit, safetensors, "
         "a Hugging Face folder); channels and position tables are adapted to this run",
+        resumable=True,
     )
     mask_ratio: float = opt(0.75, "fraction of patches removed, in (0, 1)")
     norm_pix_loss: bool = opt(
@@ -219,26 +262,36 @@ class PretrainConfig(CommonConfig):
 
     # k-NN monitoring of the encoder while pre-training (needs labels; an addition)
     knn_eval_freq: int = opt(
-        0, "every N epochs (and at the last) log the k-NN top-1/top-5 of the encoder (0 = off)"
+        0,
+        "every N epochs (and at the last) log the k-NN top-1/top-5 of the encoder (0 = off)",
+        resumable=True,
     )
     knn_max_bank: int | None = opt(
-        None, "k-NN bank: a fixed random subset of this many training images (none: all)"
+        None,
+        "k-NN bank: a fixed random subset of this many training images (none: all)",
+        resumable=True,
     )
     knn_max_query: int | None = opt(
-        None, "k-NN queries: a fixed random subset of this many val images (none: all)"
+        None,
+        "k-NN queries: a fixed random subset of this many val images (none: all)",
+        resumable=True,
     )
     knn_pool: str = opt(
         "cls",
         "k-NN feature: the cls token or the mean of the patch tokens",
         choices=("cls", "mean"),
+        resumable=True,
     )
     gpu_decode: bool = opt(
-        False, "decode JPEGs and crop/flip on the GPU (nvJPEG): image folders on CUDA only"
+        False,
+        "decode JPEGs and crop/flip on the GPU (nvJPEG): image folders on CUDA only",
+        resumable=True,
     )
     knn_baseline: bool = opt(
         False,
         "with --knn_eval_freq: also k-NN the initial (random) weights on the same subsets "
         "before training, and print both top-1s at the end",
+        resumable=True,
     )
 
     # Watching the reconstruction (label-free; an addition)
@@ -246,6 +299,7 @@ class PretrainConfig(CommonConfig):
         1,
         "every N epochs (and at the last) log val_loss: the reconstruction loss of held-out "
         "images under a fixed mask (0 = off, nothing held out)",
+        resumable=True,
     )
     val_frac: float | None = opt(
         None,
@@ -253,12 +307,15 @@ class PretrainConfig(CommonConfig):
         "choice) for val_loss and the grids, in (0, 0.5] (none: no hold-out, the official data)",
     )
     val_max_images: int | None = opt(
-        1000, "val_loss on a fixed subset of this many validation images (none: all)"
+        1000,
+        "val_loss on a fixed subset of this many validation images (none: all)",
+        resumable=True,
     )
     vis_freq: int = opt(
         20,
         "every N epochs (and at the last) save reconstruction-{epoch}.png of fixed validation "
         "images and log it to TensorBoard (0 = off)",
+        resumable=True,
     )
     vis_images: int = opt(8, "rows of the reconstruction grid")
 
@@ -306,12 +363,14 @@ class PretrainConfig(CommonConfig):
                 raise MaekitError(f"--{name} must be positive, got {getattr(self, name)}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class SupervisedConfig(CommonConfig):
     """Fields shared by fine-tuning and linear probing (labels, evaluation, pre-trained init)."""
 
     model: str = opt("vit_large_patch16", "registered encoder name (see `maekit models`)")
-    finetune: str = opt("", "pre-training checkpoint to initialise the encoder from")
+    finetune: str = opt(
+        "", "pre-training checkpoint to initialise the encoder from", resumable=True
+    )
     # None: the value saved in the --finetune (or --resume) checkpoint, else the default
     input_size: int | list[int] | None = opt(
         None,
@@ -330,9 +389,13 @@ class SupervisedConfig(CommonConfig):
     )
     global_pool: bool = opt(False, "classify the mean of the patch tokens (fc_norm -> head)")
     cls_token: bool = opt(False, "classify the cls token (norm -> cls -> head)")
-    dist_eval: bool = opt(False, "shard evaluation across processes (exact: no padded samples)")
+    dist_eval: bool = opt(
+        False, "shard evaluation across processes (exact: no padded samples)", resumable=True
+    )
     eval: bool = opt(
-        False, "only evaluate the checkpoint given by --resume (or --finetune) on val/"
+        False,
+        "only evaluate the checkpoint given by --resume (or --finetune) on val/",
+        resumable=True,
     )
     crop_min: float = opt(
         0.08, "smallest RandomResizedCrop area fraction (official: 0.08; addition)"
@@ -369,9 +432,12 @@ class SupervisedConfig(CommonConfig):
             raise MaekitError(f"--nb_classes must be positive, got {self.nb_classes}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class FinetuneConfig(SupervisedConfig):
-    epochs: int = opt(50, "total training epochs")
+    command: ClassVar[str] = "finetune"
+    summary: ClassVar[str] = "end-to-end fine-tuning (official recipe)"
+
+    epochs: int = opt(50, "total training epochs", resumable=True)
     warmup_epochs: float = opt(5, "epochs of linear lr warm-up")
     min_lr: float = opt(1e-6, "lower lr bound of the cosine schedule")
     layer_decay: float = opt(
@@ -419,14 +485,23 @@ class FinetuneConfig(SupervisedConfig):
         return self.mixup > 0 or self.cutmix > 0 or self.cutmix_minmax is not None
 
 
-@dataclass
+@dataclass(frozen=True)
 class LinprobeConfig(SupervisedConfig):
+    command: ClassVar[str] = "linprobe"
+    summary: ClassVar[str] = "linear probing of a frozen encoder (official recipe)"
+
     batch_size: int = opt(
         512, "batch size per process (effective = batch_size * accum_iter * world size)"
     )
-    epochs: int = opt(90, "total training epochs")
+    epochs: int = opt(90, "total training epochs", resumable=True)
     blr: float = opt(0.1, "base learning rate, scaled by effective_batch / 256")
     weight_decay: float = opt(0.0, "LARS weight decay (weight matrices only)")
     warmup_epochs: float = opt(10, "epochs of linear lr warm-up")
 
     default_global_pool = False
+
+
+# The phases, in CLI order: the one list of them (maekit/phases builds its table from it, with
+# each phase's recipe in maekit/phases/<command>.py).
+PHASE_CONFIGS: tuple[type[CommonConfig], ...] = (PretrainConfig, FinetuneConfig, LinprobeConfig)
+PHASE_NAMES: tuple[str, ...] = tuple(c.command for c in PHASE_CONFIGS)

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from ..checkpoint.rundir import LAST, remove_stale_temp_files
+from ..config import CommonConfig
 from ..errors import MaekitError
 from . import rng
 from .distributed import barrier
@@ -21,7 +22,7 @@ Monitor = Callable[[int], dict[str, float]]  # epoch -> extra log entries (val_l
 
 
 def fit(
-    cfg,
+    cfg: CommonConfig,
     ctx,
     trainer: Trainer,
     loader: torch.utils.data.DataLoader,
@@ -106,7 +107,7 @@ def fit(
     return history
 
 
-def _has_epochs_left(cfg, point, is_main: bool) -> bool:
+def _has_epochs_left(cfg: CommonConfig, point, is_main: bool) -> bool:
     """False (said once) when an auto-resumed run is already done; an explicit start past
     --epochs is an error."""
     if point.epoch < cfg.epochs:

@@ -1,7 +1,7 @@
 """Sharded data parallelism (``--dist_mode fsdp``): PyTorch's FSDP2 ``fully_shard``.
 
-Each transformer block (every entry of an ``nn.ModuleList``: timm ``Block``s, the MAE decoder
-blocks, ConvMAE's conv blocks) becomes one FSDP unit and the model root a last one, so a
+Each block the model's family names (timm ``Block``s, the MAE decoder blocks, ConvMAE's conv
+blocks: :attr:`maekit.models.family.Family.units`) becomes one FSDP unit and the model root a last one, so a
 process keeps only 1/world of the parameters, gradients and AdamW state; a block's full
 parameters exist only while it runs (all-gathered before, freed after). Mixed precision follows
 ``--amp``: bf16/fp16 parameters for compute, fp32 gradient reduction, fp32 master weights.
@@ -26,6 +26,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from ..errors import MaekitError
+from ..models.family import family_of
 from .distributed import DistEnv, wrap_ddp
 from .precision import Precision
 
@@ -44,21 +45,9 @@ def _fsdp():
 
 
 def fsdp_units(model: nn.Module) -> list[nn.Module]:
-    """The modules that become FSDP units: the blocks, i.e. the entries of every
-    ``nn.ModuleList`` / ``nn.Sequential`` whose entries are all of one class with sub-modules
-    and parameters (our MAE/ConvMAE ``ModuleList``s, timm ViT's ``Sequential``; not a head like
-    ``Sequential(BatchNorm1d, Linear)``)."""
-    units = []
-    for m in model.modules():
-        if not isinstance(m, (nn.ModuleList, nn.Sequential)) or len(m) == 0:
-            continue
-        entries = list(m)
-        one_class = len({type(e) for e in entries}) == 1
-        if one_class and all(
-            any(True for _ in e.children()) and any(True for _ in e.parameters()) for e in entries
-        ):
-            units.extend(entries)
-    return units
+    """The modules that become FSDP units: the blocks its family names (encoder, decoder and,
+    for ConvMAE, the conv stages' blocks; maekit/models/family.py), never a head."""
+    return family_of(model).units(model)
 
 
 def is_fsdp(model: nn.Module) -> bool:

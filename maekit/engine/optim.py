@@ -7,6 +7,8 @@ from collections.abc import Callable, Iterable
 import torch
 import torch.nn as nn
 
+from ..models.family import family_of
+
 
 def weight_decay_groups(
     model: nn.Module, weight_decay: float, skip: Iterable[str] = ()
@@ -44,42 +46,13 @@ def build_adamw(
     return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused or None)
 
 
-def vit_layer_id(name: str, num_layers: int) -> int:
-    """Official ViT layer ids: 0 for cls/pos/patch embed, i+1 for blocks.i, num_layers for the rest."""
-    if name in ("cls_token", "pos_embed") or name.startswith("patch_embed"):
-        return 0
-    if name.startswith("blocks."):
-        return int(name.split(".")[1]) + 1
-    return num_layers
-
-
-def convvit_layer_id(name: str, num_layers: int) -> int:
-    """Official ConvMAE layer ids: the whole conv part (patch embeds 1-4, pos_embed, stage-1/2
-    conv blocks) is layer 0; blocks3.i is i+1; the rest (fc_norm, head) num_layers."""
-    if name == "pos_embed" or name.startswith(("patch_embed", "blocks1.", "blocks2.")):
-        return 0
-    if name.startswith("blocks3."):
-        return int(name.split(".")[1]) + 1
-    return num_layers
-
-
-def convvit_layer_id_plsc(name: str, num_layers: int) -> int:
-    """PLSC's ConvViT variant: blocks1.i and blocks2.i get id i+1 (like blocks3.i), not 0."""
-    if name.startswith(("blocks1.", "blocks2.")):
-        return int(name.split(".")[1]) + 1
-    return convvit_layer_id(name, num_layers)
-
-
 LayerRule = tuple[Callable[[str, int], int], int]
 
 
-def layer_rule(model: nn.Module, convvit_rule: str = "official") -> LayerRule:
-    """(layer-id function, num_layers) for ``model``: a ConvViT (it has ``blocks3``) counts its
-    transformer stage only, a ViT its ``blocks``; ``convvit_rule`` 'official' or 'plsc'."""
-    if hasattr(model, "blocks3"):
-        rule = convvit_layer_id_plsc if convvit_rule == "plsc" else convvit_layer_id
-        return rule, len(model.blocks3) + 1
-    return vit_layer_id, len(model.blocks) + 1
+def layer_rule(model: nn.Module, rule: str = "official") -> LayerRule:
+    """(layer-id function, num_layers) for ``model``: its family's rule (``rule`` names one
+    where a family has several: ConvViT's 'official' or 'plsc'; see maekit/models/family.py)."""
+    return family_of(model).layer_rule(model, rule)
 
 
 def layer_decay_groups(

@@ -10,12 +10,13 @@ and ``maekit bench`` builds its measured step from the same recipes.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
+from ..config import CommonConfig
 from .distributed import DistEnv
 from .precision import Precision
 from .progress import RunRecorder
@@ -42,27 +43,60 @@ class RunContext:
     start: tuple[str, dict | None] | None = None
 
 
+@dataclass
+class Monitors:
+    """What a recipe watches each epoch: callables ``epoch -> {metric: value}`` (val_loss,
+    k-NN), plus whatever its closing lines need (a recipe subclasses this, typed)."""
+
+    each: list[Callable[[int], dict]] = field(default_factory=list)
+
+
 class Recipe:
-    """Base of the phases' recipes; ``cfg`` is the phase's config. The runner calls, in order:
-    (validation of the flags), :meth:`resolve`, :meth:`check_data`, :meth:`build_model`, (run folder),
-    :meth:`train_loader`, :meth:`data_lines`, (parallelize), :meth:`build_optimizer`,
-    :meth:`build_loss`, :meth:`evaluator`, :meth:`monitors`, (the epochs), :meth:`finish`."""
+    """Base of the phases' recipes. The runner calls, in order: (validation of the flags),
+    :meth:`setup` (the resolved config and the data: the recipe's state, built once),
+    :meth:`build_model`, (run folder), :meth:`train_loader`, :meth:`data_lines`, (parallelize),
+    :meth:`build_optimizer`, :meth:`build_loss`, :meth:`evaluator`, :meth:`monitors`, (the
+    epochs), :meth:`finish`.
+
+    ``cfg`` is frozen: :meth:`resolve` returns the resolved copy (``dataclasses.replace``),
+    which :meth:`setup` keeps; nothing changes it afterwards.
+    """
 
     eval_only = False  # True: evaluate once (:meth:`evaluate_only`) instead of training
+    optimizer_kind = "adamw"  # bench: AdamW has a fused and a plain implementation; LARS one
 
-    def __init__(self, cfg) -> None:
+    def __init__(self, cfg: CommonConfig, data: object | None = None) -> None:
         self.cfg = cfg
+        self.data = data  # the phase's typed data (datasets, class count), from setup()
         self.notes: list[str] = []  # lines printed once the run starts (what was inferred)
 
-    def resolve(self) -> None:
-        """Fill the settings the phase derives (statistics, inputs read from a checkpoint) after
-        the flags are validated; check what it fills in."""
+    @classmethod
+    def bench_data(cls, nb_classes: int) -> object | None:
+        """The data ``maekit bench`` gives the recipe: no dataset, synthetic labels."""
+        return None
 
-    def check_data(self) -> None:
-        """Open the datasets, failing on bad input before any process group or output exists."""
+    def setup(self) -> None:
+        """Resolve the config and open the data: the recipe's whole state, in one place,
+        failing on bad input before any process group or output exists."""
+        self.cfg, notes = self.resolve(self.cfg)
+        self.notes += notes
+        self.data = self.load_data(self.cfg)
+
+    def resolve(self, cfg: CommonConfig) -> tuple[CommonConfig, list[str]]:
+        """The config with what the phase derives filled in (statistics, inputs read from a
+        checkpoint), checked; and lines that say what was inferred."""
+        return cfg, []
+
+    def load_data(self, cfg: CommonConfig) -> object | None:
+        """The datasets (checked: labels, class count) as the phase's typed data."""
+        return None
 
     def build_model(self) -> torch.nn.Module:
         """The plain model with its initial weights (the global RNG is seeded by --seed)."""
+        raise NotImplementedError
+
+    def train_transform(self) -> Callable:
+        """The training transform (``maekit bench --pipeline`` measures it too)."""
         raise NotImplementedError
 
     def train_loader(self, ctx: RunContext):
@@ -83,12 +117,12 @@ class Recipe:
         """Labeled evaluation each epoch (acc1/acc5/loss; best checkpoint kept), if any."""
         return None
 
-    def monitors(self, ctx: RunContext, model: ParallelModel) -> list[Callable[[int], dict]]:
+    def monitors(self, ctx: RunContext, model: ParallelModel) -> Monitors:
         """Extra per-epoch log entries (val_loss, k-NN)."""
-        return []
+        return Monitors()
 
     def evaluate_only(self, ctx: RunContext, model: torch.nn.Module) -> list[dict]:
         raise NotImplementedError
 
-    def finish(self, history: list[dict]) -> None:
+    def finish(self, history: list[dict], monitors: Monitors) -> None:
         """The closing lines (main process)."""

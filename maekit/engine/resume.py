@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoint.rundir import BEST, LAST, find_resume_checkpoint, prune_checkpoints
+from ..config import CommonConfig
 from ..errors import MaekitError
 from ..files import atomic_copy
 from . import rng
@@ -23,7 +24,7 @@ from .train_state import nonfinite_entries, resume_from, save_checkpoint
 from .trainer import EpochState, NonFiniteLossError, Trainer
 
 
-def find_start(cfg, env: DistEnv) -> tuple[str, dict | None]:
+def find_start(cfg: CommonConfig, env: DistEnv) -> tuple[str, dict | None]:
     """The checkpoint to resume from: --resume, else (--auto_resume) the newest valid one in
     --output_dir. Returns (path or '', its contents if already read)."""
     if cfg.resume:
@@ -55,7 +56,7 @@ class StartPoint:
     path: str = ""  # the checkpoint resumed from ('' for a fresh start)
 
 
-def restore(cfg, start: tuple[str, dict | None], trainer: Trainer) -> StartPoint:
+def restore(cfg: CommonConfig, start: tuple[str, dict | None], trainer: Trainer) -> StartPoint:
     """Load the checkpoint ``start`` names (if any) into the trainer's model, optimizer and
     scaler, and return where to go on: the epoch, the step in it, the random streams (same
     world size only), the best accuracy and the skipped-step count."""
@@ -101,7 +102,9 @@ class Saver:
     checkpoint-{epoch}.pth every --save_freq epochs pruned to --keep_last, checkpoint-best.pth
     on a new best top-1. Never a non-finite state: :meth:`check_finite` comes first."""
 
-    def __init__(self, cfg, output_dir: Path, trainer: Trainer, track_best: bool) -> None:
+    def __init__(
+        self, cfg: CommonConfig, output_dir: Path, trainer: Trainer, track_best: bool
+    ) -> None:
         self.cfg, self.output_dir, self.trainer, self.track_best = (
             cfg,
             output_dir,

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from ..config import CommonConfig
+from ..config.fields import resumable_fields
 from ..data.seeding import seed_all
 from ..data.workers import loader_workers
 from ..errors import MaekitError
@@ -46,30 +48,17 @@ def check_output_dir(path: str) -> Path:
     return out
 
 
-# Flags a rerun may change and still continue the run in --output_dir: more --epochs, where and
-# how it runs, how it reports. Every other flag shapes the model, the optimisation or the data
-# the checkpoint was trained with; a rerun that changes one is refused (see resume_conflicts).
-RESUMABLE_CHANGES = frozenset({
-    "epochs", "output_dir", "log_dir", "device", "num_workers", "pin_mem", "compile", "grad_ckpt",
-    "dist_mode", "amp", "resume", "auto_resume", "keep_last", "max_nonfinite", "max_bad_frac",
-    "max_pixels", "start_epoch", "save_freq", "print_freq", "max_train_step", "world_size",
-    "local_rank", "dist_url", "dist_on_itp", "data_path", "gpu_decode", "knn_eval_freq",
-    "knn_max_bank", "knn_max_query", "knn_pool", "finetune", "dist_eval", "eval", "config",
-    "print_config", "knn_baseline", "val_freq", "val_max_images", "vis_freq", "log_wandb",
-    "wandb_project", "wandb_name", "download", "init",
-})  # fmt: skip
-
-
-def resume_conflicts(now: dict, saved: object) -> list[str]:
+def resume_conflicts(now: dict, saved: object, resumable: frozenset[str]) -> list[str]:
     """``--flag saved -> now`` for each training flag that differs from the checkpoint's args.
 
-    Only flags present in both are compared (older checkpoints lack newer flags); flags in
-    :data:`RESUMABLE_CHANGES` may differ."""
+    Only flags present in both are compared (older checkpoints lack newer flags); the
+    ``resumable`` ones (each config field says: :func:`maekit.config.fields.resumable_fields`)
+    may differ."""
     if not isinstance(saved, dict):
         return []
     out = []
     for k, v in now.items():
-        if k in RESUMABLE_CHANGES or k not in saved:
+        if k in resumable or k not in saved:
             continue
         old = saved[k]
         if isinstance(old, tuple):
@@ -94,9 +83,10 @@ def _agree(env: DistEnv, error: MaekitError | None) -> None:
         raise error
 
 
-def prepare_run(cfg) -> RunContext:
+def prepare_run(cfg: CommonConfig, resumes: bool = True) -> RunContext:
     """Processes, device, the lr, seed (+rank), precision, output folder (locked for this run),
-    the checkpoint to resume from, and config.json. ``cfg`` is validated already."""
+    the checkpoint to resume from (unless not ``resumes``: an evaluation), and config.json.
+    ``cfg`` is validated and resolved already."""
     env = init_distributed(cfg.device)
     lr, eff = absolute_lr(cfg, env.world_size)
     if cfg.min_lr > lr:
@@ -113,11 +103,12 @@ def prepare_run(cfg) -> RunContext:
             error = e
     _agree(env, error)
     start = None
-    if not getattr(cfg, "eval", False):  # --eval (fine-tune, linear probe) resumes nothing
+    if resumes:
         start = find_start(cfg, env)
         error = None
         if start[0] and not cfg.resume:  # auto-resume: the same run, so the same recipe
-            clash = resume_conflicts(cfg.to_dict(), (start[1] or {}).get("args"))
+            saved = (start[1] or {}).get("args")
+            clash = resume_conflicts(cfg.to_dict(), saved, resumable_fields(type(cfg)))
             if clash:
                 error = MaekitError(
                     f"--output_dir {out} holds a run with other settings than these flags "
@@ -157,17 +148,16 @@ def prepare_run(cfg) -> RunContext:
     return RunContext(env, precision, recorder, out, workers, pin, lr, eff, start)
 
 
-def run(cfg, recipe: Recipe) -> list[dict]:
+def run(recipe: Recipe) -> list[dict]:
     """Train (or, with --eval, evaluate) as ``recipe`` says; returns the per-epoch log records."""
-    cfg.validate()  # the flags as given; the one validation of the run
-    recipe.resolve()  # settings the phase derives (statistics, inputs from a checkpoint)
-    # Everything that can fail on user input, before any process group or output exists.
-    recipe.check_data()
-    seed_all(
-        cfg.seed, accelerators=True
-    )  # the initial weights follow --seed (DDP then broadcasts rank 0's)
+    recipe.cfg.validate()  # the flags as given; the one validation of the run
+    # The resolved config and the data: everything that can fail on user input, before any
+    # process group or output exists. From here on ``cfg`` is this one frozen value.
+    recipe.setup()
+    cfg = recipe.cfg
+    seed_all(cfg.seed, accelerators=True)  # the initial weights follow --seed (DDP: rank 0's)
     model = recipe.build_model()
-    ctx = prepare_run(cfg)
+    ctx = prepare_run(cfg, resumes=not recipe.eval_only)
     env = ctx.env
     try:
         if env.is_main:
@@ -203,9 +193,9 @@ def run(cfg, recipe: Recipe) -> list[dict]:
         )
         evaluate_fn = recipe.evaluator(ctx, pm)
         monitors = recipe.monitors(ctx, pm)
-        history = fit(cfg, ctx, trainer, loader, evaluate_fn, monitors)
+        history = fit(cfg, ctx, trainer, loader, evaluate_fn, monitors.each)
         if env.is_main:
-            recipe.finish(history)
+            recipe.finish(history, monitors)
         return history
     finally:
         shutdown()

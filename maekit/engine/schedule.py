@@ -6,13 +6,15 @@ import math
 
 import torch
 
+from ..config import CommonConfig
+
 
 def scaled_lr(blr: float, effective_batch: int) -> float:
     """Linear scaling rule: lr = blr * effective_batch / 256."""
     return blr * effective_batch / 256
 
 
-def absolute_lr(cfg, world_size: int) -> tuple[float, int]:
+def absolute_lr(cfg: CommonConfig, world_size: int) -> tuple[float, int]:
     """(absolute lr, effective batch): --lr if given, else --blr x effective batch / 256."""
     eff = cfg.batch_size * cfg.accum_iter * world_size
     return (cfg.lr if cfg.lr is not None else scaled_lr(cfg.blr, eff)), eff

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..config import CommonConfig
 from ..data.robust import TooManyBadImages
 from ..errors import MaekitError
 from .distributed import DistEnv, all_reduce_sum
@@ -54,7 +55,7 @@ class LoopSettings:
     max_bad_frac: float = 0.01  # stop when a larger fraction of an epoch's images is unreadable
 
     @classmethod
-    def from_config(cls, cfg, lr: float) -> LoopSettings:
+    def from_config(cls, cfg: CommonConfig, lr: float) -> LoopSettings:
         """A phase config's loop flags, with the absolute ``lr`` the run resolved."""
         return cls(
             lr=lr,

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..config import CommonConfig
 from ..errors import MaekitError
 
 
-def start_wandb(cfg, output_dir: Path):
+def start_wandb(cfg: CommonConfig, output_dir: Path):
     """A wandb Run for rank 0 with the config attached and the x axes defined, or None
     without --log_wandb."""
     if not getattr(cfg, "log_wandb", False):

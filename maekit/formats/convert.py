@@ -6,8 +6,8 @@ from pathlib import Path
 
 from ..errors import MaekitError
 from ..files import atomic_save, save_safetensors
+from .export import export_timm
 from .loader import read_file
-from .timm_names import timm_create_call, to_timm
 
 TARGETS = ("maekit", "timm", "safetensors", "hf")
 
@@ -54,12 +54,13 @@ def convert(
         arch = config["architectures"][0]
         lines.append(f"load it with: transformers.{arch}.from_pretrained({str(dst)!r})")
     else:
-        state, notes, pool = to_timm(state, global_pool)
+        args = ckpt.extras.get("args") if isinstance(ckpt.extras.get("args"), dict) else {}
+        state, notes, call = export_timm(state, global_pool, args)
         lines += notes
         if dst.suffix == ".safetensors":
             save_safetensors(state, dst, {"format": "pt"})
         else:
             atomic_save(state, dst)
-        lines.append(f"load it with: {timm_create_call(state, pool)}")
+        lines.append(f"load it with: {call}")
     lines.append(f"wrote {dst} ({to}, {len(state)} tensors)")
     return lines

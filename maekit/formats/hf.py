@@ -31,6 +31,7 @@ import torch
 
 from ..errors import MaekitError
 from ..files import atomic_write
+from .export import exporting_family
 
 CONFIG = "config.json"
 PREPROCESSOR = "preprocessor_config.json"
@@ -186,7 +187,7 @@ def _image_size(value) -> int | list[int]:
 
 def matching_model(kind: str, sizes: dict) -> str | None:
     """The registered model whose size-table row has these sizes (patch size may differ)."""
-    from ..models import get_entry, list_models
+    from ..models.registry import get_entry, list_models
 
     for name in list_models(kind):
         d = get_entry(name).defaults
@@ -299,7 +300,7 @@ def _args_from(state: dict, config: dict | None, arch: str) -> dict:
 def _heads(dim: int, args: dict, field: str, hf_field: str) -> int:
     """Attention heads are not in the weights: the saved HF config, the model's size-table row,
     or the standard count for this width."""
-    from ..models import get_entry, list_models
+    from ..models.registry import get_entry, list_models
 
     hf = args.get("hf_config") or {}
     hf_width = "hidden_size" if field == "num_heads" else "decoder_hidden_size"
@@ -324,15 +325,12 @@ def _heads(dim: int, args: dict, field: str, hf_field: str) -> int:
     )
 
 
-def hf_architecture_of(state: dict) -> str:
-    """Which HF class our state dict becomes; refuses what HF has no class for."""
-    if any(k.startswith(("blocks3.", "patch_embed4.")) for k in state):
-        raise MaekitError(
-            "this is a ConvMAE checkpoint and transformers has no ConvMAE model; "
-            "convert it --to maekit or --to safetensors instead"
-        )
-    if "patch_embed.proj.weight" not in state or "pos_embed" not in state:
-        raise MaekitError("not a ViT/MAE state dict (no patch_embed.proj.weight or pos_embed)")
+def hf_architecture_of(state: dict, args: dict | None = None) -> str:
+    """Which HF class our state dict becomes; refuses what HF has no class for (the family says:
+    maekit/models/family.py)."""
+    layout = exporting_family(state, args, "hf").exports.hf
+    if layout != "vit":
+        raise MaekitError(f"no Hugging Face writer for the {layout!r} layout")
     if "decoder_pred.weight" in state:
         return "ViTMAEForPreTraining"
     if "head.weight" in state or "head.1.weight" in state:
@@ -350,13 +348,13 @@ def maekit_to_hf(
     state: dict[str, torch.Tensor], args: dict | None
 ) -> tuple[dict[str, torch.Tensor], dict, dict | None, list[str]]:
     """Our state dict -> (HF state, config.json, preprocessor_config.json or None, notes)."""
-    from .timm_names import LINPROBE_BN_EPS, _fold_linprobe_head
+    from ..models.probe_head import LINPROBE_BN_EPS, fold_linprobe_head
 
     args = dict(args or {})
     notes = []
-    arch = hf_architecture_of(state)
+    arch = hf_architecture_of(state, args)
     if "head.0.running_mean" in state:
-        state = _fold_linprobe_head(state)
+        state = fold_linprobe_head(state)
         state.pop("head.0.num_batches_tracked", None)
         notes.append(
             f"folded the linear-probe BatchNorm (eps {LINPROBE_BN_EPS:g}) into the classifier"

@@ -17,21 +17,14 @@ from functools import partial
 
 import torch
 import torch.nn as nn
-from timm.models.vision_transformer import Block
 
 from .convvit import ConvViTBackbone, _nchw, _nhwc
-from .loss import masked_patch_mse
-from .mae import _init_linear_and_norm
-from .masking import draw_mask, patchify, unpatchify
+from .decoder import MaskedDecoder, gather_tokens, init_linear_and_norm
+from .masking import draw_mask
 from .pos_embed import sincos_2d
 
 
-def _gather_tokens(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """(N, L, D) at (N, K) indices -> (N, K, D)."""
-    return torch.gather(x, 1, ids.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-
-
-class MaskedAutoencoderConvViT(ConvViTBackbone):
+class MaskedAutoencoderConvViT(MaskedDecoder, ConvViTBackbone):
     def __init__(
         self,
         img_size: int | tuple[int, int] = 224,
@@ -59,24 +52,10 @@ class MaskedAutoencoderConvViT(ConvViTBackbone):
         self.pos_embed = nn.Parameter(torch.zeros(1, L, d3), requires_grad=False)
         self.norm = norm_layer(d3)
 
-        # --- decoder (MAE's, without a cls token) ---
-        self.decoder_embed = nn.Linear(d3, decoder_embed_dim, bias=True)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
-        self.decoder_pos_embed = nn.Parameter(
-            torch.zeros(1, L, decoder_embed_dim), requires_grad=False
+        # --- decoder (MAE's, without a cls token: decoder.py) ---
+        self.build_decoder(
+            d3, decoder_embed_dim, decoder_depth, decoder_num_heads, mlp_ratio, prefix=0
         )
-        self.decoder_blocks = nn.ModuleList(
-            Block(
-                decoder_embed_dim,
-                decoder_num_heads,
-                mlp_ratio,
-                qkv_bias=True,
-                norm_layer=norm_layer,
-            )
-            for _ in range(decoder_depth)
-        )
-        self.decoder_norm = norm_layer(decoder_embed_dim)
-        self.decoder_pred = nn.Linear(decoder_embed_dim, patch_size**2 * in_chans, bias=True)
 
         self.initialize_weights()
 
@@ -84,24 +63,13 @@ class MaskedAutoencoderConvViT(ConvViTBackbone):
     def initialize_weights(self) -> None:
         """Official init: sin-cos tables, xavier on every Linear, LayerNorm 1/0, convs torch's."""
         self.pos_embed.copy_(sincos_2d(self.pos_embed.shape[-1], self.grid_size)[None])
-        self.decoder_pos_embed.copy_(
-            sincos_2d(self.decoder_pos_embed.shape[-1], self.grid_size)[None]
-        )
+        self.init_decoder_tables()
         # The official treats the *stage-3* patch-embed conv like a Linear (xavier on its
         # matrix view); the other convs keep torch's default init.
         w = self.patch_embed3.proj.weight
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         nn.init.normal_(self.mask_token, std=0.02)
-        self.apply(_init_linear_and_norm)  # xavier_uniform Linear, zero bias; LayerNorm 1/0
-
-    # --- pure helpers bound to this model's geometry ---
-    def patchify(self, imgs: torch.Tensor) -> torch.Tensor:
-        """(N, C, H, W) -> (N, L, P*P*C), P = the overall stride."""
-        return patchify(imgs, self.patch_size)
-
-    def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, L, P*P*C) -> (N, C, H, W)."""
-        return unpatchify(x, self.patch_size, self.grid_size, self.in_chans)
+        self.apply(init_linear_and_norm)  # xavier_uniform Linear, zero bias; LayerNorm 1/0
 
     # --- forward pieces ---
     def forward_encoder(
@@ -113,37 +81,19 @@ class MaskedAutoencoderConvViT(ConvViTBackbone):
         # multi-scale features on the token grid, (N, L, D3) each
         stage1 = _nhwc(self.stage1_output_decode(_nchw(stage1))).flatten(1, 2)
         stage2 = _nhwc(self.stage2_output_decode(_nchw(stage2))).flatten(1, 2)
-        x = _gather_tokens(x + self.pos_embed, ids_keep)  # (N, K, D3): visible tokens only
+        x = gather_tokens(x + self.pos_embed, ids_keep)  # (N, K, D3): visible tokens only
         for blk in self.blocks3:
             x = self.run_block(blk, x)
-        x = x + _gather_tokens(stage1, ids_keep) + _gather_tokens(stage2, ids_keep)
+        x = x + gather_tokens(stage1, ids_keep) + gather_tokens(stage2, ids_keep)
         return self.norm(x), mask, ids_restore
 
-    def forward_decoder(self, x: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
-        x = self.decoder_embed(x)  # (N, K, Dd)
-        n, length = ids_restore.shape
-        mask_tokens = self.mask_token.expand(n, length - x.shape[1], -1)
-        x = torch.cat([x, mask_tokens], dim=1)  # (N, L, Dd), shuffled order
-        x = _gather_tokens(x, ids_restore)  # unshuffle
-        x = x + self.decoder_pos_embed
-        for blk in self.decoder_blocks:
+    def forward_features(self, imgs: torch.Tensor) -> torch.Tensor:
+        """The encoder on every token, in grid order, no masking: (N, L, D3) after the norm
+        (k-NN, features). The same computation as :meth:`forward_encoder` with nothing masked."""
+        x, stage1, stage2 = self.forward_stages(imgs)  # (N, L, D3)
+        x = x + self.pos_embed
+        for blk in self.blocks3:
             x = self.run_block(blk, x)
-        return self.decoder_pred(self.decoder_norm(x))  # (N, L, P*P*C)
-
-    def forward_loss(
-        self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor
-    ) -> torch.Tensor:
-        """Mean squared error per patch, averaged over removed patches only."""
-        return masked_patch_mse(self.patchify(imgs), pred, mask, self.norm_pix_loss)
-
-    def forward(
-        self, imgs: torch.Tensor, mask_ratio: float = 0.75, noise: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        latent, mask, ids_restore = self.forward_encoder(imgs, mask_ratio, noise)
-        pred = self.forward_decoder(latent, ids_restore)  # (N, L, P*P*C)
-        loss = self.forward_loss(imgs, pred, mask)
-        return loss, pred, mask
-
-    def no_weight_decay(self) -> set[str]:
-        """Names excluded from weight decay beyond 1-D params; pre-training excludes none."""
-        return set()
+        x = x + _nhwc(self.stage1_output_decode(_nchw(stage1))).flatten(1, 2)
+        x = x + _nhwc(self.stage2_output_decode(_nchw(stage2))).flatten(1, 2)
+        return self.norm(x)

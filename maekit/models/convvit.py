@@ -26,6 +26,8 @@ project's CPU, no measurable difference either way).
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from functools import partial
 
 import torch
@@ -33,9 +35,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, to_2tuple, trunc_normal_
 from timm.models.vision_transformer import Block
-from torch.utils.checkpoint import checkpoint
 
 from ..errors import MaekitError
+from .decoder import DECODER_PATTERNS, run_checkpointed
+from .family import HEAD_PATTERNS
 from .masking import upsample_mask
 
 
@@ -186,11 +189,8 @@ class ConvViTBackbone(nn.Module):
         self.grad_checkpointing = enable
 
     def run_block(self, blk: nn.Module, x: torch.Tensor, *extra) -> torch.Tensor:
-        """``blk(x, *extra)``, checkpointed under --grad_ckpt: only the block's input is kept for
-        backward, where the block runs again (non-reentrant: RNG restored, gradients exact)."""
-        if self.grad_checkpointing and torch.is_grad_enabled():
-            return checkpoint(blk, x, *extra, use_reentrant=False)
-        return blk(x, *extra)
+        """``blk(x, *extra)``, checkpointed under --grad_ckpt (see decoder.run_checkpointed)."""
+        return run_checkpointed(self.grad_checkpointing, blk, x, *extra)
 
     def forward_stages(
         self, imgs: torch.Tensor, visible: torch.Tensor | None = None
@@ -230,8 +230,6 @@ class ConvViT(ConvViTBackbone):
     pre-training), a learned ``pos_embed`` (initialised from the pre-trained sin-cos table
     when loading a ConvMAE checkpoint) and no cls token, hence global pooling only.
     """
-
-    has_cls_token = False
 
     def __init__(
         self,
@@ -288,3 +286,86 @@ def _init_trunc_normal(m: nn.Module) -> None:
     elif isinstance(m, nn.LayerNorm):
         nn.init.ones_(m.weight)
         nn.init.zeros_(m.bias)
+
+
+# --------------------------------------------------------------------------- the ConvMAE family's rules
+# (read through the family spec in zoo.py; see maekit/models/family.py)
+
+
+def convvit_layer_id(name: str, num_layers: int) -> int:
+    """Official ConvMAE layer ids: the whole conv part (patch embeds 1-4, pos_embed, stage-1/2
+    conv blocks) is layer 0; blocks3.i is i+1; the rest (fc_norm, head) num_layers."""
+    if name == "pos_embed" or name.startswith(("patch_embed", "blocks1.", "blocks2.")):
+        return 0
+    if name.startswith("blocks3."):
+        return int(name.split(".")[1]) + 1
+    return num_layers
+
+
+def convvit_layer_id_plsc(name: str, num_layers: int) -> int:
+    """PLSC's ConvViT variant: blocks1.i and blocks2.i get id i+1 (like blocks3.i), not 0."""
+    if name.startswith(("blocks1.", "blocks2.")):
+        return int(name.split(".")[1]) + 1
+    return convvit_layer_id(name, num_layers)
+
+
+def convvit_num_layers(model: nn.Module) -> int:
+    """Layer decay counts the transformer stage only."""
+    return len(model.blocks3) + 1
+
+
+def convvit_units(model: nn.Module) -> list[nn.Module]:
+    """Every block of the three stages (then the ConvMAE decoder's): FSDP units, --grad_ckpt."""
+    return [
+        *model.blocks1,
+        *model.blocks2,
+        *model.blocks3,
+        *getattr(model, "decoder_blocks", ()),
+    ]
+
+
+def convvit_token_grid(model: nn.Module) -> tuple[int, int]:
+    return model.grid_size
+
+
+def convvit_mask_cells(model: nn.Module) -> int:
+    """The mask is drawn on the stage-3 token grid (and upsampled to the conv stages)."""
+    return model.num_patches
+
+
+CONVVIT_KEYS = tuple(
+    re.compile(p)
+    for p in (
+        r"patch_embed[123]\.(?:proj|norm)\.(?:weight|bias)",
+        r"patch_embed4\.(?:weight|bias)",
+        r"stage[12]_output_decode\.(?:weight|bias)",
+        r"pos_embed",
+        r"blocks[12]\.\d+\.(?:norm1|conv1|attn|conv2|norm2|mlp\.fc1|mlp\.fc2)\.\w+",
+        r"blocks3\.\d+\.(?:norm1|norm2|attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)\.\w+",
+        r"norm\.(?:weight|bias)",
+        *DECODER_PATTERNS,
+        *HEAD_PATTERNS,
+    )
+)
+
+
+def convvit_owns(state: Mapping[str, torch.Tensor]) -> bool:
+    """A ConvMAE / ConvViT state dict: only its names, among them its staged ones."""
+    from .family import keys_match
+
+    staged = ("patch_embed1.", "patch_embed2.", "patch_embed3.", "patch_embed4.", "blocks1.")
+    return keys_match(state, CONVVIT_KEYS) and any(
+        k.startswith((*staged, "blocks2.", "blocks3.")) for k in state
+    )
+
+
+def convvit_patch_of(state: Mapping[str, torch.Tensor]) -> int | None:
+    """The overall stride: 4 x the stage-1 conv (strides P/4, 2, 2)."""
+    w = state.get("patch_embed1.proj.weight")
+    return 4 * int(w.shape[-1]) if w is not None and w.ndim == 4 else None
+
+
+def convvit_pooled_norm(model: nn.Module) -> nn.Module | None:
+    """The norm of the mean-pooled tokens: a fine-tuning encoder's ``fc_norm`` (an Identity in
+    timm's cls-token mode); the pre-training model has none (its tokens are normalised)."""
+    return getattr(model, "fc_norm", None)

@@ -13,14 +13,13 @@ import torch
 import torch.nn as nn
 from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
-from torch.utils.checkpoint import checkpoint
 
-from .loss import masked_patch_mse
-from .masking import patchify, random_masking, unpatchify
+from .decoder import MaskedDecoder, init_linear_and_norm, run_checkpointed
+from .masking import random_masking
 from .pos_embed import sincos_2d
 
 
-class MaskedAutoencoderViT(nn.Module):
+class MaskedAutoencoderViT(MaskedDecoder, nn.Module):
     def __init__(
         self,
         img_size: int = 224,
@@ -58,24 +57,10 @@ class MaskedAutoencoderViT(nn.Module):
         )
         self.norm = norm_layer(embed_dim)
 
-        # --- decoder ---
-        self.decoder_embed = nn.Linear(embed_dim, decoder_embed_dim, bias=True)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
-        self.decoder_pos_embed = nn.Parameter(
-            torch.zeros(1, num_patches + 1, decoder_embed_dim), requires_grad=False
+        # --- decoder (shared with the other MAE families: decoder.py) ---
+        self.build_decoder(
+            embed_dim, decoder_embed_dim, decoder_depth, decoder_num_heads, mlp_ratio, prefix=1
         )
-        self.decoder_blocks = nn.ModuleList(
-            Block(
-                decoder_embed_dim,
-                decoder_num_heads,
-                mlp_ratio,
-                qkv_bias=True,
-                norm_layer=norm_layer,
-            )
-            for _ in range(decoder_depth)
-        )
-        self.decoder_norm = norm_layer(decoder_embed_dim)
-        self.decoder_pred = nn.Linear(decoder_embed_dim, patch_size**2 * in_chans, bias=True)
 
         self.initialize_weights()
 
@@ -85,37 +70,23 @@ class MaskedAutoencoderViT(nn.Module):
         self.pos_embed.copy_(
             sincos_2d(self.pos_embed.shape[-1], self.grid_size, cls_token=True)[None]
         )
-        self.decoder_pos_embed.copy_(
-            sincos_2d(self.decoder_pos_embed.shape[-1], self.grid_size, cls_token=True)[None]
-        )
+        self.init_decoder_tables()
         w = self.patch_embed.proj.weight
         nn.init.xavier_uniform_(
             w.view(w.shape[0], -1)
         )  # like a Linear; conv bias keeps torch default
         nn.init.normal_(self.cls_token, std=0.02)
         nn.init.normal_(self.mask_token, std=0.02)
-        self.apply(_init_linear_and_norm)
+        self.apply(init_linear_and_norm)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Activation checkpointing of every encoder and decoder block (timm's method name)."""
         self.grad_checkpointing = enable
 
     def _run_blocks(self, blocks: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
-        # Checkpointed blocks keep only their input for backward and re-run forward there;
-        # the non-reentrant variant also restores the RNG (drop path), so gradients are exact.
-        ckpt = self.grad_checkpointing and torch.is_grad_enabled()
         for blk in blocks:
-            x = checkpoint(blk, x, use_reentrant=False) if ckpt else blk(x)
+            x = run_checkpointed(self.grad_checkpointing, blk, x)
         return x
-
-    # --- pure helpers bound to this model's geometry ---
-    def patchify(self, imgs: torch.Tensor) -> torch.Tensor:
-        """(N, C, H, W) -> (N, L, p*p*C)."""
-        return patchify(imgs, self.patch_size)
-
-    def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, L, p*p*C) -> (N, C, H, W)."""
-        return unpatchify(x, self.patch_size, self.grid_size, self.in_chans)
 
     # --- forward pieces ---
     def forward_encoder(
@@ -140,43 +111,3 @@ class MaskedAutoencoderViT(nn.Module):
         x = torch.cat([cls, x], dim=1)  # (N, 1+L, D)
         x = self._run_blocks(self.blocks, x)
         return self.norm(x)
-
-    def forward_decoder(self, x: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
-        x = self.decoder_embed(x)  # (N, 1+K, Dd)
-        n, length = ids_restore.shape
-        mask_tokens = self.mask_token.expand(n, length + 1 - x.shape[1], -1)
-        x_ = torch.cat([x[:, 1:, :], mask_tokens], dim=1)  # (N, L, Dd), shuffled order
-        x_ = torch.gather(x_, 1, ids_restore.unsqueeze(-1).expand(-1, -1, x.shape[2]))  # unshuffle
-        x = torch.cat([x[:, :1, :], x_], dim=1)  # cls stays first: (N, 1+L, Dd)
-        x = x + self.decoder_pos_embed
-        x = self._run_blocks(self.decoder_blocks, x)
-        x = self.decoder_pred(self.decoder_norm(x))  # (N, 1+L, p*p*C)
-        return x[:, 1:, :]
-
-    def forward_loss(
-        self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor
-    ) -> torch.Tensor:
-        """Mean squared error per patch, averaged over removed patches only."""
-        return masked_patch_mse(self.patchify(imgs), pred, mask, self.norm_pix_loss)
-
-    def forward(
-        self, imgs: torch.Tensor, mask_ratio: float = 0.75, noise: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        latent, mask, ids_restore = self.forward_encoder(imgs, mask_ratio, noise)
-        pred = self.forward_decoder(latent, ids_restore)  # (N, L, p*p*C)
-        loss = self.forward_loss(imgs, pred, mask)
-        return loss, pred, mask
-
-    def no_weight_decay(self) -> set[str]:
-        """Names excluded from weight decay beyond 1-D params; MAE pre-training excludes none."""
-        return set()
-
-
-def _init_linear_and_norm(m: nn.Module) -> None:
-    if isinstance(m, nn.Linear):
-        nn.init.xavier_uniform_(m.weight)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.LayerNorm):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)

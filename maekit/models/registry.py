@@ -16,6 +16,9 @@ import torch.nn as nn
 from timm.layers import to_2tuple
 
 from ..errors import MaekitError
+from .family import Family, families
+
+KINDS = ("pretrain", "encoder")
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,7 @@ class ModelEntry:
     cls: Callable[..., nn.Module]
     defaults: dict = field(default_factory=dict)
     kind: str = "pretrain"  # "pretrain" (MAE-style) or "encoder" (fine-tune / linear probe)
+    family: Family | None = None  # the family whose pre-training or encoder class ``cls`` is
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
@@ -32,9 +36,29 @@ _REGISTRY: dict[str, ModelEntry] = {}
 def register_model(
     name: str, cls: Callable[..., nn.Module], kind: str = "pretrain", **defaults
 ) -> None:
+    """Register a size of a family's model; the family (:func:`~.family.register_family`) must
+    be registered first and name ``cls`` as its pre-training (``kind="pretrain"``) or encoder
+    class."""
     if name in _REGISTRY:
         raise ValueError(f"model {name!r} is already registered")
-    _REGISTRY[name] = ModelEntry(name, cls, dict(defaults), kind)
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    role = "pretrain_cls" if kind == "pretrain" else "encoder_cls"
+    family = next((f for f in families() if getattr(f, role) is cls), None)
+    if family is None:
+        raise ValueError(
+            f"{cls.__name__} is the {kind} class of no registered family; register_family first"
+        )
+    _REGISTRY[name] = ModelEntry(name, cls, dict(defaults), kind, family)
+
+
+def unregister_model(name: str) -> None:
+    """Forget a registered name (tests that register models remove them after themselves)."""
+    _REGISTRY.pop(name, None)
+
+
+def is_registered(name: str) -> bool:
+    return name in _REGISTRY
 
 
 def list_models(kind: str | None = None) -> list[str]:

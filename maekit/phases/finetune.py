@@ -101,5 +101,8 @@ class FinetuneRecipe(SupervisedRecipe):
         return build_loss(self.cfg, nb_classes)
 
 
+RECIPE = FinetuneRecipe
+
+
 def run(cfg: FinetuneConfig) -> list[dict]:
-    return runner.run(cfg, FinetuneRecipe(cfg))
+    return runner.run(FinetuneRecipe(cfg))

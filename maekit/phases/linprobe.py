@@ -42,6 +42,8 @@ def build_loss(cfg: LinprobeConfig, nb_classes: int) -> LossFn:
 class LinprobeRecipe(SupervisedRecipe):
     """Linear probing: frozen encoder, BatchNorm + linear head trained with LARS."""
 
+    optimizer_kind = "lars"
+
     def train_transform(self):
         cfg = self.cfg
         return linprobe_transform(cfg.input_size, cfg.crop_min, cfg.in_chans, cfg.mean, cfg.std)
@@ -56,5 +58,8 @@ class LinprobeRecipe(SupervisedRecipe):
         return build_loss(self.cfg, nb_classes)
 
 
+RECIPE = LinprobeRecipe
+
+
 def run(cfg: LinprobeConfig) -> list[dict]:
-    return runner.run(cfg, LinprobeRecipe(cfg))
+    return runner.run(LinprobeRecipe(cfg))

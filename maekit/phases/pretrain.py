@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+
 import torch
+from torch.utils.data import Dataset
 
 from ..analysis.watch import ReconstructionWatch, validation_split
 from ..config import PretrainConfig
@@ -11,10 +14,11 @@ from ..data.gpu_decode import GpuDecodeLoader, collate_encoded, encoded_folder
 from ..data.transforms import PRETRAIN_SCALE, pretrain_transform, resolve_stats
 from ..engine import run as runner
 from ..engine.optim import build_adamw, weight_decay_groups
-from ..engine.recipe import Recipe
+from ..engine.recipe import Monitors, Recipe
 from ..engine.trainer import LossFn
 from ..errors import MaekitError
 from ..models import create_model, get_entry, list_models
+from ..models.family import family_of_name
 
 
 def build_model(cfg: PretrainConfig) -> torch.nn.Module:
@@ -89,24 +93,62 @@ def init_weights(cfg: PretrainConfig, model: torch.nn.Module) -> str:
     return init_from_checkpoint(model, cfg.init)
 
 
+@dataclass(frozen=True)
+class KnnData:
+    """--knn_eval_freq's fixed subsets: the bank (train/), the queries (val/), the class count."""
+
+    bank: Dataset
+    queries: Dataset
+    num_classes: int
+
+
+@dataclass(frozen=True)
+class PretrainData:
+    """What a pre-training run reads, opened and checked before anything starts."""
+
+    train_set: Dataset
+    val_set: Dataset | None  # val_loss and the grids (val/ or --val_frac); None when off
+    val_note: str  # where val_loss comes from
+    knn: KnnData | None  # --knn_eval_freq
+
+
+@dataclass
+class PretrainMonitors(Monitors):
+    """The watch and the k-NN of the initial weights, for the closing lines."""
+
+    watch: ReconstructionWatch | None = None
+    knn_baseline: dict | None = None
+
+
 class PretrainRecipe(Recipe):
     """MAE / ConvMAE pre-training: the reconstruction loss on masked images, AdamW(0.9, 0.95);
     watched by a validation reconstruction loss, grids and (optionally) k-NN."""
 
-    def resolve(self) -> None:
-        # The statistics in use, saved as numbers in config.json and every checkpoint's args.
-        cfg = self.cfg
-        cfg.mean, cfg.std = (list(v) for v in resolve_stats(cfg.in_chans, cfg.mean, cfg.std))
+    cfg: PretrainConfig
+    data: PretrainData
 
-    def check_data(self) -> None:
+    def resolve(self, cfg: PretrainConfig) -> tuple[PretrainConfig, list[str]]:
+        # The statistics in use, saved as numbers in config.json and every checkpoint's args.
+        mean, std = (list(v) for v in resolve_stats(cfg.in_chans, cfg.mean, cfg.std))
+        return replace(cfg, mean=mean, std=std), []
+
+    def train_transform(self):
         cfg = self.cfg
-        transform = pretrain_transform(cfg.input_size, cfg.in_chans, cfg.mean, cfg.std)
-        dataset = build_dataset(cfg.data_path, "train", transform, cfg.max_pixels)
-        dataset, self.val_set, self.val_note = validation_split(cfg, dataset)  # val/ or --val_frac
+        return pretrain_transform(cfg.input_size, cfg.in_chans, cfg.mean, cfg.std)
+
+    def load_data(self, cfg: PretrainConfig) -> PretrainData:
+        family = family_of_name(cfg.model)
+        if cfg.knn_eval_freq and cfg.knn_pool == "cls" and not family.cls_token:
+            from ..analysis.features import cls_pool_refusal
+
+            raise MaekitError(cls_pool_refusal(family))
+        dataset = build_dataset(cfg.data_path, "train", self.train_transform(), cfg.max_pixels)
+        dataset, val_set, val_note = validation_split(cfg, dataset)  # val/ or --val_frac
         if cfg.gpu_decode:
             dataset = gpu_dataset(cfg, dataset)
-        self.train_set = limit_train_set(dataset, cfg.max_train_images, cfg.seed)
-        self.knn_data = knn_datasets(cfg) if cfg.knn_eval_freq else None  # labels checked now
+        train_set = limit_train_set(dataset, cfg.max_train_images, cfg.seed)
+        knn = KnnData(*knn_datasets(cfg)) if cfg.knn_eval_freq else None  # labels checked now
+        return PretrainData(train_set, val_set, val_note, knn)
 
     def build_model(self) -> torch.nn.Module:
         model = build_model(self.cfg)
@@ -117,7 +159,7 @@ class PretrainRecipe(Recipe):
     def train_loader(self, ctx):
         cfg, env = self.cfg, ctx.env
         loader = build_train_loader(
-            self.train_set,
+            self.data.train_set,
             cfg.batch_size,
             env.rank,
             env.world_size,
@@ -130,9 +172,9 @@ class PretrainRecipe(Recipe):
 
     def data_lines(self, loader, model) -> list[str]:
         return [
-            f"data: {self.cfg.data_path} ({len(self.train_set)} images), {len(loader)} steps/epoch "
-            "per process",
-            self.val_note,
+            f"data: {self.cfg.data_path} ({len(self.data.train_set)} images), {len(loader)} "
+            "steps/epoch per process",
+            self.data.val_note,
         ]
 
     def build_optimizer(self, model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
@@ -141,28 +183,29 @@ class PretrainRecipe(Recipe):
     def build_loss(self) -> LossFn:
         return build_loss(self.cfg)
 
-    def monitors(self, ctx, model) -> list:
-        cfg, env, out = self.cfg, ctx.env, []
-        self.watch = self.baseline = None
-        if self.val_set is not None:
-            self.watch = ReconstructionWatch(
+    def monitors(self, ctx, model) -> PretrainMonitors:
+        cfg, env, data = self.cfg, ctx.env, self.data
+        out = PretrainMonitors()
+        if data.val_set is not None:
+            out.watch = ReconstructionWatch(
                 cfg,
                 model.bare,
-                self.val_set,
+                data.val_set,
                 env,
                 ctx.precision,
                 ctx.recorder,
                 ctx.output_dir,
                 ctx.num_workers,
             )
-            out.append(self.watch)
-        if self.knn_data is not None:
+            out.each.append(out.watch)
+        if data.knn is not None:
             from ..analysis.knn import knn_evaluate, knn_monitor
 
+            knn = (data.knn.bank, data.knn.queries, data.knn.num_classes)
             if cfg.knn_baseline:  # the initial (random) weights, before any step: same subsets
-                self.baseline = knn_evaluate(
+                out.knn_baseline = knn_evaluate(
                     model.bare,
-                    *self.knn_data,
+                    *knn,
                     env,
                     ctx.precision,
                     cfg.knn_pool,
@@ -173,13 +216,13 @@ class PretrainRecipe(Recipe):
                 if env.is_main:
                     print(
                         f"k-NN top-1 of the initial ({'--init' if cfg.init else 'random'}) weights: "
-                        f"{self.baseline['acc1']:.2f}%",
+                        f"{out.knn_baseline['acc1']:.2f}%",
                         flush=True,
                     )
-            out.append(
+            out.each.append(
                 knn_monitor(
                     model.bare,
-                    *self.knn_data,
+                    *knn,
                     cfg.knn_eval_freq,
                     cfg.epochs,
                     env,
@@ -191,21 +234,25 @@ class PretrainRecipe(Recipe):
             )
         return out
 
-    def finish(self, history: list[dict]) -> None:
+    def finish(self, history: list[dict], monitors: PretrainMonitors) -> None:
         """The run's closing lines: the last reconstruction grid, and the k-NN top-1 of the
         trained encoder beside its initial weights (--knn_baseline)."""
         cfg = self.cfg
-        if self.watch is not None and self.watch.last_grid is not None:
-            print(f"reconstructions of fixed validation images: {self.watch.last_grid}")
+        watch, baseline = monitors.watch, monitors.knn_baseline
+        if watch is not None and watch.last_grid is not None:
+            print(f"reconstructions of fixed validation images: {watch.last_grid}")
         knn = [h["knn_acc1"] for h in history if "knn_acc1" in h]
-        if self.baseline is not None and knn:
-            bank, queries, _ = self.knn_data
+        if baseline is not None and knn:
+            bank, queries = self.data.knn.bank, self.data.knn.queries
             print(
                 f"k-NN top-1 on {cfg.data_path} ({len(queries)} val images, bank of {len(bank)} train images, "
-                f"k=20): pre-trained encoder {knn[-1]:.2f}%, random-init encoder {self.baseline['acc1']:.2f}%"
+                f"k=20): pre-trained encoder {knn[-1]:.2f}%, random-init encoder {baseline['acc1']:.2f}%"
             )
+
+
+RECIPE = PretrainRecipe
 
 
 def run(cfg: PretrainConfig) -> list[dict]:
     """Pre-train and return the per-epoch log records."""
-    return runner.run(cfg, PretrainRecipe(cfg))
+    return runner.run(PretrainRecipe(cfg))

@@ -8,8 +8,10 @@ parts where the two protocols differ (transform, head, optimizer, loss).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import torch
+from torch.utils.data import Dataset
 
 from ..checkpoint.pretrained import load_pretrained_encoder
 from ..config import SupervisedConfig
@@ -41,7 +43,7 @@ def build_encoder(cfg: SupervisedConfig, nb_classes: int, overrides: dict) -> to
             f"encoder: {', '.join(list_models('encoder'))}"
         )
     global_pool = cfg.use_global_pool()
-    if not getattr(entry.cls, "has_cls_token", True):  # ConvViT: global pooling only
+    if not entry.family.cls_token:  # ConvViT: global pooling only
         if cfg.cls_token:
             raise MaekitError(
                 f"{cfg.model!r} has no cls token (it classifies the mean of its tokens); "
@@ -61,10 +63,11 @@ def build_encoder(cfg: SupervisedConfig, nb_classes: int, overrides: dict) -> to
 INHERITED = ("in_chans", "input_size", "mean", "std")
 
 
-def resolve_inputs(cfg: SupervisedConfig) -> str | None:
+def resolve_inputs(cfg: SupervisedConfig) -> tuple[SupervisedConfig, str | None]:
     """Fill --in_chans, --input_size, --mean and --std left unset from the ``args`` saved in the
     --finetune (or --resume) checkpoint, else the defaults (3, 224, ImageNet's statistics), so a
-    model sees its inputs as it was pre-trained on them. Returns a line naming what was taken."""
+    model sees its inputs as it was pre-trained on them. Returns (the filled config, a line
+    naming what was taken or None)."""
     from ..config.fields import check_stats
     from ..formats.loader import read_checkpoint
 
@@ -73,22 +76,34 @@ def resolve_inputs(cfg: SupervisedConfig) -> str | None:
     if source and any(getattr(cfg, k) is None for k in INHERITED):
         ckpt = read_checkpoint(source)
         args = ckpt.get("args") if isinstance(ckpt.get("args"), dict) else {}
-    taken = []
+    filled, taken = {}, []
     for key, default in (("in_chans", 3), ("input_size", 224)):
-        if getattr(cfg, key) is None:
+        filled[key] = getattr(cfg, key)
+        if filled[key] is None:
             value = args.get(key)
-            setattr(cfg, key, value if value else default)
+            filled[key] = value if value else default
             taken += [f"--{key} {value}"] if value else []
-    cfg.input_size = image_size_value(cfg.input_size)
-    check_image_size(cfg.input_size)
+    filled["input_size"] = image_size_value(filled["input_size"])
+    check_image_size(filled["input_size"])
     for key in ("mean", "std"):
+        filled[key] = getattr(cfg, key)
         saved = args.get(key)
-        if getattr(cfg, key) is None and saved and len(saved) == cfg.in_chans:
-            setattr(cfg, key, [float(v) for v in saved])
+        if filled[key] is None and saved and len(saved) == filled["in_chans"]:
+            filled[key] = [float(v) for v in saved]
             taken.append(f"--{key} {' '.join(f'{v:g}' for v in saved)}")
-    cfg.mean, cfg.std = (list(v) for v in resolve_stats(cfg.in_chans, cfg.mean, cfg.std))
-    check_stats(cfg.mean, cfg.std, cfg.in_chans)
-    return f"from {source}: {', '.join(taken)}" if taken else None
+    stats = resolve_stats(filled["in_chans"], filled["mean"], filled["std"])
+    filled["mean"], filled["std"] = (list(v) for v in stats)
+    check_stats(filled["mean"], filled["std"], filled["in_chans"])
+    return replace(cfg, **filled), (f"from {source}: {', '.join(taken)}" if taken else None)
+
+
+@dataclass(frozen=True)
+class SupervisedData:
+    """The labeled data of a fine-tune / linear-probe run, opened and checked at start-up."""
+
+    train_set: Dataset | None  # None with --eval (and in `maekit bench`)
+    val_set: Dataset | None  # None in `maekit bench` (synthetic batches)
+    nb_classes: int
 
 
 class SupervisedRecipe(Recipe):
@@ -96,9 +111,16 @@ class SupervisedRecipe(Recipe):
     epoch (best checkpoint kept) or once with --eval. Subclasses supply the transform, the head
     adaptation, the optimizer, the loss and the model overrides."""
 
-    def __init__(self, cfg: SupervisedConfig) -> None:
-        super().__init__(cfg)
+    cfg: SupervisedConfig
+    data: SupervisedData
+
+    def __init__(self, cfg: SupervisedConfig, data: SupervisedData | None = None) -> None:
+        super().__init__(cfg, data)
         self.eval_only = bool(cfg.eval)
+
+    @classmethod
+    def bench_data(cls, nb_classes: int) -> SupervisedData:
+        return SupervisedData(None, None, nb_classes)
 
     # -- what the protocols differ in
     def train_transform(self) -> Callable:
@@ -112,21 +134,20 @@ class SupervisedRecipe(Recipe):
         return {}
 
     def build_loss(self):
-        return self.loss_for(self.nb_classes)
+        return self.loss_for(self.data.nb_classes)
 
     def loss_for(self, nb_classes: int):
         raise NotImplementedError
 
     # -- shared
-    def resolve(self) -> None:
-        note = resolve_inputs(self.cfg)  # channels, size and statistics of the checkpoint
-        self.notes += [note] if note else []
+    def resolve(self, cfg: SupervisedConfig) -> tuple[SupervisedConfig, list[str]]:
+        cfg, note = resolve_inputs(cfg)  # channels, size and statistics of the checkpoint
+        return cfg, [note] if note else []
 
-    def check_data(self) -> None:
-        cfg = self.cfg
+    def load_data(self, cfg: SupervisedConfig) -> SupervisedData:
         if cfg.eval and not (cfg.resume or cfg.finetune):
             raise MaekitError("--eval needs a checkpoint: give --resume PATH (or --finetune PATH)")
-        self.val_set = build_dataset(
+        val_set = build_dataset(
             cfg.data_path,
             "val",
             eval_transform(cfg.input_size, cfg.in_chans, cfg.mean, cfg.std),
@@ -138,23 +159,22 @@ class SupervisedRecipe(Recipe):
                 cfg.data_path, "train", self.train_transform(), cfg.max_pixels
             )
             train_set = limit_train_set(train_set, cfg.max_train_images, cfg.seed)
-        self.train_set = train_set
-        nb_classes = num_classes_of(train_set if train_set is not None else self.val_set)
+        nb_classes = num_classes_of(train_set if train_set is not None else val_set)
         if cfg.nb_classes is not None and cfg.nb_classes != nb_classes:
             raise MaekitError(
                 f"--nb_classes {cfg.nb_classes} does not match the dataset, which has {nb_classes} "
                 f"classes; drop the flag or pass --nb_classes {nb_classes}"
             )
-        if train_set is not None and num_classes_of(self.val_set) != nb_classes:
+        if train_set is not None and num_classes_of(val_set) != nb_classes:
             raise MaekitError(
-                f"train/ has {nb_classes} classes but val/ has {num_classes_of(self.val_set)}; "
+                f"train/ has {nb_classes} classes but val/ has {num_classes_of(val_set)}; "
                 "both need the same class folders"
             )
-        self.nb_classes = nb_classes
+        return SupervisedData(train_set, val_set, nb_classes)
 
     def build_model(self) -> torch.nn.Module:
         cfg = self.cfg
-        model = build_encoder(cfg, self.nb_classes, self.model_overrides())
+        model = build_encoder(cfg, self.data.nb_classes, self.model_overrides())
         if cfg.finetune:
             self.notes += load_pretrained_encoder(model, cfg.finetune, model.uses_global_pool)
         return self.adapt_model(model)
@@ -162,7 +182,7 @@ class SupervisedRecipe(Recipe):
     def train_loader(self, ctx):
         cfg, env = self.cfg, ctx.env
         return build_train_loader(
-            self.train_set,
+            self.data.train_set,
             cfg.batch_size,
             env.rank,
             env.world_size,
@@ -174,8 +194,8 @@ class SupervisedRecipe(Recipe):
     def data_lines(self, loader, model) -> list[str]:
         n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
         return [
-            f"data: {self.cfg.data_path} ({len(self.train_set)} train / {len(self.val_set)} val images, "
-            f"{self.nb_classes} classes), {len(loader)} steps/epoch per process; "
+            f"data: {self.cfg.data_path} ({len(self.data.train_set)} train / {len(self.data.val_set)} val images, "
+            f"{self.data.nb_classes} classes), {len(loader)} steps/epoch per process; "
             f"{n_params / 1e6:.2f}M trainable params"
         ]
 
@@ -186,7 +206,7 @@ class SupervisedRecipe(Recipe):
         cfg, env = self.cfg, ctx.env
         split = cfg.dist_eval and env.distributed  # each rank evaluates its own part
         val_loader = build_eval_loader(
-            self.val_set, cfg.batch_size, env, cfg.dist_eval, ctx.num_workers, ctx.pin_memory
+            self.data.val_set, cfg.batch_size, env, cfg.dist_eval, ctx.num_workers, ctx.pin_memory
         )
 
         def run_eval() -> dict[str, float]:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from maekit.engine.optim import layer_decay_groups, vit_layer_id
+from maekit.engine.optim import layer_decay_groups
 from maekit.models import create_model
+from maekit.models.vit import vit_layer_id
 
 WD = 0.05
 LD = 0.75

@@ -11,7 +11,8 @@ from safetensors.torch import save_file
 from maekit.checkpoint.pretrained import load_checkpoint
 from maekit.cli import main
 from maekit.errors import MaekitError
-from maekit.formats.timm_names import timm_create_call, to_timm
+from maekit.formats.export import export_timm
+from maekit.models.vit_timm import timm_create_call, to_timm
 from maekit.phases.linprobe import attach_probe_head
 
 from .builders import tiny_encoder, tiny_mae
@@ -151,6 +152,18 @@ def test_global_pool_encoder_has_no_token_head(tmp_path, capsys):
 
 def test_convmae_is_refused():
     with pytest.raises(MaekitError, match="ConvMAE"):
-        to_timm(
-            {"patch_embed4.weight": torch.zeros(2, 2), "blocks3.0.norm1.weight": torch.zeros(2)}
+        export_timm(
+            {"patch_embed4.weight": torch.zeros(2, 2), "blocks3.0.norm1.weight": torch.zeros(2)},
+            None,
         )
+
+
+@pytest.mark.parametrize("global_pool", [True, False])
+def test_timm_hiera_state_dict_is_refused_not_renamed(global_pool):
+    # Before the family spec, to_timm took timm's Hiera dict as a ViT, renamed norm -> fc_norm
+    # and returned 157 tensors. A real Hiera from timm, not a hand-made key list.
+    hiera = timm.create_model("hiera_tiny_224", pretrained=False, num_classes=0)
+    with pytest.raises(MaekitError) as err:
+        to_timm(hiera.state_dict(), global_pool=global_pool)
+    line = str(err.value)
+    assert "\n" not in line and "not a ViT" in line

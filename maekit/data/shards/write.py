@@ -13,6 +13,7 @@ from typing import BinaryIO
 
 import numpy as np
 
+from ...config import ShardConfig
 from ...errors import MaekitError
 from ...files import atomic_write
 from ..folder import FlatImageFolder, UnreadableImage, image_folder, open_regular
@@ -160,7 +161,7 @@ def write_shards(
     return lines
 
 
-def run(cfg) -> list[str]:
+def run(cfg: ShardConfig) -> list[str]:
     """``maekit shard SRC DST``: print and return the summary lines."""
     cfg.validate()
     lines = write_shards(cfg.src, cfg.dst, cfg.shard_size, cfg.seed, cfg.force)

@@ -1,4 +1,6 @@
-"""Our encoders <-> timm's ``VisionTransformer`` state dicts.
+"""The ViT family's export to timm: our encoders -> timm's ``VisionTransformer`` state dicts.
+
+(The family spec in zoo.py names these functions; ``maekit convert --to timm`` calls them.)
 
 Our ViT encoders *are* timm VisionTransformers and the MAE encoder uses the same module
 names, so most keys carry over unchanged in both directions. What differs:
@@ -19,9 +21,11 @@ from __future__ import annotations
 import torch
 
 from ..errors import MaekitError
+from .family import describe_keys
+from .probe_head import fold_linprobe_head
+from .vit import vit_owns
 
 MAE_ONLY_PREFIXES = ("decoder_", "mask_token")
-LINPROBE_BN_EPS = 1e-6  # the official linear probe's BatchNorm1d eps
 # embed_dim -> (timm name stem, standard depth)
 TIMM_VITS = {
     192: ("vit_tiny", 12),
@@ -36,22 +40,6 @@ def _rename(state: dict, old: str, new: str) -> dict:
     return {(new + k[len(old) :] if k.startswith(old + ".") else k): v for k, v in state.items()}
 
 
-def _fold_linprobe_head(state: dict) -> dict:
-    """head.0 (BatchNorm1d) + head.1 (Linear) -> one Linear ``head``: W' = W/s, b' = b - W' m."""
-    mean, var = state["head.0.running_mean"].double(), state["head.0.running_var"].double()
-    scale = 1.0 / torch.sqrt(var + LINPROBE_BN_EPS)
-    shift = -mean * scale
-    if "head.0.weight" in state:  # an affine BatchNorm, should one appear
-        scale = scale * state["head.0.weight"].double()
-        shift = shift * state["head.0.weight"].double() + state["head.0.bias"].double()
-    weight, bias = state["head.1.weight"].double(), state["head.1.bias"].double()
-    dtype = state["head.1.weight"].dtype
-    out = {k: v for k, v in state.items() if not k.startswith(("head.0.", "head.1."))}
-    out["head.weight"] = (weight * scale[None, :]).to(dtype)
-    out["head.bias"] = (bias + weight @ shift).to(dtype)
-    return out
-
-
 def to_timm(
     state: dict[str, torch.Tensor], global_pool: bool | None = None
 ) -> tuple[dict[str, torch.Tensor], list[str], bool]:
@@ -61,15 +49,11 @@ def to_timm(
     what the checkpoint was trained with (``fc_norm`` present -> avg). Returns (state, notes,
     global_pool used).
     """
-    if any(k.startswith(("blocks3.", "patch_embed4.")) for k in state):
+    if not vit_owns(state):
+        # Checked, not assumed: a Hiera or ConvMAE dict would otherwise pass through renamed.
         raise MaekitError(
-            "this is a ConvMAE checkpoint and timm has no ConvMAE model; "
-            "convert it --to maekit or --to safetensors instead"
-        )
-    if "patch_embed.proj.weight" not in state or "pos_embed" not in state:
-        raise MaekitError(
-            "not a ViT/MAE encoder state dict (no patch_embed.proj.weight or "
-            "pos_embed); only ViT encoders can be exported to timm"
+            f"these weights are not a ViT / MAE state dict ({describe_keys(state)}); only the "
+            "ViT family exports to timm's VisionTransformer names"
         )
     notes = []
     out = {k: v for k, v in state.items() if not k.startswith(MAE_ONLY_PREFIXES)}
@@ -97,13 +81,15 @@ def to_timm(
                 f"dropped {unused} (unused by timm's global_pool={'avg' if global_pool else 'token'!r})"
             )
     if "head.0.running_mean" in out:
-        out = _fold_linprobe_head(out)
+        out = fold_linprobe_head(out)
         out.pop("head.0.num_batches_tracked", None)
         notes.append("folded the linear-probe BatchNorm into the head Linear")
     return out, notes, global_pool
 
 
-def timm_create_call(state: dict[str, torch.Tensor], global_pool: bool) -> str:
+def timm_create_call(
+    state: dict[str, torch.Tensor], global_pool: bool, args: dict | None = None
+) -> str:
     """The ``timm.create_model(...)`` call whose model loads ``state`` (a to_timm result) strictly."""
     dim, _, patch, _ = state["patch_embed.proj.weight"].shape
     in_chans = state["patch_embed.proj.weight"].shape[1]
