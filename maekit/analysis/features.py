@@ -21,12 +21,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset, Subset
 from tqdm import tqdm
 
 from ..config import ExtractConfig
 from ..data.sampling import subset_indices
-from ..data.workers import ignore_stop_signals, loader_workers
+from ..data.workers import loader_workers, make_loader
 from ..engine.distributed import DistEnv, init_distributed, shutdown
 from ..engine.evaluate import RankSplitSampler
 from ..engine.precision import Precision, resolve_precision
@@ -109,13 +109,12 @@ def extract_features(
     was_training = model.training
     model.eval()
     sampler = RankSplitSampler(len(dataset), env.rank, env.world_size)
-    loader = DataLoader(
+    loader = make_loader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
         num_workers=num_workers,
         pin_memory=env.device.type == "cuda",
-        worker_init_fn=ignore_stop_signals,
     )
     feats, labels = [], []
     # On a terminal a live bar; in a log file a line every 30 s instead of a carriage-return stream.

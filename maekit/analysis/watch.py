@@ -21,15 +21,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from ..config import PretrainConfig
-from ..data import BUILTIN, build_dataset
+from ..data import BUILTIN, FixedSubset, build_dataset
+from ..data.robust import SkipUnreadable, collate_readable
 from ..data.sampling import subset_indices
 from ..data.shards.locate import is_shard_path
 from ..data.transforms import eval_transform
+from ..data.workers import make_loader
 from ..engine.distributed import DistEnv, all_reduce_sum
-from ..engine.evaluate import RankSplitSampler, SkipUnreadable
+from ..engine.evaluate import RankSplitSampler
 from ..engine.fsdp import gathered
 from ..engine.precision import Precision
 from ..engine.progress import RunRecorder
@@ -77,26 +79,13 @@ def validation_split(
         return train_set, None, "validation: off (--gpu_decode without a val/ folder)"
     else:
         train_idx, held = holdout_indices(len(train_set), cfg.val_frac)
-        val_set = HeldOut(build_dataset(cfg.data_path, "train", transform, cfg.max_pixels), held)
-        train_set = HeldOut(train_set, train_idx)
+        val_set = FixedSubset(
+            build_dataset(cfg.data_path, "train", transform, cfg.max_pixels), held
+        )
+        train_set = FixedSubset(train_set, train_idx)
         where = f"{len(held)} training images held out (--val_frac {cfg.val_frac})"
-    val_set = HeldOut(val_set, subset_indices(len(val_set), cfg.val_max_images, VAL_SEED))
+    val_set = FixedSubset(val_set, subset_indices(len(val_set), cfg.val_max_images, VAL_SEED))
     return train_set, val_set, f"validation: {len(val_set)} images from {where}, fixed masks"
-
-
-class HeldOut(Dataset):
-    """``dataset`` restricted to ``indices`` (in that order). Unlike torch's Subset it has no
-    batched ``__getitems__``, which the training loader's wrapper would forward to it with
-    (epoch, index) keys."""
-
-    def __init__(self, dataset: Dataset, indices: list[int]) -> None:
-        self.dataset, self.indices = dataset, indices
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int):
-        return self.dataset[self.indices[i]]
 
 
 class _Indexed(Dataset):
@@ -110,11 +99,6 @@ class _Indexed(Dataset):
 
     def __getitem__(self, i: int):
         return self.dataset[i][0], i
-
-
-def _collate(batch):
-    kept = [b for b in batch if b is not None]  # SkipUnreadable gives None for a bad file
-    return torch.utils.data.default_collate(kept) if kept else None
 
 
 class ReconstructionWatch:
@@ -137,13 +121,12 @@ class ReconstructionWatch:
         sampler = RankSplitSampler(
             len(val_set), env.rank, env.world_size
         )  # exact shares, no padding
-        self.loader = DataLoader(
+        self.loader = make_loader(
             SkipUnreadable(_Indexed(val_set)),
             batch_size=cfg.batch_size,
             sampler=sampler,
             num_workers=num_workers,
-            collate_fn=_collate,
-            generator=torch.Generator(),
+            collate_fn=collate_readable,
         )
         self.noise: torch.Tensor | None = None  # (N_val, L) uniform noise: the fixed masks
         self.last_grid: Path | None = None

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 
 from ..errors import MaekitError
 from .fashion_mnist import FashionMNIST
@@ -15,7 +14,7 @@ from .sampling import EpochBatches, EpochLoader, ResumableSampler, subset_indice
 from .shards.dataset import ShardDataset, load_shard_dataset
 from .shards.locate import is_shard_path
 from .shards.stream import ShardLoader
-from .workers import ignore_stop_signals
+from .workers import make_loader
 
 BUILTIN = ("fashion-mnist",)
 BUILTIN_ALIASES = ("fashion-mnist", "fashion_mnist", "fmnist")
@@ -111,17 +110,14 @@ def build_train_loader(
         return ShardLoader(dataset, batch_size, rank, world_size, seed, num_workers, pin_memory)
     raise_open_file_limit()
     sampler = ResumableSampler(dataset, num_replicas=world_size, rank=rank, seed=seed)
-    loader = DataLoader(
+    loader = make_loader(
         SeededSamples(dataset, seed),
         batch_sampler=EpochBatches(sampler, batch_size),  # drop_last, epoch after epoch
         num_workers=num_workers,
+        seed=seed,
         pin_memory=pin_memory,
-        persistent_workers=num_workers > 0,
-        worker_init_fn=ignore_stop_signals,  # a job-wide SIGTERM must reach the main process only
+        persistent=True,  # workers keep prefetching across epochs
         collate_fn=collate_fn,  # None: torch's default (stacks samples)
-        # Own generator: creating an epoch's iterator must not draw from the global torch RNG,
-        # which belongs to the model (masking, drop path) and is restored exactly on resume.
-        generator=torch.Generator().manual_seed(seed),
     )
     return EpochLoader(loader, sampler)
 

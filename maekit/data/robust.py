@@ -112,3 +112,28 @@ class SeededSamples(torch.utils.data.Dataset):
             f"{min(n, MAX_CONSECUTIVE_BAD)} images in a row from index {index} could not be read; "
             "check --data_path (see the 'skipping unreadable image' warnings above)"
         )
+
+
+class SkipUnreadable(torch.utils.data.Dataset):
+    """Evaluation data that drops files that cannot be decoded (warned about, not counted in
+    the metrics' ``n``) instead of ending a run after its training epoch. Batch it with
+    :func:`collate_readable`."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        try:
+            return self.dataset[i]
+        except UnreadableImage as e:
+            print(f"maekit: skipping unreadable evaluation image {e}", file=sys.stderr, flush=True)
+            return None
+
+
+def collate_readable(batch: list):
+    """The default collate over the samples :class:`SkipUnreadable` kept; None if it kept none."""
+    kept = [b for b in batch if b is not None]
+    return torch.utils.data.default_collate(kept) if kept else None

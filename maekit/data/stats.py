@@ -10,11 +10,12 @@ numpy's default).
 from __future__ import annotations
 
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import Subset
 from torchvision import transforms as T
 
 from ..config import StatsConfig
 from ..errors import MaekitError
+from .workers import make_loader
 
 
 class _ToChannels:
@@ -36,7 +37,7 @@ def _sums(batch: list) -> tuple[torch.Tensor, torch.Tensor, int]:
 
 def channel_stats(dataset, num_workers: int = 0) -> tuple[list[float], list[float], int]:
     """(mean, std, pixels per channel) over every pixel of ``dataset``'s (C, H, W) images."""
-    loader = DataLoader(dataset, batch_size=1, num_workers=num_workers, collate_fn=_sums)
+    loader = make_loader(dataset, batch_size=1, num_workers=num_workers, collate_fn=_sums)
     total = squares = None
     count = 0
     for s, sq, n in loader:

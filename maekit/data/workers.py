@@ -10,6 +10,9 @@ import os
 import signal
 import threading
 
+import torch
+from torch.utils.data import DataLoader
+
 # What cluster schedulers (SLURM ``--signal``, Kubernetes, torchrun's agent) send some time
 # before killing a job; :mod:`maekit.engine.preemption` turns them into a graceful stop.
 STOP_SIGNALS = tuple(
@@ -40,6 +43,36 @@ def ignore_stop_signals(_worker_id: int = 0) -> None:
     """
     for s in STOP_SIGNALS:
         signal.signal(s, signal.SIG_IGN)
+
+
+def make_loader(
+    dataset: torch.utils.data.Dataset,
+    *,
+    num_workers: int,
+    seed: int = 0,
+    pin_memory: bool = False,
+    persistent: bool = False,
+    **kwargs,
+) -> DataLoader:
+    """The one way maekit builds a torch ``DataLoader``, so every loader keeps two rules:
+
+    - workers ignore the job-wide stop signals (:func:`ignore_stop_signals`): the main process
+      decides when to stop and saves first;
+    - the loader has its own random generator (seeded with ``seed``): making an iterator draws
+      a worker base seed, and from the global torch RNG that would shift the model's stream
+      (masking, drop path), which resume restores exactly.
+
+    ``kwargs`` are the remaining ``DataLoader`` arguments (batch size or sampler, collate).
+    """
+    return DataLoader(
+        dataset,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=persistent and num_workers > 0,
+        worker_init_fn=ignore_stop_signals,
+        generator=torch.Generator().manual_seed(seed),
+        **kwargs,
+    )
 
 
 def _kill_ignoring_workers() -> None:

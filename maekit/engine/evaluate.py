@@ -7,14 +7,12 @@ all-reduced. Without it every rank evaluates the whole set.
 
 from __future__ import annotations
 
-import sys
-
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Sampler
 
-from ..data.folder import UnreadableImage
-from ..data.workers import ignore_stop_signals
+from ..data.robust import SkipUnreadable, collate_readable
+from ..data.workers import make_loader
 from .distributed import DistEnv, all_reduce_sum
 from .precision import Precision
 
@@ -31,31 +29,6 @@ class RankSplitSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return len(self.indices)
-
-
-class SkipUnreadable(torch.utils.data.Dataset):
-    """Evaluation data that drops files that cannot be decoded (warned about, not counted in
-    the metrics' ``n``) instead of ending a run after its training epoch."""
-
-    def __init__(self, dataset) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i):
-        try:
-            return self.dataset[i]
-        except UnreadableImage as e:
-            print(f"maekit: skipping unreadable evaluation image {e}", file=sys.stderr, flush=True)
-            return None
-
-
-def _collate_readable(batch):
-    kept = [b for b in batch if b is not None]
-    if not kept:
-        return None
-    return torch.utils.data.default_collate(kept)
 
 
 def build_eval_loader(
@@ -76,16 +49,13 @@ def build_eval_loader(
         sampler = RankSplitSampler(len(dataset), env.rank, env.world_size)
     else:
         sampler = torch.utils.data.SequentialSampler(dataset)
-    return DataLoader(
+    return make_loader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
         num_workers=num_workers,
         pin_memory=pin_memory,
-        drop_last=False,
-        collate_fn=_collate_readable,
-        worker_init_fn=ignore_stop_signals,
-        generator=torch.Generator(),
+        collate_fn=collate_readable,
     )
 
 

@@ -15,13 +15,13 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import IterableDataset, get_worker_info
 
 from ...errors import MaekitError
 from ..folder import UnreadableImage, decode_rgb
 from ..robust import TooManyBadImages
 from ..seeding import keep_global_rng, sample_seed, seed_all
-from ..workers import ignore_stop_signals
+from ..workers import make_loader
 from .dataset import ShardDataset
 from .plan import BUFFER_TAG, eval_blocks, resume_plan, segments, shard_order, train_blocks
 from .read import Record, parse_label, read_samples
@@ -186,14 +186,8 @@ class ShardLoader:
             len(dataset), world_size, rank, batch_size, self.stream.workers
         )
         self.worker_batches = [(b - a) // batch_size for a, b in self.stream.blocks]
-        self.loader = DataLoader(
-            self.stream,
-            batch_size=None,
-            num_workers=num_workers,
-            pin_memory=pin_memory,
-            persistent_workers=False,
-            worker_init_fn=ignore_stop_signals,
-            generator=torch.Generator().manual_seed(seed),
+        self.loader = make_loader(
+            self.stream, batch_size=None, num_workers=num_workers, seed=seed, pin_memory=pin_memory
         )
         self.sampler = self
         self.epoch, self.skip = 0, 0
@@ -241,14 +235,8 @@ class ShardEvalLoader:
         self.stream.blocks = eval_blocks(
             len(dataset), world_size, rank, batch_size, self.stream.workers
         )
-        self.loader = DataLoader(
-            self.stream,
-            batch_size=None,
-            num_workers=num_workers,
-            pin_memory=pin_memory,
-            persistent_workers=False,
-            worker_init_fn=ignore_stop_signals,
-            generator=torch.Generator(),
+        self.loader = make_loader(
+            self.stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory
         )
         self.batch_size = batch_size
 
