@@ -8,12 +8,9 @@ case runs in-process through ``maekit.cli.main`` (what ``python -m maekit`` call
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import subprocess
 import sys
-import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,7 +18,7 @@ import pytest
 import torch
 
 from maekit.models import create_model
-from tests.conftest import write_image_folder
+from tests.conftest import run_cli_in_process, write_image_folder
 
 TINY = ["--model", "vit_tiny_patch16", "--input_size", "32", "--patch_size", "8"]
 OK = ["--batch_size", "4", "--num_workers", "0", "--epochs", "1", "--device", "cpu"]
@@ -154,28 +151,10 @@ SUBPROCESS_CASES = ["other_architecture", "linprobe_finetune_missing"]
 @pytest.fixture(scope="module")
 def results(scratch) -> dict[str, subprocess.CompletedProcess]:
     """Every case through ``maekit.cli.main`` in this process; name -> CompletedProcess."""
-    from maekit.cli import main
-
-    out = {}
-    cwd = os.getcwd()
-    try:
-        os.chdir(scratch)
-        for name, (phase, args, _) in CASES.items():
-            stdout, stderr = io.StringIO(), io.StringIO()
-            with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-                try:
-                    rc = main([phase, *args])
-                except SystemExit as e:  # argparse rejected the flags
-                    rc = e.code
-                except Exception:  # would be a traceback on the command line
-                    traceback.print_exc()
-                    rc = 1
-            out[name] = subprocess.CompletedProcess(
-                [phase, *args], rc, stdout.getvalue(), stderr.getvalue()
-            )
-    finally:
-        os.chdir(cwd)
-    return out
+    return {
+        name: run_cli_in_process([phase, *args], scratch)
+        for name, (phase, args, _) in CASES.items()
+    }
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,8 @@
 """`maekit shard` and shard --data_path with bad input: exit code 2 and one clear line on
-stderr, no traceback (also for a broken shard found by a data worker mid-epoch)."""
+stderr, no traceback (also for a broken shard found by a data worker mid-epoch).
+
+Every case runs in-process through ``maekit.cli.main``; a few also run as real subprocesses,
+which must print exactly what the in-process run printed."""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from maekit.data.shards.write import write_shards
-from tests.conftest import write_image_folder
+from tests.conftest import run_cli_in_process, write_image_folder
 
 TINY = [
     "--input_size",
@@ -83,11 +86,14 @@ def scratch(tmp_path_factory) -> Path:
     return root
 
 
+def _argv(args: list[str], cwd: Path) -> list[str]:
+    return [a.replace("URL/", f"file://{cwd}/") for a in args]
+
+
 def run_maekit(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    args = [a.replace("URL/", f"file://{cwd}/") for a in args]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": ""}
     return subprocess.run(
-        [sys.executable, "-m", "maekit", *args],
+        [sys.executable, "-m", "maekit", *_argv(args, cwd)],
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -96,18 +102,27 @@ def run_maekit(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
+SUBPROCESS_CASES = ["src_missing", "broken_shard_in_worker"]
+
+
 @pytest.fixture(scope="module")
 def results(scratch) -> dict[str, subprocess.CompletedProcess]:
+    return {
+        name: run_cli_in_process(_argv(argv, scratch), scratch)
+        for name, (argv, _, _) in CASES.items()
+    }
+
+
+@pytest.fixture(scope="module")
+def subprocess_results(scratch) -> dict[str, subprocess.CompletedProcess]:
     with ThreadPoolExecutor(max_workers=2) as pool:
         futures = {
-            name: pool.submit(run_maekit, argv, scratch) for name, (argv, _, _) in CASES.items()
+            name: pool.submit(run_maekit, CASES[name][0], scratch) for name in SUBPROCESS_CASES
         }
         return {name: f.result() for name, f in futures.items()}
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_bad_shard_input_is_one_error_line(results, case):
-    r = results[case]
+def check_one_error_line(r: subprocess.CompletedProcess, case: str) -> None:
     _, command, must_contain = CASES[case]
     assert "Traceback" not in r.stderr, r.stderr
     assert r.returncode == 2, (r.returncode, r.stderr)
@@ -117,7 +132,19 @@ def test_bad_shard_input_is_one_error_line(results, case):
     assert must_contain in lines[0], lines[0]
 
 
-def test_refused_shard_run_leaves_the_existing_shards(results, scratch):
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_shard_input_is_one_error_line(results, case):
+    check_one_error_line(results[case], case)
+
+
+@pytest.mark.parametrize("case", SUBPROCESS_CASES)
+def test_bad_shard_input_from_the_command_line(subprocess_results, results, case):
+    r = subprocess_results[case]
+    check_one_error_line(r, case)
+    assert r.stderr == results[case].stderr  # the in-process run says the same
+
+
+def test_refused_shard_run_leaves_the_existing_shards(results, subprocess_results, scratch):
     assert results["dst_has_shards"].returncode == 2
     names = sorted(p.name for p in (scratch / "shards" / "train").iterdir())
     assert names == ["shard-000000.tar", "shard-000001.tar", "shard-000002.tar", "shards.json"]

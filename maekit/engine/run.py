@@ -28,7 +28,7 @@ from .precision import resolve_precision
 from .progress import RunRecorder
 from .recipe import Recipe, RunContext
 from .resume import find_start
-from .runlock import lock_output_dir
+from .runlock import lock_output_dir, unlock_output_dirs
 from .schedule import absolute_lr
 from .trainer import LoopSettings, Trainer
 
@@ -98,7 +98,7 @@ def prepare_run(cfg: CommonConfig, resumes: bool = True) -> RunContext:
     if env.is_main:
         try:
             out = check_output_dir(cfg.output_dir)
-            lock_output_dir(out)  # held until the process exits
+            lock_output_dir(out)  # held until the run ends (run()'s finally)
         except MaekitError as e:
             error = e
     _agree(env, error)
@@ -157,9 +157,9 @@ def run(recipe: Recipe) -> list[dict]:
     cfg = recipe.cfg
     seed_all(cfg.seed, accelerators=True)  # the initial weights follow --seed (DDP: rank 0's)
     model = recipe.build_model()
-    ctx = prepare_run(cfg, resumes=not recipe.eval_only)
-    env = ctx.env
     try:
+        ctx = prepare_run(cfg, resumes=not recipe.eval_only)
+        env = ctx.env
         if env.is_main:
             for note in recipe.notes:
                 print(note, flush=True)
@@ -198,4 +198,5 @@ def run(recipe: Recipe) -> list[dict]:
             recipe.finish(history, monitors)
         return history
     finally:
+        unlock_output_dirs()
         shutdown()

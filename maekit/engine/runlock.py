@@ -3,8 +3,9 @@
 Two runs writing the same ``--output_dir`` would log every epoch twice, overwrite each other's
 checkpoints and delete each other's temp files as "stale". The main process of a run holds
 ``flock(LOCK_EX)`` on ``OUTPUT_DIR/.maekit.lock`` (its pid written inside, for the message) from
-start-up until it exits; the kernel drops the lock when the process dies, however it dies, so
-a killed run never leaves a lock behind. Only the lock holder removes stale temp files.
+start-up until the run ends (:func:`unlock_output_dirs`, called however the run ends) or the
+process dies; the kernel drops the lock when the process dies, however it dies, so a killed run
+never leaves a lock behind. Only the lock holder removes stale temp files.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from ..errors import MaekitError
 LOCK_NAME = ".maekit.lock"
 
 # Locks this process holds, by folder: a second run in the same process (tests, notebooks)
-# reuses its own lock instead of refusing itself. The file descriptors stay open until exit.
+# reuses its own lock instead of refusing itself. Open until the run ends or the process exits.
 _held: dict[Path, int] = {}
 
 
@@ -51,6 +52,14 @@ def lock_output_dir(folder: str | Path) -> Path:
     os.write(fd, f"{os.getpid()}\n".encode())
     _held[folder] = fd
     return path
+
+
+def unlock_output_dirs() -> None:
+    """Release every lock this process holds: the run is over (finished, failed or stopped), so
+    a notebook that ran it does not keep its folder from the next process."""
+    while _held:
+        _, fd = _held.popitem()
+        os.close(fd)  # closing the last descriptor drops the flock
 
 
 def _read_pid(fd: int) -> str:

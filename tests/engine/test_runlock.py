@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from maekit.engine.runlock import LOCK_NAME, lock_output_dir
+from maekit.engine.runlock import LOCK_NAME, lock_output_dir, unlock_output_dirs
 from maekit.errors import MaekitError
 from tests.conftest import REPO
 
@@ -46,6 +46,28 @@ def test_a_second_process_is_refused_with_the_holders_pid(tmp_path):
 def test_the_same_process_may_start_runs_in_its_own_folder_again(tmp_path):
     lock_output_dir(tmp_path)
     lock_output_dir(tmp_path)  # e.g. a notebook running two phases into one folder in turn
+
+
+def test_a_run_that_ended_in_this_process_leaves_the_folder_to_the_next(tmp_path):
+    """A notebook (or test) that ran a phase does not hold its folder after the run."""
+    from tests.conftest import run_cli_in_process, write_image_folder
+
+    data = write_image_folder(tmp_path / "data", per_class=2, size=(32, 32))
+    out = tmp_path / "run"
+    argv = ["pretrain", "--data_path", str(data), "--output_dir", str(out), "--epochs", "1"]
+    tiny = ["--model", "mae_vit_tiny_patch16", "--input_size", "32", "--patch_size", "8"]
+    opts = ["--batch_size", "2", "--num_workers", "0", "--device", "cpu", "--warmup_epochs", "0"]
+    r = run_cli_in_process([*argv, *tiny, *opts], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (out / "checkpoint-0.pth").exists()
+    holder = hold_lock(out)  # another process takes it at once
+    holder.kill()
+    holder.wait()
+    lock_output_dir(tmp_path)
+    unlock_output_dirs()
+    holder = hold_lock(tmp_path)
+    holder.kill()
+    holder.wait()
 
 
 def test_prepare_run_takes_the_lock_before_writing_config(tmp_path):
