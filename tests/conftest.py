@@ -20,6 +20,16 @@ if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+def pytest_collection_modifyitems(config, items) -> None:
+    """Everything in tests/e2e/ is slow (it trains through the CLI); the slow tests run first, so
+    that under ``-n 2`` the two workers finish on short tests instead of one long one."""
+    e2e = Path(__file__).parent / "e2e"
+    for item in items:
+        if e2e in Path(item.path).parents:
+            item.add_marker(pytest.mark.slow)
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable
+
+
 def write_image_folder(
     root: Path, classes: int = 2, per_class: int = 12, size=(40, 36), seed: int = 0
 ) -> Path:

@@ -169,6 +169,7 @@ def test_bad_input_is_one_error_line(results, case):
     check_one_error_line(results[case], case)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", SUBPROCESS_CASES)
 def test_bad_input_from_the_command_line(subprocess_results, results, case):
     r = subprocess_results[case]
@@ -196,6 +197,7 @@ def test_models_lists_the_mae_names(results):
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_pretrain_help(tmp_path):
     r = run_maekit(["pretrain", "--help"], tmp_path, timeout=120)
     assert r.returncode == 0, r.stderr
@@ -204,6 +206,7 @@ def test_pretrain_help(tmp_path):
     assert not r.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("maekit") is None, reason="console script not installed")
 def test_console_script_help(tmp_path):
     r = subprocess.run(

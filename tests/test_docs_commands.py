@@ -149,6 +149,7 @@ CHEAP = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cmd", CHEAP, ids=str)
 def test_cheap_commands_run(cmd: Command) -> None:
     args = placeholders_removed(maekit_argv(cmd))

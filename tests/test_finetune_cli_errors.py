@@ -182,6 +182,7 @@ def test_bad_input_is_one_error_line(results, case):
     check_one_error_line(results[case], case)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", SUBPROCESS_CASES)
 def test_bad_input_from_the_command_line(subprocess_results, results, case):
     r = subprocess_results[case]

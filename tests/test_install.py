@@ -11,8 +11,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from maekit import __version__
 from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow  # starts maekit processes: the full tier only
 
 
 def test_pip_install_dot_into_a_venv_with_torch_then_the_cli_runs(tmp_path: Path) -> None:

@@ -23,6 +23,8 @@ import pytest
 from maekit.cli import build_parser
 from tests.conftest import REPO
 
+pytestmark = pytest.mark.slow  # starts maekit processes: the full tier only
+
 LAUNCH = REPO / "scripts" / "launch"
 PHASE_SCRIPTS = [
     "pretrain.sh",

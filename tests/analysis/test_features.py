@@ -18,7 +18,7 @@ from maekit.data.sampling import subset_indices
 from maekit.data.transforms import eval_transform
 from maekit.models import create_model
 from tests.analysis.conftest import write_finetune_checkpoint
-from tests.conftest import run_cli, write_image_folder
+from tests.conftest import run_cli, run_cli_in_process, write_image_folder
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
@@ -75,6 +75,7 @@ def test_save_and_load_round_trip(tmp_path: Path, suffix: str) -> None:
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
 
 
+@pytest.mark.slow
 def test_extract_gives_the_same_features_in_one_and_two_processes(tmp_path: Path) -> None:
     # 3 classes x 5 = 15 images: shards of 8 and 7, and batch 4 leaves a short last batch.
     data = write_image_folder(tmp_path / "data", classes=3, per_class=5)
@@ -95,7 +96,7 @@ def test_extract_gives_the_same_features_in_one_and_two_processes(tmp_path: Path
         "cpu",
     ]
     one, two = tmp_path / "one.npy", tmp_path / "two.safetensors"
-    r = run_cli([*args, "--out", str(one)], tmp_path, timeout=180)
+    r = run_cli_in_process([*args, "--out", str(one)], tmp_path)
     assert r.returncode == 0, r.stderr
     r = run_cli([*args, "--out", str(two)], tmp_path, timeout=240, launcher=TORCHRUN)
     assert r.returncode == 0, r.stderr

@@ -11,7 +11,7 @@ import torch
 
 from maekit.analysis.knn import knn_accuracy, knn_scores
 from maekit.cli import main
-from tests.conftest import run_cli, write_image_folder
+from tests.conftest import run_cli_in_process, write_image_folder
 
 CLASSES = 10
 
@@ -130,10 +130,11 @@ def test_knn_needs_labels(
     assert err.startswith("maekit knn: error: k-NN needs labels") and message in err
 
 
+@pytest.mark.slow
 def test_pretrain_logs_knn_every_n_epochs_and_at_the_last(tmp_path: Path) -> None:
     data = labeled_data(tmp_path / "data")
     out = tmp_path / "run"
-    r = run_cli(
+    r = run_cli_in_process(
         [
             "pretrain",
             "--model",
@@ -160,7 +161,6 @@ def test_pretrain_logs_knn_every_n_epochs_and_at_the_last(tmp_path: Path) -> Non
             "10",
         ],
         tmp_path,
-        timeout=240,
     )
     assert r.returncode == 0, r.stderr
     logs = [json.loads(line) for line in (out / "log.txt").read_text().splitlines()]
@@ -181,7 +181,7 @@ def test_pretrain_logs_knn_every_n_epochs_and_at_the_last(tmp_path: Path) -> Non
 def test_pretrain_knn_on_unlabeled_data_fails_at_start_up(tmp_path: Path) -> None:
     write_image_folder(tmp_path / "tmp", classes=1, per_class=8)
     (tmp_path / "tmp" / "train" / "class_0").rename(tmp_path / "flat")
-    r = run_cli(
+    r = run_cli_in_process(
         [
             "pretrain",
             "--model",
@@ -198,7 +198,6 @@ def test_pretrain_knn_on_unlabeled_data_fails_at_start_up(tmp_path: Path) -> Non
             "1",
         ],
         tmp_path,
-        timeout=120,
     )
     assert r.returncode == 2
     assert r.stderr.startswith("maekit pretrain: error: --knn_eval_freq: k-NN needs labels"), (

@@ -8,7 +8,11 @@ import os
 import shutil
 import subprocess
 
+import pytest
+
 from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow  # starts maekit processes: the full tier only
 
 SCRIPT = REPO / "benchmarks" / "gpu.sh"
 

@@ -39,6 +39,7 @@ def test_phase_transforms_give_normalised_tensors(phase):
     assert isinstance(x, torch.Tensor) and x.shape == (3, 32, 32)
 
 
+@pytest.mark.slow
 def test_cli_pipeline_json(tmp_path):
     data = write_image_folder(tmp_path / "data", classes=1, per_class=8)
     r = run_cli(

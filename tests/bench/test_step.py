@@ -27,7 +27,7 @@ from maekit.bench.step import (
 )
 from maekit.config import BenchConfig
 from maekit.errors import MaekitError
-from tests.conftest import run_cli
+from tests.conftest import run_cli_in_process
 
 CPU = torch.device("cpu")
 TINY = dict(
@@ -166,6 +166,7 @@ def test_grad_ckpt_mode_gives_the_same_loss():
     assert ckpt.loss == pytest.approx(plain.loss, rel=1e-6)
 
 
+@pytest.mark.slow
 def test_compile_mode_runs_the_compiled_model(monkeypatch):
     """The --compile path end to end; the aot_eager backend keeps it fast and keeps eager RNG,
     so the loss must equal the eager fast mode's (inductor numerics: tests/engine/test_fastpath)."""
@@ -210,11 +211,12 @@ def test_wrong_model_kind_for_the_phase_is_a_clear_error():
         measure(cfg, CPU, fast_mode(cfg))
 
 
+@pytest.mark.slow
 def test_cli_json_is_one_valid_object(tmp_path):
     args = ["bench", "--json", "--reference"]
     for k, v in TINY.items():
         args += [f"--{k}", str(v)]
-    r = run_cli(args, tmp_path, timeout=240)
+    r = run_cli_in_process(args, tmp_path)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)  # nothing else on stdout
     assert {"img_per_s", "peak_mem_mb", "step_ms", "reference", "speedup"} <= out.keys()
@@ -248,7 +250,7 @@ def test_cli_bad_input_is_one_error_line(tmp_path, args, text):
         "--model",
         "mae_vit_tiny_patch16",
     ]
-    r = run_cli(base + args, tmp_path, timeout=120)
+    r = run_cli_in_process(base + args, tmp_path)
     assert r.returncode == 2
     assert r.stderr.startswith("maekit bench: error:") and text in r.stderr
     assert "Traceback" not in r.stderr
@@ -292,6 +294,7 @@ def test_ablation_modes_switch_off_only_the_paths_the_fast_mode_uses():
     assert "fused_adamw" not in [m.without for m in ablation_modes(probe, "fp32")]  # LARS
 
 
+@pytest.mark.slow
 def test_ablate_measures_each_path_off_in_the_same_rounds_with_the_same_loss():
     out = bench_step(BenchConfig(**{**TINY, "steps": 3}, ablate=True, rounds=2))
     abl = out["ablation"]

@@ -88,6 +88,7 @@ def test_env_variable_names_the_files_or_a_torchvision_root(
     assert len(fm.FashionMNIST("val")) == 7
 
 
+@pytest.mark.slow
 def test_missing_everywhere_is_one_line_naming_download(
     nowhere: Path, capsys: pytest.CaptureFixture
 ) -> None:

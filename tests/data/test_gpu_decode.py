@@ -326,6 +326,7 @@ def test_bench_pipeline_measures_the_gpu_decode_loader_on_the_cpu(tmp_path):
     assert 0 < out["open_files_per_worker"] < 64
 
 
+@pytest.mark.slow
 def test_batch_256_under_ulimit_n_256_completes(tmp_path):
     """Two tensors per image used to mean ~2 open files per image in flight: with `ulimit -n 256`
     a worker died of EMFILE (counted as unreadable images) and the loader hung. A packed batch

@@ -8,7 +8,7 @@ import re
 import sys
 from pathlib import Path
 
-from tests.conftest import run_cli, write_image_folder
+from tests.conftest import run_cli, run_cli_in_process, write_image_folder
 
 TINY = [
     "--input_size",
@@ -40,7 +40,7 @@ def labeled_folder(root: Path) -> Path:
 
 
 def single_process_eval(phase: str, data: Path, ckpt: Path, tmp: Path) -> tuple[float, float]:
-    r = run_cli(
+    r = run_cli_in_process(
         [
             phase,
             "--eval",

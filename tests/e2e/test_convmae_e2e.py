@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from tests.conftest import run_cli, write_image_folder
+from tests.conftest import run_cli_in_process, write_image_folder
 
 TINY = [
     "--input_size",
@@ -41,7 +41,7 @@ def test_convmae_pretrain_finetune_linprobe(tmp_path: Path) -> None:
     (tmp_path / "v" / "train").rename(data / "val")
 
     pre = tmp_path / "pre"
-    r = run_cli(
+    r = run_cli_in_process(
         [
             "pretrain",
             "--model",
@@ -64,7 +64,7 @@ def test_convmae_pretrain_finetune_linprobe(tmp_path: Path) -> None:
     assert ckpt["model"]["decoder_pred.weight"].shape == (4 * 4 * 3, 256)
 
     ft = tmp_path / "ft"
-    r = run_cli(
+    r = run_cli_in_process(
         [
             "finetune",
             "--model",
@@ -96,7 +96,7 @@ def test_convmae_pretrain_finetune_linprobe(tmp_path: Path) -> None:
     # linear probe without pooling flags: the phase's cls-token default falls back to global
     # pooling for a ConvViT, which has no cls token
     lp = tmp_path / "lp"
-    r = run_cli(
+    r = run_cli_in_process(
         [
             "linprobe",
             "--model",

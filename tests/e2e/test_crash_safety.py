@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from tests.conftest import REPO, run_cli, write_image_folder
+from tests.conftest import REPO, run_cli, run_cli_in_process, write_image_folder
 
 TINY = [
     "--model",
@@ -121,7 +121,7 @@ def test_sigkill_at_random_points_auto_resumes_bit_identical(tmp_path: Path) -> 
     data = write_image_folder(tmp_path / "data", per_class=12)  # 24 images: 6 steps per epoch
     args = ["pretrain", "--data_path", str(data), "--epochs", "3", "--num_workers", "1", *TINY]
     ref = tmp_path / "ref"
-    r = run_cli([*args, "--output_dir", str(ref)], tmp_path)
+    r = run_cli_in_process([*args, "--output_dir", str(ref)], tmp_path)
     assert r.returncode == 0, r.stderr
 
     out = tmp_path / "killed"
@@ -176,7 +176,7 @@ def test_sigterm_mid_epoch_saves_exits_0_and_resumes_bit_identical(tmp_path: Pat
     data = write_image_folder(tmp_path / "data", per_class=24)  # 48 images: 12 steps per epoch
     args = ["pretrain", "--data_path", str(data), "--epochs", "2", "--num_workers", "0", *TINY]
     ref = tmp_path / "ref"
-    r = run_cli([*args, "--output_dir", str(ref)], tmp_path)
+    r = run_cli_in_process([*args, "--output_dir", str(ref)], tmp_path)
     assert r.returncode == 0, r.stderr
 
     # SIGTERM goes to the whole process group, data workers included (as SLURM and Kubernetes
@@ -218,12 +218,12 @@ def test_auto_resume_skips_a_truncated_newest_checkpoint(tmp_path: Path) -> None
         str(out),
         *TINY,
     ]
-    r = run_cli([*args, "--epochs", "2"], tmp_path)
+    r = run_cli_in_process([*args, "--epochs", "2"], tmp_path)
     assert r.returncode == 0, r.stderr
     for name in ("checkpoint-last.pth", "checkpoint-1.pth"):  # both name epoch 1: damage both
         p = out / name
         p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
-    r = run_cli([*args, "--epochs", "3"], tmp_path)
+    r = run_cli_in_process([*args, "--epochs", "3"], tmp_path)
     assert r.returncode == 0, r.stderr
     assert "skipping damaged checkpoint" in r.stderr
     assert f"auto-resumed from {out / 'checkpoint-0.pth'}: continuing at epoch 1" in r.stdout
@@ -249,13 +249,15 @@ def test_finished_run_is_not_trained_again(tmp_path: Path) -> None:
         str(out),
         *TINY,
     ]
-    assert run_cli(args, tmp_path).returncode == 0
+    assert run_cli_in_process(args, tmp_path).returncode == 0
     before = (out / "checkpoint-0.pth").stat().st_mtime_ns
-    r = run_cli(args, tmp_path)
+    r = run_cli_in_process(args, tmp_path)
     assert r.returncode == 0, r.stderr
     assert "nothing to do" in r.stdout and "raise --epochs" in r.stdout
     assert (out / "checkpoint-0.pth").stat().st_mtime_ns == before
-    r = run_cli([*args, "--no_auto_resume"], tmp_path)  # explicitly starting over still works
+    r = run_cli_in_process(
+        [*args, "--no_auto_resume"], tmp_path
+    )  # explicitly starting over still works
     assert r.returncode == 0, r.stderr and "auto-resumed" not in r.stdout
 
 
@@ -301,7 +303,7 @@ def test_too_many_bad_images_stop_with_a_clear_error(tmp_path: Path) -> None:
         Image.fromarray(np.full((20, 20, 3), 9 * i, np.uint8)).save(flat / f"g{i}.png")
         (flat / f"b{i}.jpg").write_bytes(b"\xff\xd8 not really")
     out = tmp_path / "run"
-    r = run_cli(
+    r = run_cli_in_process(
         [
             "pretrain",
             "--data_path",

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from maekit.cli import main
 from maekit.formats import read_checkpoint
-from tests.conftest import run_cli
+from tests.conftest import run_cli_in_process
 from tests.e2e.test_chain_e2e import labeled_folder
 
 MEAN, STD = ["0.31", "0.42", "0.53"], ["0.21", "0.22", "0.23"]
@@ -31,7 +31,7 @@ COMMON = [
 def test_custom_statistics_travel_with_the_checkpoint(tmp_path: Path) -> None:
     data = labeled_folder(tmp_path / "data")
     pre = tmp_path / "pre"
-    r = run_cli(
+    r = run_cli_in_process(
         [
             "pretrain",
             "--model",
@@ -59,7 +59,7 @@ def test_custom_statistics_travel_with_the_checkpoint(tmp_path: Path) -> None:
         assert where["in_chans"] == 3 and where["input_size"] == [24, 40]
 
     # visualize: no --mean/--std/--input_size given
-    r = run_cli(
+    r = run_cli_in_process(
         [
             "visualize",
             "--checkpoint",
@@ -79,7 +79,7 @@ def test_custom_statistics_travel_with_the_checkpoint(tmp_path: Path) -> None:
 
     # finetune: no --mean/--std/--input_size given either
     ft = tmp_path / "ft"
-    r = run_cli(
+    r = run_cli_in_process(
         [
             "finetune",
             "--model",
@@ -107,7 +107,7 @@ def test_custom_statistics_travel_with_the_checkpoint(tmp_path: Path) -> None:
     assert ft_args["mean"] == [0.31, 0.42, 0.53] and ft_args["std"] == [0.21, 0.22, 0.23]
     assert ft_args["input_size"] == [24, 40]
     # and a flag still wins over the checkpoint
-    r = run_cli(
+    r = run_cli_in_process(
         [
             "finetune",
             "--model",

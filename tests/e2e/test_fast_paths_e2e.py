@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from tests.conftest import run_cli, write_image_folder
+from tests.conftest import run_cli_in_process, write_image_folder
 
 TINY = [
     "--input_size",
@@ -40,7 +40,7 @@ def test_pretrain_with_grad_ckpt_logs_the_same_loss(tmp_path: Path) -> None:
     losses = []
     for flags in ([], ["--grad_ckpt"]):
         out = tmp_path / f"run{len(losses)}"
-        r = run_cli(
+        r = run_cli_in_process(
             [
                 "pretrain",
                 "--model",
@@ -63,7 +63,7 @@ def test_finetune_with_grad_ckpt_saves_plain_weights(tmp_path: Path) -> None:
     data = write_image_folder(tmp_path / "data")
     (data / "val").symlink_to(data / "train")
     out = tmp_path / "ft"
-    r = run_cli(
+    r = run_cli_in_process(
         [
             "finetune",
             "--model",

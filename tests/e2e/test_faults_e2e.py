@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from tests.conftest import run_cli, write_image_folder
+from tests.conftest import run_cli, run_cli_in_process, write_image_folder
 from tests.e2e.test_crash_safety import TINY, Run
 
 
@@ -83,7 +83,7 @@ def test_a_failing_checkpoint_writer_is_one_line_and_the_run_resumes_after(tmp_p
         str(out),
         *TINY,
     ]
-    assert run_cli([*args, "--epochs", "1"], tmp_path).returncode == 0
+    assert run_cli_in_process([*args, "--epochs", "1"], tmp_path).returncode == 0
     before = (out / "checkpoint-last.pth").read_bytes()
 
     # The checkpoint (tens of MB) cannot be written past 1 MB: torch's zip writer fails as on a
@@ -111,7 +111,7 @@ def test_a_failing_checkpoint_writer_is_one_line_and_the_run_resumes_after(tmp_p
     assert not leftovers(out)
 
     # Space freed: the same command continues from the last good checkpoint.
-    again = run_cli([*args, "--epochs", "2"], tmp_path)
+    again = run_cli_in_process([*args, "--epochs", "2"], tmp_path)
     assert again.returncode == 0, again.stderr
     assert "continuing at epoch 1" in again.stdout
     assert epochs_logged(out) == [0, 1]  # the failed attempt's epoch-1 line was cut back

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from tests.conftest import run_cli, write_image_folder
+from tests.conftest import run_cli, run_cli_in_process, write_image_folder
 from tests.e2e.test_chain_e2e import labeled_folder
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
@@ -74,7 +74,9 @@ def pretrain(data: Path, out: Path, mode: str, epochs: int, tmp: Path, procs: in
     ]
     if procs == 2:
         args += ["--dist_mode", mode]
-    r = run_cli(args, tmp, launcher=TORCHRUN if procs == 2 else None, timeout=300)
+        r = run_cli(args, tmp, launcher=TORCHRUN, timeout=300)
+    else:
+        r = run_cli_in_process(args, tmp)
     assert r.returncode == 0, r.stderr[-3000:]
     return r
 
@@ -153,7 +155,7 @@ def test_fsdp_finetune_and_linprobe_with_sharded_evaluation(tmp_path: Path) -> N
         )
         assert r.returncode == 0, r.stderr[-3000:]
         (log,) = [json.loads(line) for line in (out / "log.txt").read_text().splitlines()]
-        r = run_cli(
+        r = run_cli_in_process(
             [
                 phase,
                 "--eval",

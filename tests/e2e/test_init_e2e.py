@@ -12,7 +12,7 @@ import transformers
 from PIL import Image
 
 from maekit.formats import read_checkpoint
-from tests.conftest import run_cli
+from tests.conftest import run_cli_in_process
 from tests.formats.test_hf import set_sincos_tables
 
 # mae_vit_tiny_patch16's sizes, so `--model mae_vit_tiny_patch16` takes the HF weights as they are
@@ -84,7 +84,7 @@ def test_pretrain_init_from_hf_folder_one_channel_non_square(tmp_path: Path) -> 
         str(out),
         *FLAGS,
     ]
-    r = run_cli([*args, "--epochs", "1"], tmp_path)
+    r = run_cli_in_process([*args, "--epochs", "1"], tmp_path)
     assert r.returncode == 0, r.stderr
     line = next(ln for ln in r.stdout.splitlines() if ln.startswith("init from"))
     assert "Hugging Face ViTMAEForPreTraining folder" in line
@@ -101,7 +101,7 @@ def test_pretrain_init_from_hf_folder_one_channel_non_square(tmp_path: Path) -> 
     assert ckpt["model"]["pos_embed"].shape == (1, 16, 192)
     assert ckpt["model"]["patch_embed.proj.weight"].shape == (192, 1, 8, 8)
     # the same run folder again, with more epochs: its progress wins over --init
-    r = run_cli([*args, "--epochs", "2"], tmp_path)
+    r = run_cli_in_process([*args, "--epochs", "2"], tmp_path)
     assert r.returncode == 0, r.stderr
     assert f"--init {folder} not used: {out} already has progress" in r.stdout
     assert "auto-resumed from" in r.stdout and "for epochs 1..1" in r.stdout

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from maekit.models import create_model
-from tests.conftest import run_cli
+from tests.conftest import run_cli, run_cli_in_process
 
 TINY = [
     "--model",
@@ -39,7 +39,7 @@ def read_log(out: Path) -> list[dict]:
 
 def test_pretrain_two_epochs_then_resume_to_three(image_folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    r = run_cli(
+    r = run_cli_in_process(
         [
             "pretrain",
             "--data_path",
@@ -82,7 +82,7 @@ def test_pretrain_two_epochs_then_resume_to_three(image_folder: Path, tmp_path: 
     model = create_model("mae_vit_tiny_patch16", img_size=32, patch_size=8)
     model.load_state_dict(ckpt["model"], strict=True)
 
-    r = run_cli(
+    r = run_cli_in_process(
         [
             "pretrain",
             "--data_path",
@@ -114,7 +114,7 @@ def test_flat_folder_without_labels_pretrains(tmp_path: Path, image_folder: Path
     for p in (image_folder / "train").rglob("*.*"):
         shutil.copy(p, flat / f"{p.parent.name}_{p.name}")
     out = tmp_path / "run"
-    r = run_cli(
+    r = run_cli_in_process(
         ["pretrain", "--data_path", str(flat), "--epochs", "1", "--output_dir", str(out), *TINY],
         tmp_path,
     )

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from maekit.data.shards.write import write_shards
-from tests.conftest import run_cli, write_image_folder
+from tests.conftest import run_cli, run_cli_in_process, write_image_folder
 from tests.e2e.log_shard_batches import LOG_ENV
 from tests.e2e.test_crash_safety import Run, assert_bit_identical, final_weights
 
@@ -154,7 +154,7 @@ def test_sigterm_mid_epoch_on_shards_resumes_bit_identical(tmp_path: Path) -> No
         "--norm_pix_loss",
     ]
     ref = tmp_path / "ref"
-    r = run_cli([*args, "--output_dir", str(ref)], tmp_path)
+    r = run_cli_in_process([*args, "--output_dir", str(ref)], tmp_path)
     assert r.returncode == 0, r.stderr
 
     out = tmp_path / "term"

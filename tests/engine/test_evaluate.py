@@ -139,6 +139,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_rank_split_evaluation_on_two_processes_equals_single_process(tmp_path: Path):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)

@@ -178,6 +178,7 @@ def test_phase_flags_exist():
 # --- torch.compile ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(torch, "compile"), reason="torch.compile is not available")
 def test_compiled_mae_gives_the_eager_loss_and_gradients():
     """The real inductor path on a one-block MAE (compiling takes ~1 min on a cold cache)."""

@@ -77,6 +77,7 @@ def test_optimizer_state_names_and_integer_ids_round_trip() -> None:
         _to_names(own, other, m)
 
 
+@pytest.mark.slow
 def test_fsdp_two_processes(tmp_path: Path) -> None:
     """Under torchrun x2 (tests/engine/fsdp_worker.py): the sharded gradients equal the
     rank-averaged gradients of an unsharded model; --grad_ckpt gives the same loss and

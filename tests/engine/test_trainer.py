@@ -374,6 +374,7 @@ gc.collect()
 """
 
 
+@pytest.mark.slow
 def test_a_nonfinite_loss_on_one_rank_is_skipped_by_all_ranks(tmp_path):
     """With --max_nonfinite under DDP/FSDP the ranks skip a step together: a backward skipped
     on one rank alone would leave the others waiting in its all-reduce."""

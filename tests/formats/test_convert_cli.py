@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from maekit.cli import main
 from maekit.formats import read_checkpoint
-from tests.conftest import run_cli
+from tests.conftest import run_cli_in_process
 
 from .builders import paddle_layout, tiny_mae, write_pd
 
@@ -66,10 +66,9 @@ def test_existing_output_is_not_overwritten(tmp_path, capsys):
 
 
 def test_cli_errors_are_one_line(tmp_path):
-    r = run_cli(
+    r = run_cli_in_process(
         ["convert", str(tmp_path / "nope.pd"), str(tmp_path / "out.pth"), "--to", "timm"],
         tmp_path,
-        timeout=120,
     )
     assert r.returncode == 2
     assert r.stderr.startswith("maekit convert: error: checkpoint") and "does not exist" in r.stderr

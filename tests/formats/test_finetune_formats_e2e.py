@@ -10,9 +10,11 @@ from safetensors.torch import save_file
 
 from maekit.cli import main
 from maekit.models import create_model
-from tests.conftest import run_cli, write_image_folder
+from tests.conftest import run_cli_in_process, write_image_folder
 
 from .builders import paddle_layout, write_official_pth, write_pd, write_pdparams
+
+pytestmark = pytest.mark.slow  # starts maekit processes: the full tier only
 
 TINY = [
     "--model",
@@ -78,7 +80,7 @@ def test_finetune_from_each_format(source, tmp_path, fmt):
     root, state = source
     ckpt, shown = write(fmt, tmp_path, state)
     out = tmp_path / "ft"
-    r = run_cli(
+    r = run_cli_in_process(
         [
             "finetune",
             "--finetune",
@@ -90,7 +92,6 @@ def test_finetune_from_each_format(source, tmp_path, fmt):
             *TINY,
         ],
         tmp_path,
-        timeout=300,
     )
     assert r.returncode == 0, r.stderr
     (line,) = [x for x in r.stdout.splitlines() if x.startswith(f"{ckpt}: ")]

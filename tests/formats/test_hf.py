@@ -248,7 +248,7 @@ def test_transformers5_in_memory_names_are_read_too(tmp_path):
 
 
 def test_unsupported_architecture_is_named_in_one_line(tmp_path):
-    from tests.conftest import run_cli
+    from tests.conftest import run_cli_in_process
 
     folder = tmp_path / "swin"
     folder.mkdir()
@@ -256,8 +256,8 @@ def test_unsupported_architecture_is_named_in_one_line(tmp_path):
         json.dumps({"architectures": ["SwinForImageClassification"], "model_type": "swin"})
     )
     save_file({"embeddings.norm.weight": torch.ones(4)}, str(folder / "model.safetensors"))
-    r = run_cli(
-        ["convert", str(folder), str(tmp_path / "out.pth"), "--to", "maekit"], tmp_path, timeout=120
+    r = run_cli_in_process(
+        ["convert", str(folder), str(tmp_path / "out.pth"), "--to", "maekit"], tmp_path
     )
     assert r.returncode == 2
     assert len(r.stderr.strip().splitlines()) == 1
