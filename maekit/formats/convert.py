@@ -72,9 +72,7 @@ def convert(
 def _is_hf_folder(path: Path) -> bool:
     """A save_pretrained folder (a config.json naming a model_type) that holds no run: a run
     folder's config.json is maekit's record of the run, never replaced by an export."""
-    from ..checkpoint.rundir import holds_checkpoints
-
-    if not path.is_dir() or holds_checkpoints(path) or (path / "log.txt").exists():
+    if not path.is_dir() or any(path.glob("checkpoint*.pth")) or (path / "log.txt").exists():
         return False
     try:
         config = json.loads((path / "config.json").read_text())
