@@ -32,7 +32,7 @@ from .recipe import Recipe, RunContext
 from .resume import find_start
 from .runlock import lock_output_dir
 from .schedule import absolute_lr
-from .trainer import LoopSettings, Trainer
+from .trainer import LoopSettings, Trainer, steps_in_epoch
 
 
 def check_output_dir(path: str) -> Path:
@@ -48,6 +48,24 @@ def check_output_dir(path: str) -> Path:
             f"--output_dir {out} is not writable ({e.strerror or e}); choose another folder"
         ) from e
     return out
+
+
+def refuse_inside_data(cfg: CommonConfig) -> None:
+    """A run folder inside a folder read as images (a flat folder or class folders; with
+    train/ and val/, those two) would feed the run's own files (reconstruction PNGs) back as
+    training images, or become a class of its own."""
+    data = Path(str(getattr(cfg, "data_path", "") or ""))
+    if not str(data) or not data.is_dir():
+        return  # fashion-mnist, shards, or a missing folder (refused when read)
+    splits = [data / s for s in ("train", "val") if (data / s).is_dir()]
+    out = Path(cfg.output_dir).resolve()
+    for read in splits or [data]:
+        read = read.resolve()
+        if out == read or read in out.parents:
+            raise MaekitError(
+                f"--output_dir {cfg.output_dir} is inside {read}, which is read as images: "
+                "the run's files would become training data; give an --output_dir outside it"
+            )
 
 
 def resume_conflicts(now: dict, saved: object, resumable: frozenset[str]) -> list[str]:
@@ -133,6 +151,7 @@ def prepare_run(cfg: CommonConfig, resumes: bool = True) -> RunContext:
     out, error = Path(cfg.output_dir), None
     if env.is_main:
         try:
+            refuse_inside_data(cfg)
             out = check_output_dir(cfg.output_dir)
             lock_output_dir(out)  # held until the process exits
         except MaekitError as e:
@@ -191,6 +210,11 @@ def run(recipe: Recipe) -> list[dict]:
     # process group or output exists. From here on ``cfg`` is this one frozen value.
     recipe.setup()
     cfg = recipe.cfg
+    if not recipe.eval_only and cfg.warmup_epochs > cfg.epochs:
+        recipe.notes.append(
+            f"maekit: warning: --warmup_epochs {cfg.warmup_epochs:g} is above --epochs "
+            f"{cfg.epochs}: the lr never reaches its peak (--blr/--lr); lower --warmup_epochs"
+        )
     seed_all(cfg.seed, accelerators=True)  # the initial weights follow --seed (DDP: rank 0's)
     model = recipe.build_model()
     ctx = prepare_run(cfg, resumes=not recipe.eval_only)
@@ -205,6 +229,13 @@ def run(recipe: Recipe) -> list[dict]:
             ctx.recorder.close()
             return history
         loader = recipe.train_loader(ctx)
+        steps = steps_in_epoch(len(loader), cfg.max_train_step)
+        if cfg.accum_iter > steps:  # no optimizer step would ever be taken
+            raise MaekitError(
+                f"--accum_iter {cfg.accum_iter} is above the {steps} steps of an epoch: the "
+                f"optimizer would never step; use --accum_iter {max(steps, 1)} or less, or "
+                "more data / a smaller --batch_size"
+            )
         if env.is_main:
             for line in recipe.data_lines(loader, model):
                 print(line)
