@@ -21,7 +21,30 @@ from .errors import MaekitError
 def atomic_write(path: str | Path, write: Callable[[Path], object]) -> None:
     """Write ``path`` all or nothing: ``write(tmp)`` fills a temp file in the same folder, which
     is fsynced and renamed over ``path``, then the folder is fsynced. On any failure the temp
-    file is removed and ``path`` keeps its old content. (Checkpoints, shards, feature files.)"""
+    file is removed and ``path`` keeps its old content. (Checkpoints, shards, feature files.)
+    An OS error (full disk, file size limit, read-only folder) is one line: a MaekitError."""
+    try:
+        _atomic_write(path, write)
+    except OSError as e:
+        raise MaekitError(
+            f"could not write {path} ({e.strerror or e}); free disk space or choose another "
+            "output (an existing file there is untouched)"
+        ) from e
+
+
+def check_overwrite(path: str | Path, owned: Callable[[Path], bool], what: str) -> None:
+    """The guard of every output that may replace a file: ``path`` may exist only as a file
+    this kind of output wrote before (``owned(path)``, e.g. an earlier extract's sidecar); a
+    file maekit does not own there (a run's config.json, a checkpoint) is never overwritten."""
+    path = Path(path)
+    if path.exists() and not owned(path):
+        raise MaekitError(
+            f"{path} exists and is not {what}; maekit does not overwrite it: choose another "
+            "output name"
+        )
+
+
+def _atomic_write(path: str | Path, write: Callable[[Path], object]) -> None:
     path = Path(path)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -52,7 +75,7 @@ def atomic_save(obj: dict, path: str | Path) -> None:
     the RuntimeError torch's zip writer raises for a full disk) is a one-line MaekitError and
     ``path`` keeps its old content."""
     try:
-        atomic_write(path, lambda tmp: _torch_save(obj, tmp))
+        _atomic_write(path, lambda tmp: _torch_save(obj, tmp))
     except MaekitError:
         raise
     except Exception as e:  # OSError (ENOSPC, EFBIG, EIO...), torch's RuntimeError, ...
@@ -104,7 +127,7 @@ def atomic_copy(src: str | Path, dst: str | Path) -> None:
                 shutil.copyfileobj(fin, fout, 16 << 20)
 
     try:
-        atomic_write(dst, write)
+        _atomic_write(dst, write)
     except MaekitError:
         raise
     except Exception as e:
@@ -129,6 +152,12 @@ def save_safetensors(state: dict[str, torch.Tensor], path: Path, metadata: dict[
     # safetensors wants contiguous tensors that share no memory
     state = {k: v.detach().contiguous().clone() for k, v in state.items()}
     try:
-        atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=metadata))
+        _atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=metadata))
     except OSError as e:
         raise MaekitError(f"could not write {path}: {e.strerror or e}") from e
+    except Exception as e:  # safetensors' own error for a short write (full disk, size limit)
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise MaekitError(
+            f"could not write {path} ({type(e).__name__}: {first}; usually a full disk); "
+            "free disk space or choose another output"
+        ) from e

@@ -61,8 +61,15 @@ def image_folder(tmp_path: Path) -> Path:
     return write_image_folder(tmp_path / "data")
 
 
-def run_cli(args: list[str], cwd: Path, timeout: float = 300, launcher: list[str] | None = None):
+def run_cli(
+    args: list[str],
+    cwd: Path,
+    timeout: float = 300,
+    launcher: list[str] | None = None,
+    preexec_fn=None,
+):
     """Run ``python -m maekit ARGS`` (or under ``launcher``) and return the CompletedProcess.
+    ``preexec_fn`` runs in the child before maekit (e.g. a file size limit).
 
     The command runs in its own process group, killed whole on timeout, so a hung torchrun
     never leaves worker processes behind.
@@ -77,6 +84,7 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 300, launcher: list[str
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        preexec_fn=preexec_fn,
     )
     try:
         out, err = proc.communicate(timeout=timeout)

@@ -160,7 +160,7 @@ CASES: dict[str, tuple[list[str], str]] = {
     ),
     "resume_is_a_directory": (
         ["pretrain", "--data_path", "src", "--resume", "a_folder", "--output_dir", "r3", *TINY],
-        "is a directory",
+        "is a folder; give the checkpoint file in it",
     ),
     "visualize_non_image": (
         [

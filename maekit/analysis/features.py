@@ -25,13 +25,14 @@ from torch.utils.data import Dataset, Subset
 from tqdm import tqdm
 
 from ..config import ExtractConfig
+from ..data.robust import SkipUnreadable, collate_readable
 from ..data.sampling import subset_indices
 from ..data.workers import loader_workers, make_loader
 from ..engine.distributed import DistEnv, init_distributed, shutdown
 from ..engine.evaluate import RankSplitSampler
 from ..engine.precision import Precision, resolve_precision
 from ..errors import MaekitError
-from ..files import atomic_write
+from ..files import atomic_write, check_overwrite, save_safetensors
 from ..models.family import Family, family_of
 
 POOLS = ("cls", "mean", "all")
@@ -88,6 +89,20 @@ def gather_in_order(local: torch.Tensor, total: int, env: DistEnv) -> torch.Tens
     return ordered[:total]
 
 
+class _WithIndex(Dataset):
+    """(image, label, index): the index says which row a readable image fills."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        img, target = self.dataset[i][:2]
+        return img, target, i
+
+
 @torch.no_grad()
 def extract_features(
     model: torch.nn.Module,
@@ -99,9 +114,11 @@ def extract_features(
     num_workers: int = 0,
     progress: bool = True,
     desc: str = "features",
-) -> tuple[torch.Tensor, torch.Tensor] | tuple[None, None]:
-    """(features float32, labels int64) of the whole dataset on rank 0, in dataset order; (None,
-    None) on the other ranks. Every rank must call it (it ends in a collective)."""
+) -> tuple[torch.Tensor, torch.Tensor, list[int]] | tuple[None, None, None]:
+    """(features float32, labels int64, dataset indices of the rows) of the readable images on
+    rank 0, in dataset order; (None, None, None) on the other ranks. A file that cannot be
+    decoded is skipped with a warning (a k-NN monitor must not end a run after its epoch), so
+    the rows can be fewer than the dataset. Every rank must call it (it ends in collectives)."""
     if len(dataset) < env.world_size:
         raise MaekitError(
             f"{len(dataset)} images for {env.world_size} processes; run with fewer processes"
@@ -110,13 +127,14 @@ def extract_features(
     model.eval()
     sampler = RankSplitSampler(len(dataset), env.rank, env.world_size)
     loader = make_loader(
-        dataset,
+        SkipUnreadable(_WithIndex(dataset)),
         batch_size=batch_size,
         sampler=sampler,
         num_workers=num_workers,
         pin_memory=env.device.type == "cuda",
+        collate_fn=collate_readable,
     )
-    feats, labels = [], []
+    feats, labels, rows = [], [], []
     # On a terminal a live bar; in a log file a line every 30 s instead of a carriage-return stream.
     bar = tqdm(
         loader,
@@ -125,18 +143,58 @@ def extract_features(
         dynamic_ncols=True,
         mininterval=0.1 if sys.stderr.isatty() else 30.0,
     )
-    for imgs, targets in bar:
+    for batch in bar:
+        if batch is None:  # every image of the batch was unreadable
+            continue
+        imgs, targets, index = batch
         imgs = imgs.to(env.device, non_blocking=True)
         with precision.autocast():
             f = encode(model, imgs, pool)
         feats.append(f.float())
         labels.append(torch.as_tensor(targets, dtype=torch.int64, device=env.device))
+        rows.append(torch.as_tensor(index, dtype=torch.int64))
     model.train(was_training)
-    feats = gather_in_order(torch.cat(feats), len(dataset), env)
-    labels = gather_in_order(torch.cat(labels), len(dataset), env)
+    shard = len(sampler)
+    # Rows of this rank's shard by position (rank, rank + W, ...); unreadable ones stay 0/invalid.
+    shape = _feature_shape(feats, env)
+    local = torch.zeros((shard, *shape), device=env.device)
+    local_labels = torch.full((shard,), -1, dtype=torch.int64, device=env.device)
+    valid = torch.zeros(shard, dtype=torch.int64, device=env.device)
+    if feats:
+        pos = ((torch.cat(rows) - env.rank) // env.world_size).to(env.device)
+        local[pos] = torch.cat(feats)
+        local_labels[pos] = torch.cat(labels)
+        valid[pos] = 1
+    feats = gather_in_order(local, len(dataset), env)
+    labels = gather_in_order(local_labels, len(dataset), env)
+    valid = gather_in_order(valid, len(dataset), env)
     if feats is None:
-        return None, None
-    return feats.cpu(), labels.cpu()
+        return None, None, None
+    keep = valid.bool().cpu()
+    if not bool(keep.any()):
+        raise MaekitError(
+            f"none of the {len(dataset)} images could be read ({desc}); check the data path "
+            "(see the 'skipping unreadable' warnings above)"
+        )
+    if not bool(keep.all()):
+        print(
+            f"maekit: warning: {desc}: {int((~keep).sum())} of {len(dataset)} images were "
+            "unreadable and left out",
+            file=sys.stderr,
+            flush=True,
+        )
+    return feats.cpu()[keep], labels.cpu()[keep], torch.nonzero(keep)[:, 0].tolist()
+
+
+def _feature_shape(feats: list[torch.Tensor], env: DistEnv) -> tuple[int, ...]:
+    """The shape of one feature row; from another rank when every image of this one's shard
+    was unreadable."""
+    mine = tuple(feats[0].shape[1:]) if feats else None
+    if not env.distributed:
+        return mine or (0,)
+    shapes: list = [None] * env.world_size
+    dist.all_gather_object(shapes, mine)
+    return next((s for s in shapes if s is not None), (0,))
 
 
 def sample_names(dataset: Dataset, data_path: str, split: str) -> list[str]:
@@ -163,15 +221,15 @@ def is_labeled(dataset: Dataset) -> bool:
 def save_features(
     path: str | Path, features: torch.Tensor, labels: torch.Tensor, names: list[str], meta: dict
 ) -> list[Path]:
-    """Write features + labels + names (+ ``meta`` strings) atomically; returns the files written."""
+    """Write features + labels + names (+ ``meta`` strings) atomically; returns the files written.
+    An existing file is replaced only if it is an earlier extract's (:func:`check_overwrite`)."""
     path = Path(path)
     info = {"names": names, **meta}
+    check_feature_outputs(path)
     if path.suffix == ".safetensors":
-        from safetensors.torch import save_file
-
-        tensors = {"features": features.contiguous(), "labels": labels.contiguous()}
+        tensors = {"features": features, "labels": labels}
         metadata = {k: v if isinstance(v, str) else json.dumps(v) for k, v in info.items()}
-        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+        save_safetensors(tensors, path, metadata)
         return [path]
     if path.suffix == ".npy":
         sidecar = path.with_suffix(".json")
@@ -185,6 +243,47 @@ def save_features(
         atomic_write(sidecar, lambda tmp: Path(tmp).write_text(text))
         return [path, sidecar]
     raise MaekitError(f"--out {path}: use a .safetensors or .npy file name")
+
+
+def check_feature_outputs(path: Path) -> None:
+    """Refuse an --out whose files exist and are not an earlier extract's (e.g. X.npy beside
+    a run's X.json = config.json)."""
+    if path.suffix == ".safetensors":
+        check_overwrite(path, _is_feature_file, "a feature file of maekit extract")
+    elif path.suffix == ".npy":
+        check_overwrite(path, _is_npy, "a .npy array")
+        check_overwrite(
+            path.with_suffix(".json"), _is_sidecar, "the label file of an earlier maekit extract"
+        )
+    else:
+        raise MaekitError(f"--out {path}: use a .safetensors or .npy file name")
+
+
+def _is_feature_file(path: Path) -> bool:
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            return {"features", "labels"} <= set(f.keys())
+    except Exception:  # not a safetensors file at all
+        return False
+
+
+def _is_npy(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(6) == b"\x93NUMPY"
+    except OSError:
+        return False
+
+
+def _is_sidecar(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            obj = json.loads(f.read(64 << 20))
+    except (OSError, ValueError):
+        return False
+    return isinstance(obj, dict) and {"labels", "names", "pool"} <= set(obj)
 
 
 def load_features(path: str | Path) -> tuple[torch.Tensor, torch.Tensor, dict]:
@@ -215,6 +314,7 @@ def run(cfg: ExtractConfig) -> Path | None:
     out = Path(cfg.out)
     if not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
         raise MaekitError(f"--out {out}: folder {out.parent} does not exist or is not writable")
+    check_feature_outputs(out)
     # Everything that can fail on user input, before any process group exists.
     refuse_shards(cfg.data_path, "maekit extract")
     loaded = load_checkpoint_model(cfg, random_init=cfg.random_init)
@@ -233,7 +333,7 @@ def run(cfg: ExtractConfig) -> Path | None:
                 f"({loaded.source}), pool {cfg.pool}, on {env.device} x {env.world_size}",
                 file=sys.stderr,
             )
-        feats, labels = extract_features(
+        feats, labels, kept = extract_features(
             model,
             dataset,
             cfg.pool,
@@ -255,9 +355,8 @@ def run(cfg: ExtractConfig) -> Path | None:
             "checkpoint": loaded.source,
             "split": cfg.split,
         }
-        written = save_features(
-            out, feats, labels, sample_names(dataset, cfg.data_path, cfg.split), meta
-        )
+        names = sample_names(dataset, cfg.data_path, cfg.split)
+        written = save_features(out, feats, labels, [names[i] for i in kept], meta)
         print(
             f"wrote {', '.join(map(str, written))}: features {tuple(feats.shape)}, labels {tuple(labels.shape)}"
         )

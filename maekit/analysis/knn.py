@@ -121,14 +121,15 @@ def knn_evaluate(
         num_workers=num_workers,
         progress=progress,
     )
-    bank_feats, bank_labels = extract_features(model, bank, desc="knn bank", **kw)
-    query_feats, query_labels = extract_features(model, queries, desc="knn queries", **kw)
+    bank_feats, bank_labels, _ = extract_features(model, bank, desc="knn bank", **kw)
+    query_feats, query_labels, _ = extract_features(model, queries, desc="knn queries", **kw)
     result = None
     if env.is_main:
         result = knn_accuracy(
             bank_feats, bank_labels, query_feats, query_labels, num_classes, k, temperature
         )
-        result["bank"] = len(bank)
+        result["bank"] = len(bank_labels)
+        result["k"] = min(k, len(bank_labels))  # the neighbours actually used
     return broadcast_object(result)
 
 
@@ -209,7 +210,7 @@ def run(cfg: KnnConfig) -> dict[str, float]:
             print(
                 f"knn {loaded.name} ({loaded.source}) on {cfg.data_path}: top-1 {result['acc1']:.2f}%  "
                 f"top-5 {result['acc5']:.2f}%  ({result['n']} val queries, bank of {result['bank']} "
-                f"train images, k={cfg.k}, T={cfg.temperature}, pool {cfg.pool})"
+                f"train images, k={result['k']}, T={cfg.temperature}, pool {cfg.pool})"
             )
         return result
     finally:

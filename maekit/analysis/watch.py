@@ -179,7 +179,17 @@ class ReconstructionWatch:
     def grid(self, epoch: int) -> Path | None:
         """reconstruction-{epoch}.png of the first --vis_images validation images; logged as an image."""
         k = min(self.cfg.vis_images, len(self.val_set))
-        imgs = torch.stack([self.val_set[i][0] for i in range(k)])  # (k, C, H, W), eval transform
+        readable = SkipUnreadable(self.val_set)
+        shown = []  # the first k readable validation images (a bad file must not end the run)
+        for i in range(len(readable)):
+            if len(shown) == k:
+                break
+            sample = readable[i]
+            if sample is not None:
+                shown.append(sample[0])
+        if not shown:
+            return None
+        imgs = torch.stack(shown)  # (k, C, H, W), eval transform
         with gathered(self.model):
             recon, mask_px = reconstruct(
                 self.model,

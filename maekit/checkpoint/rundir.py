@@ -75,6 +75,49 @@ def _count(value: object, key: str, path: str | Path, lowest: int) -> int:
     return value
 
 
+def holds_checkpoints(folder: str | Path) -> bool:
+    """Whether ``folder`` holds a run's checkpoints (last, best or periodic; damaged ones too)."""
+    folder = Path(folder)
+    return any((folder / n).is_file() for n in (LAST, BEST)) or bool(periodic_checkpoints(folder))
+
+
+def _run_file(name: str, with_events: bool) -> bool:
+    """A file a training run writes in its output folder (what :func:`archive_run` moves)."""
+    return bool(
+        name in (LAST, BEST, "log.txt", "config.json")
+        or PERIODIC.match(name)
+        or re.match(r"^reconstruction-\d+\.png$", name)
+        or (with_events and name.startswith("events.out.tfevents."))
+    )
+
+
+def archive_run(folder: str | Path, with_events: bool) -> Path | None:
+    """Move the files of the run in ``folder`` into ``folder/previous-N`` (the first free N):
+    a run that starts over there (``--no_auto_resume``, a ``--resume`` from elsewhere) must
+    neither mix its log and checkpoints with the old run's nor overwrite them. Only the
+    files a run writes move (``with_events``: TensorBoard's too); None if there were none."""
+    folder = Path(folder)
+    names = sorted(
+        p.name for p in folder.iterdir() if p.is_file() and _run_file(p.name, with_events)
+    )
+    if not names:
+        return None
+    n = 1
+    while (folder / f"previous-{n}").exists():
+        n += 1
+    dest = folder / f"previous-{n}"
+    try:
+        dest.mkdir()
+        for name in names:
+            (folder / name).rename(dest / name)
+    except OSError as e:
+        raise MaekitError(
+            f"could not move the previous run in {folder} to {dest} ({e.strerror or e}); "
+            "give a new --output_dir"
+        ) from e
+    return dest
+
+
 def find_resume_checkpoint(folder: str | Path) -> tuple[Path, dict] | None:
     """The checkpoint in ``folder`` that resumes furthest and loads cleanly, with its contents.
 

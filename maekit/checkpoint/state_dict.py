@@ -18,8 +18,25 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def shape_mismatches(state: dict[str, torch.Tensor], model: nn.Module) -> list[str]:
-    """Keys present in both whose shapes differ (sorted)."""
+    """Keys present in both whose shapes differ (sorted). A tensor that is not floating
+    point (bool, int8, ...) where the model holds floating weights is refused here, on every
+    loading path: load_state_dict would cast it and the load be reported as fine."""
     own = model.state_dict()
+    cast = [
+        k
+        for k, v in state.items()
+        if k in own
+        and isinstance(v, torch.Tensor)
+        and own[k].is_floating_point()
+        and not v.is_floating_point()
+    ]
+    if cast:
+        k = cast[0]
+        raise MaekitError(
+            f"{len(cast)} checkpoint tensors are not floating point where the model's weights "
+            f"are (e.g. {k}: {str(state[k].dtype).replace('torch.', '')}); loading would cast "
+            "them silently: give the float checkpoint (quantized weights are not supported)"
+        )
     return sorted(k for k, v in state.items() if k in own and own[k].shape != v.shape)
 
 

@@ -25,6 +25,70 @@ RECIPE_PREFIX = "recipe:"
 NOT_FLAGS = ("recipe", "resolved")  # metadata keys, see the module docstring
 
 
+MAX_ALIASES = 100  # a config needs few YAML aliases; a billion-laughs file has millions
+
+
+MAX_VALUES = 100_000  # items of all values together, once aliases are expanded
+
+
+def _too_big(data: object) -> bool:
+    """Whether ``data`` holds more than MAX_VALUES items counted with repeats (stops early:
+    a billion-laughs value costs MAX_VALUES steps, not its expansion)."""
+    stack, seen = [data], 0
+    while stack:
+        x = stack.pop()
+        seen += 1
+        if seen > MAX_VALUES:
+            return True
+        if isinstance(x, dict):
+            stack.extend(x.keys())
+            stack.extend(x.values())
+        elif isinstance(x, list | tuple):
+            stack.extend(x)
+    return False
+
+
+def _unique_pairs(pairs: list) -> dict:
+    """JSON objects with each key once: a repeated key is an error, not the last value."""
+    out = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"key {str(k)[:60]!r} appears twice")
+        out[k] = v
+    return out
+
+
+def _strict_loader():
+    """yaml.SafeLoader that refuses a key given twice in one mapping (YAML keeps the last one
+    silently) and more than MAX_ALIASES aliases (bounded expansion)."""
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        aliases = 0
+
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                self.aliases += 1
+                if self.aliases > MAX_ALIASES:
+                    raise yaml.YAMLError(
+                        f"more than {MAX_ALIASES} aliases (*name); write the values out"
+                    )
+            return super().compose_node(parent, index)
+
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if isinstance(key, str) and key in seen:
+                    raise yaml.YAMLError(
+                        f"key {key[:60]!r} appears twice (line {key_node.start_mark.line + 1})"
+                    )
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return StrictLoader
+
+
 def read_mapping(spec: str) -> tuple[dict, str]:
     """(the file's top-level mapping, a name for messages) of ``--config FILE`` or ``recipe:NAME``."""
     if spec.startswith(RECIPE_PREFIX):
@@ -43,7 +107,10 @@ def read_mapping(spec: str) -> tuple[dict, str]:
     try:
         text = path.read_text()
         # JSON by suffix (a run's config.json); anything else as YAML, which JSON also is.
-        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+        if path.suffix.lower() == ".json":
+            data = json.loads(text, object_pairs_hook=_unique_pairs)
+        else:
+            data = yaml.load(text, Loader=_strict_loader())  # noqa: S506 (a SafeLoader)
     except (OSError, UnicodeDecodeError) as e:
         raise MaekitError(f"--config {spec}: cannot read it ({e})") from e
     except (ValueError, yaml.YAMLError) as e:
@@ -51,6 +118,11 @@ def read_mapping(spec: str) -> tuple[dict, str]:
         raise MaekitError(f"--config {spec}: not valid {kind} ({' '.join(str(e).split())})") from e
     if data is None:
         data = {}
+    if _too_big(data):
+        raise MaekitError(
+            f"--config {spec}: its values expand to more than {MAX_VALUES} items (aliases "
+            "repeating aliases); write the values out"
+        )
     if not isinstance(data, dict):
         raise MaekitError(
             f"--config {spec}: expected a mapping of flag names to values, got a {type(data).__name__}"

@@ -6,6 +6,7 @@ import errno
 import functools
 import os
 import stat
+import sys
 import warnings
 from pathlib import Path
 from typing import BinaryIO
@@ -93,9 +94,14 @@ def load_rgb(path: str, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Im
 def decode_rgb(f: BinaryIO, name: str, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
     """:func:`load_rgb` for an open binary file (e.g. a tar member); ``name`` labels errors.
     The size is read from the header and checked against ``max_pixels`` before decoding."""
+    pil_limit = Image.MAX_IMAGE_PIXELS
     try:
         with warnings.catch_warnings():  # our cap replaces PIL's decompression-bomb warning
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            if max_pixels is not None and pil_limit is not None and max_pixels > pil_limit:
+                # PIL refuses images over twice its own limit in open(), before our check:
+                # a --max_pixels above it would have no effect.
+                Image.MAX_IMAGE_PIXELS = max_pixels
             img = Image.open(f)
             if max_pixels is not None and img.width * img.height > max_pixels:
                 raise UnreadableImage(
@@ -105,12 +111,129 @@ def decode_rgb(f: BinaryIO, name: str, max_pixels: int | None = DEFAULT_MAX_PIXE
             img.load()  # decodes everything: a truncated file fails here, not in a transform
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise UnreadableImage(f"{name}: {e}") from e
-    if (
-        img.mode.startswith("I;16") or img.mode == "I"
-    ):  # 16-bit grayscale: scale to 8 bits, don't clip
-        arr = np.asarray(img).astype(np.float64) / 257.0
+    finally:
+        Image.MAX_IMAGE_PIXELS = pil_limit
+    if img.mode == "F":  # convert() would clip floats in [0, 1] to black: never silently
+        raise UnreadableImage(
+            f"{name}: float pixels (mode F) are not read yet; convert it to 8 or 16 bits"
+        )
+    if img.mode.startswith("I;16") or img.mode == "I":  # 16-bit grayscale: scale to 8 bits
+        arr = np.asarray(img).astype(np.float64)
+        if img.mode == "I" and arr.size and (arr.min() < 0 or arr.max() > 65535):
+            raise UnreadableImage(  # 32-bit integers would saturate to white
+                f"{name}: 32-bit integer pixels ({arr.min():g}..{arr.max():g}) do not fit 16 "
+                "bits; convert it to 8 or 16 bits"
+            )
+        arr = arr / 257.0
         img = Image.fromarray(np.clip(np.round(arr), 0, 255).astype(np.uint8))
     return img.convert("RGB")
+
+
+class Skipped:
+    """What a dataset walk left out, by reason, with the first example of each: said in one
+    warning, never dropped silently."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        self.example: dict[str, str] = {}
+
+    def add(self, reason: str, what: str) -> None:
+        self.counts[reason] = self.counts.get(reason, 0) + 1
+        self.example.setdefault(reason, what)
+
+    def warn(self, root: str | Path) -> None:
+        if not self.counts:
+            return
+        parts = [
+            f"{n} {reason} (e.g. {self.example[reason]})"
+            for reason, n in sorted(self.counts.items())
+        ]
+        print(f"maekit: warning: {root}: left out {'; '.join(parts)}", file=sys.stderr, flush=True)
+
+
+def _inode(path: str | Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def walk_images(
+    top: str | Path, skipped: Skipped, outside: frozenset[tuple[int, int]] = frozenset()
+) -> list[str]:
+    """The image files under ``top`` at any depth, in torchvision ImageFolder's order (folders
+    sorted by path, files sorted in each), so sample indices match earlier versions.
+
+    Symlinked folders are followed, but a folder already visited (a symlink loop, or a second
+    link to the same folder) is walked once, and the folders ``outside`` (the dataset root,
+    the other class folders: a link there would copy another class's images into this one)
+    never; folders that cannot be read and files that are not of an image type are counted in
+    ``skipped`` (hidden dot-files are ignored)."""
+    seen: set[tuple[int, int]] = set(outside)
+    folders: list[tuple[str, list[str]]] = []
+
+    def unreadable(e: OSError) -> None:
+        skipped.add("unreadable folders", f"{e.filename}: {e.strerror or e}")
+
+    for dirpath, dirnames, filenames in os.walk(top, followlinks=True, onerror=unreadable):
+        try:
+            st = os.stat(dirpath)
+        except OSError as e:
+            unreadable(e)
+            dirnames[:] = []
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            skipped.add("folders seen before (a symlink loop)", dirpath)
+            dirnames[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirnames.sort()  # the first of two links to one folder is the one kept
+        images = []
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            suffix = os.path.splitext(name)[1].lower()
+            if suffix in IMG_EXTENSIONS:
+                images.append(os.path.join(dirpath, name))
+            else:
+                skipped.add(f"files not of an image type ({suffix or 'no suffix'})", name)
+        folders.append((dirpath, images))
+    return [path for _, images in sorted(folders) for path in images]
+
+
+class _ImageFolder(ImageFolder):
+    """torchvision's ImageFolder over :func:`walk_images` (no symlink loop, skips counted)."""
+
+    def make_dataset(
+        self, directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False
+    ):
+        skipped = Skipped()
+        samples = []
+        tops = {name: _inode(Path(directory) / name) for name in class_to_idx}
+        for name in sorted(class_to_idx):
+            outside = {_inode(directory), *(v for k, v in tops.items() if k != name)}
+            for path in walk_images(
+                Path(directory) / name, skipped, frozenset(outside - {None, tops[name]})
+            ):
+                samples.append((path, class_to_idx[name]))
+        unreadable = [
+            name
+            for name in class_to_idx
+            if not os.access(Path(directory) / name, os.R_OK | os.X_OK)
+        ]
+        if unreadable:
+            raise MaekitError(
+                f"class folder {Path(directory) / unreadable[0]} cannot be read (permissions); "
+                "make it readable or remove it"
+            )
+        empty = set(class_to_idx) - {
+            Path(path).relative_to(directory).parts[0] for path, _ in samples
+        }
+        if empty and not allow_empty:  # torchvision's rule: every class folder holds an image
+            raise FileNotFoundError(f"no images in class folders {sorted(empty)}")
+        skipped.warn(directory)
+        return samples
 
 
 class FlatImageFolder(torch.utils.data.Dataset):
@@ -121,7 +244,16 @@ class FlatImageFolder(torch.utils.data.Dataset):
     def __init__(
         self, root: str | Path, transform=None, max_pixels: int | None = DEFAULT_MAX_PIXELS
     ) -> None:
-        self.samples = sorted(str(p) for p in Path(root).iterdir() if _is_image(p))
+        skipped = Skipped()
+        self.samples = []
+        for p in sorted(Path(root).iterdir()):
+            if _is_image(p):
+                self.samples.append(str(p))
+            elif not p.name.startswith(".") and not p.is_dir():
+                skipped.add(
+                    f"files not of an image type ({p.suffix.lower() or 'no suffix'})", p.name
+                )
+        skipped.warn(root)
         self.targets = [0] * len(self.samples)
         self.transform = transform
         self.max_pixels = max_pixels
@@ -149,7 +281,7 @@ def image_folder(
         return FlatImageFolder(root, transform, max_pixels)
     loader = functools.partial(load_rgb, max_pixels=max_pixels)
     try:
-        return ImageFolder(str(root), transform=transform, loader=loader)
+        return _ImageFolder(str(root), transform=transform, loader=loader)
     except (FileNotFoundError, RuntimeError) as e:  # no class folders / no images inside them
         empty = _empty_class_folders(root)
         if empty and len(empty) < sum(1 for p in root.iterdir() if p.is_dir()):

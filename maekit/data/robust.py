@@ -115,9 +115,9 @@ class SeededSamples(torch.utils.data.Dataset):
 
 
 class SkipUnreadable(torch.utils.data.Dataset):
-    """Evaluation data that drops files that cannot be decoded (warned about, not counted in
-    the metrics' ``n``) instead of ending a run after its training epoch. Batch it with
-    :func:`collate_readable`."""
+    """Evaluation (or measured) data that drops files that cannot be decoded (warned about, not
+    counted in the metrics' ``n``) instead of ending a run after its training epoch. Batch it
+    with :func:`collate_readable`."""
 
     def __init__(self, dataset) -> None:
         self.dataset = dataset
@@ -129,7 +129,7 @@ class SkipUnreadable(torch.utils.data.Dataset):
         try:
             return self.dataset[i]
         except UnreadableImage as e:
-            print(f"maekit: skipping unreadable evaluation image {e}", file=sys.stderr, flush=True)
+            print(f"maekit: skipping unreadable image {e}", file=sys.stderr, flush=True)
             return None
 
 

@@ -15,6 +15,7 @@ from torchvision import transforms as T
 
 from ..config import StatsConfig
 from ..errors import MaekitError
+from .robust import SkipUnreadable
 from .workers import make_loader
 
 
@@ -28,19 +29,30 @@ class _ToChannels:
         return img if img.mode == self.mode else img.convert(self.mode)
 
 
-def _sums(batch: list) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """(sum, sum of squares) per channel in float64, and the pixel count, of one image."""
-    ((img, _),) = batch
+def _sums(batch: list) -> tuple[torch.Tensor, torch.Tensor, int] | None:
+    """(sum, sum of squares) per channel in float64, and the pixel count, of one image (None:
+    it could not be read, and is left out)."""
+    (sample,) = batch
+    if sample is None:
+        return None
+    img, _ = sample
     x = img.double().flatten(1)  # (C, H*W)
     return x.sum(dim=1), (x * x).sum(dim=1), x.shape[1]
 
 
-def channel_stats(dataset, num_workers: int = 0) -> tuple[list[float], list[float], int]:
-    """(mean, std, pixels per channel) over every pixel of ``dataset``'s (C, H, W) images."""
-    loader = make_loader(dataset, batch_size=1, num_workers=num_workers, collate_fn=_sums)
+def channel_stats(dataset, num_workers: int = 0) -> tuple[list[float], list[float], int, int]:
+    """(mean, std, pixels per channel, images read) over every pixel of ``dataset``'s
+    (C, H, W) images. Images that cannot be read are left out, each named in a warning."""
+    loader = make_loader(
+        SkipUnreadable(dataset), batch_size=1, num_workers=num_workers, collate_fn=_sums
+    )
     total = squares = None
-    count = 0
-    for s, sq, n in loader:
+    count = images = 0
+    for sums in loader:
+        if sums is None:
+            continue
+        s, sq, n = sums
+        images += 1
         total = s if total is None else total + s
         squares = sq if squares is None else squares + sq
         count += n
@@ -48,7 +60,7 @@ def channel_stats(dataset, num_workers: int = 0) -> tuple[list[float], list[floa
         raise MaekitError("no pixels to measure: the dataset is empty")
     mean = total / count
     var = (squares / count - mean * mean).clamp_min(0)
-    return mean.tolist(), var.sqrt().tolist(), count
+    return mean.tolist(), var.sqrt().tolist(), count, images
 
 
 def run(cfg: StatsConfig) -> tuple[list[float], list[float]]:
@@ -64,10 +76,11 @@ def run(cfg: StatsConfig) -> tuple[list[float], list[float]]:
     dataset = build_dataset(cfg.data_path, "train", transform)
     picked = subset_indices(len(dataset), cfg.max_images, cfg.seed)
     workers = loader_workers(cfg.num_workers)
-    mean, std, pixels = channel_stats(Subset(dataset, picked), workers)
+    mean, std, pixels, read = channel_stats(Subset(dataset, picked), workers)
+    left_out = f" ({len(picked) - read} unreadable left out)" if read < len(picked) else ""
     print(
-        f"{len(picked)} of {len(dataset)} images of {cfg.data_path} (seed {cfg.seed}), "
-        f"{pixels} pixels per channel, as read for --in_chans {cfg.in_chans}:",
+        f"{read} of {len(dataset)} images of {cfg.data_path} (seed {cfg.seed}), "
+        f"{pixels} pixels per channel{left_out}, as read for --in_chans {cfg.in_chans}:",
         flush=True,
     )
     fmt = lambda values: " ".join(f"{v:.4f}" for v in values)  # noqa: E731

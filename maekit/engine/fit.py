@@ -47,7 +47,9 @@ def fit(
     if not _has_epochs_left(cfg, point, env.is_main):
         ctx.recorder.close()
         return []
-    if point.path:  # log.txt and TensorBoard continue from the resume point: nothing twice
+    # log.txt and TensorBoard continue from the resume point: nothing twice. A fresh start
+    # cuts the lines of a run killed before its first checkpoint the same way.
+    if point.path or (ctx.output_dir / "log.txt").exists():
         n_steps = steps_in_epoch(len(loader), cfg.max_train_step)
         ctx.recorder.resume_at(
             point.epoch, int((point.epoch + point.state.step / max(n_steps, 1)) * 1000) + 1

@@ -13,7 +13,13 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint.rundir import BEST, LAST, find_resume_checkpoint, prune_checkpoints
+from ..checkpoint.rundir import (
+    BEST,
+    LAST,
+    find_resume_checkpoint,
+    progress_of,
+    prune_checkpoints,
+)
 from ..config import CommonConfig
 from ..errors import MaekitError
 from ..files import atomic_copy
@@ -28,7 +34,24 @@ def find_start(cfg: CommonConfig, env: DistEnv) -> tuple[str, dict | None]:
     """The checkpoint to resume from: --resume, else (--auto_resume) the newest valid one in
     --output_dir. Returns (path or '', its contents if already read)."""
     if cfg.resume:
-        return cfg.resume, None
+        if Path(cfg.resume).is_dir():
+            found = find_resume_checkpoint(cfg.resume)
+            hint = f", e.g. {found[0]}" if found else ""
+            raise MaekitError(
+                f"--resume {cfg.resume} is a folder; give the checkpoint file in it{hint} "
+                f"(or, to continue that run, --output_dir {cfg.resume} without --resume)"
+            )
+        # Read now: a file that cannot be resumed from fails before the run folder changes.
+        from ..formats.loader import read_checkpoint
+
+        ckpt = read_checkpoint(cfg.resume)
+        if not isinstance(ckpt.get("model"), dict):
+            raise MaekitError(
+                f"--resume {cfg.resume} has no 'model' entry of weights; is it a maekit/MAE "
+                "checkpoint? (to start from weights, use --finetune or --init)"
+            )
+        progress_of(ckpt, cfg.resume)  # a damaged epoch entry, refused now
+        return cfg.resume, ckpt
     if not cfg.auto_resume:
         return "", None
     found = find_resume_checkpoint(cfg.output_dir)

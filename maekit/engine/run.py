@@ -16,11 +16,13 @@ from pathlib import Path
 
 import torch
 
+from ..checkpoint.rundir import archive_run, holds_checkpoints
 from ..config import CommonConfig
 from ..config.fields import resumable_fields
 from ..data.seeding import seed_all
 from ..data.workers import loader_workers
 from ..errors import MaekitError
+from ..files import atomic_write
 from .distributed import DistEnv, all_reduce_sum, barrier, init_distributed, shutdown
 from .fit import fit
 from .parallelize import parallelize
@@ -30,7 +32,7 @@ from .recipe import Recipe, RunContext
 from .resume import find_start
 from .runlock import lock_output_dir, unlock_output_dirs
 from .schedule import absolute_lr
-from .trainer import LoopSettings, Trainer
+from .trainer import LoopSettings, Trainer, steps_in_epoch
 
 
 def check_output_dir(path: str) -> Path:
@@ -46,6 +48,24 @@ def check_output_dir(path: str) -> Path:
             f"--output_dir {out} is not writable ({e.strerror or e}); choose another folder"
         ) from e
     return out
+
+
+def refuse_inside_data(cfg: CommonConfig) -> None:
+    """A run folder inside a folder read as images (a flat folder or class folders; with
+    train/ and val/, those two) would feed the run's own files (reconstruction PNGs) back as
+    training images, or become a class of its own."""
+    data = Path(str(getattr(cfg, "data_path", "") or ""))
+    if not str(data) or not data.is_dir():
+        return  # fashion-mnist, shards, or a missing folder (refused when read)
+    splits = [data / s for s in ("train", "val") if (data / s).is_dir()]
+    out = Path(cfg.output_dir).resolve()
+    for read in splits or [data]:
+        read = read.resolve()
+        if out == read or read in out.parents:
+            raise MaekitError(
+                f"--output_dir {cfg.output_dir} is inside {read}, which is read as images: "
+                "the run's files would become training data; give an --output_dir outside it"
+            )
 
 
 def resume_conflicts(now: dict, saved: object, resumable: frozenset[str]) -> list[str]:
@@ -70,6 +90,40 @@ def resume_conflicts(now: dict, saved: object, resumable: frozenset[str]) -> lis
 
 def _is_num(x: object) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool)
+
+
+def check_start(cfg: CommonConfig, out: Path, start: tuple[str, dict | None]) -> None:
+    """Refuse a start that would continue a run with other settings: an auto-resume, or an
+    explicit --resume of a checkpoint in this run folder, whose saved flags differ from these."""
+    path, ckpt = start
+    if not path:
+        return
+    explicit = bool(cfg.resume)
+    if explicit and Path(path).resolve().parent != out.resolve():
+        return  # another run's checkpoint, continued here on purpose: other flags are allowed
+    saved = (ckpt or {}).get("args")
+    clash = resume_conflicts(cfg.to_dict(), saved, resumable_fields(type(cfg)))
+    if clash:
+        raise MaekitError(
+            f"--output_dir {out} holds a run with other settings than these flags "
+            f"({path}): {', '.join(clash[:8])}; rerun with the checkpoint's values, or give "
+            "a new --output_dir (--no_auto_resume starts over in this one, the old run moved "
+            "to previous-N/)"
+        )
+
+
+def start_over(cfg: CommonConfig, out: Path, start: tuple[str, dict | None] | None) -> str:
+    """A run that does not continue the run in ``out`` (fresh, or --resume from elsewhere):
+    the old run's files move to ``out/previous-N`` so that neither its checkpoints (which a
+    later auto-resume would pick) nor its log lines mix with this run's. Returns the note."""
+    path = start[0] if start else ""
+    if path and Path(path).resolve().parent == out.resolve():
+        return ""  # continuing this folder's run
+    if not holds_checkpoints(out):
+        return ""  # at most a log of a run killed before its first save: cut back by fit
+    events_here = cfg.log_dir is None or Path(cfg.log_dir).resolve() == out.resolve()
+    dest = archive_run(out, with_events=events_here)
+    return f"starting over in {out}: the previous run's files moved to {dest}" if dest else ""
 
 
 def _agree(env: DistEnv, error: MaekitError | None) -> None:
@@ -97,6 +151,7 @@ def prepare_run(cfg: CommonConfig, resumes: bool = True) -> RunContext:
     out, error = Path(cfg.output_dir), None
     if env.is_main:
         try:
+            refuse_inside_data(cfg)
             out = check_output_dir(cfg.output_dir)
             lock_output_dir(out)  # held until the run ends (run()'s finally)
         except MaekitError as e:
@@ -104,26 +159,28 @@ def prepare_run(cfg: CommonConfig, resumes: bool = True) -> RunContext:
     _agree(env, error)
     start = None
     if resumes:
-        start = find_start(cfg, env)
         error = None
-        if start[0] and not cfg.resume:  # auto-resume: the same run, so the same recipe
-            saved = (start[1] or {}).get("args")
-            clash = resume_conflicts(cfg.to_dict(), saved, resumable_fields(type(cfg)))
-            if clash:
-                error = MaekitError(
-                    f"--output_dir {out} holds a run with other settings than these flags "
-                    f"({start[0]}): {', '.join(clash[:8])}; rerun with the checkpoint's "
-                    "values, or give a new --output_dir (--no_auto_resume starts over "
-                    "in this one)"
-                )
+        try:
+            start = find_start(cfg, env)
+            if env.is_main:
+                check_start(cfg, out, start)
+        except MaekitError as e:
+            error = e
         _agree(env, error)
     barrier()
     seed_all(cfg.seed + env.rank, accelerators=True)
     precision = resolve_precision(cfg.amp, env.device)
+    from .wandb_run import start_wandb
+
+    if env.is_main and resumes:  # before TensorBoard opens its new event file here
+        note = start_over(cfg, out, start)
+        if note:
+            print(note, flush=True)
+    recorder = RunRecorder(str(out), cfg.log_dir, enabled=env.is_main)
     if env.is_main:
         # What the flags resolved to on this machine: `--amp auto` is fp32 or bf16 by hardware.
         # The absolute lr too: --blr scales with the effective batch, which --accum_iter and the
-        # process count set.
+        # process count set. Written last, once every check passed, all or nothing.
         resolved = {
             "precision": precision.name,
             "device": str(env.device),
@@ -132,17 +189,15 @@ def prepare_run(cfg: CommonConfig, resumes: bool = True) -> RunContext:
             "lr": lr,
             "torch": torch.__version__,
         }
-        (out / "config.json").write_text(
-            json.dumps({**cfg.to_dict(), "resolved": resolved}, indent=2) + "\n"
-        )
-    from .wandb_run import start_wandb
-
-    recorder = RunRecorder(
-        str(out),
-        cfg.log_dir,
-        enabled=env.is_main,
-        wandb=start_wandb(cfg, out) if env.is_main else None,
-    )
+        text = json.dumps({**cfg.to_dict(), "resolved": resolved}, indent=2) + "\n"
+        try:
+            atomic_write(out / "config.json", lambda tmp: tmp.write_text(text))
+        except OSError as e:
+            raise MaekitError(
+                f"could not write {out / 'config.json'} ({e.strerror or e}); free disk space "
+                "or choose another --output_dir"
+            ) from e
+        recorder.wandb = start_wandb(cfg, out)
     workers = loader_workers(cfg.num_workers)
     pin = cfg.pin_mem and env.device.type == "cuda"
     return RunContext(env, precision, recorder, out, workers, pin, lr, eff, start)
@@ -155,6 +210,11 @@ def run(recipe: Recipe) -> list[dict]:
     # process group or output exists. From here on ``cfg`` is this one frozen value.
     recipe.setup()
     cfg = recipe.cfg
+    if not recipe.eval_only and cfg.warmup_epochs > cfg.epochs:
+        recipe.notes.append(
+            f"maekit: warning: --warmup_epochs {cfg.warmup_epochs:g} is above --epochs "
+            f"{cfg.epochs}: the lr never reaches its peak (--blr/--lr); lower --warmup_epochs"
+        )
     seed_all(cfg.seed, accelerators=True)  # the initial weights follow --seed (DDP: rank 0's)
     model = recipe.build_model()
     try:
@@ -169,6 +229,13 @@ def run(recipe: Recipe) -> list[dict]:
             ctx.recorder.close()
             return history
         loader = recipe.train_loader(ctx)
+        steps = steps_in_epoch(len(loader), cfg.max_train_step)
+        if cfg.accum_iter > steps:  # no optimizer step would ever be taken
+            raise MaekitError(
+                f"--accum_iter {cfg.accum_iter} is above the {steps} steps of an epoch: the "
+                f"optimizer would never step; use --accum_iter {max(steps, 1)} or less, or "
+                "more data / a smaller --batch_size"
+            )
         if env.is_main:
             for line in recipe.data_lines(loader, model):
                 print(line)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from ..errors import MaekitError
-from ..files import atomic_save, save_safetensors
+from ..files import atomic_save, check_overwrite, save_safetensors
 from .export import export_timm
 from .loader import read_file
 
@@ -35,6 +36,8 @@ def convert(
             f"{dst} already exists; choose another output path"
             + ("" if dst.resolve() == src.resolve() else " or pass --force to overwrite it")
         )
+    if to == "hf":
+        check_overwrite(dst, _is_hf_folder, "a Hugging Face folder that maekit convert wrote")
     if not dst.parent.is_dir():
         raise MaekitError(f"output folder {dst.parent} does not exist; create it first")
     ckpt = read_file(src)
@@ -64,3 +67,15 @@ def convert(
         lines.append(f"load it with: {call}")
     lines.append(f"wrote {dst} ({to}, {len(state)} tensors)")
     return lines
+
+
+def _is_hf_folder(path: Path) -> bool:
+    """A save_pretrained folder (a config.json naming a model_type) that holds no run: a run
+    folder's config.json is maekit's record of the run, never replaced by an export."""
+    if not path.is_dir() or any(path.glob("checkpoint*.pth")) or (path / "log.txt").exists():
+        return False
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return not any(path.iterdir())  # an empty folder is free to fill
+    return isinstance(config, dict) and "model_type" in config

@@ -491,12 +491,23 @@ def write_hf_dir(
     from ..files import save_safetensors
 
     folder = Path(folder)
+    created = not folder.exists()
     try:
         folder.mkdir(exist_ok=True)
     except OSError as e:
         raise MaekitError(f"could not create {folder}: {e.strerror or e}") from e
-    save_safetensors(state, folder / WEIGHT_FILES[0], {"format": "pt"})
-    files = {CONFIG: config, **({PREPROCESSOR: preprocessor} if preprocessor else {})}
-    for name, obj in files.items():
-        text = json.dumps(obj, indent=2, sort_keys=True) + "\n"
-        atomic_write(folder / name, lambda tmp, text=text: Path(tmp).write_text(text))
+    try:
+        save_safetensors(state, folder / WEIGHT_FILES[0], {"format": "pt"})
+        files = {CONFIG: config, **({PREPROCESSOR: preprocessor} if preprocessor else {})}
+        for name, obj in files.items():
+            text = json.dumps(obj, indent=2, sort_keys=True) + "\n"
+            atomic_write(folder / name, lambda tmp, text=text: Path(tmp).write_text(text))
+    except BaseException:
+        if created:  # a half-written export is no export: the next try needs no --force
+            for name in (WEIGHT_FILES[0], CONFIG, PREPROCESSOR):
+                (folder / name).unlink(missing_ok=True)
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
+        raise

@@ -162,7 +162,10 @@ _UNSUPPORTED = re.compile(r"GLOBAL ([\w.]+)")
 
 
 def load_torch(path: str | Path) -> object:
-    """``torch.load(weights_only=True)`` plus Namespace/numpy; a refusal names the global."""
+    """``torch.load(weights_only=True)`` plus Namespace/numpy; a refusal names the global.
+    A zip checkpoint's CRC-32 checksums (torch.save writes one per record; torch's reader
+    checks none) are verified first: flipped bytes are refused, never loaded as weights."""
+    verify_zip_checksums(path)
     try:
         with torch.serialization.safe_globals(_torch_safe_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -174,3 +177,22 @@ def load_torch(path: str | Path) -> object:
         raise unreadable(path, e) from e
     except Exception as e:  # truncated zip, bad magic number, ...
         raise unreadable(path, e) from e
+
+
+def verify_zip_checksums(path: str | Path) -> None:
+    """Refuse a zip-format checkpoint whose records do not match their stored CRC-32."""
+    import zipfile
+
+    try:
+        if not zipfile.is_zipfile(path):
+            return  # a legacy (pre-1.6) file: no checksums to verify
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (OSError, zipfile.BadZipFile, RuntimeError, ValueError, EOFError):
+        return  # unreadable as a zip: torch.load names the problem
+    if bad is not None:
+        raise MaekitError(
+            f"could not read checkpoint {path}: record {bad} does not match its stored "
+            "checksum (the file is damaged: bit rot or an incomplete copy); use another copy, "
+            "or an earlier checkpoint"
+        )

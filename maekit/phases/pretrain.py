@@ -18,7 +18,7 @@ from ..engine.recipe import Monitors, Recipe
 from ..engine.trainer import LossFn
 from ..errors import MaekitError
 from ..models import create_model, get_entry, list_models
-from ..models.family import family_of_name
+from ..models.family import family_of, family_of_name
 
 
 def build_model(cfg: PretrainConfig) -> torch.nn.Module:
@@ -152,6 +152,13 @@ class PretrainRecipe(Recipe):
 
     def build_model(self) -> torch.nn.Module:
         model = build_model(self.cfg)
+        cells = family_of(model).mask_cells(model)
+        if int(cells * (1 - self.cfg.mask_ratio)) < 1:  # draw_mask keeps int(L * (1 - ratio))
+            raise MaekitError(
+                f"--mask_ratio {self.cfg.mask_ratio:g} leaves no visible cell of the {cells} "
+                f"this model masks (at --input_size {self.cfg.input_size}); lower it to at most "
+                f"{1 - 1 / cells:.4g}"
+            )
         if self.cfg.init:
             self.notes.append(init_weights(self.cfg, model))
         return model

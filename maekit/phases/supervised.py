@@ -32,6 +32,11 @@ def num_classes_of(dataset) -> int:
         raise MaekitError(
             "the dataset has no class labels; fine-tuning and linear probing need class folders"
         )
+    if len(classes) < 2:  # one class: loss 0 and 100 % accuracy whatever the model
+        raise MaekitError(
+            f"the dataset has one class ({list(classes)[0]}); fine-tuning and linear probing "
+            "need at least two class folders"
+        )
     return len(classes)
 
 
@@ -170,6 +175,14 @@ class SupervisedRecipe(Recipe):
                 f"train/ has {nb_classes} classes but val/ has {num_classes_of(val_set)}; "
                 "both need the same class folders"
             )
+        if train_set is not None:  # labels are indices into the sorted names: same names
+            names = [list(getattr(d, "classes", ())) for d in (train_set, val_set)]
+            differ = [f"{a} / {b}" for a, b in zip(*names, strict=True) if a != b]
+            if differ:
+                raise MaekitError(
+                    f"train/ and val/ have different class folders ({', '.join(differ[:3])}): "
+                    "val would be scored against shifted labels; give both the same class names"
+                )
         return SupervisedData(train_set, val_set, nb_classes)
 
     def build_model(self) -> torch.nn.Module:

@@ -81,7 +81,7 @@ def test_knn_command_on_a_checkpoint_and_a_random_init(
     args = ["--data_path", str(data), "--device", "cpu", "--num_workers", "0", "--batch_size", "5"]
     assert main(["knn", "--checkpoint", str(mae_checkpoint), *args, "--max_bank", "12"]) == 0
     out = capsys.readouterr().out
-    assert "top-1" in out and "9 val queries, bank of 12 train images, k=20" in out
+    assert "top-1" in out and "9 val queries, bank of 12 train images, k=12" in out
     assert (
         main(
             [

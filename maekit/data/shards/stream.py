@@ -91,7 +91,15 @@ class _Stream(IterableDataset):
         shards, counts = self.data.shards, self.data.shards.counts
         for s, first, end in segments(self.order, counts, start, stop):
             url, n = shards.urls[s], first
-            for i, key, ext, data, cls in read_samples(url, first, end):
+            # Reading to a shard's end, one sample more is asked for: a shard holding more
+            # than its manifest says is refused, not trained on in part.
+            stop = end + 1 if end == counts[s] else end
+            for i, key, ext, data, cls in read_samples(url, first, stop):
+                if i >= end:
+                    raise MaekitError(
+                        f"shard {url} holds more samples than its manifest's {counts[s]}; "
+                        "re-create the shards with `maekit shard` (or fix the count)"
+                    )
                 label = parse_label(cls, url, key, len(self.data.classes) or None)
                 yield Record(self.data.offsets[s] + i, key, ext, data, label, url)
                 n = i + 1
