@@ -31,6 +31,7 @@ import contextlib
 import dataclasses
 import inspect
 import io
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -285,15 +286,54 @@ def measure(cfg: BenchConfig, device: torch.device, mode: StepMode) -> StepResul
     return result
 
 
+def conv_backward_flops(
+    grad_out_shape,
+    x_shape,
+    w_shape,
+    _bias,
+    _stride,
+    _padding,
+    _dilation,
+    transposed,
+    _output_padding,
+    _groups,
+    output_mask,
+    out_shape=None,
+    **kwargs,
+) -> int:
+    """FLOPs of ``aten.convolution_backward``, grouped convolutions included.
+
+    Each gradient (input, weight) costs what the forward costs: one multiply-add per weight
+    element per position of the smaller spatial side (the output of a convolution, the input of
+    a transposed one) per image. The weight's shape (C_out, C_in / groups, *k) already holds the
+    group split, so the forward count is 2 * N * prod(spatial) * prod(w_shape).
+    FlopCounterMode's own formula gets the weight gradient as a dense convolution over the
+    channel-transposed tensors, which ignores ``groups``: a depthwise conv's weight gradient
+    counts C times too much there.
+    """
+    spatial = (x_shape if transposed else grad_out_shape)[2:]
+    forward = 2 * x_shape[0] * math.prod(spatial) * math.prod(w_shape)
+    return forward * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
+
+
+def flop_counter():
+    """A FlopCounterMode whose convolution backward counts grouped convolutions right."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    return FlopCounterMode(
+        display=False,
+        custom_mapping={torch.ops.aten.convolution_backward: conv_backward_flops},
+    )
+
+
 def count_flops(cfg: BenchConfig, device: torch.device) -> float | None:
     """FLOPs of one training step's forward + backward (the model's FLOPs: no recompute from
-    --grad_ckpt, attention counted as its matmuls), via FlopCounterMode, once.
+    --grad_ckpt, attention counted as its matmuls), via FlopCounterMode, once (grouped
+    convolutions' backward by :func:`conv_backward_flops`).
 
     Counted on the meta device (shapes only, free); a model that cannot be built there is
     counted on ``device`` instead. None when neither works.
     """
-    from torch.utils.flop_counter import FlopCounterMode
-
     pc = phase_config(cfg, REFERENCE)
     recipe = phase_recipe(pc, cfg.phase, cfg.nb_classes)
     loss_fn = recipe.build_loss()
@@ -303,7 +343,7 @@ def count_flops(cfg: BenchConfig, device: torch.device) -> float | None:
                 model = recipe.build_model()
             set_fused_attention(model, False)  # the CPU fused kernel has no FLOP formula
             x, y = synthetic_batch(cfg, where)
-            with FlopCounterMode(display=False) as counter:
+            with flop_counter() as counter:
                 loss_fn(model, x, y).backward()
             return float(counter.get_total_flops())
         except Exception:  # a meta-unfriendly model: try the real device
