@@ -47,6 +47,7 @@ from ..engine.progress import RunRecorder
 from ..engine.schedule import scaled_lr
 from ..engine.trainer import LoopSettings, Trainer
 from ..errors import MaekitError
+from ..models.family import family_of_name
 from ..phases import PHASES
 from .hardware import MemoryMeter, synchronize
 
@@ -65,10 +66,20 @@ class StepMode:
     compile: bool = False
     grad_ckpt: bool = False
     without: str | None = None  # the fast path an ablation switched off
+    # ConvMAE's conv stages on every cell (the official way) instead of the visible cells only;
+    # ignored by families without the option (MAE computes visible tokens only anyway)
+    dense_stages: bool = False
 
 
 # The official way, fp32: the reference on a CPU, the second reference row on CUDA.
-REFERENCE = StepMode("reference", amp="none", fused_attn=False, fused_optimizer=False, print_freq=1)
+REFERENCE = StepMode(
+    "reference",
+    amp="none",
+    fused_attn=False,
+    fused_optimizer=False,
+    print_freq=1,
+    dense_stages=True,
+)
 REFERENCE_FP32 = replace(REFERENCE, name="reference fp32")
 # The official GPU recipe: fp16 autocast + GradScaler (the phases' --amp fp16 does both).
 OFFICIAL_GPU = replace(REFERENCE, amp="fp16")
@@ -106,10 +117,21 @@ def fast_mode(cfg: BenchConfig) -> StepMode:
     )
 
 
+def has_dense_stages(cfg: BenchConfig) -> bool:
+    """Whether the benchmarked step has a dense reference computation (ConvMAE pre-training)."""
+    return cfg.phase == "pretrain" and family_of_name(cfg.model).dense_option is not None
+
+
+def dense_stages_of(cfg: BenchConfig, mode: StepMode) -> bool:
+    """Whether ``mode`` runs dense conv stages in this benchmark."""
+    return mode.dense_stages and has_dense_stages(cfg)
+
+
 def ablation_modes(cfg: BenchConfig, fast_precision: str) -> list[StepMode]:
     """The fast mode with each of its fast paths switched off in turn (only those it uses:
     autocast when it runs in bf16/fp16, fused AdamW when the phase's optimizer is AdamW,
-    --compile and --grad_ckpt when given). fast / such a mode = that path's gain."""
+    --compile and --grad_ckpt when given, ConvMAE's visible-cell conv stages). fast / such a
+    mode = that path's gain."""
     fast = fast_mode(cfg)
     off = {"fused_attn": {"fused_attn": False}, "deferred_loss_read": {"print_freq": 1}}
     if fast_precision != "fp32":
@@ -120,6 +142,8 @@ def ablation_modes(cfg: BenchConfig, fast_precision: str) -> list[StepMode]:
         off["compile"] = {"compile": False}
     if cfg.grad_ckpt:
         off["grad_ckpt"] = {"grad_ckpt": False}
+    if has_dense_stages(cfg):
+        off["visible_cells"] = {"dense_stages": True}
     return [replace(fast, name=f"fast without {k}", without=k, **v) for k, v in off.items()]
 
 
@@ -137,6 +161,7 @@ class StepResult:
     peak_mem_mb: float
     loss: float  # mean training loss of the timed steps
     tf32_matmul: bool = False  # fp32 matmuls ran in TF32 (CUDA)
+    dense_stages: bool = False  # ConvMAE's conv stages on every cell (the official way)
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -159,6 +184,7 @@ def phase_config(cfg: BenchConfig, mode: StepMode):
         grad_ckpt=mode.grad_ckpt,
         print_freq=mode.print_freq,
         mask_ratio=cfg.mask_ratio,  # pre-training's own
+        dense_stages=dense_stages_of(cfg, mode),  # ConvMAE pre-training's own
     )
     names = {f.name for f in dataclasses.fields(cls)}
     pc = cls(**{k: v for k, v in given.items() if k in names})
@@ -279,6 +305,7 @@ def measure(cfg: BenchConfig, device: torch.device, mode: StepMode) -> StepResul
         peak_mem_mb=meter.peak_mb(),
         loss=stats["loss"],
         tf32_matmul=bool(tf32),
+        dense_stages=dense_stages_of(cfg, mode),
     )
     del trainer, pm, model, optimizer, batch, stats
     if pc.compile:
@@ -326,15 +353,16 @@ def flop_counter():
     )
 
 
-def count_flops(cfg: BenchConfig, device: torch.device) -> float | None:
+def count_flops(cfg: BenchConfig, device: torch.device, dense_stages: bool = False) -> float | None:
     """FLOPs of one training step's forward + backward (the model's FLOPs: no recompute from
     --grad_ckpt, attention counted as its matmuls), via FlopCounterMode, once (grouped
     convolutions' backward by :func:`conv_backward_flops`).
 
     Counted on the meta device (shapes only, free); a model that cannot be built there is
-    counted on ``device`` instead. None when neither works.
+    counted on ``device`` instead. None when neither works. ``dense_stages``: ConvMAE's conv
+    stages on every cell (the reference's computation), else at the visible cells.
     """
-    pc = phase_config(cfg, REFERENCE)
+    pc = phase_config(cfg, replace(REFERENCE, dense_stages=dense_stages))
     recipe = phase_recipe(pc, cfg.phase, cfg.nb_classes)
     loss_fn = recipe.build_loss()
     for where in (torch.device("meta"), device):

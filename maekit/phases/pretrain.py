@@ -28,7 +28,16 @@ def build_model(cfg: PretrainConfig) -> torch.nn.Module:
             f"{cfg.model!r} is not a pre-training model; `maekit pretrain` takes one of: "
             + ", ".join(list_models("pretrain"))
         )
-    return create_model(cfg.model, norm_pix_loss=cfg.norm_pix_loss, **cfg.size_overrides())
+    kw = {}
+    if cfg.dense_stages:
+        option = family_of_name(cfg.model).dense_option
+        if option is None:
+            raise MaekitError(
+                f"--dense_stages selects ConvMAE's dense conv stages; {cfg.model!r} has none, "
+                "drop the flag"
+            )
+        kw[option] = True
+    return create_model(cfg.model, norm_pix_loss=cfg.norm_pix_loss, **kw, **cfg.size_overrides())
 
 
 def build_optimizer(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from functools import partial
 
 import pytest
@@ -420,8 +421,38 @@ def test_strided_and_transposed_conv_flops_match_the_formula():
 
 
 def test_convmae_base_flops_count_the_depthwise_backward_once():
-    """ConvMAE-B pre-training: 103.2 GFLOP per image (torch's own counter says 135.2)."""
+    """ConvMAE-B pre-training, dense conv stages: 103.2 GFLOP per image (torch's own counter
+    says 135.2); at the visible cells (mask 0.75): 67.5, the quarter of stages 1-2 (their
+    1x1 convs, patch embeds and multi-scale decode convs) plus the unchanged rest."""
     from maekit.bench.step import count_flops
 
     cfg = BenchConfig(model="convmae_convvit_base_patch16", batch_size=2, device="cpu")
-    assert count_flops(cfg, CPU) / 2 / 1e9 == pytest.approx(103.2, abs=0.1)
+    assert count_flops(cfg, CPU, dense_stages=True) / 2 / 1e9 == pytest.approx(103.2, abs=0.1)
+    assert count_flops(cfg, CPU) / 2 / 1e9 == pytest.approx(67.45, abs=0.05)
+
+
+def test_convmae_bench_runs_both_computations_with_the_same_loss():
+    """--ablate has "visible_cells" for ConvMAE pre-training: the dense stages, its own FLOPs,
+    the same loss; the reference runs the dense stages too (the official way)."""
+    cfg = BenchConfig(
+        model="convmae_convvit_small_patch16",
+        batch_size=2,
+        input_size=32,
+        patch_size=4,
+        device="cpu",
+        amp="none",  # fp32: the two computations agree to its rounding
+        steps=1,
+        warmup=0,
+        reference=True,
+        ablate=True,
+    )
+    out = bench_step(cfg)
+    dense = out["ablation"]["visible_cells"]
+    assert not out["dense_stages"] and dense["dense_stages"] and out["reference"]["dense_stages"]
+    assert dense["gflops_per_image"] > out["gflops_per_image"] > 0
+    assert out["reference"]["gflops_per_image"] == dense["gflops_per_image"]
+    assert dense["loss"] == pytest.approx(out["loss"], rel=1e-5)
+    assert out["reference"]["loss"] == pytest.approx(out["loss"], rel=1e-5)
+    assert "with the conv stages dense" in step_table(out)
+    mae = bench_step(replace(cfg, model="mae_vit_tiny_patch16", patch_size=8))
+    assert "visible_cells" not in mae["ablation"] and not mae["reference"]["dense_stages"]
