@@ -198,6 +198,8 @@ def pipeline_table(out: dict) -> str:
         f"workers ({out['cpus']} CPUs)\n{out['images']} images: {out['img_per_s']:.1f} img/s, "
         f"{out['img_per_s_per_worker']:.1f} img/s per worker"
     )
+    if out.get("batch_bytes") is not None:
+        text += f"\n{out['sample_dtype']} batches, {out['batch_bytes'] / 2**20:.2f} MiB each"
     if out.get("open_files_per_worker") is not None:
         text += f", at most {out['open_files_per_worker']} open files per worker"
     if "decode" in out:

@@ -10,6 +10,7 @@ from torch.utils.data import Dataset
 from ..analysis.watch import ReconstructionWatch, validation_split
 from ..config import PretrainConfig
 from ..data import build_dataset, build_train_loader, limit_train_set
+from ..data.device import NormalizeOnDevice
 from ..data.gpu_decode import GpuDecodeLoader, collate_encoded, encoded_folder
 from ..data.transforms import PRETRAIN_SCALE, pretrain_transform, resolve_stats
 from ..engine import run as runner
@@ -143,7 +144,8 @@ class PretrainRecipe(Recipe):
 
     def train_transform(self):
         cfg = self.cfg
-        return pretrain_transform(cfg.input_size, cfg.in_chans, cfg.mean, cfg.std)
+        # uint8 crops from the workers, normalised on the device by the loader (train_loader)
+        return pretrain_transform(cfg.input_size, cfg.in_chans, cfg.mean, cfg.std, uint8=True)
 
     def load_data(self, cfg: PretrainConfig) -> PretrainData:
         family = family_of_name(cfg.model)
@@ -177,7 +179,9 @@ class PretrainRecipe(Recipe):
             ctx.pin_memory,
             collate_fn=collate_encoded if cfg.gpu_decode else None,
         )
-        return GpuDecodeLoader(loader, env.device, cfg.input_size) if cfg.gpu_decode else loader
+        if cfg.gpu_decode:
+            return GpuDecodeLoader(loader, env.device, cfg.input_size)
+        return NormalizeOnDevice(loader, env.device, cfg.mean, cfg.std)
 
     def data_lines(self, loader, model) -> list[str]:
         return [
