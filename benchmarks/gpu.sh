@@ -64,7 +64,7 @@ fi
 
 # The machine, once (the only Python start that imports torch outside the runs): GPU, driver,
 # torch, /dev/shm, the open-file limit; and the loader workers /dev/shm can hold: each CPU-decode
-# worker keeps 2 batches of float32 images in flight in /dev/shm, a --gpu_decode worker 2 packed
+# worker keeps 2 batches of uint8 images in flight in /dev/shm, a --gpu_decode worker 2 packed
 # batches of JPEG bytes (~100 kB an image); half of /dev/shm's free space is the most planned for.
 "$PY" - "$TMP/meta.json" "$B" "$PX" "$SMOKE" "$BUDGET_S" "$SETUP_S" "$CAP" <<'EOF' || exit 2
 import json, os, resource, subprocess, sys
@@ -85,7 +85,7 @@ soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 cpus = len(os.sched_getaffinity(0))
 def fit(per_worker: int) -> int:
     return cpus if shm_free is None else max(0, min(cpus, shm_free // 2 // per_worker))
-workers = 1 if smoke else fit(2 * b * 3 * px * px * 4)
+workers = 1 if smoke else fit(2 * b * 3 * px * px)  # uint8 crops (normalised on the GPU)
 workers_gpu_decode = 1 if smoke else fit(2 * b * 100_000)
 meta = {"gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "driver": smi.split(", ")[1] if smi.count(", ") >= 2 else None, "nvidia_smi": smi,

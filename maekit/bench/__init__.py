@@ -22,15 +22,22 @@ from .step import (
     StepResult,
     ablation_modes,
     count_flops,
+    dense_stages_of,
     fast_mode,
     measure,
     reference_modes,
 )
 
 
-def _rates(r: StepResult, flops_per_step: float | None, peak: float | None) -> dict:
-    """The result plus achieved TFLOP/s and MFU (when the FLOPs and the peak are known)."""
+def _rates(
+    r: StepResult, flops: dict[bool, float | None], batch_size: int, peak: float | None
+) -> dict:
+    """The result plus its FLOPs per image, achieved TFLOP/s and MFU (when the FLOPs and the peak
+    are known). ``flops``: FLOPs per step by ``dense_stages`` (ConvMAE's two computations of
+    the same step)."""
     d = r.as_dict()
+    flops_per_step = flops.get(r.dense_stages)
+    d["gflops_per_image"] = flops_per_step / batch_size / 1e9 if flops_per_step else None
     d["tflops"] = flops_per_step / (r.step_ms / 1000) / 1e12 if flops_per_step else None
     d["mfu"] = d["tflops"] / peak if d["tflops"] is not None and peak else None
     return d
@@ -51,12 +58,15 @@ def bench_step(cfg: BenchConfig) -> dict:
     device = resolve_device(cfg.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    # FLOPs first: on the meta device it costs nothing, and it imports and builds everything
-    # once, so that start-up allocations are not counted in the first mode's peak memory.
-    flops = count_flops(cfg, device)
     modes = [fast_mode(cfg)] + (reference_modes(device) if cfg.reference else [])
     if cfg.ablate:
         modes += ablation_modes(cfg, resolve_precision(cfg.amp, device).name)
+    # FLOPs first (of each computation the modes run: ConvMAE has two): on the meta device it
+    # costs nothing, and it imports and builds everything once, so that start-up allocations
+    # are not counted in the first mode's peak memory.
+    flops = {
+        d: count_flops(cfg, device, d) for d in sorted({dense_stages_of(cfg, m) for m in modes})
+    }
     rounds: dict[str, list[StepResult]] = {m.name: [] for m in modes}
     for _ in range(cfg.rounds):  # alternate, so that machine drift hits all modes alike
         for m in modes:
@@ -75,16 +85,15 @@ def bench_step(cfg: BenchConfig) -> dict:
         "steps": cfg.steps,
         "warmup": cfg.warmup,
         "rounds": cfg.rounds,
-        "gflops_per_image": flops / cfg.batch_size / 1e9 if flops else None,
         "peak_tflops": peak_tflops(name, fast.precision, cfg.peak_tflops),
         "torch": torch.__version__,
     }
-    out.update(_rates(fast, flops, out["peak_tflops"]))
+    out.update(_rates(fast, flops, cfg.batch_size, out["peak_tflops"]))
 
     def versus(other: list[StepResult]) -> tuple[dict, float, float | None, list[float]]:
         """(the other mode's figures, fast / it in img/s and in peak memory, per round)."""
         r = median_round(other)
-        d = _rates(r, flops, peak_tflops(name, r.precision, cfg.peak_tflops))
+        d = _rates(r, flops, cfg.batch_size, peak_tflops(name, r.precision, cfg.peak_tflops))
         mem = fast.peak_mem_mb / r.peak_mem_mb if r.peak_mem_mb > 0 else None
         each = [f.img_per_s / x.img_per_s for f, x in zip(fast_rounds, other, strict=True)]
         return d, fast.img_per_s / r.img_per_s, mem, each
@@ -119,6 +128,17 @@ def _fmt(v, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
+def dense_note(out: dict) -> str:
+    """ConvMAE: the other computation's FLOPs, where a measured mode ran it."""
+    rows = [out[k] for k in ("reference", "reference_fp32") if k in out]
+    rows += list(out.get("ablation", {}).values())
+    other = [r for r in rows if r["dense_stages"] != out["dense_stages"]]
+    if not other:
+        return ""
+    where = "dense" if other[0]["dense_stages"] else "at the visible cells"
+    return f" ({_fmt(other[0]['gflops_per_image'], '.1f')} G with the conv stages {where})"
+
+
 def step_table(out: dict) -> str:
     rows = [out] + [out[k] for k in ("reference", "reference_fp32") if k in out]
     rows += list(out.get("ablation", {}).values())
@@ -126,7 +146,8 @@ def step_table(out: dict) -> str:
     lines = [
         f"maekit bench: {out['model']} {out['phase']}, batch {out['batch_size']} at "
         f"{out['input_size']} px on {out['device']} ({out['device_name']})",
-        f"model FLOPs per image (forward + backward): {_fmt(out['gflops_per_image'], '.1f')} G",
+        f"model FLOPs per image (forward + backward): {_fmt(out['gflops_per_image'], '.1f')} G"
+        + dense_note(out),
         f"{'mode':{w}s} {'precision':9s} {'attention':9s} {'optimizer':16s} {'compile':7s} "
         f"{'ckpt':5s} {'img/s':>9s} {'step ms':>9s} {'peak MB':>9s} {'TFLOP/s':>8s} "
         f"{'MFU':>6s} {'loss':>8s}",
@@ -177,6 +198,8 @@ def pipeline_table(out: dict) -> str:
         f"workers ({out['cpus']} CPUs)\n{out['images']} images: {out['img_per_s']:.1f} img/s, "
         f"{out['img_per_s_per_worker']:.1f} img/s per worker"
     )
+    if out.get("batch_bytes") is not None:
+        text += f"\n{out['sample_dtype']} batches, {out['batch_bytes'] / 2**20:.2f} MiB each"
     if out.get("open_files_per_worker") is not None:
         text += f", at most {out['open_files_per_worker']} open files per worker"
     if "decode" in out:

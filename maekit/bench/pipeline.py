@@ -7,6 +7,11 @@ across epochs, as in training). The most files any worker held open at once is r
 (Linux): shared-memory batches in flight count, so a transport that costs one file per
 image shows here before it hits ``ulimit -n``.
 
+Pre-training's workers hand uint8 crops; each batch is then converted and normalised on
+``--device`` as in training (:class:`~maekit.data.device.NormalizeOnDevice`), inside the timed
+loop. ``batch_bytes`` is one batch's samples as the workers hand them (in shared memory);
+``--float_batches`` normalises in the workers instead, the transport before uint8 batches.
+
 ``--gpu_decode`` runs the pre-training loader of ``maekit pretrain --gpu_decode``: workers
 read bytes and draw crops, the main process decodes (nvJPEG on CUDA). With ``--device cpu``
 the same loader decodes with torchvision's CPU decoder: a measure of its transport (packed
@@ -21,10 +26,9 @@ from pathlib import Path
 
 from ..config import BenchConfig
 from ..data import build_dataset, build_train_loader
+from ..data.device import NormalizeOnDevice
 from ..data.gpu_decode import GpuDecodeLoader, collate_encoded, encoded_folder
-from ..data.transforms import (
-    PRETRAIN_SCALE,
-)
+from ..data.transforms import PRETRAIN_SCALE, as_float, device_normalize
 from ..data.workers import loader_workers, usable_cpus
 from ..engine.distributed import resolve_device
 from ..errors import MaekitError
@@ -63,12 +67,16 @@ def open_files(pid: int) -> int | None:
 
 def measure_pipeline(cfg: BenchConfig) -> dict:
     """img/s of the phase's training loader; with ``--gpu_decode`` (pre-training transform) the
-    batches are decoded and augmented on the GPU, and the figure is end to end to GPU memory."""
-    dataset = build_dataset(cfg.data_path, "train", phase_transform(cfg.phase, cfg.input_size))
+    batches are decoded and augmented on the GPU, and the figure is end to end to GPU memory
+    (so is a uint8 pipeline's on CUDA: its batches are normalised there)."""
+    transform = phase_transform(cfg.phase, cfg.input_size)
+    if cfg.float_batches and device_normalize(transform):
+        transform = as_float(transform)  # normalised in the workers, as before uint8 batches
+    dataset = build_dataset(cfg.data_path, "train", transform)
     workers = loader_workers(cfg.num_workers)
-    device = None
+    uint8 = device_normalize(transform)  # (mean, std) the loop normalises with, or None
+    device = resolve_device(cfg.device) if cfg.gpu_decode or uint8 else None
     if cfg.gpu_decode:
-        device = resolve_device(cfg.device)
         if cfg.phase != "pretrain" or (device.type != "cuda" and cfg.device != "cpu"):
             raise MaekitError(
                 "--gpu_decode needs a CUDA device (or --device cpu to measure its "
@@ -83,15 +91,25 @@ def measure_pipeline(cfg: BenchConfig) -> dict:
         cfg.seed,
         workers,
         pin_memory=device is not None and device.type == "cuda",
-        collate_fn=collate_encoded if device is not None else None,
+        collate_fn=collate_encoded if cfg.gpu_decode else None,
     )
-    if device is not None:
+    finish = None  # uint8 batches: converted and normalised on the device, as in training
+    if cfg.gpu_decode:
         loader = GpuDecodeLoader(loader, device, cfg.input_size)
+    elif uint8:
+        finish = NormalizeOnDevice(loader, device, *uint8).finish
     epoch, loaded, start = 0, None, 0.0
     worker_files: int | None = None
+    batch_bytes: int | None = None  # what one batch of samples costs between processes
+    shared = False
     while loaded is None or loaded < cfg.images:
         loader.sampler.set_epoch(epoch)
         for samples, _targets, _bad in loader:
+            if not cfg.gpu_decode:
+                batch_bytes = samples.untyped_storage().nbytes()
+                shared = samples.is_shared()
+            if finish is not None:
+                samples = finish(samples)
             counts = [n for n in map(open_files, child_pids()) if n is not None]
             if counts:
                 worker_files = max(worker_files or 0, *counts)
@@ -113,11 +131,16 @@ def measure_pipeline(cfg: BenchConfig) -> dict:
         "batch_size": cfg.batch_size,
         "num_workers": workers,
         "cpus": usable_cpus(),
-        "gpu_decode": device is not None,
+        "gpu_decode": cfg.gpu_decode,
         "images": loaded,
         "img_per_s": rate,
         "img_per_s_per_worker": rate / max(1, workers),
         "open_files_per_worker": worker_files if workers else None,
+        # one batch's samples as the workers hand them (in shared memory when there are
+        # workers); --gpu_decode hands packed JPEG bytes instead
+        "sample_dtype": None if cfg.gpu_decode else ("uint8" if uint8 else "float32"),
+        "batch_bytes": batch_bytes,
+        "batch_in_shared_memory": shared,
     }
     if isinstance(loader, GpuDecodeLoader):  # where the JPEGs were decoded, fallbacks counted
         out["decode_device"] = device.type

@@ -31,6 +31,7 @@ import contextlib
 import dataclasses
 import inspect
 import io
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -46,6 +47,7 @@ from ..engine.progress import RunRecorder
 from ..engine.schedule import scaled_lr
 from ..engine.trainer import LoopSettings, Trainer
 from ..errors import MaekitError
+from ..models.family import family_of_name
 from ..phases import PHASES
 from .hardware import MemoryMeter, synchronize
 
@@ -64,10 +66,20 @@ class StepMode:
     compile: bool = False
     grad_ckpt: bool = False
     without: str | None = None  # the fast path an ablation switched off
+    # ConvMAE's conv stages on every cell (the official way) instead of the visible cells only;
+    # ignored by families without the option (MAE computes visible tokens only anyway)
+    dense_stages: bool = False
 
 
 # The official way, fp32: the reference on a CPU, the second reference row on CUDA.
-REFERENCE = StepMode("reference", amp="none", fused_attn=False, fused_optimizer=False, print_freq=1)
+REFERENCE = StepMode(
+    "reference",
+    amp="none",
+    fused_attn=False,
+    fused_optimizer=False,
+    print_freq=1,
+    dense_stages=True,
+)
 REFERENCE_FP32 = replace(REFERENCE, name="reference fp32")
 # The official GPU recipe: fp16 autocast + GradScaler (the phases' --amp fp16 does both).
 OFFICIAL_GPU = replace(REFERENCE, amp="fp16")
@@ -105,10 +117,21 @@ def fast_mode(cfg: BenchConfig) -> StepMode:
     )
 
 
+def has_dense_stages(cfg: BenchConfig) -> bool:
+    """Whether the benchmarked step has a dense reference computation (ConvMAE pre-training)."""
+    return cfg.phase == "pretrain" and family_of_name(cfg.model).dense_option is not None
+
+
+def dense_stages_of(cfg: BenchConfig, mode: StepMode) -> bool:
+    """Whether ``mode`` runs dense conv stages in this benchmark."""
+    return mode.dense_stages and has_dense_stages(cfg)
+
+
 def ablation_modes(cfg: BenchConfig, fast_precision: str) -> list[StepMode]:
     """The fast mode with each of its fast paths switched off in turn (only those it uses:
     autocast when it runs in bf16/fp16, fused AdamW when the phase's optimizer is AdamW,
-    --compile and --grad_ckpt when given). fast / such a mode = that path's gain."""
+    --compile and --grad_ckpt when given, ConvMAE's visible-cell conv stages). fast / such a
+    mode = that path's gain."""
     fast = fast_mode(cfg)
     off = {"fused_attn": {"fused_attn": False}, "deferred_loss_read": {"print_freq": 1}}
     if fast_precision != "fp32":
@@ -119,6 +142,8 @@ def ablation_modes(cfg: BenchConfig, fast_precision: str) -> list[StepMode]:
         off["compile"] = {"compile": False}
     if cfg.grad_ckpt:
         off["grad_ckpt"] = {"grad_ckpt": False}
+    if has_dense_stages(cfg):
+        off["visible_cells"] = {"dense_stages": True}
     return [replace(fast, name=f"fast without {k}", without=k, **v) for k, v in off.items()]
 
 
@@ -136,6 +161,7 @@ class StepResult:
     peak_mem_mb: float
     loss: float  # mean training loss of the timed steps
     tf32_matmul: bool = False  # fp32 matmuls ran in TF32 (CUDA)
+    dense_stages: bool = False  # ConvMAE's conv stages on every cell (the official way)
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -158,6 +184,7 @@ def phase_config(cfg: BenchConfig, mode: StepMode):
         grad_ckpt=mode.grad_ckpt,
         print_freq=mode.print_freq,
         mask_ratio=cfg.mask_ratio,  # pre-training's own
+        dense_stages=dense_stages_of(cfg, mode),  # ConvMAE pre-training's own
     )
     names = {f.name for f in dataclasses.fields(cls)}
     pc = cls(**{k: v for k, v in given.items() if k in names})
@@ -278,6 +305,7 @@ def measure(cfg: BenchConfig, device: torch.device, mode: StepMode) -> StepResul
         peak_mem_mb=meter.peak_mb(),
         loss=stats["loss"],
         tf32_matmul=bool(tf32),
+        dense_stages=dense_stages_of(cfg, mode),
     )
     del trainer, pm, model, optimizer, batch, stats
     if pc.compile:
@@ -285,16 +313,56 @@ def measure(cfg: BenchConfig, device: torch.device, mode: StepMode) -> StepResul
     return result
 
 
-def count_flops(cfg: BenchConfig, device: torch.device) -> float | None:
-    """FLOPs of one training step's forward + backward (the model's FLOPs: no recompute from
-    --grad_ckpt, attention counted as its matmuls), via FlopCounterMode, once.
+def conv_backward_flops(
+    grad_out_shape,
+    x_shape,
+    w_shape,
+    _bias,
+    _stride,
+    _padding,
+    _dilation,
+    transposed,
+    _output_padding,
+    _groups,
+    output_mask,
+    out_shape=None,
+    **kwargs,
+) -> int:
+    """FLOPs of ``aten.convolution_backward``, grouped convolutions included.
 
-    Counted on the meta device (shapes only, free); a model that cannot be built there is
-    counted on ``device`` instead. None when neither works.
+    Each gradient (input, weight) costs what the forward costs: one multiply-add per weight
+    element per position of the smaller spatial side (the output of a convolution, the input of
+    a transposed one) per image. The weight's shape (C_out, C_in / groups, *k) already holds the
+    group split, so the forward count is 2 * N * prod(spatial) * prod(w_shape).
+    FlopCounterMode's own formula gets the weight gradient as a dense convolution over the
+    channel-transposed tensors, which ignores ``groups``: a depthwise conv's weight gradient
+    counts C times too much there.
     """
+    spatial = (x_shape if transposed else grad_out_shape)[2:]
+    forward = 2 * x_shape[0] * math.prod(spatial) * math.prod(w_shape)
+    return forward * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
+
+
+def flop_counter():
+    """A FlopCounterMode whose convolution backward counts grouped convolutions right."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    pc = phase_config(cfg, REFERENCE)
+    return FlopCounterMode(
+        display=False,
+        custom_mapping={torch.ops.aten.convolution_backward: conv_backward_flops},
+    )
+
+
+def count_flops(cfg: BenchConfig, device: torch.device, dense_stages: bool = False) -> float | None:
+    """FLOPs of one training step's forward + backward (the model's FLOPs: no recompute from
+    --grad_ckpt, attention counted as its matmuls), via FlopCounterMode, once (grouped
+    convolutions' backward by :func:`conv_backward_flops`).
+
+    Counted on the meta device (shapes only, free); a model that cannot be built there is
+    counted on ``device`` instead. None when neither works. ``dense_stages``: ConvMAE's conv
+    stages on every cell (the reference's computation), else at the visible cells.
+    """
+    pc = phase_config(cfg, replace(REFERENCE, dense_stages=dense_stages))
     recipe = phase_recipe(pc, cfg.phase, cfg.nb_classes)
     loss_fn = recipe.build_loss()
     for where in (torch.device("meta"), device):
@@ -303,7 +371,7 @@ def count_flops(cfg: BenchConfig, device: torch.device) -> float | None:
                 model = recipe.build_model()
             set_fused_attention(model, False)  # the CPU fused kernel has no FLOP formula
             x, y = synthetic_batch(cfg, where)
-            with FlopCounterMode(display=False) as counter:
+            with flop_counter() as counter:
                 loss_fn(model, x, y).backward()
             return float(counter.get_total_flops())
         except Exception:  # a meta-unfriendly model: try the real device

@@ -280,6 +280,11 @@ class BenchConfig:
         "--device cpu, the same loader decoding on the CPU (measures its transport)",
     )
     images: int = opt(512, "pipeline: images to load after the warm-up batch")
+    float_batches: bool = opt(
+        False,
+        "pipeline: workers normalise and hand float32 batches (the transport before uint8 "
+        "batches; for comparison)",
+    )
 
     def validate(self) -> None:
         check_finite(self)

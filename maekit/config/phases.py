@@ -259,6 +259,12 @@ class PretrainConfig(CommonConfig):
     norm_pix_loss: bool = opt(
         False, "use per-patch normalised pixels as the target (published recipe)"
     )
+    dense_stages: bool = opt(
+        False,
+        "ConvMAE: compute conv stages 1-2 on every cell, masked, as the official code does, "
+        "instead of at the visible cells only (same loss and gradients, 1.4x the FLOPs)",
+        resumable=True,
+    )
 
     # k-NN monitoring of the encoder while pre-training (needs labels; an addition)
     knn_eval_freq: int = opt(

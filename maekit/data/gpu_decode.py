@@ -51,7 +51,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from ..errors import MaekitError
 from .folder import UnreadableImage, load_rgb, open_regular
-from .transforms import IMAGENET_MEAN, IMAGENET_STD
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, normalize_uint8
 
 RATIO = (3.0 / 4.0, 4.0 / 3.0)  # RandomResizedCrop's default aspect-ratio range
 
@@ -158,13 +158,15 @@ def crop_resize_flip(
     boxes: torch.Tensor,
     flips: torch.Tensor,
     size: int,
-    mean: tuple[float, ...] = IMAGENET_MEAN,
-    std: tuple[float, ...] = IMAGENET_STD,
+    mean: tuple[float, ...] | torch.Tensor = IMAGENET_MEAN,
+    std: tuple[float, ...] | torch.Tensor = IMAGENET_STD,
 ) -> torch.Tensor:
     """uint8 (C, H_i, W_i) images -> normalised float (N, C, size, size) on their device.
 
-    ``boxes``: (N, 4) top, left, height, width; ``flips``: (N,) bool, horizontal flip.
-    Each crop is resized (bicubic, antialiased, rounded to uint8 like PIL) then flipped.
+    ``boxes``: (N, 4) top, left, height, width, on the host; ``flips``: (N,) bool, horizontal
+    flip. Each crop is resized (bicubic, antialiased, rounded to uint8 like PIL) then flipped.
+    ``flips``, ``mean`` and ``std`` already on the images' device cost no copy here (what
+    :class:`GpuDecodeLoader` passes); given on the host, they are copied.
     """
     crops = [
         TF.resized_crop(
@@ -178,10 +180,9 @@ def crop_resize_flip(
     ]
     x = torch.stack(crops)  # (N, C, S, S) uint8
     flips = flips.to(x.device).view(-1, 1, 1, 1)
-    x = torch.where(flips, x.flip(-1), x).float().div_(255)
-    m = torch.tensor(mean, device=x.device).view(1, -1, 1, 1)
-    s = torch.tensor(std, device=x.device).view(1, -1, 1, 1)
-    return (x - m) / s
+    x = torch.where(flips, x.flip(-1), x)
+    m, s = (torch.as_tensor(v, dtype=torch.float32, device=x.device) for v in (mean, std))
+    return normalize_uint8(x, m.view(1, -1, 1, 1), s.view(1, -1, 1, 1))
 
 
 def nvjpeg_decode(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
@@ -218,6 +219,10 @@ class GpuDecodeLoader:
     ``stats`` counts, over the run: batches, JPEGs, JPEGs decoded by nvJPEG, JPEGs decoded on
     the CPU after nvJPEG failed on them (``cpu_fallback``), non-JPEG files decoded in the
     workers (``cpu_decoded``) and unreadable files stood in for (``stood_in``).
+
+    No blocking host-to-device copy per batch (one would make the host wait for the steps
+    queued on the GPU, so that it never runs ahead): the statistics go to the device once,
+    here; the flips and non-JPEG pixels are copied non-blocking from pinned memory.
     """
 
     def __init__(
@@ -237,6 +242,16 @@ class GpuDecodeLoader:
         self.streams = streams
         self.stats = dict.fromkeys(STAT_KEYS, 0)
         self._warned = False
+        # on the device once (a blocking copy here, none per batch)
+        self.mean = torch.tensor(IMAGENET_MEAN).view(1, -1, 1, 1).to(device)
+        self.std = torch.tensor(IMAGENET_STD).view(1, -1, 1, 1).to(device)
+
+    def to_device(self, t: torch.Tensor) -> torch.Tensor:
+        """A small host tensor on the device without blocking the host: pinned (CUDA; the
+        pinned block is not reused before the copy is done), then copied asynchronously."""
+        if self.device.type == "cuda":
+            t = t.pin_memory()
+        return t.to(self.device, non_blocking=True)
 
     @property
     def sampler(self):
@@ -250,9 +265,9 @@ class GpuDecodeLoader:
         try:
             for batch in self.loader:
                 images, skipped = self.decode(batch)
-                boxes = torch.tensor(batch.boxes).view(-1, 4)
-                flips = torch.tensor(batch.flips, dtype=torch.bool)
-                x = crop_resize_flip(images, boxes, flips, self.size)
+                boxes = torch.tensor(batch.boxes).view(-1, 4)  # read on the host
+                flips = self.to_device(torch.tensor(batch.flips, dtype=torch.bool))
+                x = crop_resize_flip(images, boxes, flips, self.size, self.mean, self.std)
                 yield x, torch.tensor(batch.targets), skipped
         finally:
             fell_back = self.stats["cpu_fallback"] - before["cpu_fallback"]

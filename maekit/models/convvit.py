@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -101,12 +102,48 @@ class ConvPatchEmbed(nn.Module):
         return self.act(self.norm(_nhwc(self.proj(_nchw(x)))))
 
 
+@dataclass(frozen=True)
+class VisibleCells:
+    """Where the visible tokens' cells sit, for conv stages computed at those cells only.
+
+    Such a stage holds its activations token by token, (N*K, f, f, C): row n*K + k is the f x f
+    block of cells of token ``ids_keep[n, k]`` (f = 4 in stage 1, 2 in stage 2). Everything in a
+    conv block but the depthwise conv acts per cell, so it runs on these rows as they are; the
+    depthwise conv (:meth:`depthwise`) is the one operation that reads neighbours.
+    """
+
+    ids_keep: torch.Tensor  # (N, K) visible token indices
+    grid: tuple[int, int]  # the token grid (h, w)
+
+    def depthwise(self, conv: nn.Conv2d, y: torch.Tensor) -> torch.Tensor:
+        """``conv`` (stride 1, 'same' padding) at the visible cells of ``y`` (N*K, f, f, C).
+
+        Its input is the whole grid with zeros at the masked cells, which is exactly what the
+        masked dense path feeds it (it zeroes masked cells before this conv); the conv runs on
+        the grid (a depthwise conv is ~1 % of a block's FLOPs) and only visible outputs are
+        kept.
+        """
+        n, k = self.ids_keep.shape
+        h, w = self.grid
+        f, c = y.shape[1], y.shape[-1]
+        base = torch.arange(n, device=y.device).unsqueeze(1) * (h * w)
+        rows = (base + self.ids_keep).flatten()  # (N*K,) rows of the token-major grid
+        grid = y.new_zeros(n * h * w, f, f, c).index_copy(0, rows, y)  # zeros at masked cells
+        # token-major (N, h, w, f, f, C) -> the image (N, h*f, w*f, C)
+        grid = grid.view(n, h, w, f, f, c).permute(0, 1, 3, 2, 4, 5).reshape(n, h * f, w * f, c)
+        out = _nhwc(conv(_nchw(grid))).reshape(n, h, f, w, f, c).permute(0, 1, 3, 2, 4, 5)
+        batch = torch.arange(n, device=y.device).unsqueeze(1)
+        kept = out[batch, self.ids_keep // w, self.ids_keep % w]  # (N, K, f, f, C)
+        return kept.reshape(n * k, f, f, c)
+
+
 class ConvBlock(nn.Module):
     """A conv block; ``attn`` (the official name) is the depthwise 5x5 conv.
 
     With ``visible`` (1 = visible, 0 = masked; (N, H, W, 1)) the depthwise conv's input is
     zeroed at masked positions, so no masked pixel reaches a visible position: every other
-    operation here is per position.
+    operation here is per position. With ``visible`` a :class:`VisibleCells`, ``x`` holds the
+    visible cells only, (N*K, f, f, C), and the block computes the same numbers there.
     """
 
     def __init__(self, dim: int, mlp_ratio: float = 4.0, drop_path: float = 0.0) -> None:
@@ -119,11 +156,16 @@ class ConvBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = ConvMlp(dim, int(dim * mlp_ratio))
 
-    def forward(self, x: torch.Tensor, visible: torch.Tensor | None = None) -> torch.Tensor:
-        y = self.conv1(self.norm1(x))  # (N, H, W, C)
-        if visible is not None:
-            y = y * visible.to(y.dtype)
-        y = _nhwc(self.attn(_nchw(y)))
+    def forward(
+        self, x: torch.Tensor, visible: torch.Tensor | VisibleCells | None = None
+    ) -> torch.Tensor:
+        y = self.conv1(self.norm1(x))  # (N, H, W, C), or (N*K, f, f, C) at visible cells
+        if isinstance(visible, VisibleCells):
+            y = visible.depthwise(self.attn, y)
+        else:
+            if visible is not None:
+                y = y * visible.to(y.dtype)
+            y = _nhwc(self.attn(_nchw(y)))
         x = x + self.drop_path(self.conv2(y))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
@@ -220,6 +262,41 @@ class ConvViTBackbone(nn.Module):
         stage2 = x
         x = self.patch_embed3(x)  # (N, h, w, D3)
         x = self.patch_embed4(x.flatten(1, 2))  # (N, L, D3), row-major over the token grid
+        return x, stage1, stage2
+
+    def forward_visible_stages(
+        self, imgs: torch.Tensor, ids_keep: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Stages 1-2 and the stage-3 embedding at the visible tokens' cells only.
+
+        The same numbers as :meth:`forward_stages` with the mask, at the cells that reach the
+        loss: the patch embeds are non-overlapping (a token's cells come from its own pixels
+        only) and the masked conv blocks' one neighbourhood operation sees zeros at masked
+        cells either way (:class:`VisibleCells`). imgs (N, C, H, W); ids_keep (N, K). Returns
+        the visible tokens (N, K, D3) in ``ids_keep`` order and the stage-1 / stage-2 outputs at
+        their cells, (N*K, 4, 4, D1) and (N*K, 2, 2, D2).
+        """
+        if tuple(imgs.shape[-2:]) != self.img_size:
+            raise ValueError(
+                f"input is {tuple(imgs.shape[-2:])} but the model was built for {self.img_size}"
+            )
+        n, c = imgs.shape[:2]
+        k = ids_keep.shape[1]
+        (h, w), p = self.grid_size, self.patch_size
+        cells = VisibleCells(ids_keep, self.grid_size)
+        pixels = imgs.reshape(n, c, h, p, w, p).permute(0, 2, 4, 3, 5, 1)  # (N, h, w, P, P, C)
+        batch = torch.arange(n, device=imgs.device).unsqueeze(1)
+        x = pixels[batch, ids_keep // w, ids_keep % w].reshape(n * k, p, p, c)  # NHWC patches
+        x = self.patch_embed1(x)  # (N*K, 4, 4, D1)
+        for blk in self.blocks1:
+            x = self.run_block(blk, x, cells)
+        stage1 = x
+        x = self.patch_embed2(x)  # (N*K, 2, 2, D2)
+        for blk in self.blocks2:
+            x = self.run_block(blk, x, cells)
+        stage2 = x
+        x = self.patch_embed3(x)  # (N*K, 1, 1, D3)
+        x = self.patch_embed4(x.reshape(n, k, -1))  # (N, K, D3)
         return x, stage1, stage2
 
 

@@ -94,6 +94,9 @@ class Family:
     exports: Exports = field(default_factory=Exports)
     # The norm a pooled feature goes through (a global-pool encoder's fc_norm), or None.
     pooled_norm: Callable[[nn.Module], nn.Module | None] = lambda model: None
+    # The pre-training constructor argument that selects the dense reference computation where
+    # the family has a cheaper exact one (ConvMAE: "dense_stages"), else None.
+    dense_option: str | None = None
 
     def layer_rule(self, model: nn.Module, rule: str = "official") -> tuple[LayerId, int]:
         """(layer-id function, num_layers) for ``model``; an unknown ``rule`` means the default

@@ -113,6 +113,7 @@ CONVMAE_FAMILY = register_family(
             }
         ),
         pooled_norm=_convvit.convvit_pooled_norm,
+        dense_option="dense_stages",
     )
 )
 

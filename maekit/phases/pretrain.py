@@ -10,6 +10,7 @@ from torch.utils.data import Dataset
 from ..analysis.watch import ReconstructionWatch, validation_split
 from ..config import PretrainConfig
 from ..data import build_dataset, build_train_loader, limit_train_set
+from ..data.device import NormalizeOnDevice
 from ..data.gpu_decode import GpuDecodeLoader, collate_encoded, encoded_folder
 from ..data.transforms import PRETRAIN_SCALE, pretrain_transform, resolve_stats
 from ..engine import run as runner
@@ -28,7 +29,16 @@ def build_model(cfg: PretrainConfig) -> torch.nn.Module:
             f"{cfg.model!r} is not a pre-training model; `maekit pretrain` takes one of: "
             + ", ".join(list_models("pretrain"))
         )
-    return create_model(cfg.model, norm_pix_loss=cfg.norm_pix_loss, **cfg.size_overrides())
+    kw = {}
+    if cfg.dense_stages:
+        option = family_of_name(cfg.model).dense_option
+        if option is None:
+            raise MaekitError(
+                f"--dense_stages selects ConvMAE's dense conv stages; {cfg.model!r} has none, "
+                "drop the flag"
+            )
+        kw[option] = True
+    return create_model(cfg.model, norm_pix_loss=cfg.norm_pix_loss, **kw, **cfg.size_overrides())
 
 
 def build_optimizer(
@@ -134,7 +144,8 @@ class PretrainRecipe(Recipe):
 
     def train_transform(self):
         cfg = self.cfg
-        return pretrain_transform(cfg.input_size, cfg.in_chans, cfg.mean, cfg.std)
+        # uint8 crops from the workers, normalised on the device by the loader (train_loader)
+        return pretrain_transform(cfg.input_size, cfg.in_chans, cfg.mean, cfg.std, uint8=True)
 
     def load_data(self, cfg: PretrainConfig) -> PretrainData:
         family = family_of_name(cfg.model)
@@ -175,7 +186,9 @@ class PretrainRecipe(Recipe):
             ctx.pin_memory,
             collate_fn=collate_encoded if cfg.gpu_decode else None,
         )
-        return GpuDecodeLoader(loader, env.device, cfg.input_size) if cfg.gpu_decode else loader
+        if cfg.gpu_decode:
+            return GpuDecodeLoader(loader, env.device, cfg.input_size)
+        return NormalizeOnDevice(loader, env.device, cfg.mean, cfg.std)
 
     def data_lines(self, loader, model) -> list[str]:
         return [

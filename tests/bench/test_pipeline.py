@@ -30,13 +30,18 @@ def test_pipeline_loads_the_asked_images(tmp_path, workers):
     assert out["img_per_s_per_worker"] == pytest.approx(out["img_per_s"] / max(1, workers))
 
 
-@pytest.mark.parametrize("phase", ["pretrain", "finetune", "linprobe"])
-def test_phase_transforms_give_normalised_tensors(phase):
+@pytest.mark.parametrize(
+    "phase, dtype",
+    # pre-training hands uint8 crops (normalised on the device); the others normalise in the
+    # worker (fine-tuning's RandomErasing acts on the normalised image)
+    [("pretrain", torch.uint8), ("finetune", torch.float32), ("linprobe", torch.float32)],
+)
+def test_phase_transforms_give_image_tensors(phase, dtype):
     from PIL import Image
 
     img = Image.new("RGB", (40, 36), (200, 30, 90))
     x = phase_transform(phase, 32)(img)
-    assert isinstance(x, torch.Tensor) and x.shape == (3, 32, 32)
+    assert isinstance(x, torch.Tensor) and x.shape == (3, 32, 32) and x.dtype == dtype
 
 
 @pytest.mark.slow

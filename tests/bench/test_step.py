@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from functools import partial
 
 import pytest
@@ -392,3 +393,69 @@ def test_on_cuda_speedups_are_against_the_official_style_reference_with_fp32_sec
     table = step_table(out)
     assert "fast / reference: 2.00x" in table and "fast / reference fp32: 4.00x" in table
     json.dumps(out)
+
+
+@pytest.mark.parametrize("groups", [1, 4, 16])
+def test_grouped_conv_flops_match_the_formula(groups):
+    """Forward + both gradients of a (grouped / depthwise) conv: each is 2 * N * H_out * W_out *
+    C_out * (C_in / groups) * k * k; torch's own formula counts the weight gradient as dense."""
+    from maekit.bench.step import flop_counter
+
+    n, c, hw, k = 2, 16, 8, 5
+    conv = torch.nn.Conv2d(c, c, k, padding=2, groups=groups)
+    x = torch.randn(n, c, hw, hw, requires_grad=True)
+    with flop_counter() as counter:
+        conv(x).sum().backward()
+    one = 2 * n * hw * hw * c * (c // groups) * k * k
+    assert counter.get_total_flops() == 3 * one
+
+
+def test_strided_and_transposed_conv_flops_match_the_formula():
+    from maekit.bench.step import flop_counter
+
+    down = torch.nn.Conv2d(8, 12, 4, stride=4, groups=2)  # a patch embed, grouped
+    up = torch.nn.ConvTranspose2d(12, 6, 2, stride=2, groups=3)
+    x = torch.randn(3, 8, 16, 16)  # no input gradient for the first conv
+    with flop_counter() as counter:
+        up(down(x)).sum().backward()
+    f_down = 2 * 3 * 4 * 4 * 12 * 4 * 4 * 4  # N * out spatial * C_out * C_in/g * k * k
+    f_up = 2 * 3 * 4 * 4 * 12 * 2 * 2 * 2  # N * in spatial * C_in * C_out/g * k * k
+    assert counter.get_total_flops() == 2 * f_down + 3 * f_up
+
+
+def test_convmae_base_flops_count_the_depthwise_backward_once():
+    """ConvMAE-B pre-training, dense conv stages: 103.2 GFLOP per image (torch's own counter
+    says 135.2); at the visible cells (mask 0.75): 67.5, the quarter of stages 1-2 (their
+    1x1 convs, patch embeds and multi-scale decode convs) plus the unchanged rest."""
+    from maekit.bench.step import count_flops
+
+    cfg = BenchConfig(model="convmae_convvit_base_patch16", batch_size=2, device="cpu")
+    assert count_flops(cfg, CPU, dense_stages=True) / 2 / 1e9 == pytest.approx(103.2, abs=0.1)
+    assert count_flops(cfg, CPU) / 2 / 1e9 == pytest.approx(67.45, abs=0.05)
+
+
+def test_convmae_bench_runs_both_computations_with_the_same_loss():
+    """--ablate has "visible_cells" for ConvMAE pre-training: the dense stages, its own FLOPs,
+    the same loss; the reference runs the dense stages too (the official way)."""
+    cfg = BenchConfig(
+        model="convmae_convvit_small_patch16",
+        batch_size=2,
+        input_size=32,
+        patch_size=4,
+        device="cpu",
+        amp="none",  # fp32: the two computations agree to its rounding
+        steps=1,
+        warmup=0,
+        reference=True,
+        ablate=True,
+    )
+    out = bench_step(cfg)
+    dense = out["ablation"]["visible_cells"]
+    assert not out["dense_stages"] and dense["dense_stages"] and out["reference"]["dense_stages"]
+    assert dense["gflops_per_image"] > out["gflops_per_image"] > 0
+    assert out["reference"]["gflops_per_image"] == dense["gflops_per_image"]
+    assert dense["loss"] == pytest.approx(out["loss"], rel=1e-5)
+    assert out["reference"]["loss"] == pytest.approx(out["loss"], rel=1e-5)
+    assert "with the conv stages dense" in step_table(out)
+    mae = bench_step(replace(cfg, model="mae_vit_tiny_patch16", patch_size=8))
+    assert "visible_cells" not in mae["ablation"] and not mae["reference"]["dense_stages"]

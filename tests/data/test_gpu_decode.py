@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from PIL import Image
+from torch.utils._python_dispatch import TorchDispatchMode
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
@@ -354,3 +355,66 @@ def test_batch_256_under_ulimit_n_256_completes(tmp_path):
     out = json.loads(r.stdout)
     assert out["images"] == 256 and out["decode"]["stood_in"] == 0
     assert out["open_files_per_worker"] < 64  # not one per image
+
+
+class _Copies(TorchDispatchMode):
+    """Every copy between the host and another device that the dispatcher sees, blocking or
+    not, and every read of a device value on the host (``.item()``: a sync)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocking: list[str] = []
+        self.non_blocking: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        aten = torch.ops.aten
+        if func is aten._to_copy.default:
+            src, dst = args[0].device, kwargs.get("device", args[0].device)
+            if src != dst:
+                nb = kwargs.get("non_blocking", False)
+                (self.non_blocking if nb else self.blocking).append(f"to {src}->{dst}")
+        elif func is aten.copy_.default and args[0].device != args[1].device:
+            nb = args[2] if len(args) > 2 else kwargs.get("non_blocking", False)
+            (self.non_blocking if nb else self.blocking).append("copy_")
+        elif func is aten._local_scalar_dense.default and args[0].device.type != "cpu":
+            self.blocking.append("item")
+        return func(*args, **kwargs)
+
+
+def test_the_decoder_makes_no_blocking_copy_per_batch(tmp_path, monkeypatch):
+    """A batch through GpuDecodeLoader on a non-host device (meta stands in for CUDA: the same
+    dispatch, no GPU): 0 blocking host-device copies, 0 host reads of device values; the flips
+    and the non-JPEG file's pixels go non-blocking. torch.tensor(..., device=) copies outside
+    the dispatcher, so it is counted by a wrapper."""
+    root = _smooth_folder(tmp_path / "d")  # 7 JPEGs and a PNG
+    enc = gd.encoded_folder(build_dataset(str(root), "train", None), PRETRAIN_SCALE)
+    batches = [gd.collate_encoded([(*enc[i], 0) for i in range(j, j + 4)]) for j in (0, 4)]
+    shapes = {  # each JPEG's decoded size by where its bytes sit, read before counting
+        b.image(i).data_ptr(): gd.nvjpeg_decode([b.image(i)], CPU)[0].shape
+        for b in batches
+        for i in range(len(b))
+        if b.shapes[i] is None
+    }
+
+    def decode(data, device):  # "nvJPEG": uint8 images of the files' sizes, on the device
+        return [torch.empty(shapes[d.data_ptr()], dtype=torch.uint8, device=device) for d in data]
+
+    meta = torch.device("meta")
+    loader = gd.GpuDecodeLoader(batches, meta, 16, decode_fn=decode)  # statistics copied here
+    made_on_device = []
+    real_tensor = torch.tensor
+
+    def tensor(data, *a, **k):
+        if k.get("device") is not None and torch.device(k["device"]).type != "cpu":
+            made_on_device.append(k["device"])
+        return real_tensor(data, *a, **k)
+
+    monkeypatch.setattr(torch, "tensor", tensor)
+    copies = _Copies()
+    with copies:
+        out = [x for x, _y, _bad in loader]
+    assert [x.shape for x in out] == [(4, 3, 16, 16)] * 2 and out[0].device == meta
+    assert copies.blocking == [] and made_on_device == []
+    # per batch: the flips; the PNG's pixels in the first batch
+    assert len(copies.non_blocking) == 3, copies.non_blocking

@@ -67,9 +67,12 @@ def test_upsampled_mask_matches_the_14x14_mask_block_wise(factor, size):
 
 
 def test_model_masks_its_conv_stages_with_the_upsampled_token_mask():
-    """At 224 px the conv blocks get the 14x14 mask at 56x56 (stage 1) and 28x28 (stage 2)."""
+    """At 224 px the dense path's conv blocks get the 14x14 mask at 56x56 (stage 1) and 28x28
+    (stage 2)."""
     torch.manual_seed(0)
-    m = create_model("convmae_convvit_small_patch16", depth=(1, 1, 1), decoder_depth=1)
+    m = create_model(
+        "convmae_convvit_small_patch16", depth=(1, 1, 1), decoder_depth=1, dense_stages=True
+    )
     seen = {}
     for name in ("blocks1", "blocks2"):
         getattr(m, name)[0].register_forward_hook(
