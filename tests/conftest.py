@@ -22,7 +22,8 @@ if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
 
 def pytest_collection_modifyitems(config, items) -> None:
     """Everything in tests/e2e/ is slow (it trains through the CLI); the slow tests run first, so
-    that under ``-n 2`` the two workers finish on short tests instead of one long one."""
+    that under ``-n 2`` (``--dist worksteal``, pyproject.toml) the workers end on short tests
+    instead of one long one."""
     e2e = Path(__file__).parent / "e2e"
     for item in items:
         if e2e in Path(item.path).parents:
