@@ -130,6 +130,17 @@ def run_cli_in_process(args: list[str], cwd: Path) -> subprocess.CompletedProces
     return subprocess.CompletedProcess(["maekit", *args], rc, stdout.getvalue(), stderr.getvalue())
 
 
+def assert_one_error_line(r: subprocess.CompletedProcess, command: str, must_contain: str) -> None:
+    """What every bad input must give: exit 2 and one line ``maekit COMMAND: error: ...``
+    naming the problem, no traceback."""
+    assert "Traceback" not in r.stderr, r.stderr
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith(f"maekit {command}: error:"), lines[0]
+    assert must_contain in lines[0], lines[0]
+
+
 @pytest.fixture(autouse=True)
 def _registry_restored():
     """Models a test registers (the golden files' tiny geometry) are gone after it, so tests

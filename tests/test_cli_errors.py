@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.conftest import run_cli_in_process
+from tests.conftest import assert_one_error_line, run_cli_in_process
 
 TINY = ["--model", "mae_vit_tiny_patch16", "--input_size", "32", "--patch_size", "4"]
 OK = ["--epochs", "1", "--warmup_epochs", "0", "--num_workers", "0", "--device", "cpu"]
@@ -156,12 +156,7 @@ def subprocess_results(scratch) -> dict[str, subprocess.CompletedProcess]:
 
 def check_one_error_line(r: subprocess.CompletedProcess, case: str) -> None:
     _, must_contain = CASES[case]
-    assert "Traceback" not in r.stderr, r.stderr
-    assert r.returncode == 2, (r.returncode, r.stderr)
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1, r.stderr
-    assert lines[0].startswith("maekit pretrain: error:"), lines[0]
-    assert must_contain in lines[0]
+    assert_one_error_line(r, "pretrain", must_contain)
 
 
 @pytest.mark.parametrize("case", list(CASES))

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from maekit.models import create_model
-from tests.conftest import run_cli_in_process, write_image_folder
+from tests.conftest import assert_one_error_line, run_cli_in_process, write_image_folder
 
 TINY = ["--model", "vit_tiny_patch16", "--input_size", "32", "--patch_size", "8"]
 OK = ["--batch_size", "4", "--num_workers", "0", "--epochs", "1", "--device", "cpu"]
@@ -169,12 +169,7 @@ def subprocess_results(scratch) -> dict[str, subprocess.CompletedProcess]:
 
 def check_one_error_line(r: subprocess.CompletedProcess, case: str) -> None:
     phase, _, must_contain = CASES[case]
-    assert "Traceback" not in r.stderr, r.stderr
-    assert r.returncode == 2, (r.returncode, r.stderr)
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1, r.stderr
-    assert lines[0].startswith(f"maekit {phase}: error:"), lines[0]
-    assert must_contain in lines[0], lines[0]
+    assert_one_error_line(r, phase, must_contain)
 
 
 @pytest.mark.parametrize("case", list(CASES))

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from maekit.data.shards.write import write_shards
-from tests.conftest import run_cli_in_process, write_image_folder
+from tests.conftest import assert_one_error_line, run_cli_in_process, write_image_folder
 
 TINY = [
     "--input_size",
@@ -124,12 +124,7 @@ def subprocess_results(scratch) -> dict[str, subprocess.CompletedProcess]:
 
 def check_one_error_line(r: subprocess.CompletedProcess, case: str) -> None:
     _, command, must_contain = CASES[case]
-    assert "Traceback" not in r.stderr, r.stderr
-    assert r.returncode == 2, (r.returncode, r.stderr)
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1, r.stderr
-    assert lines[0].startswith(f"maekit {command}: error:"), lines[0]
-    assert must_contain in lines[0], lines[0]
+    assert_one_error_line(r, command, must_contain)
 
 
 @pytest.mark.parametrize("case", list(CASES))
