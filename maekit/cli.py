@@ -157,10 +157,18 @@ def resolved_view(cfg, world_size: int, source: dict | None = None) -> dict:
     effective batch and absolute lr at ``world_size`` processes. ``source``: the --config
     file's mapping; for a recipe, its published effective batch is shown too, so a mismatch
     with this launch shows."""
+    import dataclasses
+
     from .config.phases import CommonConfig
     from .engine.schedule import absolute_lr
 
-    view = cfg.to_dict()
+    # every command's config (tools have no to_dict); positionals (``maekit shard SRC DST``) stay
+    # on the command line, as --config refuses them
+    view = {
+        f.name: value
+        for f, value in zip(dataclasses.fields(cfg), dataclasses.astuple(cfg), strict=True)
+        if not f.metadata.get("positional")
+    }
     if not isinstance(cfg, CommonConfig):
         return view
     lr, eff = absolute_lr(cfg, world_size)
