@@ -9,11 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from maekit.data.folder import decode_rgb
 from maekit.data.pixels import PixelReader
-from tests.golden.make_rgb_pipeline_golden import images, pipelines
+from tests.golden.make_rgb_pipeline_golden import images, pipelines, seed_all
 
 REFERENCE = Path(__file__).parents[1] / "golden" / "rgb_pipeline" / "reference.npz"
 
@@ -26,7 +25,7 @@ def test_8bit_pipelines_give_the_tensors_they_gave_before(name):
     checked = 0
     for fname, data in images().items():
         for seed in (0, 1):
-            torch.manual_seed(seed)
+            seed_all(seed)
             img = reader.decode(io.BytesIO(data), fname)
             out = tf(img).numpy()
             want = ref[f"{name}/{fname}/{seed}"]

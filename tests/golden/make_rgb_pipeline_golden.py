@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import random
 import sys
 from pathlib import Path
 
@@ -38,6 +39,13 @@ def images() -> dict[str, bytes]:
     return out
 
 
+def seed_all(seed: int) -> None:
+    """timm's RandAugment and RandomErasing draw from Python's ``random``, the crops from torch."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
 def pipelines():
     from maekit.data import transforms as mt
 
@@ -58,7 +66,7 @@ def main(out: Path) -> None:
     for name, tf in pipelines():
         for fname, data in files.items():
             for seed in (0, 1):
-                torch.manual_seed(seed)
+                seed_all(seed)
                 img = decode_rgb(io.BytesIO(data), fname)
                 tensors[f"{name}/{fname}/{seed}"] = tf(img).numpy()
     out.mkdir(parents=True, exist_ok=True)
