@@ -156,7 +156,12 @@ def _orient_npy(shape: tuple[int, ...], in_chans: int, name: str) -> tuple[int, 
 def _read_npy(f: BinaryIO, name: str, max_pixels: int | None, in_chans: int, header_only: bool):
     try:
         version = np.lib.format.read_magic(f)
-        shape, fortran, dtype = np.lib.format._read_array_header(f, version)  # noqa: SLF001
+        read_header = (
+            np.lib.format.read_array_header_1_0
+            if version == (1, 0)
+            else np.lib.format.read_array_header_2_0  # 2.0 and 3.0 (a UTF-8 header)
+        )
+        shape, fortran, dtype = read_header(f)
     except (ValueError, OSError) as e:
         raise UnreadableImage(f"{name}: not a .npy array ({e})") from e
     if dtype.hasobject:

@@ -46,15 +46,25 @@ def main() -> None:
             "file type = ENVI Standard\ndata type = 12\ninterleave = bsq\nbyte order = 0\n" % (W, H)
         )
         subprocess.run(
-            ["gdal_translate", "-q", "-of", "GTiff", "-co", "INTERLEAVE=BAND", str(raw),
-             str(OUT / "bands4_gdal.tif")],
+            [
+                "gdal_translate",
+                "-q",
+                "-of",
+                "GTiff",
+                "-co",
+                "INTERLEAVE=BAND",
+                str(raw),
+                str(OUT / "bands4_gdal.tif"),
+            ],
             check=True,
         )
     made["bands4_gdal.tif"] = bands4
 
     # float32 13-band (Sentinel-2-like reflectances), pixel-interleaved, by tifffile
     bands13 = (rng.random((H, W, 13)) * 0.6).astype(np.float32)
-    tifffile.imwrite(OUT / "bands13_float.tif", bands13, photometric="minisblack", planarconfig="contig")
+    tifffile.imwrite(
+        OUT / "bands13_float.tif", bands13, photometric="minisblack", planarconfig="contig"
+    )
     made["bands13_float.tif"] = bands13
 
     # float32 gray with negative values (e.g. a difference image, dB), by tifffile
