@@ -42,8 +42,8 @@ def main() -> None:
         raw = Path(tmp) / "scene.img"
         np.ascontiguousarray(bands4.transpose(2, 0, 1)).astype("<u2").tofile(raw)  # BSQ
         raw.with_suffix(".hdr").write_text(
-            "ENVI\nsamples = %d\nlines = %d\nbands = 4\nheader offset = 0\n"
-            "file type = ENVI Standard\ndata type = 12\ninterleave = bsq\nbyte order = 0\n" % (W, H)
+            f"ENVI\nsamples = {W}\nlines = {H}\nbands = 4\nheader offset = 0\n"
+            "file type = ENVI Standard\ndata type = 12\ninterleave = bsq\nbyte order = 0\n"
         )
         subprocess.run(
             [
