@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from ..config import BenchConfig
 from ..data import build_dataset, build_train_loader
 from ..data.device import NormalizeOnDevice
 from ..data.gpu_decode import GpuDecodeLoader, collate_encoded, encoded_folder
+from ..data.pixels import reader_for
 from ..data.transforms import PRETRAIN_SCALE, as_float, device_normalize
 from ..data.workers import loader_workers, usable_cpus
 from ..engine.distributed import resolve_device
@@ -36,14 +38,25 @@ from ..phases import PHASES
 from .hardware import synchronize
 
 
-def phase_transform(phase: str, input_size: int):
-    """The phase's training transform with its default settings (its recipe's own)."""
+def phase_recipe(phase: str, input_size: int, data_path: str = "fashion-mnist", in_chans: int = 3):
+    """The phase's recipe with its default settings, resolved for ``data_path`` (its pixel
+    path: 8-bit, or full precision for 16-bit/float/N-band files)."""
     entry = PHASES[phase]
     recipe_cls = entry.recipe_class()
-    cfg = entry.config(input_size=input_size, in_chans=3)
+    stats = {} if in_chans in (1, 3) else {"mean": [0.5] * in_chans, "std": [0.25] * in_chans}
+    kw = {"aa": "none"} if phase == "finetune" else {}
+    cfg = entry.config(input_size=input_size, in_chans=in_chans, data_path=data_path, **stats)
     recipe = recipe_cls(cfg, recipe_cls.bench_data(1))
     recipe.cfg, _ = recipe.resolve(cfg)
-    return recipe.train_transform()
+    if recipe.cfg.pixels == "full" and kw:  # RandAugment is 8-bit only: the tensor recipe
+        recipe = recipe_cls(replace(cfg, **kw), recipe_cls.bench_data(1))
+        recipe.cfg, _ = recipe.resolve(recipe.cfg)
+    return recipe
+
+
+def phase_transform(phase: str, input_size: int):
+    """The phase's training transform with its default settings (its recipe's own)."""
+    return phase_recipe(phase, input_size).train_transform()
 
 
 def child_pids() -> list[int]:
@@ -69,10 +82,11 @@ def measure_pipeline(cfg: BenchConfig) -> dict:
     """img/s of the phase's training loader; with ``--gpu_decode`` (pre-training transform) the
     batches are decoded and augmented on the GPU, and the figure is end to end to GPU memory
     (so is a uint8 pipeline's on CUDA: its batches are normalised there)."""
-    transform = phase_transform(cfg.phase, cfg.input_size)
+    recipe = phase_recipe(cfg.phase, cfg.input_size, cfg.data_path, cfg.in_chans)
+    transform = recipe.train_transform()
     if cfg.float_batches and device_normalize(transform):
         transform = as_float(transform)  # normalised in the workers, as before uint8 batches
-    dataset = build_dataset(cfg.data_path, "train", transform)
+    dataset = build_dataset(cfg.data_path, "train", transform, reader=reader_for(recipe.cfg))
     workers = loader_workers(cfg.num_workers)
     uint8 = device_normalize(transform)  # (mean, std) the loop normalises with, or None
     device = resolve_device(cfg.device) if cfg.gpu_decode or uint8 else None
@@ -132,6 +146,8 @@ def measure_pipeline(cfg: BenchConfig) -> dict:
         "num_workers": workers,
         "cpus": usable_cpus(),
         "gpu_decode": cfg.gpu_decode,
+        "pixels": recipe.cfg.pixels,
+        "in_chans": cfg.in_chans,
         "images": loaded,
         "img_per_s": rate,
         "img_per_s_per_worker": rate / max(1, workers),
