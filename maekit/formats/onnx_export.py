@@ -62,8 +62,7 @@ def onnx_module(
 
     Built like ``maekit extract`` builds it: the saved model name fixes the architecture, the
     weights and args the input geometry (checked against the position table)."""
-    from ..models import create_model, get_entry
-    from ..models.registry import is_registered
+    from ..models.registry import create_model, get_entry, is_registered
 
     args = args or {}
     name = args.get("model")
