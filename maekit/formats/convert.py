@@ -56,7 +56,7 @@ def convert(
     lines = [ckpt.report.summary()]
     state = ckpt.model
     if to == "maekit":
-        keep = {k: ckpt.extras[k] for k in ("epoch", "args") if k in ckpt.extras}
+        keep = {k: ckpt.extras[k] for k in ("epoch", "args", "classes") if k in ckpt.extras}
         atomic_save({"model": state, **keep}, dst)
     elif to == "safetensors":
         save_safetensors(state, dst, {"format": "pt", "converted_from": src.name})

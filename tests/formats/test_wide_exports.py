@@ -227,3 +227,28 @@ def test_stats_that_do_not_match_the_channels_are_refused(tmp_path):
     )
     assert_one_error_line(r, "convert", "3/3 values for a 4-channel model")
     assert not (tmp_path / "hf").exists()
+
+
+@pytest.mark.slow  # trains two steps in process
+def test_finetune_checkpoint_saves_class_names_that_hf_export_uses(tmp_path):
+    import transformers
+
+    from tests.conftest import write_image_folder
+
+    data = tmp_path / "data"
+    write_image_folder(data, classes=3, per_class=2, seed=0)
+    (data / "val").symlink_to(data / "train", target_is_directory=True)
+    for i, name in enumerate(("zebra", "apple", "mango")):  # sorted: apple, mango, zebra
+        (data / "train" / f"class_{i}").rename(data / "train" / name)
+    out = tmp_path / "ft"
+    flags = ["--model", "vit_tiny_patch16", "--input_size", "32", "48", "--patch_size", "8"]
+    flags += ["--batch_size", "2", "--num_workers", "0", "--epochs", "1", "--warmup_epochs", "0"]
+    flags += ["--max_train_step", "1", "--cls_token", "--output_dir", str(out)]
+    r = run_cli_in_process(["finetune", "--data_path", str(data), *flags], tmp_path)
+    assert r.returncode == 0, r.stderr
+    ckpt = torch.load(out / "checkpoint-0.pth", weights_only=True)
+    assert ckpt["classes"] == ["apple", "mango", "zebra"]
+    assert convert(out / "checkpoint-0.pth", tmp_path / "hf", "hf")
+    hf = loaded(transformers.ViTForImageClassification, tmp_path / "hf")
+    assert hf.config.id2label == {0: "apple", 1: "mango", 2: "zebra"}
+    assert list(hf.config.image_size) == [32, 48]
