@@ -17,6 +17,7 @@ from maekit.models.registry import register_model
 from maekit.models.vit import VisionTransformerEncoder
 from maekit.phases.linprobe import attach_probe_head
 from tests.conftest import assert_one_error_line, run_cli_in_process
+from tests.golden.models import register_golden_models
 
 from .builders import WIDE_ARGS
 
@@ -39,9 +40,10 @@ def wide_models():
     register_model("vit_onnx_tiny", VisionTransformerEncoder, kind="encoder", **TINY)
 
 
-def save(tmp_path, model, name: str) -> object:
+def save(tmp_path, model, name: str, patch_size: int = 8) -> object:
     path = tmp_path / "ck.pth"
-    torch.save({"model": model.state_dict(), "args": {"model": name, **WIDE_ARGS}}, path)
+    args = {"model": name, **WIDE_ARGS, "patch_size": patch_size}
+    torch.save({"model": model.state_dict(), "args": args}, path)
     return path
 
 
@@ -159,3 +161,22 @@ def test_weights_that_do_not_fit_the_named_model_are_refused(tmp_path, wide_mode
     )
     assert_one_error_line(r, "convert", "do not fit vit_onnx_tiny")
     assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize("name", ["convmae_golden", "convvit_golden"])
+def test_convmae_family_exports_too(tmp_path, name):
+    """No cls token: the feature is the mean of the tokens (a classifier: its logits); the
+    ConvMAE stages keep the batch axis dynamic as well."""
+    register_golden_models()
+    torch.manual_seed(4)
+    extra = {"num_classes": 3} if name.startswith("convvit") else {}
+    model = create_model(name, img_size=(32, 48), in_chans=4, **extra).eval()
+    lines = convert(save(tmp_path, model, name, 16), tmp_path / "c.onnx", "onnx")
+    diff_line(lines)
+    output = "logits" if extra else "features"
+    for x in batches():
+        with torch.no_grad():
+            want = model(x) if extra else model.forward_features(x).mean(dim=1)
+        torch.testing.assert_close(
+            run_onnx(tmp_path / "c.onnx", x, output), want, rtol=0, atol=1e-4
+        )
