@@ -252,3 +252,14 @@ def test_finetune_checkpoint_saves_class_names_that_hf_export_uses(tmp_path):
     hf = loaded(transformers.ViTForImageClassification, tmp_path / "hf")
     assert hf.config.id2label == {0: "apple", 1: "mango", 2: "zebra"}
     assert list(hf.config.image_size) == [32, 48]
+
+
+@pytest.mark.parametrize("to", ["timm", "onnx", "maekit"])
+def test_encoder_only_is_for_hf(tmp_path, to):
+    torch.save({"model": wide_mae().state_dict()}, tmp_path / "mae.pth")
+    r = run_cli_in_process(
+        ["convert", str(tmp_path / "mae.pth"), str(tmp_path / "out"), "--to", to, "--encoder_only"],
+        tmp_path,
+    )
+    assert_one_error_line(r, "convert", "use it with --to hf")
+    assert not (tmp_path / "out").exists()
