@@ -431,11 +431,11 @@ def maekit_to_hf(
 
 def check_buildable(arch: str, height: int, width: int) -> None:
     """Refuse (one line) the folders transformers would write but not load. Measured with
-    transformers 5.x (and the same code in 4.x): ViTMAEForPreTraining's decoder builds its
+    transformers 5.25 (tests/formats/test_wide_exports.py): ViTMAEForPreTraining's decoder builds its
     position table for a square grid of sqrt(cells) a side, so ``from_pretrained`` of an
     H != W model raises a size mismatch in ``__init__`` (and its ``patchify`` refuses H != W);
     ViTMAEModel and ViTForImageClassification take ``image_size`` [H, W] and any
-    ``num_channels``, and give our outputs (tests/formats/test_wide_exports.py)."""
+    ``num_channels``, and give our outputs."""
     if arch == "ViTMAEForPreTraining" and height != width:
         raise MaekitError(
             f"transformers' ViTMAEForPreTraining is square-only (its decoder table assumes H == W; "
@@ -479,6 +479,11 @@ def _preprocessor(args: dict, channels: int, height: int, width: int) -> dict | 
             "(one value per channel) or convert --to timm"
         )
     divisor = args.get("max_value") or 255
+    if isinstance(divisor, bool) or not isinstance(divisor, int | float) or divisor <= 0:
+        raise MaekitError(
+            f"the checkpoint's max_value {divisor!r} is no pixel divisor (255, 65535, 1.0, ...); "
+            "convert the checkpoint the run saved"
+        )
     return {
         "image_processor_type": "ViTImageProcessor",
         "do_resize": True,
