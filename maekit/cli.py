@@ -100,17 +100,18 @@ def build_parser(file_defaults: dict[str, dict] | None = None) -> argparse.Argum
         "Face) for maekit, timm, safetensors or Hugging Face",
         description="Read any checkpoint maekit understands (safely: nothing in it runs) and "
         "write it as a maekit .pth, a .safetensors file, encoder weights that "
-        "timm.create_model('vit_*') loads with strict=True, or a folder that transformers' "
-        "from_pretrained loads.",
+        "timm.create_model('vit_*') loads with strict=True, a folder that transformers' "
+        "from_pretrained loads, or an ONNX graph.",
     )
     conv.add_argument("input", metavar="IN", help="checkpoint to read")
     conv.add_argument("output", metavar="OUT", help="file to write")
     conv.add_argument(
         "--to",
         required=True,
-        choices=("maekit", "timm", "safetensors", "hf"),
+        choices=("maekit", "timm", "safetensors", "hf", "onnx"),
         help="output format (timm: .safetensors if OUT ends so, else .pth; hf: a "
-        "save_pretrained folder for transformers)",
+        "save_pretrained folder for transformers; onnx: encoder features or classifier logits, "
+        "checked with onnxruntime, needs maekit[onnx])",
     )
     pool = conv.add_mutually_exclusive_group()
     pool.add_argument(
@@ -126,6 +127,12 @@ def build_parser(file_defaults: dict[str, dict] | None = None) -> argparse.Argum
         action="store_const",
         const=False,
         help="--to timm: for timm's global_pool='token'",
+    )
+    conv.add_argument(
+        "--encoder_only",
+        action="store_true",
+        help="--to hf: write a pre-training checkpoint's encoder alone (ViTMAEModel), e.g. for "
+        "H != W, which transformers' ViTMAEForPreTraining cannot build",
     )
     conv.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     return parser
@@ -219,7 +226,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "convert":
             from .formats.convert import convert
 
-            for line in convert(args.input, args.output, args.to, args.global_pool, args.force):
+            lines = convert(
+                args.input, args.output, args.to, args.global_pool, args.force, args.encoder_only
+            )
+            for line in lines:
                 print(line)
             return 0
         if args.command == "models":

@@ -28,11 +28,13 @@ def fit(
     loader: torch.utils.data.DataLoader,
     evaluate_fn: EvaluateFn | None = None,
     monitors: Sequence[Monitor] = (),
+    saved_extras: dict | None = None,
 ) -> list[dict]:
     """Train ``cfg.start_epoch .. cfg.epochs-1``; log every epoch, save every ``save_freq``.
 
     With ``evaluate_fn`` each epoch is evaluated, logged as test_*, and the best top-1 so far is
-    kept as ``checkpoint-best.pth``. ``monitors`` add their entries to each epoch's log.
+    kept as ``checkpoint-best.pth``. ``monitors`` add their entries to each epoch's log;
+    ``saved_extras`` are written into every checkpoint (the recipe's, e.g. class names).
 
     Resumes from --resume or, with --auto_resume, the newest valid checkpoint in the output
     folder, exactly: weights, optimizer, RNG states of every rank, and the step within the
@@ -42,7 +44,7 @@ def fit(
     if env.is_main:
         remove_stale_temp_files(ctx.output_dir)
     point = restore(cfg, ctx.start if ctx.start is not None else find_start(cfg, env), trainer)
-    saver = Saver(cfg, ctx.output_dir, trainer, track_best=evaluate_fn is not None)
+    saver = Saver(cfg, ctx.output_dir, trainer, evaluate_fn is not None, saved_extras)
     saver.best = point.best
     if not _has_epochs_left(cfg, point, env.is_main):
         ctx.recorder.close()

@@ -124,5 +124,10 @@ class Recipe:
     def evaluate_only(self, ctx: RunContext, model: torch.nn.Module) -> list[dict]:
         raise NotImplementedError
 
+    def checkpoint_extras(self) -> dict:
+        """Top-level entries every checkpoint of the run carries besides {model, optimizer,
+        epoch, scaler, args} (fine-tuning: the class names, which exports label outputs with)."""
+        return {}
+
     def finish(self, history: list[dict], monitors: Monitors) -> None:
         """The closing lines (main process)."""

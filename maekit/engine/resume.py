@@ -126,7 +126,12 @@ class Saver:
     on a new best top-1. Never a non-finite state: :meth:`check_finite` comes first."""
 
     def __init__(
-        self, cfg: CommonConfig, output_dir: Path, trainer: Trainer, track_best: bool
+        self,
+        cfg: CommonConfig,
+        output_dir: Path,
+        trainer: Trainer,
+        track_best: bool,
+        extras: dict | None = None,
     ) -> None:
         self.cfg, self.output_dir, self.trainer, self.track_best = (
             cfg,
@@ -134,6 +139,7 @@ class Saver:
             trainer,
             track_best,
         )
+        self.extras = dict(extras or {})  # the recipe's entries (class names), every checkpoint
         self.best = -1.0
 
     def check_finite(self, epoch: int, step: int) -> None:
@@ -172,7 +178,7 @@ class Saver:
         if t.model.fsdp:  # fsdp: gather full tensors to rank 0 (all ranks call)
             model_state, optimizer_state = full_state(t.model.bare, t.optimizer)
         if env.is_main:
-            extra = {"resume": resume}
+            extra = {**self.extras, "resume": resume}
             if self.track_best:
                 extra["max_accuracy"] = self.best
             last = self.output_dir / LAST

@@ -260,7 +260,9 @@ def run(recipe: Recipe) -> list[dict]:
         )
         evaluate_fn = recipe.evaluator(ctx, pm)
         monitors = recipe.monitors(ctx, pm)
-        history = fit(cfg, ctx, trainer, loader, evaluate_fn, monitors.each)
+        history = fit(
+            cfg, ctx, trainer, loader, evaluate_fn, monitors.each, recipe.checkpoint_extras()
+        )
         if env.is_main:
             recipe.finish(history, monitors)
         return history

@@ -1,4 +1,4 @@
-"""``maekit convert IN OUT --to {maekit,timm,safetensors,hf}``: re-save any readable checkpoint."""
+"""``maekit convert IN OUT --to {maekit,timm,safetensors,hf,onnx}``: re-save any readable checkpoint."""
 
 from __future__ import annotations
 
@@ -10,11 +10,16 @@ from ..files import atomic_save, check_overwrite, save_safetensors
 from .export import export_timm
 from .loader import read_file
 
-TARGETS = ("maekit", "timm", "safetensors", "hf")
+TARGETS = ("maekit", "timm", "safetensors", "hf", "onnx")
 
 
 def convert(
-    src: str | Path, dst: str | Path, to: str, global_pool: bool | None = None, force: bool = False
+    src: str | Path,
+    dst: str | Path,
+    to: str,
+    global_pool: bool | None = None,
+    force: bool = False,
+    encoder_only: bool = False,
 ) -> list[str]:
     """Convert ``src`` (any format :mod:`.loader` reads) to ``dst``; returns lines to print.
 
@@ -22,7 +27,9 @@ def convert(
     ``safetensors``: the state dict in our names. ``timm``: encoder weights in timm's names
     (``.safetensors`` if ``dst`` ends so, else a bare .pth state dict). ``hf``: a folder that
     transformers' ``from_pretrained`` loads (ViTMAEForPreTraining, ViTMAEModel or
-    ViTForImageClassification, see :mod:`.hf`).
+    ViTForImageClassification, see :mod:`.hf`; ``encoder_only``: a pre-training checkpoint's
+    encoder alone). ``onnx``: the encoder's features or the classifier's logits as an ONNX
+    graph, checked with onnxruntime (:mod:`.onnx_export`).
     """
     src, dst = Path(src), Path(dst)
     if to not in TARGETS:
@@ -30,6 +37,11 @@ def convert(
     if global_pool is not None and to != "timm":
         raise MaekitError(
             "--global_pool/--cls_token choose timm's pooling: use them with --to timm"
+        )
+    if encoder_only and to != "hf":
+        raise MaekitError(
+            "--encoder_only writes a Hugging Face ViTMAEModel: use it with --to hf "
+            "(--to timm and --to onnx export the encoder anyway)"
         )
     if dst.exists() and (force is False or dst.resolve() == src.resolve()):
         raise MaekitError(
@@ -44,18 +56,39 @@ def convert(
     lines = [ckpt.report.summary()]
     state = ckpt.model
     if to == "maekit":
-        keep = {k: ckpt.extras[k] for k in ("epoch", "args") if k in ckpt.extras}
+        keep = {k: ckpt.extras[k] for k in ("epoch", "args", "classes") if k in ckpt.extras}
         atomic_save({"model": state, **keep}, dst)
     elif to == "safetensors":
         save_safetensors(state, dst, {"format": "pt", "converted_from": src.name})
     elif to == "hf":
         from .hf import maekit_to_hf, write_hf_dir
 
-        state, config, pre, notes = maekit_to_hf(state, ckpt.extras.get("args"))
+        classes = ckpt.extras.get("classes")
+        state, config, pre, notes = maekit_to_hf(
+            state,
+            ckpt.extras.get("args"),
+            list(classes) if isinstance(classes, list | tuple) else None,
+            encoder_only,
+        )
         lines += notes
         write_hf_dir(dst, state, config, pre)
         arch = config["architectures"][0]
         lines.append(f"load it with: transformers.{arch}.from_pretrained({str(dst)!r})")
+    elif to == "onnx":
+        from .onnx_export import CHECK_ATOL, CHECK_BATCH, INPUT, onnx_module, write_onnx
+
+        args = ckpt.extras.get("args") if isinstance(ckpt.extras.get("args"), dict) else {}
+        module, shape, output, notes = onnx_module(state, args)
+        lines += notes
+        diff = write_onnx(module, shape, output, dst)
+        c, h, w = shape
+        lines.append(
+            f"ONNX input {INPUT!r} (N, {c}, {h}, {w}) with N dynamic, output {output}; "
+            f"onnxruntime vs PyTorch on a random batch of {CHECK_BATCH}: max abs diff {diff:.2e} "
+            f"(limit {CHECK_ATOL:g})"
+        )
+        lines.append(f"wrote {dst} (onnx, {output})")
+        return lines
     else:
         args = ckpt.extras.get("args") if isinstance(ckpt.extras.get("args"), dict) else {}
         state, notes, call = export_timm(state, global_pool, args)

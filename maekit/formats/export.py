@@ -24,5 +24,6 @@ def export_timm(
 ) -> tuple[dict[str, torch.Tensor], list[str], str]:
     """Weights in timm's names by their family's rule: (state, notes, the create_model call)."""
     family = exporting_family(state, args, "timm")
+    size = family.input_size(state, args)  # checked before anything is written
     out, notes, pool = family.exports.timm(state, global_pool)
-    return out, notes, family.exports.timm_call(out, pool, args or {})
+    return out, notes, family.exports.timm_call(out, pool, {**(args or {}), "input_size": size})

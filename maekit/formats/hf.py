@@ -345,14 +345,35 @@ def hf_architecture_of(state: dict, args: dict | None = None) -> str:
 
 
 def maekit_to_hf(
-    state: dict[str, torch.Tensor], args: dict | None
+    state: dict[str, torch.Tensor],
+    args: dict | None,
+    classes: list[str] | None = None,
+    encoder_only: bool = False,
 ) -> tuple[dict[str, torch.Tensor], dict, dict | None, list[str]]:
-    """Our state dict -> (HF state, config.json, preprocessor_config.json or None, notes)."""
+    """Our state dict -> (HF state, config.json, preprocessor_config.json or None, notes).
+
+    ``classes``: the class names a fine-tuning run saved (config ``id2label``); ``encoder_only``:
+    a pre-training checkpoint's encoder alone, as a ViTMAEModel. What transformers cannot build
+    is refused here, before anything is written (:func:`check_buildable`).
+    """
     from ..models.probe_head import LINPROBE_BN_EPS, fold_linprobe_head
 
     args = dict(args or {})
     notes = []
+    family = exporting_family(state, args, "hf")
+    if encoder_only:
+        pretrain_only = family.checkpoint.pretrain_only
+        if not any(k.startswith(pretrain_only) for k in state):
+            raise MaekitError(
+                "--encoder_only drops a pre-training decoder, but this checkpoint has none; "
+                "drop the flag"
+            )
+        state = {k: v for k, v in state.items() if not k.startswith(pretrain_only)}
+        notes.append("dropped the MAE decoder (--encoder_only): the encoder is a ViTMAEModel")
     arch = hf_architecture_of(state, args)
+    height, width = family.input_size(state, args)
+    check_buildable(arch, height, width)
+    args["input_size"] = [height, width]
     if "head.0.running_mean" in state:
         state = fold_linprobe_head(state)
         state.pop("head.0.num_batches_tracked", None)
@@ -402,39 +423,84 @@ def maekit_to_hf(
             f"dropped {', '.join(sorted({k.split('.')[0] for k in dropped}))} (no place in {arch})"
         )
     config = _config_for(state, args, arch)
-    pre = None
-    if args.get("mean") and args.get("std"):
-        h, w = (
-            (config["image_size"],) * 2
-            if isinstance(config["image_size"], int)
-            else config["image_size"]
-        )
-        pre = {
-            "image_processor_type": "ViTImageProcessor",
-            "do_resize": True,
-            "size": {"height": h, "width": w},
-            "resample": 3,
-            "do_rescale": True,
-            "rescale_factor": 1 / 255,
-            "do_normalize": True,
-            "image_mean": list(args["mean"]),
-            "image_std": list(args["std"]),
-        }
+    if arch == "ViTForImageClassification":
+        notes += _set_labels(config, classes, int(out["classifier.weight"].shape[0]))
+    pre = _preprocessor(args, config["num_channels"], height, width)
     return out, config, pre, notes
 
 
+def check_buildable(arch: str, height: int, width: int) -> None:
+    """Refuse (one line) the folders transformers would write but not load. Measured with
+    transformers 5.25 (tests/formats/test_wide_exports.py): ViTMAEForPreTraining's decoder builds its
+    position table for a square grid of sqrt(cells) a side, so ``from_pretrained`` of an
+    H != W model raises a size mismatch in ``__init__`` (and its ``patchify`` refuses H != W);
+    ViTMAEModel and ViTForImageClassification take ``image_size`` [H, W] and any
+    ``num_channels``, and give our outputs."""
+    if arch == "ViTMAEForPreTraining" and height != width:
+        raise MaekitError(
+            f"transformers' ViTMAEForPreTraining is square-only (its decoder table assumes H == W; "
+            f"a {height}x{width} one fails in from_pretrained): add --encoder_only to write the "
+            "encoder as a ViTMAEModel, or convert --to timm / --to onnx"
+        )
+
+
+def _set_labels(config: dict, classes: list[str] | None, n: int) -> list[str]:
+    """config ``id2label``/``label2id``: the run's class names, else the names an HF config
+    brought along, else LABEL_i (said in a note)."""
+    if classes is not None and len(classes) == n:
+        names = [str(c) for c in classes]
+        note = []
+    elif len(config.get("id2label") or {}) == n:
+        return []  # a Hugging Face checkpoint's own labels, kept
+    else:
+        names = [f"LABEL_{i}" for i in range(n)]
+        why = (
+            f"it saved {len(classes)} class names for {n} outputs"
+            if classes is not None
+            else "the checkpoint saves no class names (fine-tuning runs save them from this version)"
+        )
+        note = [f"id2label is LABEL_0..LABEL_{n - 1}: {why}"]
+    config["id2label"] = {str(i): name for i, name in enumerate(names)}
+    config["label2id"] = {name: i for i, name in enumerate(names)}
+    return note
+
+
+def _preprocessor(args: dict, channels: int, height: int, width: int) -> dict | None:
+    """preprocessor_config.json as training fed the model: resize to (H, W), divide by the run's
+    pixel divisor (``max_value``: 255 for 8-bit, 65535 for 16-bit, 1 for float images; 255 in
+    checkpoints from before it was saved), normalise with its per-channel statistics."""
+    mean, std = args.get("mean"), args.get("std")
+    if not (mean and std):
+        return None
+    if len(mean) != channels or len(std) != channels:
+        raise MaekitError(
+            f"the checkpoint's mean/std have {len(mean)}/{len(std)} values for a {channels}-channel "
+            "model; transformers' image processor would fail on them: fix args mean/std "
+            "(one value per channel) or convert --to timm"
+        )
+    divisor = args.get("max_value") or 255
+    if isinstance(divisor, bool) or not isinstance(divisor, int | float) or divisor <= 0:
+        raise MaekitError(
+            f"the checkpoint's max_value {divisor!r} is no pixel divisor (255, 65535, 1.0, ...); "
+            "convert the checkpoint the run saved"
+        )
+    return {
+        "image_processor_type": "ViTImageProcessor",
+        "do_resize": True,
+        "size": {"height": height, "width": width},
+        "resample": 3,
+        "do_rescale": True,
+        "rescale_factor": 1 / float(divisor),
+        "do_normalize": True,
+        "image_mean": [float(v) for v in mean],
+        "image_std": [float(v) for v in std],
+    }
+
+
 def _config_for(state: dict, args: dict, arch: str) -> dict:
+    """config.json; ``args["input_size"]`` is the checked [H, W] (:func:`maekit_to_hf`)."""
     dim, in_chans, patch, _ = state["patch_embed.proj.weight"].shape
-    tokens = state["pos_embed"].shape[1] - 1
-    size = args.get("input_size")
-    if size is None:
-        side = round(tokens**0.5)
-        if side * side != tokens:
-            raise MaekitError(
-                "the checkpoint's patch grid is not square and it records no --input_size"
-            )
-        size = side * patch
-    size = _image_size(size if isinstance(size, list | tuple) else [size, size])
+    size = _image_size(args["input_size"])
     config = dict(args.get("hf_config") or {})
     config.pop("transformers_version", None)
     config.update(
@@ -472,14 +538,6 @@ def _config_for(state: dict, args: dict, arch: str) -> dict:
             }
         )
     if arch == "ViTForImageClassification":
-        n = int(
-            (state.get("head.weight") if "head.weight" in state else state["head.1.weight"]).shape[
-                0
-            ]
-        )
-        if len(config.get("id2label") or {}) != n:
-            config["id2label"] = {str(i): f"LABEL_{i}" for i in range(n)}
-            config["label2id"] = {f"LABEL_{i}": i for i in range(n)}
         config["encoder_stride"] = int(patch)
     return config
 

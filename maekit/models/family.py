@@ -20,6 +20,7 @@ CONTRIBUTING.md).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -103,6 +104,40 @@ class Family:
         (``--layer_decay_rule plsc`` has no effect on a family with one rule)."""
         fn = self.layer_decay.get(rule) or next(iter(self.layer_decay.values()))
         return fn, self.num_layers(model)
+
+    def input_size(
+        self, state: Mapping[str, torch.Tensor], args: Mapping | None = None
+    ) -> tuple[int, int]:
+        """(H, W) in pixels of the images ``state`` was trained on: the saved ``--input_size``
+        checked against the position table (a wrong size would build a model that cannot load
+        the weights), else the square the table's cell count gives; one line when neither can.
+        Exports (timm's img_size, HF's image_size, the ONNX input) all read it here."""
+        args = args or {}
+        patch = args.get("patch_size") or self.patch_of(state)
+        table = state.get(self.checkpoint.pos_tables[0])
+        if not patch or table is None:
+            raise MaekitError(
+                f"the weights have no patch embedding or position table ({describe_keys(state)}); "
+                "convert a whole checkpoint of a maekit model"
+            )
+        cells = int(table.shape[1]) - self.prefix_tokens
+        size = args.get("input_size")
+        if size is None:
+            side = math.isqrt(cells)
+            if side * side != cells:
+                raise MaekitError(
+                    f"the checkpoint's patch grid ({cells} cells) is not square and it records no "
+                    "--input_size; convert the checkpoint the run saved (its args hold H W)"
+                )
+            return side * patch, side * patch
+        h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[-1]))
+        if (h // patch) * (w // patch) != cells:
+            raise MaekitError(
+                f"the checkpoint says --input_size {h} {w} with patch {patch}, "
+                f"{(h // patch) * (w // patch)} cells, but its position table has {cells}; "
+                "the file's args do not belong to its weights"
+            )
+        return h, w
 
     def classes(self) -> tuple[type[nn.Module], ...]:
         return tuple(c for c in (self.pretrain_cls, self.encoder_cls) if c is not None)

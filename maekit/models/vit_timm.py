@@ -90,11 +90,19 @@ def to_timm(
 def timm_create_call(
     state: dict[str, torch.Tensor], global_pool: bool, args: dict | None = None
 ) -> str:
-    """The ``timm.create_model(...)`` call whose model loads ``state`` (a to_timm result) strictly."""
-    dim, _, patch, _ = state["patch_embed.proj.weight"].shape
-    in_chans = state["patch_embed.proj.weight"].shape[1]
+    """The ``timm.create_model(...)`` call whose model loads ``state`` (a to_timm result) strictly.
+
+    ``args["input_size"]``: the (H, W) the family checked against the position table
+    (:meth:`~.family.Family.input_size`); without it the grid is taken as square."""
+    dim, in_chans, patch, _ = state["patch_embed.proj.weight"].shape
     tokens = state["pos_embed"].shape[1] - (1 if "cls_token" in state else 0)
-    img_size = round(tokens**0.5) * patch
+    size = (args or {}).get("input_size")
+    if size is None:
+        size = round(tokens**0.5) * patch
+    elif not isinstance(size, int):
+        h, w = (int(v) for v in size)
+        size = h if h == w else (h, w)  # timm takes a tuple for H != W
+    img_size = size
     depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
     num_classes = state["head.weight"].shape[0] if "head.weight" in state else 0
     stem, std_depth = TIMM_VITS.get(dim, ("vit_base", 12))

@@ -199,6 +199,12 @@ class SupervisedRecipe(Recipe):
                 )
         return SupervisedData(train_set, val_set, nb_classes)
 
+    def checkpoint_extras(self) -> dict:
+        """``classes``: the names of the outputs in order (the sorted class folders), for
+        ``maekit convert --to hf``'s id2label; absent where the dataset has no names."""
+        names = getattr(self.data.val_set, "classes", None)  # the same as train/'s (load_data)
+        return {"classes": [str(c) for c in names]} if names else {}
+
     def build_model(self) -> torch.nn.Module:
         cfg = self.cfg
         model = build_encoder(cfg, self.data.nb_classes, self.model_overrides())

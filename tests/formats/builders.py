@@ -100,3 +100,20 @@ def write_official_pth(path: Path, state: dict, epoch: int = 799) -> Path:
         {"model": state, "optimizer": optimizer, "epoch": epoch, "scaler": None, "args": args}, path
     )
     return path
+
+
+# Issue 27's geometry: 4 channels, H != W (a 4 x 6 patch grid at patch 8).
+WIDE = dict(img_size=(32, 48), patch_size=8, in_chans=4)
+WIDE_ARGS = {"input_size": [32, 48], "patch_size": 8, "in_chans": 4}
+
+
+def wide_mae(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return create_model("mae_vit_tiny_patch16", depth=2, decoder_depth=1, **WIDE).eval()
+
+
+def wide_encoder(seed: int = 1, global_pool: bool = False, num_classes: int = 5) -> nn.Module:
+    torch.manual_seed(seed)
+    return create_model(
+        "vit_tiny_patch16", depth=2, num_classes=num_classes, global_pool=global_pool, **WIDE
+    ).eval()
