@@ -22,9 +22,11 @@ from timm.layers import to_2tuple
 from torchvision.transforms import functional as TF
 
 from ..config import VisualizeConfig
+from ..config.fields import check_vis_channels, vis_window
 from ..data.transforms import resolve_stats
 from ..errors import MaekitError
 from ..models.family import family_of
+from .display import display_set, unnormalize
 
 COLUMNS = ("original", "masked", "reconstruction", "recon. + visible")
 MASK_GREY = 128
@@ -168,13 +170,14 @@ def render_grid(
     columns: list[np.ndarray], title: str, scale: int, pad: int = 4
 ) -> tuple[Image.Image, GridLayout]:
     """Columns of (N, H, W, 3) uint8 images -> the picture (nearest-neighbour upscaled by
-    ``scale``, so pixels stay comparable) with a wrapped title and column headers."""
+    ``scale``, so pixels stay comparable) with a wrapped title (each of its ``\n``-separated
+    parts from a new line) and column headers."""
     n, h, w, _ = columns[0].shape
     cell = w * scale
     width = len(columns) * cell + (len(columns) + 1) * pad
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     font, small = _font(13), _font(11)
-    lines = _wrap(title, font, width - 2 * pad, probe)
+    lines = [ln for part in title.split("\n") for ln in _wrap(part, font, width - 2 * pad, probe)]
     line_h = int(probe.textbbox((0, 0), "Ag", font=font)[3]) + 3
     head_h = int(probe.textbbox((0, 0), "Ag", font=small)[3]) + 6
     layout = GridLayout(
@@ -211,23 +214,30 @@ def describe(
     mask_ratio: float,
     seed: int,
     norm_pix: bool,
+    shown: str | None = None,
 ) -> str:
-    """The figure title: what was run, and how the predictions were turned into pixels."""
+    """The figure title: what was run, how the predictions were turned into pixels, and, on
+    a line of its own, ``shown`` (:func:`~.display.display_set`'s caption: which channels, in
+    which window, are drawn)."""
     how = (
         "norm_pix_loss model: predictions de-normalised with each patch's own mean/var"
         if norm_pix
         else "pixel-target model: predictions shown as they are"
     )
     size = input_size if isinstance(input_size, int) else "x".join(map(str, input_size))
-    return f"{name} ({size} px, patch {patch_size}), mask ratio {mask_ratio:g}, seed {seed}. {how}"
+    title = f"{name} ({size} px, patch {patch_size}), mask ratio {mask_ratio:g}, seed {seed}. {how}"
+    return f"{title}\n{shown}" if shown else title
 
 
 # --------------------------------------------------------------------------- the command
 
 
-def load_images(cfg: VisualizeConfig, input_size: int | list[int], in_chans: int = 3) -> np.ndarray:
-    """(N, H, W, C) uint8: resized (to cover, aspect kept, bicubic) and centre-cropped to the
-    model's size; C = 1 (grayscale) for one-channel models."""
+def load_images(
+    cfg: VisualizeConfig, input_size: int | list[int], in_chans: int = 3
+) -> torch.Tensor:
+    """(N, C, H, W) float32 pixels on the model's scale (8-bit images / 255): resized (to
+    cover, aspect kept, bicubic) and centre-cropped to the model's size; C = 1 (grayscale) for
+    one-channel models."""
     from ..data import BUILTIN, build_dataset
     from ..data.folder import UnreadableImage, load_rgb
     from ..data.sampling import subset_indices
@@ -258,7 +268,7 @@ def load_images(cfg: VisualizeConfig, input_size: int | list[int], in_chans: int
         h, w = to_2tuple(input_size)
         img = TF.center_crop(img, [h, w]).convert(image_mode(in_chans))
         out.append(np.asarray(img, dtype=np.uint8).reshape(h, w, in_chans))
-    return np.stack(out)
+    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).float() / 255
 
 
 def run(cfg: VisualizeConfig) -> Path:
@@ -273,20 +283,19 @@ def run(cfg: VisualizeConfig) -> Path:
     if not out.parent.is_dir():
         raise MaekitError(f"--out {out}: folder {out.parent} does not exist")
     loaded = load_checkpoint_model(cfg, norm_pix_loss=cfg.norm_pix_loss, need_decoder=True)
-    original = load_images(cfg, loaded.input_size, loaded.in_chans)
+    check_vis_channels(cfg.vis_channels, loaded.in_chans)
+    pixels = load_images(cfg, loaded.input_size, loaded.in_chans)
     device = resolve_device(cfg.device)
     model = loaded.model.to(device)
     stats = (loaded.mean, loaded.std)  # the checkpoint's own normalisation
+    normalised = TF.normalize(pixels, *(list(v) for v in stats))
     recon, mask_px = reconstruct(
-        model,
-        from_uint8(original, *stats).to(device),
-        cfg.mask_ratio,
-        cfg.seed,
-        family_of(model).mask_cells(model),
+        model, normalised.to(device), cfg.mask_ratio, cfg.seed, family_of(model).mask_cells(model)
     )
-    recon_px = show_gray(original, to_uint8(recon, *stats))
-    columns = grid_columns(original, recon_px, mask_px.cpu().numpy())
-    columns = [np.repeat(c, 3, axis=-1) if c.shape[-1] == 1 else c for c in columns]  # gray -> RGB
+    original, (recon_px,), shown = display_set(
+        pixels, [unnormalize(recon, *stats)], cfg.vis_channels, vis_window(cfg.vis_window), True
+    )
+    columns = grid_columns(original, show_gray(original, recon_px), mask_px.cpu().numpy())
     scale = cfg.scale or max(1, math.ceil(112 / min(to_2tuple(loaded.input_size))))
     title = describe(
         loaded.name,
@@ -295,15 +304,17 @@ def run(cfg: VisualizeConfig) -> Path:
         cfg.mask_ratio,
         cfg.seed,
         bool(model.norm_pix_loss),
+        shown,
     )
     picture, _ = render_grid(columns, title, scale)
     try:
         picture.save(out)
     except OSError as e:
         raise MaekitError(f"could not write {out}: {e.strerror or e}; choose another --out") from e
-    shown = lambda v: "/".join(f"{x:g}" for x in v)  # noqa: E731
+    values = lambda v: "/".join(f"{x:g}" for x in v)  # noqa: E731
+    one_line = title.replace("\n", "; ")
     print(
-        f"wrote {out}: {len(original)} images, {title} Inputs normalised with mean {shown(loaded.mean)}, "
-        f"std {shown(loaded.std)}."
+        f"wrote {out}: {len(original)} images, {one_line}. Inputs normalised with mean "
+        f"{values(loaded.mean)}, std {values(loaded.std)}."
     )
     return out
