@@ -197,3 +197,41 @@ def test_visualize_needs_the_decoder(tmp_path: Path, capsys, kind: str) -> None:
         err.startswith("maekit visualize: error:") and "decoder" in err and "Traceback" not in err
     )
     assert not (tmp_path / "x.png").exists()
+
+
+def test_visualize_channels_and_window_flags(tmp_path: Path, mae_checkpoint, capsys, monkeypatch):
+    """8-bit RGB files: the default grid draws the files' own values (auto = full on 8-bit
+    data); --vis_channels 2 1 0 swaps red and blue; a percentile window is said in the title."""
+    import maekit.analysis.visualize as vis
+
+    drawn = []
+
+    def capture(columns, title, scale):
+        drawn.append(columns)
+        return render_grid(columns, title, scale)
+
+    monkeypatch.setattr(vis, "render_grid", capture)
+    images = write_images(tmp_path / "imgs", 2)
+    base = [
+        "visualize",
+        "--checkpoint",
+        str(mae_checkpoint),
+        "--images",
+        *images,
+        "--device",
+        "cpu",
+    ]
+    out = str(tmp_path / "g.png")
+    assert main([*base, "--out", out]) == 0
+    assert "; channels 0,1,2, window full = 0..1. Inputs normalised" in capsys.readouterr().out
+    files = (vis.load_images(vis.VisualizeConfig(images=images), 32) * 255).round().to(torch.uint8)
+    expected = files.permute(0, 2, 3, 1).numpy()
+    assert np.array_equal(drawn[0][0], expected)  # the files' own 8-bit values, exactly
+    assert main([*base, "--out", out, "--vis_channels", "2", "1", "0"]) == 0
+    assert np.array_equal(drawn[1][0], expected[..., ::-1])
+    assert "channels 2,1,0, window full" in capsys.readouterr().out
+    assert main([*base, "--out", out, "--vis_channels", "1", "--vis_window", "pct", "5", "95"]) == 0
+    lo, hi = np.percentile((files[:, 1].float() / 255).numpy(), [5, 95])  # as drawn
+    assert f"channels 1, window 5-95th pct = {lo:.3g}..{hi:.3g}" in capsys.readouterr().out
+    gray = drawn[2][0]
+    assert (gray == gray[..., :1]).all() and gray.min() == 0 and gray.max() == 255
