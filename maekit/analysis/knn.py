@@ -69,7 +69,7 @@ def knn_accuracy(
     }
 
 
-def labeled_splits(data_path: str, transform) -> tuple[Dataset, Dataset, int]:
+def labeled_splits(data_path: str, transform, reader=None) -> tuple[Dataset, Dataset, int]:
     """(train = bank, val = queries, number of classes); a clear error for unlabeled data."""
     from ..data import BUILTIN, build_dataset
     from ..data.shards.locate import refuse_shards
@@ -82,8 +82,8 @@ def labeled_splits(data_path: str, transform) -> tuple[Dataset, Dataset, int]:
                 f"k-NN needs labels: --data_path {data_path} has no {' or '.join(m + '/' for m in missing)} folder; "
                 "give train/ and val/ class folders, or 'fashion-mnist'"
             )
-    bank = build_dataset(data_path, "train", transform)
-    queries = build_dataset(data_path, "val", transform)
+    bank = build_dataset(data_path, "train", transform, reader=reader)
+    queries = build_dataset(data_path, "val", transform, reader=reader)
     for split, ds in (("train", bank), ("val", queries)):
         if not is_labeled(ds):
             raise MaekitError(

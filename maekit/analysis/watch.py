@@ -26,10 +26,11 @@ from torch.utils.data import Dataset
 from ..config import PretrainConfig
 from ..config.fields import vis_window
 from ..data import BUILTIN, FixedSubset, build_dataset
+from ..data.pixels import reader_for
 from ..data.robust import SkipUnreadable, collate_readable
 from ..data.sampling import subset_indices
 from ..data.shards.locate import is_shard_path
-from ..data.transforms import eval_transform
+from ..data.transforms import eval_transform_of
 from ..data.workers import make_loader
 from ..engine.distributed import DistEnv, all_reduce_sum
 from ..engine.evaluate import RankSplitSampler
@@ -63,11 +64,10 @@ def validation_split(
         return train_set, None, "validation: off (--val_freq 0 --vis_freq 0)"
     if is_shard_path(cfg.data_path):
         return train_set, None, "validation: off for tar shards (val_loss needs indexable images)"
-    transform = eval_transform(
-        cfg.input_size, cfg.in_chans, getattr(cfg, "mean", None), getattr(cfg, "std", None)
-    )
+    transform, reader = eval_transform_of(cfg), reader_for(cfg)
     if cfg.data_path in BUILTIN or Path(cfg.data_path, "val").is_dir():
-        val_set, where = build_dataset(cfg.data_path, "val", transform, cfg.max_pixels), "val/"
+        val_set = build_dataset(cfg.data_path, "val", transform, cfg.max_pixels, reader)
+        where = "val/"
     elif cfg.val_frac is None:  # the official recipe trains on every image: no silent hold-out
         return (
             train_set,
@@ -82,7 +82,7 @@ def validation_split(
     else:
         train_idx, held = holdout_indices(len(train_set), cfg.val_frac)
         val_set = FixedSubset(
-            build_dataset(cfg.data_path, "train", transform, cfg.max_pixels), held
+            build_dataset(cfg.data_path, "train", transform, cfg.max_pixels, reader), held
         )
         train_set = FixedSubset(train_set, train_idx)
         where = f"{len(held)} training images held out (--val_frac {cfg.val_frac})"

@@ -1,6 +1,7 @@
 """Fitting pre-trained weights to a model of other input geometry: channels and patch grid.
 
-Pure functions on state dicts, used by ``maekit pretrain --init``:
+Pure functions on state dicts, used by ``maekit pretrain --init`` (channels and grid) and by
+``finetune``/``linprobe --finetune`` (channels; the grid by the official fine-tuning rule):
 
 - input channels: the first conv (``patch_embed.proj`` / ConvMAE's ``patch_embed1.proj``) is
   adapted with timm's ``adapt_input_conv``: one channel = the sum of the RGB kernels (a gray
@@ -65,14 +66,14 @@ def is_sincos(table: torch.Tensor, grid: tuple[int, int], extra: int) -> bool:
     return torch.allclose(table[0, extra:].float(), ref, atol=SINCOS_ATOL, rtol=0)
 
 
-def adapt_to_model(
-    state: dict[str, torch.Tensor], model: nn.Module, old_grid: tuple[int, int] | None = None
+def adapt_channels(
+    state: dict[str, torch.Tensor], model: nn.Module
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """``state`` made to fit ``model``'s channels and grid; (new state, one note per adaptation)."""
+    """``state``'s input conv (and a pre-training model's output layer) made to fit
+    ``model``'s input channels; (new state, one note per adaptation)."""
     state = dict(state)
     own = model.state_dict()
-    family = family_of(model)
-    layout = family.checkpoint
+    layout = family_of(model).checkpoint
     notes: list[str] = []
     in_chans = model.in_chans
     old_chans = None
@@ -102,6 +103,17 @@ def adapt_to_model(
                     notes.append(
                         f"adapted {layout.output_layer} {p * p * old_chans} -> {p * p * in_chans} outputs ({how} per-channel predictions)"
                     )
+    return state, notes
+
+
+def adapt_to_model(
+    state: dict[str, torch.Tensor], model: nn.Module, old_grid: tuple[int, int] | None = None
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """``state`` made to fit ``model``'s channels and grid; (new state, one note per adaptation)."""
+    state, notes = adapt_channels(state, model)
+    own = model.state_dict()
+    family = family_of(model)
+    layout = family.checkpoint
     grid = tuple(family.token_grid(model))
     extra = family.prefix_tokens
     recomputed, resized, old_shown = [], [], ""

@@ -23,7 +23,7 @@ from ..errors import MaekitError
 from ..formats.loader import load_state_dict, read_file, strip_prefixes
 from ..models.family import HEAD_KEYS, POOL_NORM_KEYS, CheckpointLayout, family_of
 from ..models.pos_embed import interpolate_pos_embed
-from .adapt import adapt_to_model, grid_of
+from .adapt import adapt_channels, adapt_to_model, grid_of
 from .state_dict import keys_error, shape_error, shape_mismatches
 
 
@@ -43,10 +43,9 @@ def adapt_state_dict(
     old_grid: tuple[int, int] | None = None,
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Pre-trained weights -> this model's shapes. Returns (state, notes on what changed)."""
-    state = strip_prefixes(state)[0]
+    state, notes = adapt_channels(strip_prefixes(state)[0], model)  # RGB weights -> N channels
     own = model.state_dict()
     family = family_of(model)
-    notes = []
     for k in family.checkpoint.head:
         if k in state and k in own and state[k].shape != own[k].shape:
             notes.append(f"dropped {k} {tuple(state[k].shape)} (new head is {tuple(own[k].shape)})")

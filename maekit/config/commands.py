@@ -7,10 +7,15 @@ from dataclasses import dataclass
 
 from ..errors import MaekitError
 from .fields import (
+    GRAY_TO_RGB_HELP,
+    IN_CHANS_HELP,
+    MAX_VALUE_HELP,
+    PIXELS_HELP,
     VIS_CHANNELS_HELP,
     VIS_WINDOW_HELP,
     check_finite,
     check_image_size,
+    check_pixels,
     check_stats,
     check_vis_channels,
     image_size_value,
@@ -218,17 +223,18 @@ class StatsConfig:
         "fashion-mnist",
         "ImageNet-style folder (train/ is used), a plain image folder, or 'fashion-mnist'",
     )
-    in_chans: int = opt(3, "channels as training reads them: 3 (RGB) or 1 (grayscale)")
+    in_chans: int = opt(3, "channels as training reads them: " + IN_CHANS_HELP)
+    pixels: str = opt("auto", PIXELS_HELP, choices=("auto", "8bit", "full"))
+    max_value: float | None = opt(None, MAX_VALUE_HELP)
+    gray_to_rgb: bool = opt(False, GRAY_TO_RGB_HELP)
     max_images: int = opt(1000, "measure a fixed random sample (--seed) of this many images")
     seed: int = opt(0, "random seed of the sample")
     num_workers: int = opt(2, "image-decoding worker processes (capped at the CPU count)")
 
     def validate(self) -> None:
-        if self.in_chans not in (1, 3):
-            raise MaekitError(
-                f"--in_chans {self.in_chans}: images are read as 3 (RGB) or 1 "
-                "(grayscale) channels; give --in_chans 3 or --in_chans 1"
-            )
+        if self.in_chans <= 0:
+            raise MaekitError(f"--in_chans must be a positive integer, got {self.in_chans}")
+        check_pixels(self.pixels, self.max_value, None, False)
         if self.max_images <= 0:
             raise MaekitError(f"--max_images must be positive, got {self.max_images}")
         if self.num_workers < 0:

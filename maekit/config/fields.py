@@ -82,6 +82,37 @@ MEAN_HELP = (
     "one channel; `maekit stats` measures your data's)"
 )
 STD_HELP = "normalisation std, one value per input channel (default: ImageNet's, as --mean)"
+IN_CHANS_HELP = (
+    "input channels (bands): 3 (RGB) or 1 (gray) for 8-bit images; any number for "
+    "full-precision files (--pixels), which must hold exactly this many bands"
+)
+PIXELS_HELP = (
+    "how files are read: 8bit (Pillow RGB/gray, the official pipeline), full (16-bit, float, "
+    "N-band TIFF/PNG/.npy at their precision, scaled by 1/--max_value), auto (full when the "
+    "first files need it; see docs/own-images.md)"
+)
+MAX_VALUE_HELP = (
+    "full-precision pixels are divided by this (default: the maximum of the files' integer "
+    "type, 65535 for 16 bits; floats as they are); e.g. 4095 for 12-bit data in 16-bit files"
+)
+GRAY_TO_RGB_HELP = "full precision: repeat a gray file's band to 3 channels (--in_chans 3)"
+VFLIP_HELP = "also flip vertically (p 0.5) when training: for images with no 'up'"
+ROT90_HELP = "also rotate by a random multiple of 90 degrees when training (square inputs)"
+
+
+def check_pixels(pixels: str, max_value: float | None, input_size, rot90: bool) -> None:
+    """--pixels, --max_value and --rot90, each in one line."""
+    if pixels not in ("auto", "8bit", "full"):
+        raise MaekitError(f"--pixels must be auto, 8bit or full, got {pixels!r}")
+    if max_value is not None and not max_value > 0:
+        raise MaekitError(f"--max_value must be a positive number, got {max_value}")
+    if rot90 and input_size is not None and not isinstance(input_size, int):
+        h, w = input_size
+        if h != w:
+            raise MaekitError(
+                f"--rot90 turns images by quarter turns, which swaps height and width: it needs a "
+                f"square --input_size, got {h} {w}; drop --rot90 (--vflip works on any size)"
+            )
 
 
 def check_stats(mean, std, in_chans: int | None) -> None:

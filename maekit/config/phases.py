@@ -13,13 +13,20 @@ from typing import ClassVar
 
 from ..errors import MaekitError
 from .fields import (
+    GRAY_TO_RGB_HELP,
+    IN_CHANS_HELP,
     INPUT_SIZE_HELP,
+    MAX_VALUE_HELP,
     MEAN_HELP,
+    PIXELS_HELP,
+    ROT90_HELP,
     STD_HELP,
+    VFLIP_HELP,
     VIS_CHANNELS_HELP,
     VIS_WINDOW_HELP,
     check_finite,
     check_image_size,
+    check_pixels,
     check_stats,
     check_vis_channels,
     image_size_value,
@@ -56,11 +63,14 @@ class CommonConfig:
     patch_size: int | None = opt(
         None, "override the model's patch size (e.g. 4 for 28-32 px images)"
     )
-    in_chans: int = opt(
-        3, "input channels: 3 (RGB) or 1 (images converted to grayscale, one-value normalisation)"
-    )
+    in_chans: int = opt(3, IN_CHANS_HELP)
     mean: list[float] | None = opt(None, MEAN_HELP)
     std: list[float] | None = opt(None, STD_HELP)
+    pixels: str = opt("auto", PIXELS_HELP, choices=("auto", "8bit", "full"))
+    max_value: float | None = opt(None, MAX_VALUE_HELP)
+    gray_to_rgb: bool = opt(False, GRAY_TO_RGB_HELP)
+    vflip: bool = opt(False, VFLIP_HELP)
+    rot90: bool = opt(False, ROT90_HELP)
     # --- data ---
     data_path: str = opt(
         "fashion-mnist",
@@ -194,11 +204,7 @@ class CommonConfig:
         for name, value in positive.items():
             if value is not None and value <= 0:
                 raise MaekitError(f"--{name} must be a positive integer, got {value}")
-        if self.in_chans is not None and self.in_chans not in (1, 3):
-            raise MaekitError(
-                f"--in_chans {self.in_chans}: images are read as 3 (RGB) or 1 "
-                "(grayscale) channels; give --in_chans 3 or --in_chans 1"
-            )
+        check_pixels(self.pixels, self.max_value, self.input_size, self.rot90)
         if self.patch_size is not None and self.patch_size <= 0:
             raise MaekitError(f"--patch_size must be positive, got {self.patch_size}")
         if self.warmup_epochs < 0:

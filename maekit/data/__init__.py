@@ -21,12 +21,17 @@ BUILTIN_ALIASES = ("fashion-mnist", "fashion_mnist", "fmnist")
 
 
 def build_dataset(
-    data_path: str, split: str, transform, max_pixels: int | None = DEFAULT_MAX_PIXELS
+    data_path: str,
+    split: str,
+    transform,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    reader=None,
 ) -> torch.utils.data.Dataset:
     """``split`` is 'train' or 'val'. A folder with ``{split}/`` uses it; for 'train' a folder
     without ``train/`` is itself the training set (class folders or plain images). Tar shards
     (see :mod:`maekit.data.shards`) give a :class:`~.shards.dataset.ShardDataset`. Images over
-    ``max_pixels`` are skipped as unreadable (--max_pixels)."""
+    ``max_pixels`` are skipped as unreadable (--max_pixels). ``reader``: how a folder's files
+    are read (a :class:`~.pixels.PixelReader`, e.g. at full precision); default 8-bit RGB."""
     if data_path in BUILTIN or data_path in ("fashion_mnist", "fmnist"):
         return FashionMNIST(split, transform)
     if is_shard_path(data_path):  # tar shards (folder with shards.json, pattern or URL)
@@ -42,7 +47,7 @@ def build_dataset(
         root = sub
     elif split != "train":
         raise MaekitError(f"{root} has no {split}/ folder; evaluation needs {sub}")
-    ds = image_folder(root, transform, max_pixels)
+    ds = image_folder(root, transform, max_pixels, reader)
     if len(ds) == 0:
         raise MaekitError(f"no images found in {root}; check --data_path")
     return ds

@@ -11,7 +11,6 @@ import warnings
 from pathlib import Path
 from typing import BinaryIO
 
-import numpy as np
 import torch
 from PIL import Image
 from torchvision.datasets import ImageFolder
@@ -20,13 +19,19 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from ..errors import MaekitError
 
 DEFAULT_MAX_PIXELS = 120_000_000  # --max_pixels: ~360 MB decoded; covers 108 MP camera files
+# The files a dataset lists: torchvision's image types, and numpy arrays (--pixels full).
+IMAGE_SUFFIXES = (*IMG_EXTENSIONS, ".npy")
 
 
 def _is_image(p: Path) -> bool:
     """An image by its name. FIFOs, sockets, devices and dangling links with an image name are
     kept here and refused (counted as unreadable) when read, as torchvision's ImageFolder lists
     them too; only directories are left out."""
-    return p.suffix.lower() in IMG_EXTENSIONS and not p.is_dir()
+    return p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir()
+
+
+class EightBitOnly(MaekitError):
+    """A file holding more than 8 bits met by the 8-bit path: refused, never rounded."""
 
 
 class UnreadableImage(Exception):
@@ -113,19 +118,14 @@ def decode_rgb(f: BinaryIO, name: str, max_pixels: int | None = DEFAULT_MAX_PIXE
         raise UnreadableImage(f"{name}: {e}") from e
     finally:
         Image.MAX_IMAGE_PIXELS = pil_limit
-    if img.mode == "F":  # convert() would clip floats in [0, 1] to black: never silently
-        raise UnreadableImage(
-            f"{name}: float pixels (mode F) are not read yet; convert it to 8 or 16 bits"
+    if img.mode == "F" or img.mode.startswith("I;16") or img.mode == "I":
+        # 16-bit or float pixels: rounding them to 8 bits (as this path once did, / 257) or
+        # clipping floats to black would change the data without a word
+        kind = "float" if img.mode == "F" else "16/32-bit integer"
+        raise EightBitOnly(
+            f"{name}: {kind} pixels (Pillow mode {img.mode}), but this run reads 8-bit images "
+            "(--pixels 8bit); pass --pixels full to read them at their precision"
         )
-    if img.mode.startswith("I;16") or img.mode == "I":  # 16-bit grayscale: scale to 8 bits
-        arr = np.asarray(img).astype(np.float64)
-        if img.mode == "I" and arr.size and (arr.min() < 0 or arr.max() > 65535):
-            raise UnreadableImage(  # 32-bit integers would saturate to white
-                f"{name}: 32-bit integer pixels ({arr.min():g}..{arr.max():g}) do not fit 16 "
-                "bits; convert it to 8 or 16 bits"
-            )
-        arr = arr / 257.0
-        img = Image.fromarray(np.clip(np.round(arr), 0, 255).astype(np.uint8))
     return img.convert("RGB")
 
 
@@ -194,7 +194,7 @@ def walk_images(
             if name.startswith("."):
                 continue
             suffix = os.path.splitext(name)[1].lower()
-            if suffix in IMG_EXTENSIONS:
+            if suffix in IMAGE_SUFFIXES:
                 images.append(os.path.join(dirpath, name))
             else:
                 skipped.add(f"files not of an image type ({suffix or 'no suffix'})", name)
@@ -242,7 +242,11 @@ class FlatImageFolder(torch.utils.data.Dataset):
     classes = ("unlabeled",)
 
     def __init__(
-        self, root: str | Path, transform=None, max_pixels: int | None = DEFAULT_MAX_PIXELS
+        self,
+        root: str | Path,
+        transform=None,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        loader=None,
     ) -> None:
         skipped = Skipped()
         self.samples = []
@@ -256,30 +260,34 @@ class FlatImageFolder(torch.utils.data.Dataset):
         skipped.warn(root)
         self.targets = [0] * len(self.samples)
         self.transform = transform
-        self.max_pixels = max_pixels
+        self.loader = loader or functools.partial(load_rgb, max_pixels=max_pixels)
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, i: int):
-        img = load_rgb(self.samples[i], self.max_pixels)
+        img = self.loader(self.samples[i])
         if self.transform is not None:
             img = self.transform(img)
         return img, 0
 
 
 def image_folder(
-    root: str | Path, transform=None, max_pixels: int | None = DEFAULT_MAX_PIXELS
+    root: str | Path,
+    transform=None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    loader=None,
 ) -> torch.utils.data.Dataset:
-    """Class sub-folders -> torchvision ImageFolder; images directly in ``root`` -> flat, unlabeled."""
+    """Class sub-folders -> torchvision ImageFolder; images directly in ``root`` -> flat, unlabeled.
+    ``loader``: path -> image (a :class:`~.pixels.PixelReader`); default the 8-bit RGB one."""
     root = Path(root)
     if not root.is_dir():
         raise MaekitError(
             f"data folder {root} does not exist; pass --data_path DIR (or 'fashion-mnist')"
         )
     if any(_is_image(p) for p in root.iterdir()):
-        return FlatImageFolder(root, transform, max_pixels)
-    loader = functools.partial(load_rgb, max_pixels=max_pixels)
+        return FlatImageFolder(root, transform, max_pixels, loader)
+    loader = loader or functools.partial(load_rgb, max_pixels=max_pixels)
     try:
         return _ImageFolder(str(root), transform=transform, loader=loader)
     except (FileNotFoundError, RuntimeError) as e:  # no class folders / no images inside them
@@ -288,10 +296,10 @@ def image_folder(
             more = f" ({len(empty) - 1} more class folders are empty)" if len(empty) > 1 else ""
             raise MaekitError(
                 f"class folder {empty[0]} has no images{more}; add "
-                f"{', '.join(sorted(IMG_EXTENSIONS))} files to it or remove it"
+                f"{', '.join(sorted(IMAGE_SUFFIXES))} files to it or remove it"
             ) from e
         raise MaekitError(
-            f"no images found in {root} (looked for {', '.join(sorted(IMG_EXTENSIONS))} files directly "
+            f"no images found in {root} (looked for {', '.join(sorted(IMAGE_SUFFIXES))} files directly "
             "inside it or in class sub-folders); check --data_path"
         ) from e
 
@@ -300,6 +308,6 @@ def _empty_class_folders(root: Path) -> list[Path]:
     """Class folders without a file of an image type at any depth (ImageFolder's rule)."""
     empty = []
     for d in sorted(p for p in root.iterdir() if p.is_dir()):
-        if not any(f.suffix.lower() in IMG_EXTENSIONS for f in d.rglob("*") if not f.is_dir()):
+        if not any(f.suffix.lower() in IMAGE_SUFFIXES for f in d.rglob("*") if not f.is_dir()):
             empty.append(d)
     return empty

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from timm.layers import to_2tuple
 from torchvision import transforms as T
+from torchvision.transforms import v2
 
 from ..errors import MaekitError
 
@@ -21,7 +22,8 @@ PRETRAIN_SCALE = (0.2, 1.0)  # RandomResizedCrop area range of MAE pre-training
 
 def normalization(in_chans: int = 3) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """(mean, std) per input channel: ImageNet's for RGB; for grayscale (``--in_chans 1``) one
-    value each, the mean of ImageNet's three (0.449, 0.226).
+    value each, the mean of ImageNet's three (0.449, 0.226). Other channel counts have no
+    default: their statistics are the data's own (``maekit stats`` prints the flags).
 
     The one place the normalisation statistics are chosen: training pipelines, evaluation,
     visualisation and the GPU decoder all ask here.
@@ -31,8 +33,8 @@ def normalization(in_chans: int = 3) -> tuple[tuple[float, ...], tuple[float, ..
     if in_chans == 1:
         return (round(sum(IMAGENET_MEAN) / 3, 4),), (round(sum(IMAGENET_STD) / 3, 4),)
     raise MaekitError(
-        f"--in_chans {in_chans}: images are read as 3 (RGB) or 1 (grayscale) channels; "
-        "give --in_chans 3 or --in_chans 1"
+        f"--in_chans {in_chans} has no default normalisation: give --mean and --std, "
+        f"{in_chans} values each (`maekit stats --in_chans {in_chans} --data_path DIR` prints them)"
     )
 
 
@@ -64,6 +66,68 @@ class ToMode:
 
     def __repr__(self) -> str:
         return f"ToMode({self.mode!r})"
+
+
+class RandomRot90:
+    """Rotate by 0, 90, 180 or 270 degrees, drawn uniformly (``--rot90``): with flips, the
+    eight symmetries of a square, for images that have no "up" (microscopy, satellites).
+    PIL images or (C, H, W) tensors; square inputs only (a quarter turn swaps H and W)."""
+
+    def __call__(self, img):
+        k = int(torch.randint(4, ()))
+        if isinstance(img, torch.Tensor):
+            return torch.rot90(img, k, dims=(-2, -1)) if k else img
+        ops = (
+            None,
+            Image.Transpose.ROTATE_90,
+            Image.Transpose.ROTATE_180,
+            Image.Transpose.ROTATE_270,
+        )
+        return img.transpose(ops[k]) if k else img
+
+    def __repr__(self) -> str:
+        return "RandomRot90()"
+
+
+def symmetry_steps(vflip: bool, rot90: bool, tensors: bool = False) -> list:
+    """--vflip (a vertical flip, p 0.5) and --rot90 (a random quarter turn), after the crop."""
+    flip = v2.RandomVerticalFlip() if tensors else T.RandomVerticalFlip()
+    return [flip] * vflip + [RandomRot90()] * rot90
+
+
+# Full-precision pipelines (``full=True``): (C, H, W) float32 tensors from
+# :class:`~.pixels.PixelReader`, any channel count, transformed by torchvision's v2 ops (bicubic
+# with antialiasing, as Pillow's resize), normalised by (x - mean) / std. What needs 8-bit RGB
+# (RandAugment, colour jitter) is refused by the phase, naming the flag that turns it off.
+
+
+def refuse_8bit_augment(auto_augment: str | None, color_jitter: float | None) -> None:
+    """RandAugment and colour jitter are defined on 8-bit RGB (posterize, solarize, hue): on
+    full-precision or N-band data they are refused, not approximated."""
+    if auto_augment not in (None, "", "none"):
+        raise MaekitError(
+            f"--aa {auto_augment}: RandAugment works on 8-bit RGB images, and this run reads "
+            "full-precision pixels (--pixels full); pass --aa none (flips, --vflip/--rot90, "
+            "random erasing and mixup/cutmix still apply)"
+        )
+    if color_jitter:
+        raise MaekitError(
+            f"--color_jitter {color_jitter}: colour jitter works on 8-bit RGB images, and this run "
+            "reads full-precision pixels (--pixels full); drop --color_jitter"
+        )
+
+
+def _full_pipeline(steps: list, in_chans: int, mean=None, std=None) -> CheckedCompose:
+    mean, std = resolve_stats(in_chans, mean, std)
+    return CheckedCompose([*steps, v2.Normalize(list(mean), list(std))])
+
+
+def _random_crop(input_size, scale: tuple[float, float], tensors: bool):
+    if tensors:
+        return v2.RandomResizedCrop(
+            input_size, scale=scale, interpolation=T.InterpolationMode.BICUBIC, antialias=True
+        )
+    return T.RandomResizedCrop(input_size, scale=scale, interpolation=T.InterpolationMode.BICUBIC)
 
 
 class TransformFailed(MaekitError):
@@ -185,25 +249,30 @@ def normalize_uint8(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> t
 
 
 def pretrain_transform(
-    input_size: int | list[int], in_chans: int = 3, mean=None, std=None, uint8: bool = False
+    input_size: int | list[int],
+    in_chans: int = 3,
+    mean=None,
+    std=None,
+    uint8: bool = False,
+    *,
+    full: bool = False,
+    vflip: bool = False,
+    rot90: bool = False,
 ) -> T.Compose:
     """RandomResizedCrop(scale 0.2-1, bicubic) + horizontal flip + normalisation.
 
     ``uint8``: end at the uint8 crop instead (4x fewer bytes from the loader workers); the
     training loop normalises it on its device (:class:`~maekit.data.device.NormalizeOnDevice`).
+    ``full``: the same steps on full-precision tensors (``uint8`` does not apply).
     """
-    return _pipeline(
-        [
-            T.RandomResizedCrop(
-                input_size, scale=PRETRAIN_SCALE, interpolation=T.InterpolationMode.BICUBIC
-            ),
-            T.RandomHorizontalFlip(),
-        ],
-        in_chans,
-        mean,
-        std,
-        uint8,
-    )
+    steps = [
+        _random_crop(input_size, PRETRAIN_SCALE, full),
+        v2.RandomHorizontalFlip() if full else T.RandomHorizontalFlip(),
+        *symmetry_steps(vflip, rot90, full),
+    ]
+    if full:
+        return _full_pipeline(steps, in_chans, mean, std)
+    return _pipeline(steps, in_chans, mean, std, uint8)
 
 
 def finetune_transform(
@@ -217,11 +286,31 @@ def finetune_transform(
     in_chans: int = 3,
     mean=None,
     std=None,
+    *,
+    full: bool = False,
+    vflip: bool = False,
+    rot90: bool = False,
 ) -> T.Compose:
-    """timm's training transform: RandomResizedCrop(0.08-1, bicubic), flip, RandAugment, RandomErasing."""
+    """timm's training transform: RandomResizedCrop(0.08-1, bicubic), flip, RandAugment, RandomErasing.
+
+    ``full``: on full-precision tensors: the crop, the flips, normalisation and timm's
+    RandomErasing (any channel count); RandAugment and colour jitter are refused."""
     from timm.data import create_transform
 
     mean, std = resolve_stats(in_chans, mean, std)
+    if full:
+        from timm.data.random_erasing import RandomErasing
+
+        refuse_8bit_augment(auto_augment, color_jitter)
+        steps = [
+            _random_crop(input_size, (crop_min, 1.0), True),
+            v2.RandomHorizontalFlip(),
+            *symmetry_steps(vflip, rot90, True),
+            v2.Normalize(list(mean), list(std)),
+        ]
+        if reprob > 0:  # timm's, after normalisation as in its pipeline
+            steps.append(RandomErasing(reprob, mode=remode, max_count=recount, device="cpu"))
+        return CheckedCompose(steps)
     tf = create_transform(
         input_size=input_size,
         is_training=True,
@@ -236,7 +325,11 @@ def finetune_transform(
         std=std,
     )
     head = [ToMode("L")] if in_chans == 1 else []
-    return fix_posterize(CheckedCompose([*head, *tf.transforms]))
+    steps = list(tf.transforms)
+    if vflip or rot90:  # after timm's crop and horizontal flip, before RandAugment
+        at = next(i for i, t in enumerate(steps) if isinstance(t, T.RandomHorizontalFlip)) + 1
+        steps[at:at] = symmetry_steps(vflip, rot90)
+    return fix_posterize(CheckedCompose([*head, *steps]))
 
 
 def eval_crop_pct(input_size: int | list[int]) -> float:
@@ -256,44 +349,61 @@ class ResizeToCover:
         self.size = size
 
     def __call__(self, img):
-        w, h = img.size
+        h, w = img.shape[-2:] if isinstance(img, torch.Tensor) else (img.height, img.width)
         scale = max(self.size[0] / h, self.size[1] / w)
         new = (max(self.size[0], round(h * scale)), max(self.size[1], round(w * scale)))
-        return T.functional.resize(img, list(new), interpolation=T.InterpolationMode.BICUBIC)
+        return T.functional.resize(
+            img, list(new), interpolation=T.InterpolationMode.BICUBIC, antialias=True
+        )
 
 
 def eval_transform(
-    input_size: int | list[int], in_chans: int = 3, mean=None, std=None
+    input_size: int | list[int], in_chans: int = 3, mean=None, std=None, *, full: bool = False
 ) -> T.Compose:
-    """Resize(int(input / crop_pct), bicubic) + CenterCrop(input) + normalise."""
+    """Resize(int(input / crop_pct), bicubic) + CenterCrop(input) + normalise (``full``: the
+    same on full-precision tensors)."""
     crop_pct = eval_crop_pct(input_size)
     if isinstance(input_size, int):
-        resize = T.Resize(int(input_size / crop_pct), interpolation=T.InterpolationMode.BICUBIC)
+        resize = (v2.Resize if full else T.Resize)(
+            int(input_size / crop_pct), interpolation=T.InterpolationMode.BICUBIC, antialias=True
+        )
     else:  # (height, width): cover (h / crop_pct, w / crop_pct), aspect kept
         resize = ResizeToCover(tuple(int(s / crop_pct) for s in input_size))
-    return _pipeline(
-        [
-            resize,
-            T.CenterCrop(to_2tuple(input_size)),
-        ],
-        in_chans,
-        mean,
-        std,
+    steps = [resize, (v2.CenterCrop if full else T.CenterCrop)(to_2tuple(input_size))]
+    if full:
+        return _full_pipeline(steps, in_chans, mean, std)
+    return _pipeline(steps, in_chans, mean, std)
+
+
+def eval_transform_of(cfg) -> T.Compose:
+    """:func:`eval_transform` for a resolved phase config (its size, channels, statistics and
+    pixel path)."""
+    return eval_transform(
+        cfg.input_size,
+        cfg.in_chans,
+        getattr(cfg, "mean", None),
+        getattr(cfg, "std", None),
+        full=getattr(cfg, "pixels", "8bit") == "full",
     )
 
 
 def linprobe_transform(
-    input_size: int | list[int], crop_min: float = 0.08, in_chans: int = 3, mean=None, std=None
+    input_size: int | list[int],
+    crop_min: float = 0.08,
+    in_chans: int = 3,
+    mean=None,
+    std=None,
+    *,
+    full: bool = False,
+    vflip: bool = False,
+    rot90: bool = False,
 ) -> T.Compose:
     """RandomResizedCrop(0.08-1, bicubic) + flip + normalise (no RandAugment, no erasing)."""
-    return _pipeline(
-        [
-            T.RandomResizedCrop(
-                input_size, scale=(crop_min, 1.0), interpolation=T.InterpolationMode.BICUBIC
-            ),
-            T.RandomHorizontalFlip(),
-        ],
-        in_chans,
-        mean,
-        std,
-    )
+    steps = [
+        _random_crop(input_size, (crop_min, 1.0), full),
+        v2.RandomHorizontalFlip() if full else T.RandomHorizontalFlip(),
+        *symmetry_steps(vflip, rot90, full),
+    ]
+    if full:
+        return _full_pipeline(steps, in_chans, mean, std)
+    return _pipeline(steps, in_chans, mean, std)

@@ -11,7 +11,7 @@ from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
 from ..config import FinetuneConfig
-from ..data.transforms import finetune_transform
+from ..data.transforms import finetune_transform, refuse_8bit_augment
 from ..engine import run as runner
 from ..engine.optim import build_adamw, layer_decay_groups, layer_rule
 from ..engine.trainer import LossFn
@@ -76,6 +76,12 @@ def build_loss(cfg: FinetuneConfig, nb_classes: int) -> LossFn:
 class FinetuneRecipe(SupervisedRecipe):
     """End-to-end fine-tuning: RandAugment + RandomErasing, Mixup/CutMix, drop path, layer decay."""
 
+    def resolve(self, cfg):
+        cfg, notes = super().resolve(cfg)
+        if cfg.pixels == "full" and not cfg.eval:
+            refuse_8bit_augment(cfg.aa, cfg.color_jitter)  # one line naming --aa none
+        return cfg, notes
+
     def train_transform(self):
         cfg = self.cfg
         return finetune_transform(
@@ -89,6 +95,9 @@ class FinetuneRecipe(SupervisedRecipe):
             cfg.in_chans,
             cfg.mean,
             cfg.std,
+            full=cfg.pixels == "full",
+            vflip=cfg.vflip,
+            rot90=cfg.rot90,
         )
 
     def model_overrides(self) -> dict:

@@ -46,7 +46,16 @@ class LinprobeRecipe(SupervisedRecipe):
 
     def train_transform(self):
         cfg = self.cfg
-        return linprobe_transform(cfg.input_size, cfg.crop_min, cfg.in_chans, cfg.mean, cfg.std)
+        return linprobe_transform(
+            cfg.input_size,
+            cfg.crop_min,
+            cfg.in_chans,
+            cfg.mean,
+            cfg.std,
+            full=cfg.pixels == "full",
+            vflip=cfg.vflip,
+            rot90=cfg.rot90,
+        )
 
     def adapt_model(self, model: nn.Module) -> nn.Module:
         return attach_probe_head(model)

@@ -12,6 +12,7 @@ from ..config import PretrainConfig
 from ..data import build_dataset, build_train_loader, limit_train_set
 from ..data.device import NormalizeOnDevice
 from ..data.gpu_decode import GpuDecodeLoader, collate_encoded, encoded_folder
+from ..data.pixels import reader_for, resolve_for
 from ..data.transforms import PRETRAIN_SCALE, pretrain_transform, resolve_stats
 from ..engine import run as runner
 from ..engine.optim import build_adamw, weight_decay_groups
@@ -75,11 +76,11 @@ def knn_datasets(cfg: PretrainConfig) -> tuple:
 
     from ..analysis.knn import labeled_splits
     from ..data.sampling import subset_indices
-    from ..data.transforms import eval_transform
+    from ..data.transforms import eval_transform_of
 
     try:
         bank, queries, num_classes = labeled_splits(
-            cfg.data_path, eval_transform(cfg.input_size, cfg.in_chans, cfg.mean, cfg.std)
+            cfg.data_path, eval_transform_of(cfg), reader_for(cfg)
         )
     except MaekitError as e:
         raise MaekitError(f"--knn_eval_freq: {e} (or drop --knn_eval_freq)") from e
@@ -138,14 +139,31 @@ class PretrainRecipe(Recipe):
     data: PretrainData
 
     def resolve(self, cfg: PretrainConfig) -> tuple[PretrainConfig, list[str]]:
-        # The statistics in use, saved as numbers in config.json and every checkpoint's args.
+        # How files are read (8-bit or full precision, the scale), then the statistics in use:
+        # saved as values in config.json and every checkpoint's args.
+        cfg, line = resolve_for(cfg)
+        if cfg.gpu_decode and cfg.pixels == "full":
+            raise MaekitError(
+                "--gpu_decode decodes 8-bit JPEGs; these files are read at full precision "
+                "(--pixels full): drop --gpu_decode"
+            )
         mean, std = (list(v) for v in resolve_stats(cfg.in_chans, cfg.mean, cfg.std))
-        return replace(cfg, mean=mean, std=std), []
+        return replace(cfg, mean=mean, std=std), [line] if line else []
 
     def train_transform(self):
         cfg = self.cfg
-        # uint8 crops from the workers, normalised on the device by the loader (train_loader)
-        return pretrain_transform(cfg.input_size, cfg.in_chans, cfg.mean, cfg.std, uint8=True)
+        # 8-bit: uint8 crops from the workers, normalised on the device by the loader
+        # (train_loader); full precision: float tensors normalised in the workers
+        return pretrain_transform(
+            cfg.input_size,
+            cfg.in_chans,
+            cfg.mean,
+            cfg.std,
+            uint8=True,
+            full=cfg.pixels == "full",
+            vflip=cfg.vflip,
+            rot90=cfg.rot90,
+        )
 
     def load_data(self, cfg: PretrainConfig) -> PretrainData:
         family = family_of_name(cfg.model)
@@ -153,7 +171,9 @@ class PretrainRecipe(Recipe):
             from ..analysis.features import cls_pool_refusal
 
             raise MaekitError(cls_pool_refusal(family))
-        dataset = build_dataset(cfg.data_path, "train", self.train_transform(), cfg.max_pixels)
+        dataset = build_dataset(
+            cfg.data_path, "train", self.train_transform(), cfg.max_pixels, reader_for(cfg)
+        )
         dataset, val_set, val_note = validation_split(cfg, dataset)  # val/ or --val_frac
         if cfg.gpu_decode:
             dataset = gpu_dataset(cfg, dataset)
@@ -188,6 +208,8 @@ class PretrainRecipe(Recipe):
         )
         if cfg.gpu_decode:
             return GpuDecodeLoader(loader, env.device, cfg.input_size)
+        if cfg.pixels == "full":  # float batches, already normalised
+            return loader
         return NormalizeOnDevice(loader, env.device, cfg.mean, cfg.std)
 
     def data_lines(self, loader, model) -> list[str]:

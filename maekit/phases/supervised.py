@@ -17,7 +17,8 @@ from ..checkpoint.pretrained import load_pretrained_encoder
 from ..config import SupervisedConfig
 from ..config.fields import check_image_size, image_size_value
 from ..data import build_dataset, build_train_loader, limit_train_set
-from ..data.transforms import eval_transform, resolve_stats
+from ..data.pixels import reader_for, resolve_for
+from ..data.transforms import eval_transform_of, resolve_stats
 from ..engine.evaluate import build_eval_loader, evaluate
 from ..engine.fsdp import gathered
 from ..engine.recipe import Recipe
@@ -68,11 +69,11 @@ def build_encoder(cfg: SupervisedConfig, nb_classes: int, overrides: dict) -> to
 INHERITED = ("in_chans", "input_size", "mean", "std")
 
 
-def resolve_inputs(cfg: SupervisedConfig) -> tuple[SupervisedConfig, str | None]:
+def resolve_inputs(cfg: SupervisedConfig) -> tuple[SupervisedConfig, str | None, dict]:
     """Fill --in_chans, --input_size, --mean and --std left unset from the ``args`` saved in the
     --finetune (or --resume) checkpoint, else the defaults (3, 224, ImageNet's statistics), so a
     model sees its inputs as it was pre-trained on them. Returns (the filled config, a line
-    naming what was taken or None)."""
+    naming what was taken or None, the checkpoint's saved args)."""
     from ..config.fields import check_stats
     from ..formats.loader import read_checkpoint
 
@@ -99,7 +100,21 @@ def resolve_inputs(cfg: SupervisedConfig) -> tuple[SupervisedConfig, str | None]
     stats = resolve_stats(filled["in_chans"], filled["mean"], filled["std"])
     filled["mean"], filled["std"] = (list(v) for v in stats)
     check_stats(filled["mean"], filled["std"], filled["in_chans"])
-    return replace(cfg, **filled), (f"from {source}: {', '.join(taken)}" if taken else None)
+    cfg = replace(cfg, **filled)
+    return cfg, (f"from {source}: {', '.join(taken)}" if taken else None), args
+
+
+def scale_note(cfg: SupervisedConfig, args: dict) -> str | None:
+    """A warning line when the checkpoint was pre-trained on pixels scaled otherwise than this
+    run's (e.g. --max_value 4095 then, the uint16 maximum now): the scale is not inherited,
+    since the new files may be of another kind, but the difference is said."""
+    saved = args.get("max_value")
+    if not isinstance(saved, int | float) or cfg.pixels != "full" or saved == cfg.max_value:
+        return None
+    return (
+        f"warning: the checkpoint's pixels were scaled by 1/{saved:g} (its --max_value), this "
+        f"run's by 1/{cfg.max_value:g}; pass --max_value {saved:g} if the data is of the same kind"
+    )
 
 
 @dataclass(frozen=True)
@@ -146,22 +161,21 @@ class SupervisedRecipe(Recipe):
 
     # -- shared
     def resolve(self, cfg: SupervisedConfig) -> tuple[SupervisedConfig, list[str]]:
-        cfg, note = resolve_inputs(cfg)  # channels, size and statistics of the checkpoint
-        return cfg, [note] if note else []
+        cfg, note, args = resolve_inputs(cfg)  # channels, size and statistics of the checkpoint
+        cfg, line = resolve_for(cfg)  # how the files are read (8-bit or full precision)
+        return cfg, [n for n in (note, line, scale_note(cfg, args)) if n]
 
     def load_data(self, cfg: SupervisedConfig) -> SupervisedData:
         if cfg.eval and not (cfg.resume or cfg.finetune):
             raise MaekitError("--eval needs a checkpoint: give --resume PATH (or --finetune PATH)")
+        reader = reader_for(cfg)
         val_set = build_dataset(
-            cfg.data_path,
-            "val",
-            eval_transform(cfg.input_size, cfg.in_chans, cfg.mean, cfg.std),
-            cfg.max_pixels,
+            cfg.data_path, "val", eval_transform_of(cfg), cfg.max_pixels, reader
         )
         train_set = None
         if not cfg.eval:
             train_set = build_dataset(
-                cfg.data_path, "train", self.train_transform(), cfg.max_pixels
+                cfg.data_path, "train", self.train_transform(), cfg.max_pixels, reader
             )
             train_set = limit_train_set(train_set, cfg.max_train_images, cfg.seed)
         nb_classes = num_classes_of(train_set if train_set is not None else val_set)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 from torchvision.datasets import ImageFolder
@@ -100,7 +101,6 @@ def write_mode(path: Path, mode: str) -> Path:
         ("gray.png", "L"),
         ("pal.png", "P"),
         ("rgba.png", "RGBA"),
-        ("deep.png", "I;16"),
         ("cmyk.jpg", "CMYK"),
     ],
 )
@@ -118,11 +118,16 @@ def test_grayscale_values_are_kept(tmp_path):
         np.testing.assert_array_equal(rgb[..., c], _gradient())
 
 
-def test_16_bit_png_is_scaled_not_saturated(tmp_path):
-    """A 16-bit grayscale PNG (0..65535) must map to 0..255, not clip at 255."""
-    rgb = np.asarray(load_rgb(str(write_mode(tmp_path / "deep.png", "I;16")))).astype(int)
-    expected = _gradient().astype(int)
-    assert np.abs(rgb[..., 0] - expected).max() <= 1
+def test_16_bit_png_is_read_at_full_precision_not_saturated(tmp_path):
+    """A 16-bit grayscale PNG (0..65535) is read as its 16-bit values (x / 65535), neither
+    clipped at 255 nor rounded to 8 bits."""
+    from maekit.data.pixels import read_image
+
+    path = write_mode(tmp_path / "deep.png", "I;16")
+    x = read_image(path, in_chans=1)
+    expected = np.asarray(Image.open(path)).astype(np.float64) / 65535
+    assert x.shape == (1, *expected.shape) and x.dtype == torch.float32
+    np.testing.assert_allclose(x[0].numpy(), expected, atol=1e-7)
 
 
 def test_cmyk_jpeg_colours(tmp_path):

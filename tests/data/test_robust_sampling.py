@@ -145,10 +145,9 @@ def _save_bad_and_odd_files(root: Path) -> tuple[list[str], list[str]]:
         root / "rgba.png"
     )
     Image.fromarray(rgb).convert("P").save(root / "palette.png")
-    Image.fromarray((rng.random((24, 24)) * 65535).astype(np.uint16)).save(root / "deep16.png")
     Image.fromarray(rgb[:3, :2]).save(root / "tiny.png")  # smaller than any crop
     bad = ["truncated.jpg", "corrupt.png", "empty.jpg", "notes.png"]
-    odd = ["ok.jpg", "ok.png", "cmyk.jpg", "rgba.png", "palette.png", "deep16.png", "tiny.png"]
+    odd = ["ok.jpg", "ok.png", "cmyk.jpg", "rgba.png", "palette.png", "tiny.png"]
     return bad, odd
 
 
@@ -160,8 +159,19 @@ def test_unreadable_files_raise_unreadable_image_and_odd_modes_convert(tmp_path:
     for name in odd:
         img = load_rgb(str(tmp_path / name))
         assert img.mode == "RGB" and img.size[0] >= 2, name
-    deep = np.asarray(load_rgb(str(tmp_path / "deep16.png")))
-    assert deep.max() > 200  # 16-bit scaled down, not clipped to white/black
+
+
+def test_the_8bit_path_refuses_16bit_and_float_files_instead_of_rounding_them(tmp_path: Path):
+    """The 8-bit path once divided 16-bit pixels by 257 (913 levels of a 12-bit file became
+    16) and turned float files black: both are refused in one line naming --pixels full."""
+    from maekit.data.folder import EightBitOnly
+
+    rng = np.random.default_rng(0)
+    Image.fromarray((rng.random((24, 24)) * 4095).astype(np.uint16)).save(tmp_path / "d16.png")
+    Image.fromarray(rng.random((24, 24)).astype(np.float32)).save(tmp_path / "f.tif")
+    for name in ("d16.png", "f.tif"):
+        with pytest.raises(EightBitOnly, match=rf"{name}: .*--pixels full"):
+            load_rgb(str(tmp_path / name))
 
 
 def test_per_sample_seeding_never_touches_a_cuda_generator(monkeypatch):
