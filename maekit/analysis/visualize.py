@@ -232,43 +232,107 @@ def describe(
 # --------------------------------------------------------------------------- the command
 
 
+@dataclass(frozen=True)
+class Reading:
+    """How the checkpoint's run read its files (its saved ``pixels``, ``max_value`` and
+    ``gray_to_rgb``), so that visualize feeds the model pixels on the scale it learned."""
+
+    mode: str = "8bit"  # '8bit' (Pillow RGB/gray, / 255) or 'full' (file precision, / max_value)
+    max_value: float | None = None  # full: None = each file's type maximum (read_image's)
+    gray_to_rgb: bool = False
+
+    @classmethod
+    def of(cls, args: dict, in_chans: int) -> Reading:
+        """From a checkpoint's ``args``. Checkpoints from before full precision read 8-bit
+        images; an unresolved 'auto' is taken as the run would have resolved it without files."""
+        scale = args.get("max_value")
+        scale = float(scale) if isinstance(scale, int | float) and scale > 0 else None
+        mode = args.get("pixels")
+        if mode not in ("8bit", "full"):
+            mode = "full" if in_chans not in (1, 3) or scale is not None else "8bit"
+        return cls(mode, scale, bool(args.get("gray_to_rgb", False)))
+
+    @property
+    def eight_bit(self) -> bool:
+        """Pixels on the 8-bit scale: what ``--vis_window auto`` draws as they are."""
+        return self.mode == "8bit" or self.max_value == 255.0
+
+
+def _fit(img, input_size: int | list[int]):
+    """A PIL image or (C, H, W) tensor resized (shorter side, or to cover H x W; bicubic) and
+    centre-cropped to ``input_size``."""
+    from ..data.transforms import ResizeToCover
+
+    if isinstance(input_size, int):
+        extra = {"antialias": True} if isinstance(img, torch.Tensor) else {}  # as Pillow does
+        img = TF.resize(img, input_size, interpolation=TF.InterpolationMode.BICUBIC, **extra)
+    else:
+        img = ResizeToCover(tuple(input_size))(img)
+    return TF.center_crop(img, list(to_2tuple(input_size)))
+
+
 def load_images(
-    cfg: VisualizeConfig, input_size: int | list[int], in_chans: int = 3
+    cfg: VisualizeConfig,
+    input_size: int | list[int],
+    in_chans: int = 3,
+    reading: Reading = Reading(),
+    checkpoint: str = "the checkpoint",
 ) -> torch.Tensor:
-    """(N, C, H, W) float32 pixels on the model's scale (8-bit images / 255): resized (to
-    cover, aspect kept, bicubic) and centre-cropped to the model's size; C = 1 (grayscale) for
-    one-channel models."""
+    """(N, C, H, W) float32 pixels on the model's scale, resized (to cover, aspect kept,
+    bicubic) and centre-cropped to the model's size. ``reading`` '8bit': Pillow RGB, or gray
+    for one-channel models, / 255 (as before full precision); 'full': every file at its own
+    precision and band count (:func:`~maekit.data.pixels.read_image`), / max_value."""
     from ..data import BUILTIN, build_dataset
-    from ..data.folder import UnreadableImage, load_rgb
+    from ..data.folder import EightBitOnly, UnreadableImage, load_rgb
+    from ..data.pixels import PixelReader, read_image, resolve_pixels
     from ..data.sampling import subset_indices
     from ..data.shards.locate import refuse_shards
-    from ..data.transforms import ResizeToCover, image_mode
+    from ..data.transforms import image_mode
 
+    full = reading.mode == "full"
     if cfg.images:
         missing = [p for p in cfg.images if not Path(p).is_file()]
         if missing:
             raise MaekitError(f"--images: {', '.join(missing[:4])} not found")
-        pils = []
+        samples = []
         for p in cfg.images:
             try:
-                pils.append(load_rgb(p))
+                if full:
+                    samples.append(read_image(p, in_chans, reading.max_value, reading.gray_to_rgb))
+                else:
+                    samples.append(load_rgb(p))
+            except EightBitOnly as e:
+                raise MaekitError(
+                    f"--images: {p} holds more than 8 bits per pixel, but {checkpoint} was "
+                    "pre-trained on 8-bit images (--pixels 8bit): give 8-bit images, or a "
+                    "checkpoint pre-trained with --pixels full"
+                ) from e
             except (OSError, UnreadableImage) as e:
                 raise MaekitError(f"--images: cannot read {p} as an image ({e})") from e
     else:
         refuse_shards(cfg.data_path, "maekit visualize")
         has_val = cfg.data_path in BUILTIN or (Path(cfg.data_path) / "val").is_dir()
-        ds = build_dataset(cfg.data_path, "val" if has_val else "train", transform=None)
-        pils = [ds[i][0] for i in subset_indices(len(ds), cfg.num_images, cfg.seed)]
+        reader = None
+        if full:  # the run's scale; a checkpoint without one gets it resolved from the files
+            scale = reading.max_value
+            if scale is None:
+                scale = resolve_pixels(cfg.data_path, "full", in_chans, None, reading.gray_to_rgb)[
+                    1
+                ]
+            reader = PixelReader("full", in_chans, scale, reading.gray_to_rgb)
+        split = "val" if has_val else "train"
+        ds = build_dataset(cfg.data_path, split, transform=None, reader=reader)
+        samples = [ds[i][0] for i in subset_indices(len(ds), cfg.num_images, cfg.seed)]
+    h, w = to_2tuple(input_size)
     out = []
-    for img in pils:
-        if isinstance(input_size, int):
-            img = TF.resize(img, input_size, interpolation=TF.InterpolationMode.BICUBIC)
-        else:
-            img = ResizeToCover(tuple(input_size))(img)
-        h, w = to_2tuple(input_size)
-        img = TF.center_crop(img, [h, w]).convert(image_mode(in_chans))
-        out.append(np.asarray(img, dtype=np.uint8).reshape(h, w, in_chans))
-    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).float() / 255
+    for img in samples:
+        img = _fit(img, input_size)
+        if isinstance(img, torch.Tensor):  # full precision: already (C, H, W) / max_value
+            out.append(img.float())
+        else:  # the 8-bit path, exactly as before: Pillow's values / 255
+            arr = np.array(img.convert(image_mode(in_chans)), dtype=np.uint8)  # a writable copy
+            out.append(torch.from_numpy(arr.reshape(h, w, in_chans)).permute(2, 0, 1).float() / 255)
+    return torch.stack(out)
 
 
 def run(cfg: VisualizeConfig) -> Path:
@@ -284,7 +348,8 @@ def run(cfg: VisualizeConfig) -> Path:
         raise MaekitError(f"--out {out}: folder {out.parent} does not exist")
     loaded = load_checkpoint_model(cfg, norm_pix_loss=cfg.norm_pix_loss, need_decoder=True)
     check_vis_channels(cfg.vis_channels, loaded.in_chans)
-    pixels = load_images(cfg, loaded.input_size, loaded.in_chans)
+    reading = Reading.of(loaded.args, loaded.in_chans)
+    pixels = load_images(cfg, loaded.input_size, loaded.in_chans, reading, cfg.checkpoint)
     device = resolve_device(cfg.device)
     model = loaded.model.to(device)
     stats = (loaded.mean, loaded.std)  # the checkpoint's own normalisation
@@ -293,7 +358,11 @@ def run(cfg: VisualizeConfig) -> Path:
         model, normalised.to(device), cfg.mask_ratio, cfg.seed, family_of(model).mask_cells(model)
     )
     original, (recon_px,), shown = display_set(
-        pixels, [unnormalize(recon, *stats)], cfg.vis_channels, vis_window(cfg.vis_window), True
+        pixels,
+        [unnormalize(recon, *stats)],
+        cfg.vis_channels,
+        vis_window(cfg.vis_window),
+        reading.eight_bit,
     )
     columns = grid_columns(original, show_gray(original, recon_px), mask_px.cpu().numpy())
     scale = cfg.scale or max(1, math.ceil(112 / min(to_2tuple(loaded.input_size))))
