@@ -7,6 +7,11 @@ predictions are mapped back with the statistics of the same patch of the input (
 demo skips this, which is why norm-pix reconstructions look garbled there). The figure title
 says which was done. Works for any model with MAE's interface: ``forward(imgs, mask_ratio,
 noise) -> loss, pred, mask``, ``patchify``, ``unpatchify`` and ``norm_pix_loss``.
+
+Files are read as the checkpoint's run read its data (:class:`Reading`, from its saved
+``pixels``/``max_value``): 8-bit RGB or gray as always, or 16-bit, float and N-band files at
+their precision. What is drawn, and in which value window (``--vis_channels``,
+``--vis_window``), is :mod:`.display`'s; the title's last line says it.
 """
 
 from __future__ import annotations
