@@ -21,7 +21,7 @@ Readers of the full path, by suffix:
   one image per file.
 - ``.npy``: ``numpy.load(allow_pickle=False)``: (H, W), or (H, W, C) channels-last; (C, H, W)
   is taken when its first axis, not its last, equals ``--in_chans``.
-- ``.png`` holding 16 bits per sample: torchvision's PNG decoder (Pillow reads 48/64-bit RGB
+- ``.png`` holding 16 bits per sample: imagecodecs' PNG decoder (Pillow reads 48/64-bit RGB
   PNG as 8 bits). Everything else (JPEG, 8-bit PNG, BMP, PGM, WebP...): Pillow; its 16-bit
   gray modes stay 16-bit, its float mode stays float.
 
@@ -64,7 +64,7 @@ class FileKind:
 
     dtype: np.dtype
     bands: int
-    reader: str  # 'tifffile', 'numpy', 'png16', 'pillow'
+    reader: str  # 'tifffile', 'numpy', 'png16' (imagecodecs), 'pillow'
 
     @property
     def eight_bit(self) -> bool:
@@ -156,7 +156,12 @@ def _orient_npy(shape: tuple[int, ...], in_chans: int, name: str) -> tuple[int, 
 def _read_npy(f: BinaryIO, name: str, max_pixels: int | None, in_chans: int, header_only: bool):
     try:
         version = np.lib.format.read_magic(f)
-        shape, fortran, dtype = np.lib.format._read_array_header(f, version)  # noqa: SLF001
+        read_header = (
+            np.lib.format.read_array_header_1_0
+            if version == (1, 0)
+            else np.lib.format.read_array_header_2_0  # 2.0 and 3.0 (a UTF-8 header)
+        )
+        shape, fortran, dtype = read_header(f)
     except (ValueError, OSError) as e:
         raise UnreadableImage(f"{name}: not a .npy array ({e})") from e
     if dtype.hasobject:
@@ -179,7 +184,7 @@ def _read_npy(f: BinaryIO, name: str, max_pixels: int | None, in_chans: int, hea
 
 
 def _read_png16(f: BinaryIO, name: str, max_pixels: int | None, header_only: bool):
-    from torchvision.io import ImageReadMode, decode_png
+    import imagecodecs
 
     head = f.read(26)
     w, h = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
@@ -189,12 +194,11 @@ def _read_png16(f: BinaryIO, name: str, max_pixels: int | None, header_only: boo
         return FileKind(np.dtype(np.uint16), bands, "png16")
     _check_size(name, h, w, max_pixels)
     f.seek(0)
-    data = torch.frombuffer(bytearray(f.read()), dtype=torch.uint8)
     try:
-        img = decode_png(data, ImageReadMode.UNCHANGED)  # (C, H, W) uint16
-    except RuntimeError as e:
+        arr = imagecodecs.png_decode(f.read())  # (H, W) or (H, W, C) uint16
+    except (imagecodecs.PngError, ValueError) as e:
         raise UnreadableImage(f"{name}: {e}") from e
-    return img.permute(1, 2, 0).numpy()
+    return arr.reshape(arr.shape[0], arr.shape[1], -1)
 
 
 # Pillow's modes, as (numpy view, how): kept as they are, or converted (as the 8-bit path does).

@@ -122,7 +122,9 @@ def test_a_failing_step_in_a_data_worker_stops_the_run_and_keeps_the_checkpoint(
     import maekit.phases.finetune as phase
 
     monkeypatch.setattr(
-        phase, "finetune_transform", lambda *a, **k: break_rand_augment(mt.finetune_transform(*a, **k))
+        phase,
+        "finetune_transform",
+        lambda *a, **k: break_rand_augment(mt.finetune_transform(*a, **k)),
     )
     assert main([*args, "--epochs", "2"]) == 2  # auto-resumes at epoch 1, then a worker fails
     err = capsys.readouterr().err.strip().splitlines()
