@@ -343,3 +343,16 @@ def test_visualize_refuses_deep_files_for_an_8bit_checkpoint(
     assert err.count("\n") == 1 and "Traceback" not in err
     assert "holds more than 8 bits per pixel" in err and "pre-trained on 8-bit images" in err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_reading_follows_the_checkpoint_args() -> None:
+    from maekit.analysis.visualize import Reading
+
+    old = Reading.of({"model": "mae_vit_tiny_patch16"}, 3)  # before full precision: 8-bit files
+    assert old == Reading("8bit", None, False) and old.eight_bit
+    full = Reading.of({"pixels": "full", "max_value": 4095, "gray_to_rgb": True}, 3)
+    assert full == Reading("full", 4095.0, True) and not full.eight_bit
+    assert Reading.of({"pixels": "full", "max_value": 255.0}, 4).eight_bit  # uint8 bands
+    assert Reading.of({"pixels": "auto"}, 4) == Reading("full", None, False)  # N bands: full
+    assert Reading.of({"pixels": "auto"}, 1).mode == "8bit"
+    assert Reading.of({"pixels": "8bit", "max_value": 255.0}, 3).eight_bit
