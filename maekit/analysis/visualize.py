@@ -321,9 +321,9 @@ def load_images(
         if full:  # the run's scale; a checkpoint without one gets it resolved from the files
             scale = reading.max_value
             if scale is None:
-                scale = resolve_pixels(cfg.data_path, "full", in_chans, None, reading.gray_to_rgb)[
-                    1
-                ]
+                _, scale, _ = resolve_pixels(
+                    cfg.data_path, "full", in_chans, None, reading.gray_to_rgb
+                )
             reader = PixelReader("full", in_chans, scale, reading.gray_to_rgb)
         split = "val" if has_val else "train"
         ds = build_dataset(cfg.data_path, split, transform=None, reader=reader)
