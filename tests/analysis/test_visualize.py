@@ -356,3 +356,17 @@ def test_reading_follows_the_checkpoint_args() -> None:
     assert Reading.of({"pixels": "auto"}, 4) == Reading("full", None, False)  # N bands: full
     assert Reading.of({"pixels": "auto"}, 1).mode == "8bit"
     assert Reading.of({"pixels": "8bit", "max_value": 255.0}, 3).eight_bit
+
+
+def test_full_precision_without_a_saved_scale_uses_the_files_type(tmp_path: Path) -> None:
+    """A full-precision checkpoint with no max_value saved: uint16 files are scaled by 65535,
+    for --images (read_image's default) and --data_path (resolved from the files) alike."""
+    from maekit.analysis.visualize import Reading, VisualizeConfig, load_images
+
+    tiffs = write_twelve_bit_tiffs(tmp_path / "tiles", 2)
+    saved = load_images(VisualizeConfig(images=tiffs), 32, 4, Reading("full", 65535.0))
+    assert torch.equal(load_images(VisualizeConfig(images=tiffs), 32, 4, Reading("full")), saved)
+    folder = VisualizeConfig(data_path=str(tmp_path / "tiles"), num_images=2)
+    by_type = load_images(folder, 32, 4, Reading("full"))
+    assert torch.allclose(by_type, load_images(folder, 32, 4, Reading("full", 65535.0)))
+    assert by_type.max() < 4096 / 65535 and by_type.min() > 0
