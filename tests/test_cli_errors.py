@@ -91,6 +91,16 @@ CASES: dict[str, tuple[list[str], str]] = {
         "--weight_decay must be a finite",
     ),
     "lr_nan": (["--data_path", "flat", *TINY, *OK, "--lr", "nan"], "--lr must be a finite"),
+    # issue 27: the grids' channels and window, refused before anything is written
+    "vis_channels_out_of_range": (
+        ["--data_path", "flat", *TINY, *OK, "--vis_channels", "0", "1", "3"],
+        "--vis_channels 0 1 3: channel 3 does not exist; the model has 3 channels, valid "
+        "indices are 0..2",
+    ),
+    "vis_window_malformed": (
+        ["--data_path", "flat", *TINY, *OK, "--vis_window", "pct", "5"],
+        "--vis_window pct 5: give auto, full, pct A B",
+    ),
     "unwritable_output_dir": (
         ["--data_path", "flat", *TINY, *OK, "--batch_size", "2", "--output_dir", "blocker/out"],
         "--output_dir",
@@ -133,7 +143,12 @@ def run_maekit(args: list[str], cwd: Path, timeout: float = 240) -> subprocess.C
     return subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
 
 
-SUBPROCESS_CASES = ["missing_data_path", "unknown_model", "mask_ratio_one"]
+SUBPROCESS_CASES = [
+    "missing_data_path",
+    "unknown_model",
+    "mask_ratio_one",
+    "vis_channels_out_of_range",
+]
 
 
 @pytest.fixture(scope="module")

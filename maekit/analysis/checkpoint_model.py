@@ -10,7 +10,7 @@ encoder without its head (the head is not needed for features).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -37,6 +37,7 @@ class CheckpointModel:
     source: str  # the checkpoint path, or "random init"
     mean: tuple[float, ...] = IMAGENET_MEAN  # the normalisation the model was trained with
     std: tuple[float, ...] = IMAGENET_STD
+    args: dict = field(default_factory=dict)  # the checkpoint's saved args ({} for none)
 
 
 def read_state(path: str) -> tuple[dict[str, torch.Tensor], dict]:
@@ -137,5 +138,6 @@ def load_checkpoint_model(
     check_stats(mean, std, in_chans)
     mean, std = resolve_stats(in_chans, mean, std)
     return CheckpointModel(
-        model, name, entry.kind, input_size, in_chans, norm_pix_loss, has_decoder, source, mean, std
-    )
+        model, name, entry.kind, input_size, in_chans, norm_pix_loss, has_decoder, source, mean, std,
+        args,
+    )  # fmt: skip

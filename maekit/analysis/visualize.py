@@ -7,6 +7,11 @@ predictions are mapped back with the statistics of the same patch of the input (
 demo skips this, which is why norm-pix reconstructions look garbled there). The figure title
 says which was done. Works for any model with MAE's interface: ``forward(imgs, mask_ratio,
 noise) -> loss, pred, mask``, ``patchify``, ``unpatchify`` and ``norm_pix_loss``.
+
+Files are read as the checkpoint's run read its data (:class:`Reading`, from its saved
+``pixels``/``max_value``): 8-bit RGB or gray as always, or 16-bit, float and N-band files at
+their precision. What is drawn, and in which value window (``--vis_channels``,
+``--vis_window``), is :mod:`.display`'s; the title's last line says it.
 """
 
 from __future__ import annotations
@@ -22,9 +27,11 @@ from timm.layers import to_2tuple
 from torchvision.transforms import functional as TF
 
 from ..config import VisualizeConfig
+from ..config.fields import check_vis_channels, vis_window
 from ..data.transforms import resolve_stats
 from ..errors import MaekitError
 from ..models.family import family_of
+from .display import display_set, unnormalize
 
 COLUMNS = ("original", "masked", "reconstruction", "recon. + visible")
 MASK_GREY = 128
@@ -168,13 +175,14 @@ def render_grid(
     columns: list[np.ndarray], title: str, scale: int, pad: int = 4
 ) -> tuple[Image.Image, GridLayout]:
     """Columns of (N, H, W, 3) uint8 images -> the picture (nearest-neighbour upscaled by
-    ``scale``, so pixels stay comparable) with a wrapped title and column headers."""
+    ``scale``, so pixels stay comparable) with a wrapped title (each of its ``\n``-separated
+    parts from a new line) and column headers."""
     n, h, w, _ = columns[0].shape
     cell = w * scale
     width = len(columns) * cell + (len(columns) + 1) * pad
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     font, small = _font(13), _font(11)
-    lines = _wrap(title, font, width - 2 * pad, probe)
+    lines = [ln for part in title.split("\n") for ln in _wrap(part, font, width - 2 * pad, probe)]
     line_h = int(probe.textbbox((0, 0), "Ag", font=font)[3]) + 3
     head_h = int(probe.textbbox((0, 0), "Ag", font=small)[3]) + 6
     layout = GridLayout(
@@ -211,54 +219,125 @@ def describe(
     mask_ratio: float,
     seed: int,
     norm_pix: bool,
+    shown: str | None = None,
 ) -> str:
-    """The figure title: what was run, and how the predictions were turned into pixels."""
+    """The figure title: what was run, how the predictions were turned into pixels, and, on
+    a line of its own, ``shown`` (:func:`~.display.display_set`'s caption: which channels, in
+    which window, are drawn)."""
     how = (
         "norm_pix_loss model: predictions de-normalised with each patch's own mean/var"
         if norm_pix
         else "pixel-target model: predictions shown as they are"
     )
     size = input_size if isinstance(input_size, int) else "x".join(map(str, input_size))
-    return f"{name} ({size} px, patch {patch_size}), mask ratio {mask_ratio:g}, seed {seed}. {how}"
+    title = f"{name} ({size} px, patch {patch_size}), mask ratio {mask_ratio:g}, seed {seed}. {how}"
+    return f"{title}\n{shown}" if shown else title
 
 
 # --------------------------------------------------------------------------- the command
 
 
-def load_images(cfg: VisualizeConfig, input_size: int | list[int], in_chans: int = 3) -> np.ndarray:
-    """(N, H, W, C) uint8: resized (to cover, aspect kept, bicubic) and centre-cropped to the
-    model's size; C = 1 (grayscale) for one-channel models."""
+@dataclass(frozen=True)
+class Reading:
+    """How the checkpoint's run read its files (its saved ``pixels``, ``max_value`` and
+    ``gray_to_rgb``), so that visualize feeds the model pixels on the scale it learned."""
+
+    mode: str = "8bit"  # '8bit' (Pillow RGB/gray, / 255) or 'full' (file precision, / max_value)
+    max_value: float | None = None  # full: None = each file's type maximum (read_image's)
+    gray_to_rgb: bool = False
+
+    @classmethod
+    def of(cls, args: dict, in_chans: int) -> Reading:
+        """From a checkpoint's ``args``. Checkpoints from before full precision read 8-bit
+        images; an unresolved 'auto' is taken as the run would have resolved it without files."""
+        scale = args.get("max_value")
+        scale = float(scale) if isinstance(scale, int | float) and scale > 0 else None
+        mode = args.get("pixels")
+        if mode not in ("8bit", "full"):
+            mode = "full" if in_chans not in (1, 3) or scale is not None else "8bit"
+        return cls(mode, scale, bool(args.get("gray_to_rgb", False)))
+
+    @property
+    def eight_bit(self) -> bool:
+        """Pixels on the 8-bit scale: what ``--vis_window auto`` draws as they are."""
+        return self.mode == "8bit" or self.max_value == 255.0
+
+
+def _fit(img, input_size: int | list[int]):
+    """A PIL image or (C, H, W) tensor resized (shorter side, or to cover H x W; bicubic) and
+    centre-cropped to ``input_size``."""
+    from ..data.transforms import ResizeToCover
+
+    if isinstance(input_size, int):
+        extra = {"antialias": True} if isinstance(img, torch.Tensor) else {}  # as Pillow does
+        img = TF.resize(img, input_size, interpolation=TF.InterpolationMode.BICUBIC, **extra)
+    else:
+        img = ResizeToCover(tuple(input_size))(img)
+    return TF.center_crop(img, list(to_2tuple(input_size)))
+
+
+def load_images(
+    cfg: VisualizeConfig,
+    input_size: int | list[int],
+    in_chans: int = 3,
+    reading: Reading = Reading(),
+    checkpoint: str = "the checkpoint",
+) -> torch.Tensor:
+    """(N, C, H, W) float32 pixels on the model's scale, resized (to cover, aspect kept,
+    bicubic) and centre-cropped to the model's size. ``reading`` '8bit': Pillow RGB, or gray
+    for one-channel models, / 255 (as before full precision); 'full': every file at its own
+    precision and band count (:func:`~maekit.data.pixels.read_image`), / max_value."""
     from ..data import BUILTIN, build_dataset
-    from ..data.folder import UnreadableImage, load_rgb
+    from ..data.folder import EightBitOnly, UnreadableImage, load_rgb
+    from ..data.pixels import PixelReader, read_image, resolve_pixels
     from ..data.sampling import subset_indices
     from ..data.shards.locate import refuse_shards
-    from ..data.transforms import ResizeToCover, image_mode
+    from ..data.transforms import image_mode
 
+    full = reading.mode == "full"
     if cfg.images:
         missing = [p for p in cfg.images if not Path(p).is_file()]
         if missing:
             raise MaekitError(f"--images: {', '.join(missing[:4])} not found")
-        pils = []
+        samples = []
         for p in cfg.images:
             try:
-                pils.append(load_rgb(p))
+                if full:
+                    samples.append(read_image(p, in_chans, reading.max_value, reading.gray_to_rgb))
+                else:
+                    samples.append(load_rgb(p))
+            except EightBitOnly as e:
+                raise MaekitError(
+                    f"--images: {p} holds more than 8 bits per pixel, but {checkpoint} was "
+                    "pre-trained on 8-bit images (--pixels 8bit): give 8-bit images, or a "
+                    "checkpoint pre-trained with --pixels full"
+                ) from e
             except (OSError, UnreadableImage) as e:
                 raise MaekitError(f"--images: cannot read {p} as an image ({e})") from e
     else:
         refuse_shards(cfg.data_path, "maekit visualize")
         has_val = cfg.data_path in BUILTIN or (Path(cfg.data_path) / "val").is_dir()
-        ds = build_dataset(cfg.data_path, "val" if has_val else "train", transform=None)
-        pils = [ds[i][0] for i in subset_indices(len(ds), cfg.num_images, cfg.seed)]
+        reader = None
+        if full:  # the run's scale; a checkpoint without one gets it resolved from the files
+            scale = reading.max_value
+            if scale is None:
+                _, scale, _ = resolve_pixels(
+                    cfg.data_path, "full", in_chans, None, reading.gray_to_rgb
+                )
+            reader = PixelReader("full", in_chans, scale, reading.gray_to_rgb)
+        split = "val" if has_val else "train"
+        ds = build_dataset(cfg.data_path, split, transform=None, reader=reader)
+        samples = [ds[i][0] for i in subset_indices(len(ds), cfg.num_images, cfg.seed)]
+    h, w = to_2tuple(input_size)
     out = []
-    for img in pils:
-        if isinstance(input_size, int):
-            img = TF.resize(img, input_size, interpolation=TF.InterpolationMode.BICUBIC)
-        else:
-            img = ResizeToCover(tuple(input_size))(img)
-        h, w = to_2tuple(input_size)
-        img = TF.center_crop(img, [h, w]).convert(image_mode(in_chans))
-        out.append(np.asarray(img, dtype=np.uint8).reshape(h, w, in_chans))
-    return np.stack(out)
+    for img in samples:
+        img = _fit(img, input_size)
+        if isinstance(img, torch.Tensor):  # full precision: already (C, H, W) / max_value
+            out.append(img.float())
+        else:  # the 8-bit path, exactly as before: Pillow's values / 255
+            arr = np.array(img.convert(image_mode(in_chans)), dtype=np.uint8)  # a writable copy
+            out.append(torch.from_numpy(arr.reshape(h, w, in_chans)).permute(2, 0, 1).float() / 255)
+    return torch.stack(out)
 
 
 def run(cfg: VisualizeConfig) -> Path:
@@ -273,20 +352,24 @@ def run(cfg: VisualizeConfig) -> Path:
     if not out.parent.is_dir():
         raise MaekitError(f"--out {out}: folder {out.parent} does not exist")
     loaded = load_checkpoint_model(cfg, norm_pix_loss=cfg.norm_pix_loss, need_decoder=True)
-    original = load_images(cfg, loaded.input_size, loaded.in_chans)
+    check_vis_channels(cfg.vis_channels, loaded.in_chans)
+    reading = Reading.of(loaded.args, loaded.in_chans)
+    pixels = load_images(cfg, loaded.input_size, loaded.in_chans, reading, cfg.checkpoint)
     device = resolve_device(cfg.device)
     model = loaded.model.to(device)
     stats = (loaded.mean, loaded.std)  # the checkpoint's own normalisation
+    normalised = TF.normalize(pixels, *(list(v) for v in stats))
     recon, mask_px = reconstruct(
-        model,
-        from_uint8(original, *stats).to(device),
-        cfg.mask_ratio,
-        cfg.seed,
-        family_of(model).mask_cells(model),
+        model, normalised.to(device), cfg.mask_ratio, cfg.seed, family_of(model).mask_cells(model)
     )
-    recon_px = show_gray(original, to_uint8(recon, *stats))
-    columns = grid_columns(original, recon_px, mask_px.cpu().numpy())
-    columns = [np.repeat(c, 3, axis=-1) if c.shape[-1] == 1 else c for c in columns]  # gray -> RGB
+    original, (recon_px,), shown = display_set(
+        pixels,
+        [unnormalize(recon, *stats)],
+        cfg.vis_channels,
+        vis_window(cfg.vis_window),
+        reading.eight_bit,
+    )
+    columns = grid_columns(original, show_gray(original, recon_px), mask_px.cpu().numpy())
     scale = cfg.scale or max(1, math.ceil(112 / min(to_2tuple(loaded.input_size))))
     title = describe(
         loaded.name,
@@ -295,15 +378,17 @@ def run(cfg: VisualizeConfig) -> Path:
         cfg.mask_ratio,
         cfg.seed,
         bool(model.norm_pix_loss),
+        shown,
     )
     picture, _ = render_grid(columns, title, scale)
     try:
         picture.save(out)
     except OSError as e:
         raise MaekitError(f"could not write {out}: {e.strerror or e}; choose another --out") from e
-    shown = lambda v: "/".join(f"{x:g}" for x in v)  # noqa: E731
+    values = lambda v: "/".join(f"{x:g}" for x in v)  # noqa: E731
+    one_line = title.replace("\n", "; ")
     print(
-        f"wrote {out}: {len(original)} images, {title} Inputs normalised with mean {shown(loaded.mean)}, "
-        f"std {shown(loaded.std)}."
+        f"wrote {out}: {len(original)} images, {one_line}. Inputs normalised with mean "
+        f"{values(loaded.mean)}, std {values(loaded.std)}."
     )
     return out

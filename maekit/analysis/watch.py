@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..config import PretrainConfig
+from ..config.fields import vis_window
 from ..data import BUILTIN, FixedSubset, build_dataset
 from ..data.pixels import reader_for
 from ..data.robust import SkipUnreadable, collate_readable
@@ -37,7 +38,8 @@ from ..engine.fsdp import gathered
 from ..engine.precision import Precision
 from ..engine.progress import RunRecorder
 from ..models.family import family_of
-from .visualize import describe, grid_columns, reconstruct, render_grid, show_gray, to_uint8
+from .display import display_set, is_eight_bit, unnormalize
+from .visualize import describe, grid_columns, reconstruct, render_grid, show_gray
 
 HOLDOUT_SEED = 0  # which training images --val_frac keeps out
 VAL_SEED = 0  # which validation images are used, and their masks
@@ -202,11 +204,14 @@ class ReconstructionWatch:
         if not self.env.is_main:
             return None
         stats = (getattr(self.cfg, "mean", None), getattr(self.cfg, "std", None))  # the run's
-        original = to_uint8(imgs, *stats)
-        columns = grid_columns(
-            original, show_gray(original, to_uint8(recon, *stats)), mask_px.cpu().numpy()
+        original, (recon_px,), shown = display_set(
+            unnormalize(imgs, *stats),
+            [unnormalize(recon, *stats)],
+            getattr(self.cfg, "vis_channels", None),
+            vis_window(getattr(self.cfg, "vis_window", ["auto"])),
+            is_eight_bit(getattr(self.cfg, "max_value", None)),
         )
-        columns = [np.repeat(c, 3, axis=-1) if c.shape[-1] == 1 else c for c in columns]
+        columns = grid_columns(original, show_gray(original, recon_px), mask_px.cpu().numpy())
         h, w = imgs.shape[-2:]
         size = h if h == w else [h, w]
         title = f"epoch {epoch}: " + describe(
@@ -216,6 +221,7 @@ class ReconstructionWatch:
             self.cfg.mask_ratio,
             VAL_SEED,
             bool(self.model.norm_pix_loss),
+            shown,
         )
         picture, _ = render_grid(columns, title, max(1, -(-112 // min(h, w))))
         path = self.output_dir / f"reconstruction-{epoch}.png"

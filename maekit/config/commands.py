@@ -11,12 +11,16 @@ from .fields import (
     IN_CHANS_HELP,
     MAX_VALUE_HELP,
     PIXELS_HELP,
+    VIS_CHANNELS_HELP,
+    VIS_WINDOW_HELP,
     check_finite,
     check_image_size,
     check_pixels,
     check_stats,
+    check_vis_channels,
     image_size_value,
     opt,
+    vis_window,
 )
 from .phases import PHASE_NAMES
 
@@ -70,6 +74,8 @@ class VisualizeConfig(CheckpointModelConfig):
     )
     scale: int | None = opt(None, "integer upscaling of each cell (none: cells of at least 112 px)")
     out: str = opt("reconstruction.png", "where to write the PNG grid")
+    vis_channels: list[int] | None = opt(None, VIS_CHANNELS_HELP)
+    vis_window: list[str] = opt(["auto"], VIS_WINDOW_HELP)
 
     def validate(self) -> None:
         super().validate()
@@ -85,6 +91,8 @@ class VisualizeConfig(CheckpointModelConfig):
             raise MaekitError(f"--mask_ratio must be in [0, 1), got {self.mask_ratio}")
         if self.scale is not None and self.scale <= 0:
             raise MaekitError(f"--scale must be a positive integer, got {self.scale}")
+        check_vis_channels(self.vis_channels, self.in_chans)  # the checkpoint's count: run()
+        vis_window(self.vis_window)
 
 
 @dataclass(frozen=True)

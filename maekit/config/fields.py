@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import field
+from dataclasses import dataclass, field
 
 from ..errors import MaekitError
 
@@ -138,3 +138,77 @@ def check_finite(cfg: object) -> None:
         for x in value if isinstance(value, list | tuple) else (value,):
             if isinstance(x, float) and not math.isfinite(x):
                 raise MaekitError(f"--{f.name} must be a finite number, got {x}")
+
+
+# --- how the reconstruction grids show pixels (maekit.analysis.display) ---
+VIS_CHANNELS_HELP = (
+    "the grids show 1 channel (gray) or 3 (R G B), by index, e.g. 3 2 1 for bands 4-3-2 of a "
+    "satellite image (default: 0 1 2 for 3 or more channels, 0 for fewer)"
+)
+VIS_WINDOW_HELP = (
+    "pixel range the grids map to black..white: 'auto' (full for 8-bit data, else pct 1 99), "
+    "'full' (0..1, the whole pixel scale), 'pct A B' (the A-th..B-th percentile of the shown "
+    "channels of the original images, the same window for the reconstructions) or 'LO HI' "
+    "(pixel values on the model's scale, value / max_value) (default: auto)"
+)
+
+
+@dataclass(frozen=True)
+class VisWindow:
+    """A parsed ``--vis_window``: ``kind`` 'auto', 'full', 'pct' (``lo``/``hi`` percentiles,
+    0..100) or 'fixed' (``lo``/``hi`` pixel values)."""
+
+    kind: str
+    lo: float = 0.0
+    hi: float = 1.0
+
+
+def vis_window(values: list[str] | str, flag: str = "--vis_window") -> VisWindow:
+    """``--vis_window`` words -> a :class:`VisWindow`; one line naming the accepted forms
+    otherwise."""
+    words = [values] if isinstance(values, str) else [str(v) for v in values]
+    forms = "give auto, full, pct A B (percentiles, e.g. pct 1 99) or LO HI (pixel values)"
+    got = " ".join(words) or "(nothing)"
+    head = words[0].lower() if words else ""
+    if head in ("auto", "full") and len(words) == 1:
+        return VisWindow(head)
+    numbers = words[1:] if head == "pct" else words
+    try:
+        lo, hi = (float(w) for w in numbers)
+    except ValueError:  # not two words, or not numbers
+        raise MaekitError(f"{flag} {got}: {forms}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi)) or lo >= hi:
+        raise MaekitError(f"{flag} {got}: the window needs two finite numbers, low < high")
+    if head == "pct":
+        if not 0.0 <= lo < hi <= 100.0:
+            raise MaekitError(f"{flag} {got}: percentiles are in 0..100, low < high")
+        return VisWindow("pct", lo, hi)
+    return VisWindow("fixed", lo, hi)
+
+
+def default_vis_channels(in_chans: int) -> list[int]:
+    """What the grids show without ``--vis_channels``: the first three channels as R, G, B
+    (RGB images as they are), or channel 0 as gray when there are fewer than three."""
+    return [0, 1, 2] if in_chans >= 3 else [0]
+
+
+def check_vis_channels(
+    channels: list[int] | None, in_chans: int | None, flag: str = "--vis_channels"
+) -> None:
+    """1 or 3 channel indices, each in 0..in_chans-1 (``in_chans`` None: the count only)."""
+    if channels is None:
+        return
+    shown = " ".join(map(str, channels))
+    if len(channels) not in (1, 3):
+        raise MaekitError(
+            f"{flag} {shown}: give 1 channel index (gray) or 3 (R G B), got {len(channels)}"
+        )
+    if in_chans is None:
+        return
+    bad = [c for c in channels if not 0 <= c < in_chans]
+    if bad:
+        valid = "0" if in_chans == 1 else f"0..{in_chans - 1}"
+        raise MaekitError(
+            f"{flag} {shown}: channel {bad[0]} does not exist; the model has {in_chans} "
+            f"channel{'s' if in_chans != 1 else ''}, valid indices are {valid}"
+        )

@@ -22,12 +22,16 @@ from .fields import (
     ROT90_HELP,
     STD_HELP,
     VFLIP_HELP,
+    VIS_CHANNELS_HELP,
+    VIS_WINDOW_HELP,
     check_finite,
     check_image_size,
     check_pixels,
     check_stats,
+    check_vis_channels,
     image_size_value,
     opt,
+    vis_window,
 )
 
 
@@ -330,6 +334,8 @@ class PretrainConfig(CommonConfig):
         resumable=True,
     )
     vis_images: int = opt(8, "rows of the reconstruction grid")
+    vis_channels: list[int] | None = opt(None, VIS_CHANNELS_HELP, resumable=True)
+    vis_window: list[str] = opt(["auto"], VIS_WINDOW_HELP, resumable=True)
 
     def validate(self) -> None:
         super().validate()
@@ -373,6 +379,8 @@ class PretrainConfig(CommonConfig):
         for name in ("knn_max_bank", "knn_max_query"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise MaekitError(f"--{name} must be positive, got {getattr(self, name)}")
+        check_vis_channels(self.vis_channels, self.in_chans)
+        vis_window(self.vis_window)
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,20 @@ CASES = {
         ["visualize", "--checkpoint", "CKPT", "--images", "a.png", "--mask_ratio", "1"],
         "--mask_ratio",
     ),
+    # the checkpoint's model reads 3 channels: checked once it is loaded, before any image
+    "visualize_vis_channels_out_of_range": (
+        ["visualize", "--checkpoint", "CKPT", "--images", "a.png", "--vis_channels", "2", "1", "3"],
+        "--vis_channels 2 1 3: channel 3 does not exist; the model has 3 channels, valid "
+        "indices are 0..2",
+    ),
+    "visualize_vis_channels_count": (
+        ["visualize", "--checkpoint", "CKPT", "--images", "a.png", "--vis_channels", "0", "1"],
+        "give 1 channel index (gray) or 3 (R G B), got 2",
+    ),
+    "visualize_vis_window": (
+        ["visualize", "--checkpoint", "CKPT", "--images", "a.png", "--vis_window", "0.5", "0.1"],
+        "--vis_window 0.5 0.1: the window needs two finite numbers, low < high",
+    ),
     "extract_missing_checkpoint": (["extract", "--checkpoint", "nope.pth"], "does not exist"),
     "extract_no_checkpoint": (["extract"], "--checkpoint is required"),
     "extract_bad_suffix": (

@@ -197,3 +197,176 @@ def test_visualize_needs_the_decoder(tmp_path: Path, capsys, kind: str) -> None:
         err.startswith("maekit visualize: error:") and "decoder" in err and "Traceback" not in err
     )
     assert not (tmp_path / "x.png").exists()
+
+
+def test_visualize_channels_and_window_flags(tmp_path: Path, mae_checkpoint, capsys, monkeypatch):
+    """8-bit RGB files: the default grid draws the files' own values (auto = full on 8-bit
+    data); --vis_channels 2 1 0 swaps red and blue; a percentile window is said in the title."""
+    import maekit.analysis.visualize as vis
+
+    drawn = []
+
+    def capture(columns, title, scale):
+        drawn.append(columns)
+        return render_grid(columns, title, scale)
+
+    monkeypatch.setattr(vis, "render_grid", capture)
+    images = write_images(tmp_path / "imgs", 2)
+    base = [
+        "visualize",
+        "--checkpoint",
+        str(mae_checkpoint),
+        "--images",
+        *images,
+        "--device",
+        "cpu",
+    ]
+    out = str(tmp_path / "g.png")
+    assert main([*base, "--out", out]) == 0
+    assert "; channels 0,1,2, window full = 0..1. Inputs normalised" in capsys.readouterr().out
+    files = (vis.load_images(vis.VisualizeConfig(images=images), 32) * 255).round().to(torch.uint8)
+    expected = files.permute(0, 2, 3, 1).numpy()
+    assert np.array_equal(drawn[0][0], expected)  # the files' own 8-bit values, exactly
+    assert main([*base, "--out", out, "--vis_channels", "2", "1", "0"]) == 0
+    assert np.array_equal(drawn[1][0], expected[..., ::-1])
+    assert "channels 2,1,0, window full" in capsys.readouterr().out
+    assert main([*base, "--out", out, "--vis_channels", "1", "--vis_window", "pct", "5", "95"]) == 0
+    lo, hi = np.percentile((files[:, 1].float() / 255).numpy(), [5, 95])  # as drawn
+    assert f"channels 1, window 5-95th pct = {lo:.3g}..{hi:.3g}" in capsys.readouterr().out
+    gray = drawn[2][0]
+    assert (gray == gray[..., :1]).all() and gray.min() == 0 and gray.max() == 255
+
+
+def write_band_checkpoint(path: Path) -> Path:
+    """A tiny MAE pre-trained (here: initialised) on 4-band 16-bit files, saved as
+    `maekit pretrain` saves one: its args say pixels full, max_value 65535, 4 statistics."""
+    from maekit.config import PretrainConfig
+    from maekit.engine.train_state import save_checkpoint
+
+    cfg = PretrainConfig(
+        model="mae_vit_tiny_patch16", input_size=32, patch_size=8, in_chans=4,
+        mean=[0.03] * 4, std=[0.01] * 4, pixels="full", max_value=65535.0,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = create_model(cfg.model, **cfg.size_overrides())
+    save_checkpoint(path, model, None, 0, None, cfg.to_dict())
+    return path
+
+
+def write_twelve_bit_tiffs(folder: Path, n: int) -> list[str]:
+    """4-band uint16 TIFFs of a 12-bit sensor (0..4095 of 65535): band b around 800 * (b + 1)."""
+    import tifffile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(5)
+    paths = []
+    for i in range(n):
+        bands = 800 * np.arange(1, 5).reshape(1, 1, 4) + rng.integers(-600, 600, (40, 36, 4))
+        paths.append(str(folder / f"tile{i}.tif"))
+        tifffile.imwrite(
+            paths[-1], bands.astype(np.uint16), photometric="minisblack", planarconfig="contig"
+        )
+    return paths
+
+
+def test_visualize_reads_full_precision_bands(tmp_path: Path, capsys, monkeypatch) -> None:
+    """--images and --data_path at the checkpoint's precision and scale: the model sees
+    value / 65535, and the grid stretches the dark 12-bit bands 3, 2, 1 to the full grey range."""
+    import maekit.analysis.visualize as vis
+    from maekit.data.pixels import read_image
+
+    drawn = []
+
+    def capture(columns, title, scale):
+        drawn.append((columns, title))
+        return render_grid(columns, title, scale)
+
+    monkeypatch.setattr(vis, "render_grid", capture)
+    ckpt = str(write_band_checkpoint(tmp_path / "bands.pth"))
+    tiffs = write_twelve_bit_tiffs(tmp_path / "tiles", 3)
+    out = str(tmp_path / "g.png")
+    common = [
+        "--checkpoint",
+        ckpt,
+        "--out",
+        out,
+        "--device",
+        "cpu",
+        "--vis_channels",
+        "3",
+        "2",
+        "1",
+    ]
+    assert main(["visualize", *common, "--images", *tiffs]) == 0
+    said = capsys.readouterr().out
+    assert "channels 3,2,1, window 1-99th pct = " in said and "3 images" in said
+    columns, title = drawn[0]
+    original = columns[0]
+    assert original.shape == (3, 32, 32, 3) and len(np.unique(original)) > 100
+    means = original.reshape(-1, 3).astype(float).mean(axis=0)
+    assert means[0] > means[1] > means[2]  # R = band 3, the brightest; B = band 1
+    assert title.splitlines()[-1].startswith("channels 3,2,1, window 1-99th pct")
+    # the pixels drawn are the files' own values / 65535, resized and cropped like the 8-bit path
+    px = vis.load_images(vis.VisualizeConfig(images=tiffs), 32, 4, vis.Reading("full", 65535.0))
+    first = read_image(tiffs[0], 4, 65535.0)
+    assert px.shape == (3, 4, 32, 32) and px.dtype == torch.float32
+    assert torch.allclose(px[0], vis._fit(first, 32))
+    assert 0.0 < px.min() and px.max() < 4096 / 65535
+    # the same files as a dataset folder (flat: no val/), through the run's reader
+    assert (
+        main(["visualize", *common, "--data_path", str(tmp_path / "tiles"), "--num_images", "2"])
+        == 0
+    )
+    assert "2 images" in capsys.readouterr().out
+    assert len(np.unique(drawn[1][0][0])) > 100
+    # the plain scale, for comparison: almost black
+    assert main(["visualize", *common, "--images", *tiffs, "--vis_window", "full"]) == 0
+    assert drawn[2][0][0].max() <= 4096 * 255 // 65535 + 1
+
+
+def test_visualize_refuses_deep_files_for_an_8bit_checkpoint(
+    tmp_path: Path, mae_checkpoint, capsys
+):
+    deep = tmp_path / "deep.png"
+    Image.fromarray(np.full((40, 40), 40000, dtype=np.uint16)).save(deep)  # 16-bit gray PNG
+    argv = [
+        "visualize",
+        "--checkpoint",
+        str(mae_checkpoint),
+        "--images",
+        str(deep),
+        "--out",
+        str(tmp_path / "x.png"),
+    ]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "holds more than 8 bits per pixel" in err and "pre-trained on 8-bit images" in err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_reading_follows_the_checkpoint_args() -> None:
+    from maekit.analysis.visualize import Reading
+
+    old = Reading.of({"model": "mae_vit_tiny_patch16"}, 3)  # before full precision: 8-bit files
+    assert old == Reading("8bit", None, False) and old.eight_bit
+    full = Reading.of({"pixels": "full", "max_value": 4095, "gray_to_rgb": True}, 3)
+    assert full == Reading("full", 4095.0, True) and not full.eight_bit
+    assert Reading.of({"pixels": "full", "max_value": 255.0}, 4).eight_bit  # uint8 bands
+    assert Reading.of({"pixels": "auto"}, 4) == Reading("full", None, False)  # N bands: full
+    assert Reading.of({"pixels": "auto"}, 1).mode == "8bit"
+    assert Reading.of({"pixels": "8bit", "max_value": 255.0}, 3).eight_bit
+
+
+def test_full_precision_without_a_saved_scale_uses_the_files_type(tmp_path: Path) -> None:
+    """A full-precision checkpoint with no max_value saved: uint16 files are scaled by 65535,
+    for --images (read_image's default) and --data_path (resolved from the files) alike."""
+    from maekit.analysis.visualize import Reading, VisualizeConfig, load_images
+
+    tiffs = write_twelve_bit_tiffs(tmp_path / "tiles", 2)
+    saved = load_images(VisualizeConfig(images=tiffs), 32, 4, Reading("full", 65535.0))
+    assert torch.equal(load_images(VisualizeConfig(images=tiffs), 32, 4, Reading("full")), saved)
+    folder = VisualizeConfig(data_path=str(tmp_path / "tiles"), num_images=2)
+    by_type = load_images(folder, 32, 4, Reading("full"))
+    assert torch.allclose(by_type, load_images(folder, 32, 4, Reading("full", 65535.0)))
+    assert by_type.max() < 4096 / 65535 and by_type.min() > 0

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from maekit.analysis.visualize import show_gray
+from maekit.analysis.visualize import render_grid, show_gray
 from maekit.analysis.watch import ReconstructionWatch, holdout_indices
 from maekit.engine.distributed import DistEnv
 from maekit.engine.precision import resolve_precision
@@ -115,3 +115,57 @@ def test_grids_at_vis_freq_and_last_epoch(tmp_path, model):
     acc = EventAccumulator(str(tmp_path), size_guidance={"images": 0})
     acc.Reload()
     assert [e.step for e in acc.Images("reconstruction")] == [1, 2]
+
+
+@pytest.mark.parametrize("window, spread", [(["auto"], True), (["full"], False)])
+def test_grids_of_dark_four_band_data(tmp_path, monkeypatch, window, spread):
+    """12-bit data in 16-bit files, 4 bands: the grid un-normalises with the run's statistics,
+    draws bands 3, 2, 1 as R, G, B, and (auto, not 8-bit) stretches the 1-99th percentiles."""
+    import maekit.analysis.watch as watch
+
+    drawn = {}
+
+    def capture(columns, title, scale):
+        drawn.update(columns=columns, title=title)
+        return render_grid(columns, title, scale)
+
+    monkeypatch.setattr(watch, "render_grid", capture)
+    rng = np.random.default_rng(0)
+    levels = np.array([1000, 1500, 2000, 2500]).reshape(1, 4, 1, 1)  # band b around levels[b]
+    raw = levels + rng.integers(-400, 400, (3, 4, 16, 16))
+    px = torch.from_numpy(raw / 65535.0).float()
+    mean, std = [0.03] * 4, [0.02] * 4
+    normalised = (px - 0.03) / 0.02
+    torch.manual_seed(0)
+    net = create_model("mae_vit_tiny_patch16", img_size=16, patch_size=4, in_chans=4)
+    cfg = SimpleNamespace(
+        batch_size=3, mask_ratio=0.75, epochs=1, val_freq=0, vis_freq=1, vis_images=3,
+        model="mae_vit_tiny_patch16", mean=mean, std=std, max_value=65535.0,
+        vis_channels=[3, 2, 1], vis_window=window,
+    )  # fmt: skip
+    w = ReconstructionWatch(
+        cfg,
+        net,
+        TensorDataset(normalised, torch.zeros(3)),
+        DistEnv(0, 1, 0, CPU),
+        resolve_precision("none", CPU),
+        RunRecorder(str(tmp_path), None, enabled=False),
+        tmp_path,
+        0,
+    )
+    assert w.grid(0) == tmp_path / "reconstruction-0.png"
+    original = drawn["columns"][0]
+    assert original.shape == (3, 16, 16, 3)
+    means = original.reshape(-1, 3).astype(float).mean(axis=0)
+    assert means[0] > means[1] > means[2]  # R = band 3 (brightest), B = band 1
+    if spread:
+        assert len(np.unique(original)) > 100
+        assert "channels 3,2,1, window 1-99th pct = " in drawn["title"]
+    else:
+        assert len(np.unique(original)) <= 18 and original.max() <= 17
+        assert drawn["title"].endswith("channels 3,2,1, window full = 0..1")
+    # the model's input, un-normalised, is what the original column shows
+    lo, hi = (0.0, 1.0) if not spread else np.percentile(px[:, [3, 2, 1]].numpy(), [1, 99])
+    expected = ((px[:, [3, 2, 1]] - lo) / (hi - lo)).clamp(0, 1) * 255
+    got = torch.from_numpy(original).permute(0, 3, 1, 2).float()
+    assert (got - expected.round()).abs().max() <= 1
