@@ -306,6 +306,7 @@ def load_features(path: str | Path) -> tuple[torch.Tensor, torch.Tensor, dict]:
 def run(cfg: ExtractConfig) -> Path | None:
     """``maekit extract``: returns the output path on rank 0."""
     from ..data import build_dataset
+    from ..data.pixels import reader_for_checkpoint
     from ..data.shards.locate import refuse_shards
     from ..data.transforms import eval_transform
     from .checkpoint_model import load_checkpoint_model
@@ -318,8 +319,11 @@ def run(cfg: ExtractConfig) -> Path | None:
     # Everything that can fail on user input, before any process group exists.
     refuse_shards(cfg.data_path, "maekit extract")
     loaded = load_checkpoint_model(cfg, random_init=cfg.random_init)
-    transform = eval_transform(loaded.input_size, loaded.in_chans, loaded.mean, loaded.std)
-    dataset = build_dataset(cfg.data_path, cfg.split, transform)
+    reader = reader_for_checkpoint(loaded.args, loaded.in_chans, cfg.data_path)
+    transform = eval_transform(
+        loaded.input_size, loaded.in_chans, loaded.mean, loaded.std, full=reader.mode == "full"
+    )
+    dataset = build_dataset(cfg.data_path, cfg.split, transform, reader=reader)
     dataset = Subset(dataset, subset_indices(len(dataset), cfg.max_images, cfg.seed))
     labeled = is_labeled(dataset)
     env = init_distributed(cfg.device)

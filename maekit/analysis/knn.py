@@ -178,14 +178,18 @@ def knn_monitor(
 
 def run(cfg: KnnConfig) -> dict[str, float]:
     """``maekit knn``: prints and returns {'acc1', 'acc5', 'n', 'bank'}."""
+    from ..data.pixels import reader_for_checkpoint
     from ..data.transforms import eval_transform
     from .checkpoint_model import load_checkpoint_model
 
     cfg.validate()
     # Everything that can fail on user input, before any process group exists.
     loaded = load_checkpoint_model(cfg, random_init=cfg.random_init)
-    transform = eval_transform(loaded.input_size, loaded.in_chans, loaded.mean, loaded.std)
-    bank, queries, num_classes = labeled_splits(cfg.data_path, transform)
+    reader = reader_for_checkpoint(loaded.args, loaded.in_chans, cfg.data_path)
+    transform = eval_transform(
+        loaded.input_size, loaded.in_chans, loaded.mean, loaded.std, full=reader.mode == "full"
+    )
+    bank, queries, num_classes = labeled_splits(cfg.data_path, transform, reader)
     bank = Subset(bank, subset_indices(len(bank), cfg.max_bank, cfg.seed))
     queries = Subset(queries, subset_indices(len(queries), cfg.max_query, cfg.seed))
     env = init_distributed(cfg.device)

@@ -482,3 +482,22 @@ def reader_for(cfg) -> PixelReader:
         cfg.gray_to_rgb,
         getattr(cfg, "max_pixels", DEFAULT_MAX_PIXELS),
     )
+
+
+def reader_for_checkpoint(args: dict, in_chans: int, data_path: str) -> PixelReader:
+    """How to read ``data_path`` for a model trained by the run whose ``args`` (config) were
+    saved with it: its ``pixels`` path and ``max_value`` scale, so that ``knn`` and ``extract``
+    feed the model pixels on the scale it learned. Checkpoints from before full precision (no
+    ``pixels``) read 8-bit images, unless their channel count needs full precision; a full
+    precision run without a saved scale gets the files' type maximum (:func:`resolve_pixels`)."""
+    scale = args.get("max_value")
+    scale = float(scale) if isinstance(scale, int | float) and scale > 0 else None
+    mode = args.get("pixels")
+    gray_to_rgb = bool(args.get("gray_to_rgb", False))
+    if mode not in ("8bit", "full"):
+        mode = "full" if in_chans not in (1, 3) else "8bit"
+    if mode == "8bit":
+        return PixelReader("8bit", in_chans)
+    if scale is None:
+        scale = resolve_pixels(data_path, "full", in_chans, None, gray_to_rgb)[1]
+    return PixelReader("full", in_chans, scale, gray_to_rgb)
