@@ -87,6 +87,16 @@ def to_timm(
     return out, notes, global_pool
 
 
+def _registered_heads(name: str | None) -> int | None:
+    """num_heads of a registered model (the run's --model), None if unknown."""
+    from .registry import get_entry, is_registered
+
+    if not name or not is_registered(name):
+        return None
+    heads = get_entry(name).defaults.get("num_heads")
+    return int(heads) if isinstance(heads, int) else None
+
+
 def timm_create_call(
     state: dict[str, torch.Tensor], global_pool: bool, args: dict | None = None
 ) -> str:
@@ -113,8 +123,9 @@ def timm_create_call(
     ]
     if in_chans != 3:
         kw.append(f"in_chans={in_chans}")
-    if dim not in TIMM_VITS:
-        kw.append(f"embed_dim={dim}, num_heads=<your model's heads>")
+    if dim not in TIMM_VITS:  # a width timm has no name for: its heads from the saved model name
+        heads = _registered_heads((args or {}).get("model"))
+        kw.append(f"embed_dim={dim}, num_heads={heads or '<your model heads>'}")
     if depth != std_depth:
         kw.append(f"depth={depth}")
     return f"timm.create_model({name!r}, {', '.join(kw)})"

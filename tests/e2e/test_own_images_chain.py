@@ -44,7 +44,9 @@ def cli(args: list[str], tmp: Path, times: dict, step: str) -> str:
 
 
 @pytest.mark.parametrize(
-    "bands, top, scale", [(4, 65535, []), (1, 4095, ["--max_value", "4095"])], ids=["4band", "gray12"]
+    "bands, top, scale",
+    [(4, 65535, []), (1, 4095, ["--max_value", "4095"])],
+    ids=["4band", "gray12"],
 )
 def test_own_images_chain(tmp_path: Path, bands: int, top: int, scale: list[str]) -> None:
     import onnxruntime
@@ -56,37 +58,93 @@ def test_own_images_chain(tmp_path: Path, bands: int, top: int, scale: list[str]
     times: dict[str, float] = {}
     common = ["--input_size", str(IMG_SIZE), "--in_chans", str(bands), "--num_workers", "2"]
 
-    out = cli(["stats", "--data_path", str(data), "--in_chans", str(bands), *scale], tmp_path, times, "stats")
+    out = cli(
+        ["stats", "--data_path", str(data), "--in_chans", str(bands), *scale],
+        tmp_path,
+        times,
+        "stats",
+    )
     assert "pixels: full precision" in out
     flags = next(line for line in out.splitlines() if line.startswith("--mean")).split()
     steps = ["--epochs", "1", "--warmup_epochs", "0", "--batch_size", "50", *common, *flags, *scale]
 
     out = cli(
-        ["pretrain", "--model", "mae_vit_golden", "--init", str(OFFICIAL), "--data_path", str(data),
-         "--output_dir", str(tmp_path / "pre"), "--vflip", "--rot90", *steps],
-        tmp_path, times, "pretrain",
+        [
+            "pretrain",
+            "--model",
+            "mae_vit_golden",
+            "--init",
+            str(OFFICIAL),
+            "--data_path",
+            str(data),
+            "--output_dir",
+            str(tmp_path / "pre"),
+            "--vflip",
+            "--rot90",
+            *steps,
+        ],
+        tmp_path,
+        times,
+        "pretrain",
     )
     assert f"adapted patch_embed.proj 3 -> {bands} input channels" in out, out
     assert f"scaled by 1/{top}" in out
 
     out = cli(
-        ["finetune", "--model", "vit_golden", "--finetune", str(tmp_path / "pre" / "checkpoint-0.pth"),
-         "--data_path", str(data), "--output_dir", str(tmp_path / "ft"), "--aa", "none", "--blr", "5e-3",
-         *steps],
-        tmp_path, times, "finetune",
+        [
+            "finetune",
+            "--model",
+            "vit_golden",
+            "--finetune",
+            str(tmp_path / "pre" / "checkpoint-0.pth"),
+            "--data_path",
+            str(data),
+            "--output_dir",
+            str(tmp_path / "ft"),
+            "--aa",
+            "none",
+            "--blr",
+            "5e-3",
+            *steps,
+        ],
+        tmp_path,
+        times,
+        "finetune",
     )
     ckpt = tmp_path / "ft" / "checkpoint-0.pth"
     out = cli(
-        ["finetune", "--eval", "--resume", str(ckpt), "--model", "vit_golden", "--data_path", str(data),
-         "--output_dir", str(tmp_path / "eval"), *common, *flags, *scale],
-        tmp_path, times, "eval",
+        [
+            "finetune",
+            "--eval",
+            "--resume",
+            str(ckpt),
+            "--model",
+            "vit_golden",
+            "--data_path",
+            str(data),
+            "--output_dir",
+            str(tmp_path / "eval"),
+            *common,
+            *flags,
+            *scale,
+        ],
+        tmp_path,
+        times,
+        "eval",
     )
     acc = float(re.search(r"on the 100 test images: acc1 ([\d.]+)%", out).group(1))
 
-    out = cli(["convert", str(ckpt), str(tmp_path / "m.safetensors"), "--to", "timm"], tmp_path, times, "timm")
+    out = cli(
+        ["convert", str(ckpt), str(tmp_path / "m.safetensors"), "--to", "timm"],
+        tmp_path,
+        times,
+        "timm",
+    )
     call = re.search(r"load it with: (timm\.create_model\(.*\))", out).group(1)
     assert f"in_chans={bands}" in call, call
-    out = cli(["convert", str(ckpt), str(tmp_path / "m.onnx"), "--to", "onnx"], tmp_path, times, "onnx")
+    out = cli(
+        ["convert", str(ckpt), str(tmp_path / "m.onnx"), "--to", "onnx"], tmp_path, times, "onnx"
+    )
 
     from safetensors.torch import load_file
 
@@ -95,7 +153,10 @@ def test_own_images_chain(tmp_path: Path, bands: int, top: int, scale: list[str]
 
     state = load_checkpoint(ckpt, verbose=False)
     ours = create_model(  # the fine-tuned classifier, as maekit builds it
-        "vit_golden", img_size=IMG_SIZE, in_chans=bands, num_classes=2,
+        "vit_golden",
+        img_size=IMG_SIZE,
+        in_chans=bands,
+        num_classes=2,
         global_pool="fc_norm.weight" in state,
     )
     ours.load_state_dict(state, strict=True)
@@ -109,5 +170,7 @@ def test_own_images_chain(tmp_path: Path, bands: int, top: int, scale: list[str]
     sess = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"))
     (got,) = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
     np.testing.assert_allclose(got, want.numpy(), rtol=1e-4, atol=1e-4)
-    print(f"\n{bands}-band chain on 1100 files: eval acc1 {acc:.1f}%; seconds: "
-          + ", ".join(f"{k} {v:.1f}" for k, v in times.items()))
+    print(
+        f"\n{bands}-band chain on 1100 files: eval acc1 {acc:.1f}%; seconds: "
+        + ", ".join(f"{k} {v:.1f}" for k, v in times.items())
+    )
