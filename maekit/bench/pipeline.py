@@ -29,7 +29,7 @@ from ..config import BenchConfig
 from ..data import build_dataset, build_train_loader
 from ..data.device import NormalizeOnDevice
 from ..data.gpu_decode import GpuDecodeLoader, collate_encoded, encoded_folder
-from ..data.pixels import reader_for
+from ..data.pixels import reader_for, resolve_for
 from ..data.transforms import PRETRAIN_SCALE, as_float, device_normalize
 from ..data.workers import loader_workers, usable_cpus
 from ..engine.distributed import resolve_device
@@ -44,13 +44,11 @@ def phase_recipe(phase: str, input_size: int, data_path: str = "fashion-mnist", 
     entry = PHASES[phase]
     recipe_cls = entry.recipe_class()
     stats = {} if in_chans in (1, 3) else {"mean": [0.5] * in_chans, "std": [0.25] * in_chans}
-    kw = {"aa": "none"} if phase == "finetune" else {}
     cfg = entry.config(input_size=input_size, in_chans=in_chans, data_path=data_path, **stats)
+    if phase == "finetune" and resolve_for(cfg)[0].pixels == "full":
+        cfg = replace(cfg, aa="none")  # RandAugment is 8-bit only: the tensor recipe's default
     recipe = recipe_cls(cfg, recipe_cls.bench_data(1))
     recipe.cfg, _ = recipe.resolve(cfg)
-    if recipe.cfg.pixels == "full" and kw:  # RandAugment is 8-bit only: the tensor recipe
-        recipe = recipe_cls(replace(cfg, **kw), recipe_cls.bench_data(1))
-        recipe.cfg, _ = recipe.resolve(recipe.cfg)
     return recipe
 
 
