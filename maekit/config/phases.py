@@ -368,7 +368,9 @@ class PretrainConfig(CommonConfig):
                 "--gpu_decode decodes JPEG folders; drop it for --data_path fashion-mnist"
             )
         if self.gpu_decode and self.in_chans != 3:
-            raise MaekitError("--gpu_decode decodes to RGB; drop it for --in_chans 1")
+            raise MaekitError(
+                f"--gpu_decode decodes JPEGs to RGB; drop it for --in_chans {self.in_chans}"
+            )
         if not 0.0 < self.mask_ratio < 1.0:
             raise MaekitError(
                 f"--mask_ratio must be in (0, 1), got {self.mask_ratio}: the loss is "

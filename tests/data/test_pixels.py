@@ -308,3 +308,27 @@ def test_rot90_on_a_non_square_input_is_refused(tmp_path, four_band):
         tmp_path,
     )
     assert_one_error_line(r, "pretrain", "--rot90")
+
+
+@pytest.mark.parametrize("mode", ["mixup", "cutmix"])
+def test_mixup_and_cutmix_mix_every_band_of_n_channel_batches(mode):
+    """The fine-tuning recipe's batch mixing (timm's Mixup through maekit's build_mixup) on
+    13-band float batches: every band of a sample is mixed with the same partner."""
+    from maekit.config import FinetuneConfig
+    from maekit.phases.finetune import build_mixup
+
+    alphas = {"mixup": 0.8, "cutmix": 0.0} if mode == "mixup" else {"mixup": 0.0, "cutmix": 1.0}
+    cfg = FinetuneConfig(in_chans=13, mean=[0.0] * 13, std=[1.0] * 13, **alphas)
+    mix = build_mixup(cfg, nb_classes=3)
+    torch.manual_seed(0)
+    np.random.seed(0)
+    # sample i holds the value i in every band: a mixed sample holds values of two samples
+    x = torch.arange(4.0).view(4, 1, 1, 1).expand(4, 13, 8, 8).clone()
+    y = torch.tensor([0, 1, 2, 0])
+    original = x.clone()  # timm mixes in place
+    mixed, soft = mix(x, y)
+    assert mixed.shape == original.shape and soft.shape == (4, 3)
+    assert not torch.equal(mixed, original)
+    for i in range(4):
+        bands = mixed[i].flatten(1)  # (13, 64)
+        assert torch.equal(bands, bands[:1].expand_as(bands))  # the same mix in every band
