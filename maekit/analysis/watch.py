@@ -208,7 +208,7 @@ class ReconstructionWatch:
             unnormalize(imgs, *stats),
             [unnormalize(recon, *stats)],
             getattr(self.cfg, "vis_channels", None),
-            vis_window(getattr(self.cfg, "vis_window", ["auto"])),
+            vis_window(getattr(self.cfg, "vis_window", None)),
             is_eight_bit(getattr(self.cfg, "max_value", None)),
         )
         columns = grid_columns(original, show_gray(original, recon_px), mask_px.cpu().numpy())

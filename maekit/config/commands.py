@@ -75,7 +75,7 @@ class VisualizeConfig(CheckpointModelConfig):
     scale: int | None = opt(None, "integer upscaling of each cell (none: cells of at least 112 px)")
     out: str = opt("reconstruction.png", "where to write the PNG grid")
     vis_channels: list[int] | None = opt(None, VIS_CHANNELS_HELP)
-    vis_window: list[str] = opt(["auto"], VIS_WINDOW_HELP)
+    vis_window: list[str] | None = opt(None, VIS_WINDOW_HELP)  # None: auto
 
     def validate(self) -> None:
         super().validate()

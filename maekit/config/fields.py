@@ -163,9 +163,11 @@ class VisWindow:
     hi: float = 1.0
 
 
-def vis_window(values: list[str] | str, flag: str = "--vis_window") -> VisWindow:
-    """``--vis_window`` words -> a :class:`VisWindow`; one line naming the accepted forms
-    otherwise."""
+def vis_window(values: list[str] | str | None, flag: str = "--vis_window") -> VisWindow:
+    """``--vis_window`` words -> a :class:`VisWindow` (None: 'auto'); one line naming the
+    accepted forms otherwise."""
+    if values is None:
+        return VisWindow("auto")
     words = [values] if isinstance(values, str) else [str(v) for v in values]
     forms = "give auto, full, pct A B (percentiles, e.g. pct 1 99) or LO HI (pixel values)"
     got = " ".join(words) or "(nothing)"

@@ -335,7 +335,7 @@ class PretrainConfig(CommonConfig):
     )
     vis_images: int = opt(8, "rows of the reconstruction grid")
     vis_channels: list[int] | None = opt(None, VIS_CHANNELS_HELP, resumable=True)
-    vis_window: list[str] = opt(["auto"], VIS_WINDOW_HELP, resumable=True)
+    vis_window: list[str] | None = opt(None, VIS_WINDOW_HELP, resumable=True)  # None: auto
 
     def validate(self) -> None:
         super().validate()
