@@ -175,7 +175,9 @@ class Recovery:
     def lr_factor(self, global_step: int) -> float:
         """``--recovery_lr_scale`` within ``--recovery_window`` steps after a recovery."""
         s = self.settings
-        if s.lr_scale != 1.0 and any(r <= global_step < r + s.window for r in self.state.recoveries):
+        if s.lr_scale != 1.0 and any(
+            r <= global_step < r + s.window for r in self.state.recoveries
+        ):
             return s.lr_scale
         return 1.0
 

@@ -34,8 +34,8 @@ from .precision import Precision
 from .preemption import StopRequest
 from .progress import EpochProgress, RunRecorder
 from .recovery import Recovery, RecoverySettings
-from .train_state import nonfinite_entries
 from .schedule import apply_lr, lr_at
+from .train_state import nonfinite_entries
 
 LossFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -333,7 +333,7 @@ class Trainer:
                 meters.add(torch.cat(local).sum(), len(local))
             rec.state.history.extend(per_step)
             rec.snapshot.capture(self.model.bare, self.optimizer, self.scaler)
-            if not rec.reported and any(rec.snapshot.opt):  # once the optimizer state exists
+            if not rec.reported:  # once, after an update: the optimizer state exists
                 rec.reported = True
                 if self.env.is_main:
                     print(
