@@ -402,10 +402,13 @@ class Trainer:
                 "warnings above, or raise --max_bad_frac"
             )
         avg = (window[0] / window[1]).item() if window[1].item() > 0 else float("nan")
-        progress.update(step, {"loss": avg, "lr": lr}, meters.imgs_seen)
         # TensorBoard's step axis: thousandths of an epoch (docs/pretraining.md)
         tb_step = int((epoch + (step + 1) / n_steps) * 1000)
-        self.recorder.scalar("train_loss", avg, tb_step)
+        if self.recovery is not None and window[1].item() == 0:
+            progress.update(step, {"lr": lr}, meters.imgs_seen)  # all rolled back: no loss
+        else:
+            progress.update(step, {"loss": avg, "lr": lr}, meters.imgs_seen)
+            self.recorder.scalar("train_loss", avg, tb_step)
         self.recorder.scalar("lr", lr, tb_step)
         meters.window_sum.zero_()
         meters.window_n = 0
