@@ -202,3 +202,73 @@ def test_spike_verdict_needs_history_and_the_factor():
     assert why.startswith("loss spike (4.1 > --spike_factor 4 x the recent mean 1)") and at == 1
     assert rec.verdict([1.0, float("inf")], False) == ("non-finite loss", 1)
     assert rec.verdict([1.0], True)[0].startswith("non-finite update")
+
+
+ROLLBACK_WORKER = """
+import gc, json, sys
+import torch, torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, TensorDataset
+from maekit.engine.distributed import DistEnv, shutdown
+from maekit.engine.precision import resolve_precision
+from maekit.engine.progress import RunRecorder
+from maekit.engine.parallelize import ParallelModel
+from maekit.engine.recovery import RecoverySettings
+from maekit.engine.trainer import LoopSettings, Trainer
+
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+torch.manual_seed(0)
+model = DistributedDataParallel(torch.nn.Linear(4, 1))
+g = torch.Generator().manual_seed(rank)
+loader = DataLoader(TensorDataset(torch.randn(12, 4, generator=g), torch.randn(12, 1, generator=g)),
+                    batch_size=2)
+opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+calls = []
+
+def loss_fn(m, x, y):  # NaN on rank 1 alone, at step 2
+    calls.append(1)
+    loss = (m(x) - y).pow(2).mean()
+    return loss * float("nan") if rank == 1 and len(calls) == 3 else loss
+
+trainer = Trainer(ParallelModel(step=model, bare=model.module, ddp=model), opt, loss_fn,
+        LoopSettings(lr=0.1, min_lr=0.1, warmup_epochs=0, epochs=1, print_freq=2,
+                     recovery=RecoverySettings()),
+        resolve_precision("none", torch.device("cpu")), DistEnv(rank, 2, rank, torch.device("cpu")),
+        RunRecorder(".", None, enabled=False))
+stats = trainer.train_epoch(loader, 0)
+with open(sys.argv[1] + f".{rank}", "w") as f:
+    json.dump({"recovery": trainer.recovery.state.as_dict(), "loss": stats["loss"],
+               "weight": model.module.weight.tolist()}, f)
+shutdown()
+del model, trainer  # the DDP wrapper holds the gloo group: freed while the interpreter lives
+gc.collect()
+"""
+
+
+@pytest.mark.slow
+def test_a_nan_on_one_rank_is_rolled_back_by_all_ranks(tmp_path):
+    """The check all-reduces the losses: a NaN on rank 1 alone rolls both ranks back, and the
+    replicas stay equal (and their recent-loss history too, so later decisions agree)."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "worker.py"
+    script.write_text(ROLLBACK_WORKER)
+    out = tmp_path / "out.json"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
+    r = subprocess.run(
+        [*cmd, "2", str(script), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "recovery 1: non-finite loss at epoch 0, step 2" in r.stdout, r.stdout
+    res = [json.loads((tmp_path / f"out.json.{rank}").read_text()) for rank in (0, 1)]
+    assert res[0] == res[1]
+    assert res[0]["recovery"]["skipped_batches"] == 2 and res[0]["recovery"]["recoveries"] == [3]
+    assert len(res[0]["recovery"]["history"]) == 4  # steps 0-1 and 4-5, the mean of the ranks
+    assert torch.isfinite(torch.tensor(res[0]["loss"]))
