@@ -17,7 +17,7 @@ history (recent losses, the steps of past recoveries) is saved in every checkpoi
 run makes the same decisions as the uninterrupted one, to the bit. A stop request waits for
 the next check point, so that the resumed run starts from a state the check passed.
 
-Memory: one copy of the weights, buffers and optimizer state on the training device (AdamW:
+Memory: one copy of the trained weights, the buffers and the optimizer state on the training device (AdamW:
 about 12 bytes per parameter; under fsdp each rank keeps its shard). Time: one device copy of
 that state per check point.
 """
@@ -64,8 +64,9 @@ def _local(t: torch.Tensor) -> torch.Tensor:
 
 
 class Snapshot:
-    """The last good model, optimizer and grad-scaler state, in preallocated device buffers
-    (copied into, not reallocated, at every check point)."""
+    """The last good trained parameters, module buffers (e.g. BatchNorm statistics), optimizer
+    and grad-scaler state, in buffers allocated once and copied into at every check point.
+    Frozen parameters (linear probing's encoder) are not copied: nothing changes them."""
 
     def __init__(self) -> None:
         self.params: list[torch.Tensor] = []
@@ -74,8 +75,15 @@ class Snapshot:
         self.scaler: dict | None = None
 
     @torch.no_grad()
-    def capture(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler) -> None:
-        live = [_local(p.detach()) for p in module.parameters()]
+    def capture(
+        self,
+        params: list[torch.Tensor],
+        module: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scaler: torch.amp.GradScaler,
+    ) -> None:
+        """Copy the state in (``params``: the optimizer's; ``module``: for its buffers)."""
+        live = [_local(p.detach()) for p in params]
         bufs = [_local(b) for b in module.buffers()]
         if len(self.params) != len(live):
             self.params = [p.clone() for p in live]
@@ -84,7 +92,6 @@ class Snapshot:
             torch._foreach_copy_(self.params, live)
             for mine, b in zip(self.buffers, bufs, strict=True):
                 mine.copy_(b)
-        params = list(module.parameters())
         if len(self.opt) != len(params):
             self.opt = [None] * len(params)
         for i, p in enumerate(params):
@@ -107,11 +114,18 @@ class Snapshot:
         self.scaler = scaler.state_dict() if scaler.is_enabled() else None
 
     @torch.no_grad()
-    def restore(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler) -> None:
-        torch._foreach_copy_([_local(p.detach()) for p in module.parameters()], self.params)
+    def restore(
+        self,
+        params: list[torch.Tensor],
+        module: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scaler: torch.amp.GradScaler,
+    ) -> None:
+        """Copy the state back (the same ``params`` and ``module`` as captured); no gradients."""
+        torch._foreach_copy_([_local(p.detach()) for p in params], self.params)
         for b, mine in zip(module.buffers(), self.buffers, strict=True):
             _local(b).copy_(mine)
-        for p, mine in zip(module.parameters(), self.opt, strict=True):
+        for p, mine in zip(params, self.opt, strict=True):
             if mine is None:  # no step had been taken for it: the state starts afresh
                 optimizer.state.pop(p, None)
                 continue
@@ -125,7 +139,7 @@ class Snapshot:
                     st[k] = v
         if self.scaler is not None:
             scaler.load_state_dict(self.scaler)
-        for p in module.parameters():
+        for p in params:
             p.grad = None
 
     def nbytes(self) -> int:

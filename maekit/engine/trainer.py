@@ -247,7 +247,7 @@ class Trainer:
         lr, stop_agreed, check_due = 0.0, False, False
         rec = self.recovery
         if rec is not None:  # the epoch's first rollback target: the state it starts from
-            rec.snapshot.capture(self.model.bare, self.optimizer, self.scaler)
+            rec.snapshot.capture(self.params, self.model.bare, self.optimizer, self.scaler)
             rec.pending.clear()
             rec.since = start_step
         self.good_in_update = 0
@@ -332,7 +332,7 @@ class Trainer:
             if local:
                 meters.add(torch.cat(local).sum(), len(local))
             rec.state.history.extend(per_step)
-            rec.snapshot.capture(self.model.bare, self.optimizer, self.scaler)
+            rec.snapshot.capture(self.params, self.model.bare, self.optimizer, self.scaler)
             if not rec.reported:  # once, after an update: the optimizer state exists
                 rec.reported = True
                 if self.env.is_main:
@@ -345,7 +345,7 @@ class Trainer:
         bad_step = steps[at] if at is not None else step
         where = f"{why} at epoch {epoch}, step {bad_step}"
         rec.recovered(epoch * n_steps + step, where)
-        rec.snapshot.restore(self.model.bare, self.optimizer, self.scaler)
+        rec.snapshot.restore(self.params, self.model.bare, self.optimizer, self.scaler)
         self.good_in_update = 0
         n_skipped = step + 1 - first
         rec.state.skipped_batches += n_skipped

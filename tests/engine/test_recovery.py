@@ -272,3 +272,47 @@ def test_a_nan_on_one_rank_is_rolled_back_by_all_ranks(tmp_path):
     assert res[0]["recovery"]["skipped_batches"] == 2 and res[0]["recovery"]["recoveries"] == [3]
     assert len(res[0]["recovery"]["history"]) == 4  # steps 0-1 and 4-5, the mean of the ranks
     assert torch.isfinite(torch.tensor(res[0]["loss"]))
+
+
+def test_snapshot_copies_trained_params_buffers_and_optimizer_state_only():
+    """Frozen weights (linear probing's encoder) are not copied; BatchNorm statistics and
+    AdamW's moments are, and come back bit for bit; the optimizer state created after the
+    capture (no step had been taken) is dropped again."""
+    from maekit.engine.recovery import Snapshot
+
+    torch.manual_seed(0)
+    frozen, norm, head = torch.nn.Linear(8, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 2)
+    frozen.requires_grad_(False)
+    model = torch.nn.Sequential(frozen, norm, head)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+
+    def step():
+        model(torch.randn(4, 8)).pow(2).mean().backward()
+        opt.step()
+        opt.zero_grad()
+
+    snap = Snapshot()
+    snap.capture(params, model, opt, scaler)  # before any step: no optimizer state yet
+    first = {k: v.clone() for k, v in model.state_dict().items()}
+    step()
+    snap.restore(params, model, opt, scaler)
+    assert all(torch.equal(v, first[k]) for k, v in model.state_dict().items())
+    assert not opt.state  # AdamW starts afresh, as it had
+    step()
+    snap.capture(params, model, opt, scaler)
+    good = {k: v.clone() for k, v in model.state_dict().items()}
+    moments = [opt.state[p]["exp_avg_sq"].clone() for p in params]
+    step()
+    step()
+    snap.restore(params, model, opt, scaler)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, good[k]), k  # running_mean/var and num_batches_tracked too
+    assert all(
+        torch.equal(opt.state[p]["exp_avg_sq"], m) for p, m in zip(params, moments, strict=True)
+    )
+    n_trained = sum(p.numel() for p in params)
+    buffers = sum(b.numel() * b.element_size() for b in model.buffers())
+    steps = sum(opt.state[p]["step"].element_size() for p in params)
+    assert snap.nbytes() == 12 * n_trained + buffers + steps  # frozen's 72 weights not held
