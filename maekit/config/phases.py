@@ -145,13 +145,13 @@ class CommonConfig:
     )
     spike_factor: float | None = opt(
         None,
-        "with --on_nonfinite rollback: a loss above F x the mean of the recent good losses is "
-        "a spike and rolled back too (default: spikes are not checked)",
+        "with --on_nonfinite rollback: a step whose loss is above this many times the mean of "
+        "the recent good losses is a spike, rolled back too (default: spikes are not checked)",
         resumable=True,
     )
     max_recoveries: int = opt(
         3,
-        "with --on_nonfinite rollback: stop after more than N recoveries within "
+        "with --on_nonfinite rollback: stop after more than this many recoveries within "
         "--recovery_window steps",
         resumable=True,
     )
