@@ -97,6 +97,19 @@ def test_a_nan_loss_is_rolled_back_and_its_epoch_mean_stays_finite(tmp_path, cap
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+def test_with_accumulation_the_check_waits_for_the_update(tmp_path, capsys):
+    """--print_freq 1 with --accum_iter 2: the check points are the update steps (1, 3): a
+    snapshot mid-accumulation would miss the gradients accumulated so far."""
+    cfg, ctx, model, opt, loader = setup(
+        tmp_path, on_nonfinite="rollback", print_freq=1, accum_iter=2
+    )
+    fit(cfg, ctx, model, opt, loader, Inject({(1, 2): "nan"}), 0.1)
+    out = capsys.readouterr().out
+    assert "non-finite loss at epoch 1, step 2; rolled back to the state before epoch 1, " in out
+    assert "step 2 and skipped its 2 batches (steps 2-3)" in out
+    assert "Epoch [1] [1/4]" not in out and "Epoch [1] [2/4]" in out  # prints at updates only
+
+
 def test_a_loss_spike_is_rolled_back_with_spike_factor(tmp_path, capsys):
     cfg, ctx, model, opt, loader = setup(tmp_path, **ROLLBACK, spike_factor=5.0)
     fit(cfg, ctx, model, opt, loader, Inject({(1, 3): "spike"}), 0.1)
