@@ -135,6 +135,38 @@ class CommonConfig:
         "skip up to N steps whose loss or gradient is not finite (0: stop at the first)",
         resumable=True,
     )
+    on_nonfinite: str = opt(
+        "stop",
+        "on a non-finite loss or update (or, with --spike_factor, a loss spike): stop cleanly, "
+        "or roll back to the last good state in memory (checked every --print_freq steps), "
+        "skip the batches since it and go on (docs/fault-tolerance.md)",
+        choices=("stop", "rollback"),
+        resumable=True,
+    )
+    spike_factor: float | None = opt(
+        None,
+        "with --on_nonfinite rollback: a step whose loss is above this many times the mean of "
+        "the recent good losses is a spike, rolled back too (default: spikes are not checked)",
+        resumable=True,
+    )
+    max_recoveries: int = opt(
+        3,
+        "with --on_nonfinite rollback: stop after more than this many recoveries within "
+        "--recovery_window steps",
+        resumable=True,
+    )
+    recovery_window: int = opt(
+        1000,
+        "steps (batches) over which --max_recoveries counts, and for which "
+        "--recovery_lr_scale applies after a recovery",
+        resumable=True,
+    )
+    recovery_lr_scale: float = opt(
+        1.0,
+        "with --on_nonfinite rollback: multiply the lr by this for --recovery_window steps "
+        "after a recovery (1: unchanged)",
+        resumable=True,
+    )
     max_bad_frac: float = opt(
         0.01,
         "stop when more than this fraction of an epoch's images cannot be read",
@@ -219,6 +251,7 @@ class CommonConfig:
             raise MaekitError(f"--keep_last must be at least 1, got {self.keep_last}")
         if self.max_nonfinite < 0:
             raise MaekitError(f"--max_nonfinite must be >= 0, got {self.max_nonfinite}")
+        self._validate_recovery()
         if not 0.0 <= self.max_bad_frac <= 1.0:
             raise MaekitError(f"--max_bad_frac must be in [0, 1], got {self.max_bad_frac}")
         if self.num_workers < 0:
@@ -240,6 +273,29 @@ class CommonConfig:
             )
         if self.max_pixels <= 0:
             raise MaekitError(f"--max_pixels must be positive, got {self.max_pixels}")
+
+    def _validate_recovery(self) -> None:
+        rollback = self.on_nonfinite == "rollback"
+        if self.spike_factor is not None and not rollback:
+            raise MaekitError(
+                "--spike_factor needs --on_nonfinite rollback (a spike is rolled back, never "
+                "stopped at); add --on_nonfinite rollback or leave --spike_factor out"
+            )
+        if self.spike_factor is not None and not self.spike_factor > 1.0:
+            raise MaekitError(
+                f"--spike_factor must be above 1 (a multiple of the recent mean loss), got "
+                f"{self.spike_factor}"
+            )
+        if self.max_recoveries < 0:
+            raise MaekitError(f"--max_recoveries must be >= 0, got {self.max_recoveries}")
+        if self.recovery_window <= 0:
+            raise MaekitError(
+                f"--recovery_window must be a positive number of steps, got {self.recovery_window}"
+            )
+        if not 0.0 < self.recovery_lr_scale <= 1.0:
+            raise MaekitError(
+                f"--recovery_lr_scale must be in (0, 1], got {self.recovery_lr_scale}"
+            )
 
     def size_overrides(self) -> dict:
         """create_model arguments for the input geometry (--input_size, --in_chans, --patch_size)."""

@@ -162,6 +162,9 @@ def epoch_log(
         log["bad_images_skipped"] = stats["bad_images"]
     if trainer.counters.nonfinite_skipped:
         log["nonfinite_skipped"] = trainer.counters.nonfinite_skipped
+    if trainer.recovery is not None and trainer.recovery.state.total:  # over the run so far
+        log["recoveries"] = trainer.recovery.state.total
+        log["recovery_skipped_batches"] = trainer.recovery.state.skipped_batches
     return log, improved
 
 

@@ -2,7 +2,8 @@
 
 A checkpoint holds, beside the weights and the optimizer, every rank's RNG states, the step
 within the epoch and that epoch's running sums (:class:`~.trainer.EpochState`), and the count
-of skipped non-finite steps: restored, a killed run goes on to bit-identical weights.
+of skipped non-finite steps (and, with --on_nonfinite rollback, the recovery history):
+restored, a killed run goes on to bit-identical weights.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from ..files import atomic_copy
 from . import rng
 from .distributed import DistEnv, all_reduce_sum, barrier
 from .fsdp import full_state
+from .recovery import RecoveryState
 from .train_state import nonfinite_entries, resume_from, save_checkpoint
 from .trainer import EpochState, NonFiniteLossError, Trainer
 
@@ -95,6 +97,8 @@ def restore(cfg: CommonConfig, start: tuple[str, dict | None], trainer: Trainer)
     try:
         point.best = float(ckpt.get("max_accuracy", point.best))
         trainer.counters.nonfinite_skipped = int(resume.get("nonfinite_skipped", 0))
+        if trainer.recovery is not None and resume.get("recovery"):
+            trainer.recovery.state = RecoveryState.from_dict(resume["recovery"])
         same_world = resume.get("world_size") == env.world_size
         if same_world and resume.get("rng"):
             point.rng_states = resume["rng"][env.rank]
@@ -174,6 +178,8 @@ class Saver:
             "nonfinite_skipped": t.counters.nonfinite_skipped,
             "epoch_state": None if state is None else state.as_dict(),
         }
+        if t.recovery is not None:  # what the rollback checks decide by (recent losses, ...)
+            resume["recovery"] = t.recovery.state.as_dict()
         model_state = optimizer_state = None
         if t.model.fsdp:  # fsdp: gather full tensors to rank 0 (all ranks call)
             model_state, optimizer_state = full_state(t.model.bare, t.optimizer)

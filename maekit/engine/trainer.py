@@ -9,7 +9,8 @@ never waits on the host.
 Crash safety lives here too: an epoch can start at a given step (mid-epoch resume), stop
 cleanly at an optimizer-step boundary when a preemption signal arrives, name the exact step of
 a non-finite loss (tracked on the device, read at print points) or skip up to
-``max_nonfinite`` such steps, and count the unreadable images the data wrapper skipped.
+``max_nonfinite`` such steps, or (``--on_nonfinite rollback``, :mod:`.recovery`) roll back to the
+last good state and go on, and count the unreadable images the data wrapper skipped.
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ from .parallelize import ParallelModel
 from .precision import Precision
 from .preemption import StopRequest
 from .progress import EpochProgress, RunRecorder
+from .recovery import Recovery, RecoverySettings
 from .schedule import apply_lr, lr_at
+from .train_state import nonfinite_entries
 
 LossFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -53,6 +56,7 @@ class LoopSettings:
     max_train_step: int | None = None
     max_nonfinite: int = 0  # skip up to this many non-finite steps per run (0: stop at the first)
     max_bad_frac: float = 0.01  # stop when a larger fraction of an epoch's images is unreadable
+    recovery: RecoverySettings | None = None  # --on_nonfinite rollback (None: stop)
 
     @classmethod
     def from_config(cls, cfg: CommonConfig, lr: float) -> LoopSettings:
@@ -68,6 +72,7 @@ class LoopSettings:
             max_train_step=cfg.max_train_step,
             max_nonfinite=cfg.max_nonfinite,
             max_bad_frac=cfg.max_bad_frac,
+            recovery=RecoverySettings.from_config(cfg),
         )
 
 
@@ -117,12 +122,13 @@ class _Window:
         self.n_loss = 0
         self.imgs_seen = 0
 
-    def add(self, loss: torch.Tensor) -> None:
+    def add(self, loss: torch.Tensor, n: int = 1) -> None:
+        """One step's loss, or (rollback mode, at a passed check) the sum of ``n`` steps'."""
         loss_d = loss.detach().to(torch.float64)
         self.loss_sum += loss_d
         self.window_sum += loss_d
-        self.window_n += 1
-        self.n_loss += 1
+        self.window_n += n
+        self.n_loss += n
 
 
 class Trainer:
@@ -151,6 +157,7 @@ class Trainer:
         self.params = [p for g in optimizer.param_groups for p in g["params"]]
         self.good_in_update = 0  # micro-steps with a finite loss in the current accumulation
         self._grad_sync: bool | None = None  # FSDP2's current setting (switched on change)
+        self.recovery = Recovery(settings.recovery) if settings.recovery is not None else None
 
     def forward_backward_step(
         self, samples: torch.Tensor, targets: torch.Tensor, update: bool, epoch: int, step: int
@@ -237,7 +244,12 @@ class Trainer:
             n_steps, epoch, s.epochs, env.is_main, s.print_freq, env.world_size
         )
         meters = _Window(env.device)
-        lr, stop_agreed = 0.0, False
+        lr, stop_agreed, check_due = 0.0, False, False
+        rec = self.recovery
+        if rec is not None:  # the epoch's first rollback target: the state it starts from
+            rec.snapshot.capture(self.params, self.model.bare, self.optimizer, self.scaler)
+            rec.pending.clear()
+            rec.since = start_step
         self.good_in_update = 0
         self.optimizer.zero_grad(set_to_none=True)
         start = time.perf_counter()
@@ -249,6 +261,8 @@ class Trainer:
                 samples, targets, n_bad = _unpack(batch)
                 if step % s.accum_iter == 0:  # lr moves on optimizer steps, at the fractional epoch
                     lr = lr_at(epoch + step / n_steps, s.lr, s.min_lr, s.warmup_epochs, s.epochs)
+                    if rec is not None:  # --recovery_lr_scale for a while after a recovery
+                        lr *= rec.lr_factor(epoch * n_steps + step)
                     apply_lr(self.optimizer, lr)
                 state.lr_sum += lr  # every iteration, accumulation steps too (the official mean)
                 state.lr_steps += 1
@@ -260,26 +274,91 @@ class Trainer:
                 )
                 if update:
                     self.optimizer_step(epoch, step)
-                if s.max_nonfinite == 0:  # remember the first bad step without a host sync
+                if s.max_nonfinite == 0 and rec is None:  # the first bad step, without a sync
                     meters.first_bad = torch.where(
                         finite | (meters.first_bad >= 0), meters.first_bad, step
                     )
                 if not skipped:  # a skipped step is not averaged
-                    meters.add(loss)
+                    if rec is None:
+                        meters.add(loss)
+                    else:  # averaged once a check passes it (a rolled-back step never is)
+                        rec.pending.append((step, loss.detach()))
                 meters.imgs_seen += samples.shape[0]
                 state.bad_images += n_bad
-                if (step + 1) % s.print_freq == 0 or step + 1 == n_steps:
-                    stop_agreed = self._print_point(
-                        meters, state, stop, epoch, step, n_steps, lr, progress
-                    )
+                last = step + 1 == n_steps
+                at_print = (step + 1) % s.print_freq == 0 or last
+                checked = False
+                if rec is None:
+                    if at_print:
+                        stop_agreed = self._print_point(
+                            meters, state, stop, epoch, step, n_steps, lr, progress
+                        )
+                else:
+                    # Rollback mode checks (and prints) on update boundaries only: a snapshot
+                    # taken mid-accumulation would lack the gradients accumulated so far.
+                    check_due = check_due or at_print
+                    if check_due and (update or last):
+                        self._check(meters, epoch, step, n_steps)
+                        stop_agreed = self._print_point(
+                            meters, state, stop, epoch, step, n_steps, lr, progress
+                        )
+                        check_due, checked = False, True
                 if env.world_size == 1 and stop is not None and stop.requested:
                     stop_agreed = True  # one process: no need to wait for a print point
-                if stop_agreed and update and step + 1 < n_steps:
+                # Rollback mode stops at a check point only: the checkpoint then holds a state
+                # the check passed, which is also the snapshot the uninterrupted run holds.
+                if stop_agreed and update and not last and (rec is None or checked):
                     state.stopped = True
                     break
         finally:
             progress.close()
         return self._epoch_totals(state, meters, step, time.perf_counter() - start, lr)
+
+    def _check(self, meters: _Window, epoch: int, step: int, n_steps: int) -> None:
+        """Rollback mode, at a check point: one all-reduce of the losses since the snapshot and
+        of the count of non-finite weights; a good state becomes the snapshot, a bad one is
+        replaced by it (the batches since skipped). See :mod:`maekit.engine.recovery`."""
+        rec, f64 = self.recovery, meters.f64
+        bad_here = nonfinite_entries(module=self.model.bare, optimizer=self.optimizer, limit=1)
+        steps = [st for st, _ in rec.pending]
+        local = [loss.to(torch.float64).reshape(1) for _, loss in rec.pending]
+        summed = all_reduce_sum(torch.cat([*local, torch.tensor([float(len(bad_here))], **f64)]))
+        per_step = (summed[:-1] / self.env.world_size).tolist()  # the same on every rank
+        why, at = rec.verdict(per_step, summed[-1].item() > 0)
+        rec.pending.clear()
+        first = rec.since
+        rec.since = step + 1
+        if not why:
+            if local:
+                meters.add(torch.cat(local).sum(), len(local))
+            rec.state.history.extend(per_step)
+            rec.snapshot.capture(self.params, self.model.bare, self.optimizer, self.scaler)
+            if not rec.reported:  # once, after an update: the optimizer state exists
+                rec.reported = True
+                if self.env.is_main:
+                    print(
+                        "maekit: --on_nonfinite rollback keeps the last good state in memory: "
+                        f"{rec.snapshot.nbytes() / 2**20:.1f} MiB on {self.env.device}",
+                        flush=True,
+                    )
+            return
+        bad_step = steps[at] if at is not None else step
+        where = f"{why} at epoch {epoch}, step {bad_step}"
+        rec.recovered(epoch * n_steps + step, where)
+        rec.snapshot.restore(self.params, self.model.bare, self.optimizer, self.scaler)
+        self.good_in_update = 0
+        n_skipped = step + 1 - first
+        rec.state.skipped_batches += n_skipped
+        rec.state.total += 1
+        if self.env.is_main:
+            s = rec.settings
+            print(
+                f"maekit: recovery {rec.state.total}: {where}; rolled back to the state before "
+                f"epoch {epoch}, step {first} and skipped its {n_skipped} batches (steps "
+                f"{first}-{step}); --max_recoveries {s.max_recoveries} per --recovery_window "
+                f"{s.window} steps",
+                flush=True,
+            )
 
     def _print_point(
         self,
@@ -323,10 +402,13 @@ class Trainer:
                 "warnings above, or raise --max_bad_frac"
             )
         avg = (window[0] / window[1]).item() if window[1].item() > 0 else float("nan")
-        progress.update(step, {"loss": avg, "lr": lr}, meters.imgs_seen)
         # TensorBoard's step axis: thousandths of an epoch (docs/pretraining.md)
         tb_step = int((epoch + (step + 1) / n_steps) * 1000)
-        self.recorder.scalar("train_loss", avg, tb_step)
+        if self.recovery is not None and window[1].item() == 0:
+            progress.update(step, {"lr": lr}, meters.imgs_seen)  # all rolled back: no loss
+        else:
+            progress.update(step, {"loss": avg, "lr": lr}, meters.imgs_seen)
+            self.recorder.scalar("train_loss", avg, tb_step)
         self.recorder.scalar("lr", lr, tb_step)
         meters.window_sum.zero_()
         meters.window_n = 0
