@@ -189,6 +189,9 @@ def test_grayscale_chain(tmp_path: Path, capsys) -> None:
 
 
 @pytest.mark.parametrize("chans", ["2", "4"])
-def test_other_channel_counts_are_refused(tmp_path, chans, capsys):
+def test_other_channel_counts_are_refused_for_8bit_data(tmp_path, chans, capsys):
+    """N bands are read from full-precision files (tests/data/test_pixels.py); Fashion-MNIST
+    is 8-bit gray, read as 1 or 3 channels."""
     assert main(["pretrain", "--in_chans", chans, "--output_dir", str(tmp_path)]) == 2
-    assert "give --in_chans 3 or --in_chans 1" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "fashion-mnist holds 8-bit images, read as 1 or 3 channels" in err, err

@@ -134,15 +134,20 @@ def case_mask_ratio_leaving_no_visible_patch(tmp: Path) -> None:
 
 
 def case_float_and_int32_tiffs_never_load_silently(tmp: Path) -> None:
-    tifffile.imwrite(tmp / "f.tif", np.random.default_rng(0).random((8, 8), np.float32))
-    tifffile.imwrite(tmp / "i.tif", (np.arange(64).reshape(8, 8) * 100_000).astype(np.int32))
-    with pytest.raises(UnreadableImage, match="float pixels"):
-        load_rgb(str(tmp / "f.tif"))
-    with pytest.raises(UnreadableImage, match="32-bit integer pixels"):
-        load_rgb(str(tmp / "i.tif"))
-    u16 = (np.arange(64).reshape(8, 8) * 1000).astype(np.uint16)  # 16-bit still scales
-    tifffile.imwrite(tmp / "u.tif", u16)
-    assert np.asarray(load_rgb(str(tmp / "u.tif")))[..., 0].max() == round(63_000 / 257)
+    """The 8-bit path refuses float, 32-bit and 16-bit files (it once rounded 16 bits to 8);
+    the full-precision path reads each to its exact values."""
+    from maekit.data.folder import EightBitOnly
+    from maekit.data.pixels import read_image
+
+    flt = np.random.default_rng(0).random((8, 8), np.float32)
+    i32 = (np.arange(64).reshape(8, 8) * 100_000).astype(np.int32)
+    u16 = (np.arange(64).reshape(8, 8) * 1000).astype(np.uint16)
+    for name, arr in (("f.tif", flt), ("i.tif", i32), ("u.tif", u16)):
+        tifffile.imwrite(tmp / name, arr)
+        with pytest.raises(EightBitOnly, match=rf"{name}: .* pixels .*--pixels full"):
+            load_rgb(str(tmp / name))
+        x = read_image(tmp / name, 1, max_value=1.0)[0].numpy()
+        np.testing.assert_array_equal(x, arr.astype(np.float32))  # every value, exactly
 
 
 def _vit_state() -> dict[str, torch.Tensor]:
