@@ -53,7 +53,7 @@ def build_encoder(cfg: SupervisedConfig, nb_classes: int, overrides: dict) -> to
         if cfg.cls_token:
             raise MaekitError(
                 f"{cfg.model!r} has no cls token (it classifies the mean of its tokens); "
-                "drop --cls_token"
+                "drop --cls_token (and --no_global_pool)"
             )
         global_pool = True
     return create_model(
