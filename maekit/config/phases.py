@@ -385,7 +385,9 @@ class PretrainConfig(CommonConfig):
 class SupervisedConfig(CommonConfig):
     """Fields shared by fine-tuning and linear probing (labels, evaluation, pre-trained init)."""
 
-    model: str = opt("vit_large_patch16", "registered encoder name (see `maekit models`)")
+    # None: the encoder named in the --resume (or --finetune) checkpoint's saved args, else
+    # default_model; so `--eval --resume` of maekit's own checkpoint needs no --model
+    model: str | None = opt(None, "registered encoder name (see `maekit models`)")
     finetune: str = opt(
         "", "pre-training checkpoint to initialise the encoder from", resumable=True
     )
@@ -430,11 +432,17 @@ class SupervisedConfig(CommonConfig):
     )
 
     default_global_pool = True  # class attribute, not a field: the phase's pooling default
+    default_model: ClassVar[str] = "vit_large_patch16"  # the official fine-tune / probe encoder
 
     @classmethod
     def help_default(cls, name: str) -> str | None:
         """--help: the pooling default is the phase's (fine-tuning: global pool; linear probe:
-        cls token), not the False both switches are stored with."""
+        cls token), not the False both switches are stored with; the model's is the
+        checkpoint's."""
+        if name == "model":
+            return (
+                f"the encoder named in the --resume/--finetune checkpoint, else {cls.default_model}"
+            )
         if name == "global_pool":
             return "on" if cls.default_global_pool else "off: the cls token"
         if name == "cls_token":
