@@ -21,7 +21,7 @@ from ..config import CommonConfig
 from ..config.fields import resumable_fields
 from ..data.seeding import seed_all
 from ..data.workers import loader_workers
-from ..errors import MaekitError
+from ..errors import MaekitError, counted
 from ..files import atomic_write
 from .distributed import DistEnv, all_reduce_sum, barrier, init_distributed, shutdown
 from .fit import fit
@@ -240,7 +240,8 @@ def run(recipe: Recipe) -> list[dict]:
         steps = steps_in_epoch(len(loader), cfg.max_train_step)
         if cfg.accum_iter > steps:  # no optimizer step would ever be taken
             raise MaekitError(
-                f"--accum_iter {cfg.accum_iter} is above the {steps} steps of an epoch: the "
+                f"--accum_iter {cfg.accum_iter} is above the {counted(steps, 'step')} of an "
+                "epoch: the "
                 f"optimizer would never step; use --accum_iter {max(steps, 1)} or less, or "
                 "more data / a smaller --batch_size"
             )

@@ -23,7 +23,7 @@ from ..engine.evaluate import build_eval_loader, evaluate
 from ..engine.fsdp import gathered
 from ..engine.recipe import Recipe
 from ..engine.train_state import resume_from
-from ..errors import MaekitError
+from ..errors import MaekitError, counted
 from ..models import create_model, get_entry, list_models
 
 
@@ -246,7 +246,8 @@ class SupervisedRecipe(Recipe):
     def data_lines(self, loader, model) -> list[str]:
         n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
         return [
-            f"data: {self.cfg.data_path} ({len(self.data.train_set)} train / {len(self.data.val_set)} val images, "
+            f"data: {self.cfg.data_path} ({len(self.data.train_set)} train / "
+            f"{counted(len(self.data.val_set), 'val image')}, "
             f"{self.data.nb_classes} classes), {len(loader)} steps/epoch per process; "
             f"{n_params / 1e6:.2f}M trainable params"
         ]
@@ -276,7 +277,7 @@ class SupervisedRecipe(Recipe):
         stats = self._evaluator(ctx, model)()
         if ctx.env.is_main:
             print(
-                f"accuracy of the network on the {stats['n']} test images: "
+                f"accuracy of the network on the {counted(stats['n'], 'test image')}: "
                 f"acc1 {stats['acc1']:.2f}%  acc5 {stats['acc5']:.2f}%  loss {stats['loss']:.4f}"
             )
         return [stats]
