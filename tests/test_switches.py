@@ -102,3 +102,14 @@ def test_the_pooling_pair_in_a_file_still_yields_to_the_command_line(tmp_path, c
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "global_pool: true" in out and "cls_token: false" in out
+
+
+def test_convert_switches_too() -> None:
+    def ns(*argv: str) -> argparse.Namespace:
+        return build_parser().parse_args(["convert", "IN", "OUT", "--to", "timm", *argv])
+
+    assert ns().global_pool is None  # neither: the checkpoint's own pooling
+    assert ns("--cls_token", "--global_pool").global_pool is True
+    assert ns("--global_pool", "--cls_token").global_pool is False
+    assert ns("--force", "--no_force").force is False and ns("--no_force", "--force").force
+    assert ns("--encoder_only", "--no_encoder_only").encoder_only is False
