@@ -16,7 +16,7 @@ from .config import (
     StatsConfig,
     VisualizeConfig,
 )
-from .config.flags import HelpFormatter, add_config_flags, config_from_args
+from .config.flags import HelpFormatter, Switch, add_config_flags, config_from_args
 from .errors import MaekitError, error_text
 from .phases import PHASES as PHASE_TABLE
 
@@ -113,15 +113,15 @@ def build_parser(file_defaults: dict[str, dict] | None = None) -> argparse.Argum
         "save_pretrained folder for transformers; onnx: encoder features or classifier logits, "
         "checked with onnxruntime, needs maekit[onnx])",
     )
-    pool = conv.add_mutually_exclusive_group()
-    pool.add_argument(
+    # one choice, two flags sharing a dest: the later one wins, as everywhere
+    conv.add_argument(
         "--global_pool",
         dest="global_pool",
         action="store_const",
         const=True,
         help="--to timm: for timm's global_pool='avg' (MAE norm -> fc_norm)",
     )
-    pool.add_argument(
+    conv.add_argument(
         "--cls_token",
         dest="global_pool",
         action="store_const",
@@ -130,11 +130,21 @@ def build_parser(file_defaults: dict[str, dict] | None = None) -> argparse.Argum
     )
     conv.add_argument(
         "--encoder_only",
-        action="store_true",
+        "--no_encoder_only",
+        action=Switch,
+        off=("--no_encoder_only",),
+        default=False,
         help="--to hf: write a pre-training checkpoint's encoder alone (ViTMAEModel), e.g. for "
         "H != W, which transformers' ViTMAEForPreTraining cannot build",
     )
-    conv.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    conv.add_argument(
+        "--force",
+        "--no_force",
+        action=Switch,
+        off=("--no_force",),
+        default=False,
+        help="overwrite OUT if it exists",
+    )
     return parser
 
 

@@ -1,4 +1,5 @@
-"""User-facing errors. The CLI prints these as one line (no traceback) and exits 2."""
+"""User-facing errors and their wording. The CLI prints a MaekitError as one line (no
+traceback) and exits 2."""
 
 
 class MaekitError(Exception):
@@ -14,3 +15,9 @@ def error_text(e: MaekitError) -> str:
         return text
     last = text.strip().splitlines()[-1]
     return last.split(": ", 1)[1] if ": " in last else last
+
+
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """``n`` and the noun in the number it takes: "1 image", "16 images" (``plural`` for nouns
+    that do not just add an s: "1 class", "3 classes")."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"

@@ -177,6 +177,13 @@ def test_recipe_resolves_to_the_published_numbers(name):
         assert cfg.use_global_pool() == ("convmae" in name)  # ConvMAE probes the pooled tokens
 
 
+def test_vit_huge_finetune_is_the_official_layout():
+    """FINETUNE.md's ViT-H script: --nodes 8 (x 8 GPUs) --batch_size 16, not 32 x 32."""
+    r = load_recipe("mae_vit_huge_finetune")
+    assert (r["batch_size"], r["recipe"]["world_size"]) == (16, 64)
+    assert "16 x 64 processes" in r["recipe"]["description"]
+
+
 def test_print_config_resolves_for_this_launch(capsys, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "8")
     assert (

@@ -48,12 +48,12 @@ CASES: dict[str, tuple[str, list[str], str]] = {
     "no_val_folder": ("finetune", ["--data_path", "train_only", *TINY, *OK], "val"),
     "both_pool_flags": (
         "finetune",
-        ["--data_path", "data", *TINY, *OK, "--cls_token", "--global_pool"],
+        ["--data_path", "data", *TINY, *OK, "--config", "both_pools.yaml"],
         "--cls_token",
     ),
     "linprobe_both_pool_flags": (
         "linprobe",
-        ["--data_path", "data", *TINY, *OK, "--cls_token", "--global_pool"],
+        ["--data_path", "data", *TINY, *OK, "--config", "both_pools.yaml"],
         "--cls_token",
     ),
     "eval_without_checkpoint": (
@@ -136,6 +136,8 @@ def scratch(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     mae_small = create_model("mae_vit_small_patch16", img_size=32, patch_size=8, depth=2)
     torch.save({"model": mae_small.state_dict()}, root / "small.pth")
+    # on the command line the later of the two switches wins; a file can still set both
+    (root / "both_pools.yaml").write_text("global_pool: true\ncls_token: true\n")
     return root
 
 

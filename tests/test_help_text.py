@@ -57,3 +57,13 @@ def test_the_pooling_default_is_the_phases() -> None:
     from maekit.config import FinetuneConfig, LinprobeConfig
 
     assert FinetuneConfig().use_global_pool() and not LinprobeConfig().use_global_pool()
+
+
+def test_visualize_help_offers_only_what_it_takes() -> None:
+    """visualize needs a pre-training checkpoint's decoder and has no --random_init."""
+    text = " ".join(subparser("visualize").format_help().split())
+    assert "--random_init" not in text
+    assert "fine-tun" not in text and "linear-probe" not in text
+    assert "pre-training (MAE / ConvMAE) checkpoint with its decoder" in text
+    # the commands that do take both kinds still say so
+    assert "fine-tuning/linear-probe" in helps("extract")["--checkpoint"]

@@ -344,6 +344,36 @@ def test_every_recipe_flag_is_a_maekit_flag() -> None:
 
 
 @pytest.mark.parametrize(
+    ("script", "switch", "other"),
+    [
+        ("pretrain.sh", "norm_pix_loss", None),
+        ("pretrain_huge.sh", "norm_pix_loss", None),
+        ("pretrain_huge.sh", "grad_ckpt", None),
+        ("convmae_pretrain.sh", "norm_pix_loss", None),
+        ("finetune.sh", "dist_eval", None),
+        ("convmae_finetune.sh", "dist_eval", None),
+        ("linprobe.sh", "dist_eval", None),
+        ("linprobe.sh", "cls_token", "global_pool"),
+        ("convmae_linprobe.sh", "global_pool", "cls_token"),
+    ],
+)
+def test_an_appended_no_switch_undoes_the_recipes(script: str, switch: str, other) -> None:
+    """docs/cluster.md: the last value of a flag wins, switches too."""
+    parser = build_parser()
+    phase, args = maekit_args(command(script))
+    assert f"--{switch}" in args and getattr(parser.parse_args([phase, *args]), switch) is True
+    phase, args = maekit_args(command(script, f"--no_{switch}"))
+    assert args[-1] == f"--no_{switch}" and f"--{switch}" in args  # appended after the recipe's
+    ns = parser.parse_args([phase, *args])
+    assert getattr(ns, switch) is False
+    if other:  # a pooling switch: off means the other pooling, not both off
+        assert getattr(ns, other) is True
+        phase, args = maekit_args(command(script, f"--{other}"))
+        ns = parser.parse_args([phase, *args])
+        assert (getattr(ns, switch), getattr(ns, other)) == (False, True)
+
+
+@pytest.mark.parametrize(
     ("env", "message"),
     [
         ({"NNODES": "4"}, "MASTER_ADDR"),

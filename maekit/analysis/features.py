@@ -31,7 +31,7 @@ from ..data.workers import loader_workers, make_loader
 from ..engine.distributed import DistEnv, init_distributed, shutdown
 from ..engine.evaluate import RankSplitSampler
 from ..engine.precision import Precision, resolve_precision
-from ..errors import MaekitError
+from ..errors import MaekitError, counted
 from ..files import atomic_write, check_overwrite, save_safetensors
 from ..models.family import Family, family_of
 
@@ -121,7 +121,8 @@ def extract_features(
     the rows can be fewer than the dataset. Every rank must call it (it ends in collectives)."""
     if len(dataset) < env.world_size:
         raise MaekitError(
-            f"{len(dataset)} images for {env.world_size} processes; run with fewer processes"
+            f"{counted(len(dataset), 'image')} for {env.world_size} processes; run with fewer "
+            "processes"
         )
     was_training = model.training
     model.eval()
@@ -173,12 +174,14 @@ def extract_features(
     keep = valid.bool().cpu()
     if not bool(keep.any()):
         raise MaekitError(
-            f"none of the {len(dataset)} images could be read ({desc}); check the data path "
+            f"none of the {counted(len(dataset), 'image')} could be read ({desc}); check the data "
+            "path "
             "(see the 'skipping unreadable' warnings above)"
         )
     if not bool(keep.all()):
         print(
-            f"maekit: warning: {desc}: {int((~keep).sum())} of {len(dataset)} images were "
+            f"maekit: warning: {desc}: {int((~keep).sum())} of "
+            f"{counted(len(dataset), 'image')} were "
             "unreadable and left out",
             file=sys.stderr,
             flush=True,
@@ -333,7 +336,8 @@ def run(cfg: ExtractConfig) -> Path | None:
         workers = loader_workers(cfg.num_workers)
         if env.is_main:
             print(
-                f"encoding {len(dataset)} {cfg.split} images of {cfg.data_path} with {loaded.name} "
+                f"encoding {counted(len(dataset), cfg.split + ' image')} of {cfg.data_path} with "
+                f"{loaded.name} "
                 f"({loaded.source}), pool {cfg.pool}, on {env.device} x {env.world_size}",
                 file=sys.stderr,
             )

@@ -29,7 +29,7 @@ from torchvision.transforms import functional as TF
 from ..config import VisualizeConfig
 from ..config.fields import check_vis_channels, vis_window
 from ..data.transforms import resolve_stats
-from ..errors import MaekitError
+from ..errors import MaekitError, counted
 from ..models.family import family_of
 from .display import display_set, unnormalize
 
@@ -388,7 +388,8 @@ def run(cfg: VisualizeConfig) -> Path:
     values = lambda v: "/".join(f"{x:g}" for x in v)  # noqa: E731
     one_line = title.replace("\n", "; ")
     print(
-        f"wrote {out}: {len(original)} images, {one_line}. Inputs normalised with mean "
+        f"wrote {out}: {counted(len(original), 'image')}, {one_line}. Inputs normalised with "
+        "mean "
         f"{values(loaded.mean)}, std {values(loaded.std)}."
     )
     return out

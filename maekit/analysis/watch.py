@@ -37,6 +37,7 @@ from ..engine.evaluate import RankSplitSampler
 from ..engine.fsdp import gathered
 from ..engine.precision import Precision
 from ..engine.progress import RunRecorder
+from ..errors import counted
 from ..models.family import family_of
 from .display import display_set, is_eight_bit, unnormalize
 from .visualize import describe, grid_columns, reconstruct, render_grid, show_gray
@@ -67,7 +68,7 @@ def validation_split(
     transform, reader = eval_transform_of(cfg), reader_for(cfg)
     if cfg.data_path in BUILTIN or Path(cfg.data_path, "val").is_dir():
         val_set = build_dataset(cfg.data_path, "val", transform, cfg.max_pixels, reader)
-        where = "val/"
+        noun, where, flags = "image", " of val/", []
     elif cfg.val_frac is None:  # the official recipe trains on every image: no silent hold-out
         return (
             train_set,
@@ -85,9 +86,16 @@ def validation_split(
             build_dataset(cfg.data_path, "train", transform, cfg.max_pixels, reader), held
         )
         train_set = FixedSubset(train_set, train_idx)
-        where = f"{len(held)} training images held out (--val_frac {cfg.val_frac})"
-    val_set = FixedSubset(val_set, subset_indices(len(val_set), cfg.val_max_images, VAL_SEED))
-    return train_set, val_set, f"validation: {len(val_set)} images from {where}, fixed masks"
+        noun, where, flags = "training image", " held out", [f"--val_frac {cfg.val_frac}"]
+    available = len(val_set)
+    val_set = FixedSubset(val_set, subset_indices(available, cfg.val_max_images, VAL_SEED))
+    # "16 training images held out (...)", "256 of 10000 images of val/ (--val_max_images 256)"
+    text = counted(available, noun) + where
+    if len(val_set) < available:
+        text = f"{len(val_set)} of {text}"
+        flags.append(f"--val_max_images {cfg.val_max_images}")
+    text += f" ({'; '.join(flags)})" if flags else ""
+    return train_set, val_set, f"validation: {text}, fixed masks"
 
 
 class _Indexed(Dataset):
@@ -142,7 +150,8 @@ class ReconstructionWatch:
             out["val_loss"] = self.val_loss()
             if self.env.is_main:
                 print(
-                    f"epoch {epoch}: val_loss {out['val_loss']:.4f} ({len(self.val_set)} images, fixed masks)",
+                    f"epoch {epoch}: val_loss {out['val_loss']:.4f} "
+                    f"({counted(len(self.val_set), 'image')}, fixed masks)",
                     flush=True,
                 )
         if self._due(self.cfg.vis_freq, epoch):

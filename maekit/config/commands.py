@@ -32,7 +32,9 @@ class CheckpointModelConfig:
     Model name and sizes default to the ``args`` saved in the checkpoint; flags override them.
     """
 
-    checkpoint: str = opt("", "checkpoint: pre-training (MAE) or fine-tuning/linear-probe .pth")
+    checkpoint: str = opt(
+        "", "checkpoint: pre-training (MAE / ConvMAE) or fine-tuning/linear-probe .pth"
+    )
     model: str | None = opt(None, "model name (none: the one saved in the checkpoint)")
     input_size: int | list[int] | None = opt(
         None,
@@ -63,6 +65,12 @@ class CheckpointModelConfig:
 
 @dataclass(frozen=True)
 class VisualizeConfig(CheckpointModelConfig):
+    """``maekit visualize``: a pre-training checkpoint's reconstructions (it needs the decoder,
+    so fine-tuned and linear-probe checkpoints are refused; there is no --random_init)."""
+
+    # the shared fields, with help true for this command (same names and defaults)
+    checkpoint: str = opt("", "pre-training (MAE / ConvMAE) checkpoint with its decoder")
+    seed: int = opt(0, "random seed (masking, the --data_path images chosen)")
     images: list[str] = opt([], "image files to reconstruct (or use --data_path)")
     data_path: str | None = opt(
         None, "pick --num_images images from this dataset (val/ if present, else train)"

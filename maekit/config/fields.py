@@ -18,6 +18,7 @@ def opt(
     positional: bool = False,
     nargs: str | None = None,
     resumable: bool = False,
+    opposite: str | None = None,
 ):
     """A config field with its CLI help text (and optional choices / extra flag names).
 
@@ -29,6 +30,8 @@ def opt(
     ``positional``: read from the bare command-line arguments: a list field takes one or more
     (``maekit plot DIR...``), any other field exactly one (``maekit shard SRC DST``).
     ``nargs``: argparse's, for a scalar field that also takes several values (``--input_size``).
+    ``opposite``: for a switch, the switch it excludes (one choice stored as two fields): on the
+    command line each turns the other off, so the later one wins.
     """
     meta = {
         "help": help,
@@ -37,6 +40,7 @@ def opt(
         "positional": positional,
         "nargs": nargs,
         "resumable": resumable,
+        "opposite": opposite,
     }
     if isinstance(default, list | dict):
         return field(default_factory=lambda: type(default)(default), metadata=meta)

@@ -44,6 +44,35 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
+class Switch(argparse.Action):
+    """A boolean field's ``--X`` (on) and ``--no_X`` (off): the last one given wins, on the
+    command line as over a ``--config`` file, so a launch script's recipe switch can be undone
+    by an argument appended after it. --help lists both forms on one line.
+
+    ``opposite``: a field this one excludes (``--global_pool`` / ``--cls_token``, one choice of
+    pooling stored as two switches): setting this switch sets that one to the other value, so
+    the later of the pair wins too instead of the two being refused together.
+    """
+
+    def __init__(
+        self,
+        option_strings: list[str],
+        dest: str,
+        off: tuple[str, ...] = (),
+        opposite: str | None = None,
+        **kwargs,
+    ) -> None:
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+        self.off = set(off)  # the --no_ forms among option_strings
+        self.opposite = opposite
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        on = option_string not in self.off
+        setattr(namespace, self.dest, on)
+        if self.opposite:
+            setattr(namespace, self.opposite, not on)
+
+
 def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
     """One flag per dataclass field: ``--name`` (plus ``--no_name`` for booleans).
 
@@ -76,10 +105,15 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
                     help=meta.get("help"),
                 )
         elif tp is bool:
-            group = parser.add_mutually_exclusive_group()
-            group.add_argument(*names, dest=f.name, action="store_true", help=meta.get("help"))
-            group.add_argument(
-                f"--no_{f.name}", dest=f.name, action="store_false", help=argparse.SUPPRESS
+            off = tuple(f"--no_{n[2:]}" for n in names)
+            parser.add_argument(
+                *names,
+                *off,
+                dest=f.name,
+                action=Switch,
+                off=off,
+                opposite=meta.get("opposite"),
+                help=meta.get("help"),
             )
             parser.set_defaults(**{f.name: default})
         elif meta.get("positional"):  # one required bare argument (``maekit shard SRC DST``)

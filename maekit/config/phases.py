@@ -87,9 +87,7 @@ class CommonConfig:
     num_workers: int = opt(
         10, "data-loading worker processes per rank (capped at the CPU count)", resumable=True
     )
-    pin_mem: bool = opt(
-        True, "pin host memory for faster GPU copies (--no_pin_mem to disable)", resumable=True
-    )
+    pin_mem: bool = opt(True, "pin host memory for faster GPU copies", resumable=True)
     # --- speed (see `maekit bench`) ---
     compile: bool = opt(
         False, "torch.compile the model for the training step (first steps compile)", resumable=True
@@ -122,7 +120,7 @@ class CommonConfig:
     auto_resume: bool = opt(
         True,
         "without --resume, continue from the newest checkpoint in --output_dir that loads "
-        "cleanly (--no_auto_resume to always start fresh)",
+        "cleanly; --no_auto_resume always starts fresh",
         resumable=True,
     )
     keep_last: int | None = opt(
@@ -445,7 +443,9 @@ class PretrainConfig(CommonConfig):
 class SupervisedConfig(CommonConfig):
     """Fields shared by fine-tuning and linear probing (labels, evaluation, pre-trained init)."""
 
-    model: str = opt("vit_large_patch16", "registered encoder name (see `maekit models`)")
+    # None: the encoder named in the --resume (or --finetune) checkpoint's saved args, else
+    # default_model; so `--eval --resume` of maekit's own checkpoint needs no --model
+    model: str | None = opt(None, "registered encoder name (see `maekit models`)")
     finetune: str = opt(
         "", "pre-training checkpoint to initialise the encoder from", resumable=True
     )
@@ -465,8 +465,18 @@ class SupervisedConfig(CommonConfig):
     nb_classes: int | None = opt(
         None, "number of classes (default: taken from the dataset; checked against it)"
     )
-    global_pool: bool = opt(False, "classify the mean of the patch tokens (fc_norm -> head)")
-    cls_token: bool = opt(False, "classify the cls token (norm -> cls -> head)")
+    # One choice stored as two switches (both off: the phase's default); on the command line the
+    # later of --global_pool / --cls_token wins, and --no_X picks the other pooling.
+    global_pool: bool = opt(
+        False,
+        "classify the mean of the patch tokens (fc_norm -> head); --no_global_pool: the cls token",
+        opposite="cls_token",
+    )
+    cls_token: bool = opt(
+        False,
+        "classify the cls token (norm -> cls -> head); --no_cls_token: the global pool",
+        opposite="global_pool",
+    )
     dist_eval: bool = opt(
         False, "shard evaluation across processes (exact: no padded samples)", resumable=True
     )
@@ -480,11 +490,17 @@ class SupervisedConfig(CommonConfig):
     )
 
     default_global_pool = True  # class attribute, not a field: the phase's pooling default
+    default_model: ClassVar[str] = "vit_large_patch16"  # the official fine-tune / probe encoder
 
     @classmethod
     def help_default(cls, name: str) -> str | None:
         """--help: the pooling default is the phase's (fine-tuning: global pool; linear probe:
-        cls token), not the False both switches are stored with."""
+        cls token), not the False both switches are stored with; the model's is the
+        checkpoint's."""
+        if name == "model":
+            return (
+                f"the encoder named in the --resume/--finetune checkpoint, else {cls.default_model}"
+            )
         if name == "global_pool":
             return "on" if cls.default_global_pool else "off: the cls token"
         if name == "cls_token":

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import MaekitError
+from ..errors import MaekitError, counted
 from .fashion_mnist import FashionMNIST
 from .folder import DEFAULT_MAX_PIXELS, FlatImageFolder, image_folder
 from .robust import SeededSamples
@@ -106,8 +106,9 @@ def build_train_loader(
     """
     if len(dataset) < batch_size * world_size:
         raise MaekitError(
-            f"the training set has {len(dataset)} images, fewer than one global batch "
-            f"({batch_size} x {world_size} processes); lower --batch_size"
+            f"the training set has {counted(len(dataset), 'image')}, fewer than one global "
+            f"batch ({batch_size} x {counted(world_size, 'process', 'processes')}); lower "
+            "--batch_size"
         )
     if isinstance(dataset, ShardDataset):
         if collate_fn is not None:

@@ -17,7 +17,7 @@ from torch.utils.data import Subset
 from torchvision import transforms as T
 
 from ..config import StatsConfig
-from ..errors import MaekitError
+from ..errors import MaekitError, counted
 from .robust import SkipUnreadable
 from .workers import make_loader
 
@@ -128,7 +128,7 @@ def run(cfg: StatsConfig) -> tuple[list[float], list[float]]:
     read = s["images"]
     left_out = f" ({len(picked) - read} unreadable left out)" if read < len(picked) else ""
     print(
-        f"{read} of {len(dataset)} images of {cfg.data_path} (seed {cfg.seed}), "
+        f"{read} of {counted(len(dataset), 'image')} of {cfg.data_path} (seed {cfg.seed}), "
         f"{s['pixels']} pixels per channel{left_out}, as read for --in_chans {cfg.in_chans}:",
         flush=True,
     )

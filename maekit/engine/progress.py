@@ -69,6 +69,24 @@ class EpochProgress:
             self.bar.close()
 
 
+def summary_writer(log_dir: str, purge_step: int | None = None):
+    """A TensorBoard SummaryWriter on ``log_dir``; a missing tensorboard package or a folder it
+    cannot write is one line naming the fix (the error contract holds for the logs too)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as e:  # a dependency, so only a broken environment lacks it
+        raise MaekitError(
+            f"TensorBoard logging needs the tensorboard package ({e}); pip install "
+            "'tensorboard>=2.15'"
+        ) from e
+    try:
+        return SummaryWriter(log_dir=log_dir, purge_step=purge_step)
+    except OSError as e:
+        raise MaekitError(
+            f"--log_dir {log_dir} is not writable ({e.strerror or e}); choose another folder"
+        ) from e
+
+
 class RunRecorder:
     """log.txt (one JSON line per epoch), TensorBoard and optionally Weights & Biases, on the
     main rank only.
@@ -85,15 +103,7 @@ class RunRecorder:
         self.tb = None
         self.wandb = wandb if enabled else None  # a wandb Run (see engine/wandb_run.py) or None
         if enabled:
-            from torch.utils.tensorboard import SummaryWriter
-
-            try:
-                self.tb = SummaryWriter(log_dir=log_dir or output_dir)
-            except OSError as e:
-                raise MaekitError(
-                    f"--log_dir {log_dir or output_dir} is not writable ({e.strerror or e}); "
-                    "choose another folder"
-                ) from e
+            self.tb = summary_writer(log_dir or output_dir)
 
     def scalar(self, tag: str, value: float, step: int) -> None:
         if self.tb is not None:
@@ -156,11 +166,9 @@ class RunRecorder:
 
                 atomic_write(self.log_path, lambda tmp: tmp.write_text(text))
         if self.tb is not None:
-            from torch.utils.tensorboard import SummaryWriter
-
             log_dir = self.tb.log_dir
             self.tb.close()
-            self.tb = SummaryWriter(log_dir=log_dir, purge_step=purge_step)
+            self.tb = summary_writer(log_dir, purge_step)
 
     def close(self) -> None:
         if self.tb is not None:

@@ -22,7 +22,7 @@ from ..checkpoint.rundir import (
     prune_checkpoints,
 )
 from ..config import CommonConfig
-from ..errors import MaekitError
+from ..errors import MaekitError, counted
 from ..files import atomic_copy
 from . import rng
 from .distributed import DistEnv, all_reduce_sum, barrier
@@ -116,7 +116,8 @@ def restore(cfg: CommonConfig, start: tuple[str, dict | None], trainer: Trainer)
         print(f"{how} from {path}: continuing at {where}")
         if resume and not same_world:
             print(
-                f"maekit: warning: the checkpoint was written by {resume.get('world_size')} processes, "
+                f"maekit: warning: the checkpoint was written by "
+                f"{counted(resume.get('world_size'), 'process', 'processes')}, "
                 f"this run has {env.world_size}: data order and random streams are not continued "
                 "exactly (an interrupted epoch restarts)",
                 file=sys.stderr,

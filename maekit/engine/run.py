@@ -21,7 +21,7 @@ from ..config import CommonConfig
 from ..config.fields import resumable_fields
 from ..data.seeding import seed_all
 from ..data.workers import loader_workers
-from ..errors import MaekitError
+from ..errors import MaekitError, counted
 from ..files import atomic_write
 from .distributed import DistEnv, all_reduce_sum, barrier, init_distributed, shutdown
 from .fit import fit
@@ -176,28 +176,36 @@ def prepare_run(cfg: CommonConfig, resumes: bool = True) -> RunContext:
         note = start_over(cfg, out, start)
         if note:
             print(note, flush=True)
-    recorder = RunRecorder(str(out), cfg.log_dir, enabled=env.is_main)
+    # Rank 0 opens the logs (TensorBoard, wandb) and writes config.json; a failure there (a
+    # log folder it cannot write, wandb without a key) stops every rank with its one line.
+    recorder, error = RunRecorder(str(out), cfg.log_dir, enabled=False), None
     if env.is_main:
-        # What the flags resolved to on this machine: `--amp auto` is fp32 or bf16 by hardware.
-        # The absolute lr too: --blr scales with the effective batch, which --accum_iter and the
-        # process count set. Written last, once every check passed, all or nothing.
-        resolved = {
-            "precision": precision.name,
-            "device": str(env.device),
-            "world_size": env.world_size,
-            "effective_batch": eff,
-            "lr": lr,
-            "torch": torch.__version__,
-        }
-        text = json.dumps({**cfg.to_dict(), "resolved": resolved}, indent=2) + "\n"
         try:
-            atomic_write(out / "config.json", lambda tmp: tmp.write_text(text))
-        except OSError as e:
-            raise MaekitError(
-                f"could not write {out / 'config.json'} ({e.strerror or e}); free disk space "
-                "or choose another --output_dir"
-            ) from e
-        recorder.wandb = start_wandb(cfg, out)
+            recorder = RunRecorder(str(out), cfg.log_dir, enabled=True)
+            # What the flags resolved to on this machine: `--amp auto` is fp32 or bf16 by
+            # hardware. The absolute lr too: --blr scales with the effective batch, which
+            # --accum_iter and the process count set. Written once every check passed.
+            resolved = {
+                "precision": precision.name,
+                "device": str(env.device),
+                "world_size": env.world_size,
+                "effective_batch": eff,
+                "lr": lr,
+                "torch": torch.__version__,
+            }
+            text = json.dumps({**cfg.to_dict(), "resolved": resolved}, indent=2) + "\n"
+            try:
+                atomic_write(out / "config.json", lambda tmp: tmp.write_text(text))
+            except OSError as e:
+                raise MaekitError(
+                    f"could not write {out / 'config.json'} ({e.strerror or e}); free disk "
+                    "space or choose another --output_dir"
+                ) from e
+            recorder.wandb = start_wandb(cfg, out)
+        except MaekitError as e:
+            recorder.close()
+            error = e
+    _agree(env, error)
     workers = loader_workers(cfg.num_workers)
     pin = cfg.pin_mem and env.device.type == "cuda"
     return RunContext(env, precision, recorder, out, workers, pin, lr, eff, start)
@@ -232,7 +240,8 @@ def run(recipe: Recipe) -> list[dict]:
         steps = steps_in_epoch(len(loader), cfg.max_train_step)
         if cfg.accum_iter > steps:  # no optimizer step would ever be taken
             raise MaekitError(
-                f"--accum_iter {cfg.accum_iter} is above the {steps} steps of an epoch: the "
+                f"--accum_iter {cfg.accum_iter} is above the {counted(steps, 'step')} of an "
+                "epoch: the "
                 f"optimizer would never step; use --accum_iter {max(steps, 1)} or less, or "
                 "more data / a smaller --batch_size"
             )

@@ -23,12 +23,15 @@ def start_wandb(cfg: CommonConfig, output_dir: Path):
         raise MaekitError(
             "--log_wandb needs wandb: pip install 'maekit[wandb]' (or drop --log_wandb)"
         ) from e
-    run = wandb.init(
-        project=cfg.wandb_project,
-        name=cfg.wandb_name or output_dir.resolve().name,
-        dir=str(output_dir),
-        config=cfg.to_dict(),
-    )
+    try:
+        run = wandb.init(
+            project=cfg.wandb_project,
+            name=cfg.wandb_name or output_dir.resolve().name,
+            dir=str(output_dir),
+            config=cfg.to_dict(),
+        )
+    except Exception as e:  # wandb's UsageError (no key), CommError (no network), OSError, ...
+        raise MaekitError(init_failure(e)) from e
     # The same x axes as TensorBoard: per-iteration scalars at 1000 x the fractional epoch,
     # per-epoch scalars and images at the epoch.
     run.define_metric("epoch_x1000")
@@ -38,3 +41,14 @@ def start_wandb(cfg: CommonConfig, output_dir: Path):
     run.define_metric("epoch/*", step_metric="epoch")
     run.define_metric("reconstruction", step_metric="epoch")
     return run
+
+
+def init_failure(e: BaseException) -> str:
+    """One line for a failed ``wandb.init``: what wandb said (its first line) and the ways on:
+    log in, run offline, or drop the flag."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    said = f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+    return (
+        f"--log_wandb: wandb could not start a run ({said}); run `wandb login` (or set "
+        "WANDB_API_KEY), or log without an account with WANDB_MODE=offline, or drop --log_wandb"
+    )

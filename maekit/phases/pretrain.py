@@ -18,7 +18,7 @@ from ..engine import run as runner
 from ..engine.optim import build_adamw, weight_decay_groups
 from ..engine.recipe import Monitors, Recipe
 from ..engine.trainer import LossFn
-from ..errors import MaekitError
+from ..errors import MaekitError, counted
 from ..models import create_model, get_entry, list_models
 from ..models.family import family_of, family_of_name
 
@@ -214,8 +214,8 @@ class PretrainRecipe(Recipe):
 
     def data_lines(self, loader, model) -> list[str]:
         return [
-            f"data: {self.cfg.data_path} ({len(self.data.train_set)} images), {len(loader)} "
-            "steps/epoch per process",
+            f"data: {self.cfg.data_path} ({counted(len(self.data.train_set), 'image')}), "
+            f"{len(loader)} steps/epoch per process",
             self.data.val_note,
         ]
 

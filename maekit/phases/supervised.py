@@ -23,7 +23,7 @@ from ..engine.evaluate import build_eval_loader, evaluate
 from ..engine.fsdp import gathered
 from ..engine.recipe import Recipe
 from ..engine.train_state import resume_from
-from ..errors import MaekitError
+from ..errors import MaekitError, counted
 from ..models import create_model, get_entry, list_models
 
 
@@ -53,7 +53,7 @@ def build_encoder(cfg: SupervisedConfig, nb_classes: int, overrides: dict) -> to
         if cfg.cls_token:
             raise MaekitError(
                 f"{cfg.model!r} has no cls token (it classifies the mean of its tokens); "
-                "drop --cls_token"
+                "drop --cls_token (and --no_global_pool)"
             )
         global_pool = True
     return create_model(
@@ -69,20 +69,39 @@ def build_encoder(cfg: SupervisedConfig, nb_classes: int, overrides: dict) -> to
 INHERITED = ("in_chans", "input_size", "mean", "std")
 
 
+def inherited_model(saved: object) -> str | None:
+    """The checkpoint's saved --model if it names a registered encoder (a fine-tune or probe
+    checkpoint); None for a pre-training model's name (its encoder has another name) or none."""
+    return saved if isinstance(saved, str) and saved in list_models("encoder") else None
+
+
 def resolve_inputs(cfg: SupervisedConfig) -> tuple[SupervisedConfig, str | None, dict]:
-    """Fill --in_chans, --input_size, --mean and --std left unset from the ``args`` saved in the
-    --finetune (or --resume) checkpoint, else the defaults (3, 224, ImageNet's statistics), so a
-    model sees its inputs as it was pre-trained on them. Returns (the filled config, a line
-    naming what was taken or None, the checkpoint's saved args)."""
+    """Fill --model (with its --patch_size), --in_chans, --input_size, --mean and --std left
+    unset from the ``args`` saved in the --finetune (or --resume) checkpoint, else the defaults
+    (vit_large_patch16, 3, 224, ImageNet's statistics), so a model sees its inputs as it was
+    pre-trained on them and ``--eval --resume`` of maekit's own checkpoint rebuilds the model
+    it holds. Returns (the filled config, a line naming what was taken or None, the
+    checkpoint's saved args)."""
     from ..config.fields import check_stats
     from ..formats.loader import read_checkpoint
 
     source = cfg.finetune or cfg.resume
     args: dict = {}
-    if source and any(getattr(cfg, k) is None for k in INHERITED):
+    if source and any(getattr(cfg, k) is None for k in (*INHERITED, "model")):
         ckpt = read_checkpoint(source)
         args = ckpt.get("args") if isinstance(ckpt.get("args"), dict) else {}
-    filled, taken = {}, []
+    filled, taken = {"model": cfg.model}, []
+    if cfg.model is None:
+        encoder = inherited_model(args.get("model"))
+        filled["model"] = encoder or cfg.default_model
+        if encoder:
+            taken.append(f"--model {encoder}")
+            # the patch size override belongs to that model: a checkpoint trained with
+            # --patch_size 8 holds 8-pixel patch weights
+            patch = args.get("patch_size")
+            if cfg.patch_size is None and isinstance(patch, int) and patch > 0:
+                filled["patch_size"] = patch
+                taken.append(f"--patch_size {patch}")
     for key, default in (("in_chans", 3), ("input_size", 224)):
         filled[key] = getattr(cfg, key)
         if filled[key] is None:
@@ -227,7 +246,8 @@ class SupervisedRecipe(Recipe):
     def data_lines(self, loader, model) -> list[str]:
         n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
         return [
-            f"data: {self.cfg.data_path} ({len(self.data.train_set)} train / {len(self.data.val_set)} val images, "
+            f"data: {self.cfg.data_path} ({len(self.data.train_set)} train / "
+            f"{counted(len(self.data.val_set), 'val image')}, "
             f"{self.data.nb_classes} classes), {len(loader)} steps/epoch per process; "
             f"{n_params / 1e6:.2f}M trainable params"
         ]
@@ -257,7 +277,7 @@ class SupervisedRecipe(Recipe):
         stats = self._evaluator(ctx, model)()
         if ctx.env.is_main:
             print(
-                f"accuracy of the network on the {stats['n']} test images: "
+                f"accuracy of the network on the {counted(stats['n'], 'test image')}: "
                 f"acc1 {stats['acc1']:.2f}%  acc5 {stats['acc5']:.2f}%  loss {stats['loss']:.4f}"
             )
         return [stats]

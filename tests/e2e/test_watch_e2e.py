@@ -98,7 +98,7 @@ def test_three_epochs_watched(image_folder: Path, tmp_path: Path, monkeypatch) -
     assert r.returncode == 0, r.stderr
     # image_folder has no val/: 6 of its 24 training images are held out, 18 train
     assert "(18 images)" in r.stdout
-    assert "validation: 6 images from 6 training images held out (--val_frac 0.25)" in r.stdout
+    assert "validation: 6 training images held out (--val_frac 0.25), fixed masks" in r.stdout
     log = [json.loads(line) for line in (out / "log.txt").read_text().splitlines()]
     assert [rec["epoch"] for rec in log] == [0, 1, 2]
     val = [rec["val_loss"] for rec in log]

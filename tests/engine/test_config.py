@@ -99,9 +99,9 @@ def test_norm_pix_loss_flags(argv, value):
     assert parse(*argv).norm_pix_loss is value
 
 
-def test_pin_mem_and_no_pin_mem_conflict():
-    with pytest.raises(SystemExit):
-        build_parser().parse_args(["pretrain", "--pin_mem", "--no_pin_mem"])
+def test_pin_mem_then_no_pin_mem_the_last_wins():
+    assert parse("--pin_mem", "--no_pin_mem").pin_mem is False
+    assert parse("--no_pin_mem", "--pin_mem").pin_mem is True
 
 
 def test_amp_choices():

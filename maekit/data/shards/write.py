@@ -14,7 +14,7 @@ from typing import BinaryIO
 import numpy as np
 
 from ...config import ShardConfig
-from ...errors import MaekitError
+from ...errors import MaekitError, counted
 from ...files import atomic_write
 from ..folder import FlatImageFolder, UnreadableImage, image_folder, open_regular
 from .format import FORMAT, MANIFEST, SPLITS
@@ -152,10 +152,11 @@ def write_shards(
     lines = []
     for split, items, classes, skipped in plans:
         n_shards, size = _write_split(items, classes, dst / split, shard_size, seed)
-        labels = f"{len(classes)} classes" if classes else "no labels"
+        labels = counted(len(classes), "class", "classes") if classes else "no labels"
         note = f"; {len(skipped)} unreadable entries skipped (not regular files)" if skipped else ""
         lines.append(
-            f"{split}: {len(items)} samples ({labels}) in {n_shards} shards of up to "
+            f"{split}: {counted(len(items), 'sample')} ({labels}) in "
+            f"{counted(n_shards, 'shard')} of up to "
             f"{shard_size}, {size / 1e6:.1f} MB -> {dst / split}{note}"
         )
     return lines
