@@ -88,3 +88,57 @@ def test_every_command_of_the_own_images_page_runs(tmp_path: Path) -> None:
 
     pre = json.loads((tmp_path / "scenes_hf" / "preprocessor_config.json").read_text())
     assert len(pre["image_mean"]) == 4 and pre["rescale_factor"] == pytest.approx(1 / 65535)
+
+
+def section_commands(page: Path, heading: str) -> list[list[str]]:
+    """The maekit commands of one section (from ``heading`` to the next ``## ``) of a page."""
+    lines = page.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(heading)) + 1
+    end = next((i for i in range(start, len(lines)) if lines[i].startswith("## ")), len(lines))
+    out = []
+    for c in shell_commands(page):
+        line = int(c.where.rsplit(":", 1)[1])
+        if start < line <= end and maekit_argv(c):
+            out.append(maekit_argv(c))
+    return out
+
+
+def test_the_released_weights_example_of_pretraining_md_runs(tmp_path: Path) -> None:
+    """docs/pretraining.md's worked example (gray X-rays, 256 x 384, from the official ViT-B
+    checkpoint with decoder), run: its five steps on small 8-bit gray PNGs, non-square."""
+    from PIL import Image
+
+    register_golden_models()
+    shutil.copy(OFFICIAL, tmp_path / "mae_visualize_vit_base.pth")
+    rng = np.random.default_rng(0)
+    for root, splits in (("xray", ("train",)), ("xray_labeled", ("train", "val"))):
+        for split in splits:
+            for c, cls in enumerate(("normal", "effusion")):
+                folder = tmp_path / "data" / root / split / cls
+                folder.mkdir(parents=True)
+                for i in range(40):  # 80 per split: one batch of the page's default 64
+                    px = rng.integers(40 + 80 * c, 120 + 80 * c, (60, 90), dtype=np.uint8)
+                    Image.fromarray(px).save(folder / f"{i}.png")
+    commands = section_commands(REPO / "docs" / "pretraining.md", "## Start from released weights")
+    assert [c[0] for c in commands] == [
+        "stats",
+        "pretrain",
+        "visualize",
+        "finetune",
+        "convert",
+        "convert",
+    ]
+    outputs = []
+    for args in commands:
+        args = [a.replace("/data/", "data/") for a in small(args)]
+        i = args.index("--input_size") if "--input_size" in args else -1
+        if i >= 0 and args[i + 2 : i + 3] == ["384"]:  # H W: the page's 256 x 384, made small
+            args[i + 1 : i + 3] = ["32", "48"]
+        r = run_cli_in_process(args, tmp_path)
+        assert r.returncode == 0, f"{' '.join(args)}\n{r.stderr[-3000:]}"
+        outputs.append(r.stdout)
+    text = "\n".join(outputs)
+    assert "adapted patch_embed.proj 3 -> 1 input channels (sum of the 3 kernels" in text
+    assert "recomputed pos_embed and decoder_pos_embed for the 4x6 grid" in text
+    assert (tmp_path / "xray_vit" / "config.json").exists()
+    assert (tmp_path / "xray_enc" / "config.json").exists()
