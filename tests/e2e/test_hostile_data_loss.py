@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import run_cli, write_image_folder
+from tests.conftest import run_cli, run_cli_in_process, write_image_folder
 from tests.e2e.test_crash_safety import TINY, Run
 
 
@@ -63,7 +63,7 @@ def case_knn_monitor_skips_an_unreadable_image(tmp: Path) -> None:
     (data / "val" / "class_0" / "bad.png").write_bytes(b"\x89PNG not really")
     (data / "train" / "class_1" / "bad.jpg").write_bytes(b"\xff\xd8 truncated")
     out = tmp / "run"
-    r = run_cli(
+    r = run_cli_in_process(
         pretrain(data, out, "--epochs", "1", "--knn_eval_freq", "1", "--max_bad_frac", "0.5"), tmp
     )
     assert r.returncode == 0, r.stdout + r.stderr
@@ -75,16 +75,16 @@ def case_knn_monitor_skips_an_unreadable_image(tmp: Path) -> None:
 def case_no_auto_resume_starts_over_without_mixing_runs(tmp: Path) -> None:
     data = write_image_folder(tmp / "data", per_class=4)
     out = tmp / "run"
-    assert run_cli(pretrain(data, out, "--epochs", "2"), tmp).returncode == 0
+    assert run_cli_in_process(pretrain(data, out, "--epochs", "2"), tmp).returncode == 0
     old = (out / "checkpoint-1.pth").read_bytes()
-    r = run_cli(pretrain(data, out, "--epochs", "1", "--no_auto_resume"), tmp)
+    r = run_cli_in_process(pretrain(data, out, "--epochs", "1", "--no_auto_resume"), tmp)
     assert r.returncode == 0, r.stderr
     assert f"the previous run's files moved to {out / 'previous-1'}" in r.stdout
     assert epochs_logged(out) == [0]
     assert epochs_logged(out / "previous-1") == [0, 1]
     assert (out / "previous-1" / "checkpoint-1.pth").read_bytes() == old
     # The next plain run continues the new run, not the old one.
-    r = run_cli(pretrain(data, out, "--epochs", "2"), tmp)
+    r = run_cli_in_process(pretrain(data, out, "--epochs", "2"), tmp)
     assert r.returncode == 0, r.stderr
     assert f"auto-resumed from {out / 'checkpoint-last.pth'}: continuing at epoch 1" in r.stdout
     assert epochs_logged(out) == [0, 1]
@@ -93,13 +93,15 @@ def case_no_auto_resume_starts_over_without_mixing_runs(tmp: Path) -> None:
 def case_a_failing_resume_leaves_config_json(tmp: Path) -> None:
     data = write_image_folder(tmp / "data", per_class=4)
     out = tmp / "run"
-    assert run_cli(pretrain(data, out, "--epochs", "1"), tmp).returncode == 0
+    assert run_cli_in_process(pretrain(data, out, "--epochs", "1"), tmp).returncode == 0
     config = (out / "config.json").read_text()
     bad = tmp / "bad.pth"
     bad.write_bytes(b"PK\x03\x04 not a checkpoint")
-    r = run_cli(pretrain(data, out, "--epochs", "2", "--blr", "2e-3", "--resume", str(bad)), tmp)
+    r = run_cli_in_process(
+        pretrain(data, out, "--epochs", "2", "--blr", "2e-3", "--resume", str(bad)), tmp
+    )
     one_line_refusal(r, str(bad))
-    r = run_cli(pretrain(data, out, "--epochs", "2", "--resume", str(out)), tmp)
+    r = run_cli_in_process(pretrain(data, out, "--epochs", "2", "--resume", str(out)), tmp)
     one_line_refusal(r, "is a folder; give the checkpoint file in it")
     assert (out / "config.json").read_text() == config
 
@@ -117,7 +119,7 @@ def case_interrupt_in_the_first_save_logs_no_epoch_twice(tmp: Path) -> None:
         if first.proc.poll() is None:
             first.kill()
     assert not (out / "checkpoint-last.pth").exists()
-    r = run_cli(args, tmp)
+    r = run_cli_in_process(args, tmp)
     assert r.returncode == 0, r.stderr
     assert epochs_logged(out) == [0, 1]
 
@@ -125,14 +127,14 @@ def case_interrupt_in_the_first_save_logs_no_epoch_twice(tmp: Path) -> None:
 def case_exports_never_replace_a_runs_files(tmp: Path) -> None:
     data = write_image_folder(tmp / "data", per_class=4)
     out = tmp / "run"
-    assert run_cli(pretrain(data, out, "--epochs", "1"), tmp).returncode == 0
+    assert run_cli_in_process(pretrain(data, out, "--epochs", "1"), tmp).returncode == 0
     config = (out / "config.json").read_text()
     ckpt = out / "checkpoint-last.pth"
-    r = run_cli(["convert", str(ckpt), str(out), "--to", "hf", "--force"], tmp)
+    r = run_cli_in_process(["convert", str(ckpt), str(out), "--to", "hf", "--force"], tmp)
     one_line_refusal(r, "is not a Hugging Face folder that maekit convert wrote")
     side = tmp / "feats.json"
     side.write_text(config)  # a file of the same stem, not an extract's
-    r = run_cli(
+    r = run_cli_in_process(
         [
             "extract",
             "--checkpoint",
@@ -165,17 +167,20 @@ def case_exports_never_replace_a_runs_files(tmp: Path) -> None:
         "--batch_size",
         "4",
     ]
-    assert run_cli(extract, tmp).returncode == 0
-    assert run_cli(extract, tmp).returncode == 0
+    assert run_cli_in_process(extract, tmp).returncode == 0
+    assert run_cli_in_process(extract, tmp).returncode == 0
     hf = tmp / "hf"
-    assert run_cli(["convert", str(ckpt), str(hf), "--to", "hf"], tmp).returncode == 0
-    assert run_cli(["convert", str(ckpt), str(hf), "--to", "hf", "--force"], tmp).returncode == 0
+    assert run_cli_in_process(["convert", str(ckpt), str(hf), "--to", "hf"], tmp).returncode == 0
+    assert (
+        run_cli_in_process(["convert", str(ckpt), str(hf), "--to", "hf", "--force"], tmp).returncode
+        == 0
+    )
 
 
 def case_a_write_failure_is_one_line_and_leaves_no_debris(tmp: Path) -> None:
     data = write_image_folder(tmp / "data", per_class=4)
     out = tmp / "run"
-    assert run_cli(pretrain(data, out, "--epochs", "1"), tmp).returncode == 0
+    assert run_cli_in_process(pretrain(data, out, "--epochs", "1"), tmp).returncode == 0
     config = (out / "config.json").read_text()
     ckpt = out / "checkpoint-last.pth"
     limited = _file_size_limit(1000)  # config.json is ~3 KB; every output is larger

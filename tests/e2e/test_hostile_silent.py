@@ -25,7 +25,7 @@ from maekit.data.shards.write import write_shards
 from maekit.errors import MaekitError
 from maekit.formats.safe_pickle import load_torch
 from maekit.models import create_model
-from tests.conftest import run_cli, write_image_folder
+from tests.conftest import run_cli_in_process, write_image_folder
 from tests.e2e.test_hostile_data_loss import one_line_refusal, pretrain
 
 SUPERVISED = [
@@ -61,17 +61,19 @@ def case_val_class_names_differ_from_train(tmp: Path) -> None:
     data = labeled(tmp / "data", ["cat", "dog", "owl"], ["ant", "bee", "cow"])
     for phase in ("finetune", "linprobe"):
         out = tmp / phase
-        r = run_cli([phase, *SUPERVISED, "--data_path", str(data), "--output_dir", str(out)], tmp)
+        r = run_cli_in_process(
+            [phase, *SUPERVISED, "--data_path", str(data), "--output_dir", str(out)], tmp
+        )
         one_line_refusal(r, "train/ and val/ have different class folders (cat / ant")
         assert not out.exists()
 
 
 def case_accum_iter_above_the_steps_of_an_epoch(tmp: Path) -> None:
     data = write_image_folder(tmp / "data", per_class=4)  # 8 images, batch 4: 2 steps
-    r = run_cli(pretrain(data, tmp / "run", "--epochs", "1", "--accum_iter", "3"), tmp)
+    r = run_cli_in_process(pretrain(data, tmp / "run", "--epochs", "1", "--accum_iter", "3"), tmp)
     one_line_refusal(r, "--accum_iter 3 is above the 2 steps of an epoch")
     assert not (tmp / "run" / "checkpoint-last.pth").exists()
-    r = run_cli(pretrain(data, tmp / "ok", "--epochs", "1", "--accum_iter", "2"), tmp)
+    r = run_cli_in_process(pretrain(data, tmp / "ok", "--epochs", "1", "--accum_iter", "2"), tmp)
     assert r.returncode == 0, r.stderr
     state = torch.load(tmp / "ok" / "checkpoint-last.pth", weights_only=True)["optimizer"]
     assert state["state"], "an accumulation that fits the epoch steps the optimizer"
@@ -92,7 +94,7 @@ def case_symlink_loop_in_a_class_folder(tmp: Path) -> None:
         e["count"] for e in json.loads((tmp / "shards/train/shards.json").read_text())["shards"]
     ]
     assert sum(counts) == 24
-    r = run_cli(["stats", "--data_path", str(data), "--num_workers", "0"], tmp)
+    r = run_cli_in_process(["stats", "--data_path", str(data), "--num_workers", "0"], tmp)
     assert r.returncode == 0, r.stderr
     assert "folders seen before (a symlink loop)" in r.stderr, r.stderr
 
@@ -100,7 +102,7 @@ def case_symlink_loop_in_a_class_folder(tmp: Path) -> None:
 def case_one_class_is_refused(tmp: Path) -> None:
     data = labeled(tmp / "data", ["only"], ["only"])
     for phase in ("finetune", "linprobe"):
-        r = run_cli(
+        r = run_cli_in_process(
             [phase, *SUPERVISED, "--data_path", str(data), "--output_dir", str(tmp / phase)], tmp
         )
         one_line_refusal(r, "the dataset has one class (only)")
@@ -108,11 +110,13 @@ def case_one_class_is_refused(tmp: Path) -> None:
 
 def case_mask_ratio_leaving_no_visible_patch(tmp: Path) -> None:
     data = write_image_folder(tmp / "data", per_class=4)
-    r = run_cli(pretrain(data, tmp / "run", "--epochs", "1", "--mask_ratio", "0.999"), tmp)
+    r = run_cli_in_process(
+        pretrain(data, tmp / "run", "--epochs", "1", "--mask_ratio", "0.999"), tmp
+    )
     one_line_refusal(r, "--mask_ratio 0.999 leaves no visible cell of the 16")
     assert not (tmp / "run").exists()
     # ConvMAE masks its 4x coarser grid: at 64 px, 16 cells of which 0.95 leaves none
-    r = run_cli(
+    r = run_cli_in_process(
         [
             "pretrain",
             "--model",
@@ -173,7 +177,7 @@ def case_int8_weights_through_the_cli(tmp: Path) -> None:
 
     save_file({k: v.to(torch.int8) for k, v in _vit_state().items()}, tmp / "q.safetensors")
     data = labeled(tmp / "data", ["a", "b"], ["a", "b"])
-    r = run_cli(
+    r = run_cli_in_process(
         [
             "finetune",
             *SUPERVISED,
@@ -206,7 +210,7 @@ def case_flipped_bytes_in_a_checkpoint(tmp: Path) -> None:
     assert load_torch(tmp / "ok.pth")["epoch"] == 0
     with pytest.raises(MaekitError, match="does not match its stored checksum"):
         load_torch(tmp / "bad.pth")
-    r = run_cli(
+    r = run_cli_in_process(
         ["convert", str(tmp / "bad.pth"), str(tmp / "w.safetensors"), "--to", "safetensors"], tmp
     )
     one_line_refusal(r, "does not match its stored checksum")
@@ -216,9 +220,9 @@ def case_flipped_bytes_in_a_checkpoint(tmp: Path) -> None:
 def case_explicit_resume_with_other_flags_in_the_same_folder(tmp: Path) -> None:
     data = write_image_folder(tmp / "data", per_class=4)
     out = tmp / "run"
-    assert run_cli(pretrain(data, out, "--epochs", "1"), tmp).returncode == 0
+    assert run_cli_in_process(pretrain(data, out, "--epochs", "1"), tmp).returncode == 0
     config = (out / "config.json").read_text()
-    r = run_cli(
+    r = run_cli_in_process(
         pretrain(
             data,
             out,
@@ -237,7 +241,9 @@ def case_explicit_resume_with_other_flags_in_the_same_folder(tmp: Path) -> None:
 
 def case_warmup_above_epochs_is_said(tmp: Path) -> None:
     data = write_image_folder(tmp / "data", per_class=4)
-    r = run_cli(pretrain(data, tmp / "run", "--epochs", "1", "--warmup_epochs", "3"), tmp)
+    r = run_cli_in_process(
+        pretrain(data, tmp / "run", "--epochs", "1", "--warmup_epochs", "3"), tmp
+    )
     assert r.returncode == 0, r.stderr
     assert "--warmup_epochs 3 is above --epochs 1: the lr never reaches its peak" in r.stdout
 
@@ -247,14 +253,14 @@ def case_output_dir_inside_the_data(tmp: Path) -> None:
     flat.mkdir()
     for i in range(8):
         Image.fromarray(np.full((36, 40, 3), 9 * i, np.uint8)).save(flat / f"{i}.png")
-    r = run_cli(pretrain(flat, flat / "run", "--epochs", "1"), tmp)
+    r = run_cli_in_process(pretrain(flat, flat / "run", "--epochs", "1"), tmp)
     one_line_refusal(r, "which is read as images")
     assert sorted(p.name for p in flat.iterdir()) == [f"{i}.png" for i in range(8)]
     data = write_image_folder(tmp / "data", per_class=4)
-    r = run_cli(pretrain(data, data / "train" / "run", "--epochs", "1"), tmp)
+    r = run_cli_in_process(pretrain(data, data / "train" / "run", "--epochs", "1"), tmp)
     one_line_refusal(r, "which is read as images")
     # beside train/ (not read as images) is fine
-    r = run_cli(pretrain(data, data / "runs" / "a", "--epochs", "1"), tmp)
+    r = run_cli_in_process(pretrain(data, data / "runs" / "a", "--epochs", "1"), tmp)
     assert r.returncode == 0, r.stderr
 
 
@@ -271,7 +277,7 @@ def case_a_manifest_that_under_counts(tmp: Path) -> None:
     for entry in data["shards"]:  # 6 + 6 samples said to be 4 + 4: one epoch of 2 steps
         entry["count"] -= 2
     manifest.write_text(json.dumps(data))
-    r = run_cli(pretrain(shards, tmp / "run", "--epochs", "1"), tmp)
+    r = run_cli_in_process(pretrain(shards, tmp / "run", "--epochs", "1"), tmp)
     one_line_refusal(r, "holds more samples than its manifest's 4")
 
 
@@ -297,7 +303,7 @@ def case_skipped_files_and_folders_are_counted(tmp: Path) -> None:
     shutil.copy(data / "train" / "class_1" / "0.png", hidden / "0.png")
     hidden.chmod(0)
     try:
-        r = run_cli(["stats", "--data_path", str(data), "--num_workers", "0"], tmp)
+        r = run_cli_in_process(["stats", "--data_path", str(data), "--num_workers", "0"], tmp)
     finally:
         hidden.chmod(0o755)
     assert r.returncode == 0, r.stderr
@@ -325,7 +331,7 @@ def case_a_key_given_twice_in_a_config(tmp: Path) -> None:
     with pytest.raises(MaekitError, match="key 'epochs' appears twice"):
         read_mapping(str(tmp / "c.json"))
     data = write_image_folder(tmp / "data", per_class=4)
-    r = run_cli(pretrain(data, tmp / "run", "--config", str(tmp / "c.yaml")), tmp)
+    r = run_cli_in_process(pretrain(data, tmp / "run", "--config", str(tmp / "c.yaml")), tmp)
     one_line_refusal(r, "appears twice (line 3)")
 
 
