@@ -45,7 +45,7 @@ def test_shard_then_pretrain_two_processes_two_workers_sees_every_sample_once(
 ) -> None:
     src = write_image_folder(tmp_path / "src", classes=2, per_class=24, size=(32, 32))
     shards = tmp_path / "shards"
-    r = run_cli(["shard", str(src), str(shards), "--shard_size", "10"], tmp_path, timeout=120)
+    r = run_cli_in_process(["shard", str(src), str(shards), "--shard_size", "10"], tmp_path)
     assert r.returncode == 0, r.stderr
     assert "train: 48 samples (2 classes) in 5 shards of up to 10" in r.stdout
 
@@ -90,7 +90,7 @@ def test_finetune_from_train_and_val_shards(tmp_path: Path) -> None:
     val = write_image_folder(tmp_path / "v", classes=3, per_class=2, size=(32, 32), seed=1)
     (val / "train").rename(src / "val")
     shards = tmp_path / "shards"
-    r = run_cli(["shard", str(src), str(shards), "--shard_size", "5"], tmp_path, timeout=120)
+    r = run_cli_in_process(["shard", str(src), str(shards), "--shard_size", "5"], tmp_path)
     assert r.returncode == 0, r.stderr
     assert "val: 6 samples (3 classes) in 2 shards" in r.stdout
     out = tmp_path / "ft"
@@ -116,7 +116,7 @@ def test_finetune_from_train_and_val_shards(tmp_path: Path) -> None:
     (log,) = [json.loads(line) for line in (out / "log.txt").read_text().splitlines()]
     assert {"test_acc1", "test_acc5", "test_loss", "train_loss"} <= log.keys()
     out = tmp_path / "lp"  # one process, the folder form of --data_path
-    r = run_cli(
+    r = run_cli_in_process(
         [
             "linprobe",
             "--model",
@@ -128,7 +128,6 @@ def test_finetune_from_train_and_val_shards(tmp_path: Path) -> None:
             *TINY,
         ],
         tmp_path,
-        timeout=300,
     )
     assert r.returncode == 0, r.stderr
     (log,) = [json.loads(line) for line in (out / "log.txt").read_text().splitlines()]
