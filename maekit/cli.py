@@ -220,6 +220,20 @@ def print_config(cls: type, cfg, args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``maekit ...``: the exit status (0 ok, 2 bad input in one line, 130 interrupted; 141 when
+    the reader of stdout went away, as in ``maekit recipes | head -5``: quietly, as Unix tools
+    stop on SIGPIPE, not with a BrokenPipeError traceback)."""
+    try:
+        rc = _main(argv)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return rc
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the exit-time flush then has nowhere to fail
+        return 141
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if getattr(args, "config", None):  # the file's values as defaults, then parse again
