@@ -331,3 +331,26 @@ def test_eval_split_is_exact_without_padding(tmp_path):
         parts = torch.cat([images(4, r, workers) for r in range(4)])
         assert sorted(parts.sum((1, 2, 3)).tolist()) == sorted(whole.sum((1, 2, 3)).tolist())
     assert torch.equal(images(2, 1, 0, rank_split=False), whole)  # without --dist_eval: every image
+
+
+def test_a_brace_range_typo_is_refused_before_it_is_expanded(tmp_path):
+    """Issue 29 case 30: `{000000000..099999999}` (a digit too many) once built 10^8 names
+    (3 GB, then MemoryError); now one line, exit 2, before any allocation."""
+    import tracemalloc
+
+    from maekit.data.shards.locate import expand_braces
+    from tests.conftest import assert_one_error_line, run_cli_in_process
+
+    tracemalloc.start()
+    with pytest.raises(MaekitError, match="names 100000000 shards, more than 1000000"):
+        expand_braces("d/shard-{000000000..099999999}.tar")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 10_000_000  # bytes: nothing was expanded
+    assert len(expand_braces("d/{a,b}/shard-{000..009}.tar")) == 20  # real patterns still work
+    r = run_cli_in_process(
+        ["pretrain", "--data_path", str(tmp_path / "{split}/shard-{000000000..099999999}.tar"),
+         "--model", "mae_vit_tiny_patch16", "--input_size", "32", "--patch_size", "8"],
+        tmp_path,
+    )
+    assert_one_error_line(r, "pretrain", "more than 1000000")

@@ -33,9 +33,28 @@ def _parent(path: str) -> str:
     return path.rsplit("/", 1)[0] if "/" in path else "."
 
 
+MAX_SHARD_NAMES = 1_000_000  # a pattern naming more is a typo, refused before it is expanded
+
+
+def _names_in(pattern: str) -> int:
+    """How many names the brace groups of ``pattern`` make (the product of their sizes)."""
+    n = 1
+    for m in re.finditer(r"\{([^{}]*)\}", pattern):
+        r = re.fullmatch(r"(\d+)\.\.(\d+)", m.group(1))
+        n *= max(0, int(r.group(2)) - int(r.group(1)) + 1) if r else len(m.group(1).split(","))
+    return n
+
+
 def expand_braces(pattern: str) -> list[str]:
     """``a{000..002}b`` -> a000b, a001b, a002b (width kept); ``{x,y}`` -> both; nested and
-    several groups expand left to right."""
+    several groups expand left to right. A pattern of more than MAX_SHARD_NAMES names (e.g.
+    ``{000000000..099999999}``, a digit too many) is refused before anything is allocated."""
+    n = _names_in(pattern)
+    if n > MAX_SHARD_NAMES:
+        raise MaekitError(
+            f"{pattern} names {n} shards, more than {MAX_SHARD_NAMES}: check the brace range "
+            "(a digit too many?), e.g. {000000..000127}"
+        )
     m = re.search(r"\{([^{}]*)\}", pattern)
     if m is None:
         return [pattern]
