@@ -17,7 +17,7 @@ from .config import (
     VisualizeConfig,
 )
 from .config.flags import HelpFormatter, Switch, add_config_flags, config_from_args
-from .errors import MaekitError, error_text
+from .errors import MaekitError, error_text, is_out_of_memory
 from .phases import PHASES as PHASE_TABLE
 
 PHASES = {name: (p.config, p.summary, p.module) for name, p in PHASE_TABLE.items()}
@@ -280,6 +280,17 @@ def _main(argv: list[str] | None) -> int:
     except KeyboardInterrupt:
         print(f"maekit {args.command}: interrupted", file=sys.stderr)
         return 130
+    except (MemoryError, RuntimeError) as e:
+        if not is_out_of_memory(e):
+            raise
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        print(
+            f"maekit {args.command}: error: out of memory ({first}); lower --batch_size, pick a "
+            "smaller --model (or --grad_ckpt on a GPU), or free memory (ulimit -v, other "
+            "processes); checkpoints already written are intact",
+            file=sys.stderr,
+        )
+        return 2
 
 
 if __name__ == "__main__":

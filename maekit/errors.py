@@ -21,3 +21,14 @@ def counted(n: int, noun: str, plural: str | None = None) -> str:
     """``n`` and the noun in the number it takes: "1 image", "16 images" (``plural`` for nouns
     that do not just add an s: "1 class", "3 classes")."""
     return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """A MemoryError, torch's CPU allocator failing ("can't allocate memory") or a CUDA
+    out-of-memory error: the machine's limit, said in one line rather than a traceback."""
+    if isinstance(error, MemoryError):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and (
+        "can't allocate memory" in text or "out of memory" in text.lower()
+    )

@@ -243,3 +243,23 @@ def test_an_error_raised_in_a_data_worker_prints_its_message_alone():
     )
     assert error_text(wrapped) == "32 images in a row: check --data_path"
     assert error_text(MaekitError("plain: message")) == "plain: message"
+
+
+@pytest.mark.slow
+def test_out_of_memory_while_building_the_model_is_one_line(tmp_path):
+    """Issue 29 case 26: a model too big for the memory allowed (here ``ulimit -v`` 6 GiB and
+    ViT-H, 2.5 GB of fp32 weights plus the decoder) stops with one line naming the fix, no
+    RuntimeError traceback, whether the allocator fails while building the model or in its
+    first steps."""
+    import resource
+
+    from tests.conftest import run_cli
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (6 * 2**30, 6 * 2**30))
+
+    out = tmp_path / "run"
+    args = ["pretrain", "--model", "mae_vit_huge_patch14", "--epochs", "1", "--num_workers", "0"]
+    r = run_cli([*args, "--output_dir", str(out)], tmp_path, preexec_fn=limited)
+    assert_one_error_line(r, "pretrain", "memory")
+    assert "smaller --model" in r.stderr

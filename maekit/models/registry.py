@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch.nn as nn
 from timm.layers import to_2tuple
 
-from ..errors import MaekitError
+from ..errors import MaekitError, is_out_of_memory
 from .family import Family, families
 
 KINDS = ("pretrain", "encoder")
@@ -94,4 +94,15 @@ def create_model(name: str, **overrides) -> nn.Module:
             f"input size {shown} is not divisible by the patch size {patch} of {name!r}; "
             f"choose --input_size as a multiple of {patch} or set --patch_size"
         )
-    return entry.cls(**{**entry.defaults, **overrides})
+    try:
+        return entry.cls(**{**entry.defaults, **overrides})
+    except (MemoryError, RuntimeError) as e:
+        # torch's CPU allocator raises RuntimeError("... can't allocate memory ..."); a ulimit
+        # or a small machine should get one line, not a traceback from deep in nn.Linear
+        if not is_out_of_memory(e):
+            raise
+        raise MaekitError(
+            f"not enough memory to build {name!r} ({type(e).__name__}: "
+            f"{(str(e).splitlines() or [''])[0][:120]}); pick a smaller --model or free memory "
+            "(ulimit -v, other processes)"
+        ) from None

@@ -349,8 +349,17 @@ def test_a_brace_range_typo_is_refused_before_it_is_expanded(tmp_path):
     assert peak < 10_000_000  # bytes: nothing was expanded
     assert len(expand_braces("d/{a,b}/shard-{000..009}.tar")) == 20  # real patterns still work
     r = run_cli_in_process(
-        ["pretrain", "--data_path", str(tmp_path / "{split}/shard-{000000000..099999999}.tar"),
-         "--model", "mae_vit_tiny_patch16", "--input_size", "32", "--patch_size", "8"],
+        [
+            "pretrain",
+            "--data_path",
+            str(tmp_path / "{split}/shard-{000000000..099999999}.tar"),
+            "--model",
+            "mae_vit_tiny_patch16",
+            "--input_size",
+            "32",
+            "--patch_size",
+            "8",
+        ],
         tmp_path,
     )
     assert_one_error_line(r, "pretrain", "more than 1000000")
