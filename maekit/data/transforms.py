@@ -174,10 +174,12 @@ class CheckedCompose(T.Compose):
     """``T.Compose`` that turns an exception of a step into :class:`TransformFailed` (one line)."""
 
     def __call__(self, img):
+        from .folder import UnreadableImage
+
         for t in self.transforms:
             try:
                 img = t(img)
-            except MaekitError:
+            except (MaekitError, UnreadableImage):  # one line already, or a file to skip
                 raise
             except Exception as e:  # noqa: BLE001 - any failure of a step is reported the same way
                 raise TransformFailed(describe_failure(t, e)) from None
@@ -338,6 +340,39 @@ def eval_crop_pct(input_size: int | list[int]) -> float:
     return 224 / 256 if max(to_2tuple(input_size)) <= 224 else 1.0
 
 
+MAX_RESIZED_PIXELS = 50_000_000  # an evaluation resize above this is a sliver image, not a photo
+
+
+class ResizeBound:
+    """Refuse, before any allocation, an image whose evaluation resize would be enormous: a
+    5 x 100000 strip resized to a shorter side of 256 px is 256 x 5.12 M pixels (6.3 GB and
+    38 s). Raised as :class:`~.folder.UnreadableImage`, so the loaders skip and count it like a
+    file that cannot be decoded; ``size``: the shorter side (int) or the (H, W) to cover."""
+
+    def __init__(self, size: int | tuple[int, int], limit: int = MAX_RESIZED_PIXELS) -> None:
+        self.size, self.limit = size, limit
+
+    def __call__(self, img):
+        h, w = img.shape[-2:] if isinstance(img, torch.Tensor) else (img.height, img.width)
+        if isinstance(self.size, int):
+            scale = self.size / min(h, w)
+        else:
+            scale = max(self.size[0] / h, self.size[1] / w)
+        pixels = round(h * scale) * round(w * scale)
+        if pixels > self.limit:
+            from .folder import UnreadableImage
+
+            raise UnreadableImage(
+                f"a {w}x{h} image would be resized to {round(w * scale)}x{round(h * scale)} "
+                f"pixels for evaluation (aspect {max(h, w) / max(1, min(h, w)):.0f}:1), more than "
+                f"{self.limit}: crop it to a usual aspect ratio or leave it out"
+            )
+        return img
+
+    def __repr__(self) -> str:
+        return f"ResizeBound({self.size})"
+
+
 class ResizeToCover:
     """Bicubic resize keeping the aspect ratio, just large enough to cover (height, width).
 
@@ -364,12 +399,15 @@ def eval_transform(
     same on full-precision tensors)."""
     crop_pct = eval_crop_pct(input_size)
     if isinstance(input_size, int):
+        target = int(input_size / crop_pct)
         resize = (v2.Resize if full else T.Resize)(
-            int(input_size / crop_pct), interpolation=T.InterpolationMode.BICUBIC, antialias=True
+            target, interpolation=T.InterpolationMode.BICUBIC, antialias=True
         )
     else:  # (height, width): cover (h / crop_pct, w / crop_pct), aspect kept
-        resize = ResizeToCover(tuple(int(s / crop_pct) for s in input_size))
-    steps = [resize, (v2.CenterCrop if full else T.CenterCrop)(to_2tuple(input_size))]
+        target = tuple(int(s / crop_pct) for s in input_size)
+        resize = ResizeToCover(target)
+    bound = ResizeBound(target)
+    steps = [bound, resize, (v2.CenterCrop if full else T.CenterCrop)(to_2tuple(input_size))]
     if full:
         return _full_pipeline(steps, in_chans, mean, std)
     return _pipeline(steps, in_chans, mean, std)

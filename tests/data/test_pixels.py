@@ -332,3 +332,23 @@ def test_mixup_and_cutmix_mix_every_band_of_n_channel_batches(mode):
     for i in range(4):
         bands = mixed[i].flatten(1)  # (13, 64)
         assert torch.equal(bands, bands[:1].expand_as(bands))  # the same mix in every band
+
+
+@pytest.mark.parametrize("full", [False, True])
+def test_a_sliver_image_is_skipped_before_the_evaluation_resize_allocates(tmp_path, full):
+    """Issue 29 case 27: a 5 x 100000 image (under --max_pixels) once took 6.3 GB and 38 s in
+    the evaluation resize; now it is an unreadable image, skipped and counted by the loaders,
+    before any allocation. A usual image passes the same transform."""
+    import tracemalloc
+
+    from maekit.data.folder import UnreadableImage
+
+    tf = eval_transform(224, 1, [0.5], [0.25], full=full)
+    strip = torch.rand(1, 5, 100_000) if full else Image.new("L", (100_000, 5))
+    tracemalloc.start()
+    with pytest.raises(UnreadableImage, match="100000x5 image would be resized to 5120000x256"):
+        tf(strip)
+    assert tracemalloc.get_traced_memory()[1] < 50_000_000
+    tracemalloc.stop()
+    usual = torch.rand(1, 300, 400) if full else Image.new("L", (400, 300))
+    assert tuple(tf(usual).shape) == (1, 224, 224)
