@@ -57,6 +57,14 @@ def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:
     return text.encode("latin1")
 
 
+def _bytearray(source: object = b"", *args: object) -> bytearray:
+    """``bytearray`` of data only: ``bytearray(2_000_000_000)`` from a 57-byte file would
+    allocate 2 GB of zeros before anything could refuse the file."""
+    if isinstance(source, int):
+        raise ForbiddenGlobal(f"builtins.bytearray({source}) (an allocation of {source} bytes)")
+    return bytearray(source, *args)
+
+
 def _storage_from_bytes(data: bytes):
     """What ``torch.storage._load_from_bytes`` does, but through the weights-only loader."""
     return torch.load(io.BytesIO(data), weights_only=True)
@@ -82,7 +90,7 @@ def _plain_globals() -> dict[str, object]:
         "builtins.set": set,
         "builtins.frozenset": frozenset,
         "builtins.complex": complex,
-        "builtins.bytearray": bytearray,
+        "builtins.bytearray": _bytearray,  # of data; bytearray(N) allocates N bytes
         "builtins.slice": slice,
         "argparse.Namespace": argparse.Namespace,
         "_codecs.encode": _latin1_encode,
