@@ -100,6 +100,18 @@ def _is_state(obj: object) -> bool:
 def read_raw(path: str | Path) -> tuple[object, str]:
     """Load ``path`` safely without interpreting it: (object, format from :func:`detect_format`).
     The contents are checked to be plain data (:func:`check_contents`)."""
+    if Path(path).is_dir() and (
+        any(Path(path).glob("checkpoint*.pth")) or (Path(path) / "log.txt").exists()
+    ):
+        # a maekit run folder (its config.json is the run's, not a Hugging Face config)
+        found = sorted(Path(path).glob("checkpoint*.pth"))
+        names = [p.name for p in found]
+        pick = next((n for n in ("checkpoint-best.pth", "checkpoint-last.pth") if n in names), None)
+        example = f"{Path(path) / (pick or (names[-1] if names else 'checkpoint-last.pth'))}"
+        raise MaekitError(
+            f"{path} is a maekit run folder, not a checkpoint file; give a checkpoint in it, "
+            f"e.g. {example}"
+        )
     fmt = detect_format(path)
     if fmt == "hf":
         return read_hf_dir(path), fmt
