@@ -73,6 +73,23 @@ def adapt_state_dict(
     return state, notes
 
 
+def refuse_non_finite(state: dict[str, torch.Tensor], flag: str) -> None:
+    """Weights with NaN or inf would train to a non-finite loss at step 1, with advice about
+    the lr that cannot help: refused at load, naming the tensors."""
+    bad = [
+        (k, int((~torch.isfinite(v)).sum()))
+        for k, v in state.items()
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all()
+    ]
+    if bad:
+        total = sum(n for _, n in bad)
+        raise MaekitError(
+            f"{flag} holds {total} non-finite (NaN or inf) values in {len(bad)} tensors (e.g. "
+            f"{bad[0][0]}): the file is damaged or was saved from a run that diverged; give "
+            "another checkpoint (an earlier one of that run)"
+        )
+
+
 def load_pretrained_encoder(model: nn.Module, path: str | Path, global_pool: bool) -> list[str]:
     """Load ``path`` (any format :mod:`maekit.formats` reads) into ``model`` by the official
     fine-tuning rules; returns the one-line summary for the log."""
@@ -80,6 +97,7 @@ def load_pretrained_encoder(model: nn.Module, path: str | Path, global_pool: boo
     state, report = ckpt.model, ckpt.report
     args = ckpt.extras.get("args") if isinstance(ckpt.extras.get("args"), dict) else {}
     family = family_of(model)
+    refuse_non_finite(state, f"--finetune {path}")
     state, notes = adapt_state_dict(state, model, str(path), grid_of(args, state, family))
     report.notes += notes
     wrong = shape_mismatches(state, model)
@@ -121,6 +139,7 @@ def init_from_checkpoint(model: nn.Module, path: str | Path) -> str:
     report = ckpt.report
     args = ckpt.extras.get("args") if isinstance(ckpt.extras.get("args"), dict) else {}
     original = strip_prefixes(ckpt.model)[0]
+    refuse_non_finite(original, f"--init {path}")
     layout = family_of(model).checkpoint
     state, notes = adapt_to_model(original, model, grid_of(args, original, family_of(model)))
     recomputed = {k for k in original if k not in state}  # fixed tables the model rebuilt
