@@ -110,7 +110,9 @@ def case_interrupt_in_the_first_save_logs_no_epoch_twice(tmp: Path) -> None:
     data = write_image_folder(tmp / "data", per_class=4)
     out = tmp / "run"
     args = pretrain(data, out, "--epochs", "2")
-    first = Run(args, tmp, save_delay=2)
+    # Ctrl-C ends the sleep at once: the long delay costs nothing, but keeps the temp file in
+    # place while a loaded machine's polling thread finds it (2 s once missed it under load)
+    first = Run(args, tmp, save_delay=20)
     try:
         first.wait_for(lambda: any(out.glob(".checkpoint-*.tmp")), timeout=240)
         first.kill(signal.SIGINT)
