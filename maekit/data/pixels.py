@@ -283,22 +283,27 @@ def read_array(
     return _read_pil(f, name, max_pixels, header_only)
 
 
+def check_bands(bands: int, name: str, in_chans: int, gray_to_rgb: bool = False) -> bool:
+    """Refuse (:class:`BandMismatch`, naming the file) a band count other than ``in_chans``;
+    True when a gray file is to be repeated to 3 channels (``gray_to_rgb``)."""
+    if bands == in_chans:
+        return False
+    if gray_to_rgb and bands == 1 and in_chans == 3:
+        return True
+    hint = " (or --gray_to_rgb to repeat a gray band)" if bands == 1 and in_chans == 3 else ""
+    raise BandMismatch(
+        f"{name}: {bands} band{'s' * (bands != 1)}, but --in_chans is {in_chans}; "
+        f"give --in_chans {bands}{hint} or remove the file"
+    )
+
+
 def to_tensor(
     arr: np.ndarray, name: str, in_chans: int, max_value: float, gray_to_rgb: bool = False
 ) -> torch.Tensor:
     """(H, W, C) array -> float32 (C, H, W) ``x / max_value``, checked: the band count is
     ``in_chans`` (a gray file repeated to 3 bands only with ``gray_to_rgb``) and every pixel
     is finite."""
-    bands = arr.shape[2]
-    if bands != in_chans:
-        if not (gray_to_rgb and bands == 1 and in_chans == 3):
-            hint = (
-                " (or --gray_to_rgb to repeat a gray band)" if bands == 1 and in_chans == 3 else ""
-            )
-            raise BandMismatch(
-                f"{name}: {bands} band{'s' * (bands != 1)}, but --in_chans is {in_chans}; "
-                f"give --in_chans {bands}{hint} or remove the file"
-            )
+    if check_bands(arr.shape[2], name, in_chans, gray_to_rgb):
         arr = np.repeat(arr, 3, axis=2)
     x = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1), dtype=np.float32))
     if np.issubdtype(arr.dtype, np.floating):
@@ -425,9 +430,8 @@ def resolve_pixels(
         )
     if pixels == "auto" and not deep and not wants_full:
         return "8bit", 255.0, None
-    for path, kind in kinds:
-        if kind.bands != in_chans and not (gray_to_rgb and kind.bands == 1 and in_chans == 3):
-            to_tensor(np.zeros((1, 1, kind.bands), kind.dtype), path, in_chans, 1.0, gray_to_rgb)
+    for path, kind in kinds:  # a wrong band count is refused now, not in a loader worker
+        check_bands(kind.bands, path, in_chans, gray_to_rgb)
     if max_value is not None:
         if not max_value > 0 or not np.isfinite(max_value):
             raise MaekitError(f"--max_value must be a positive number, got {max_value}")

@@ -122,12 +122,18 @@ def _full_pipeline(steps: list, in_chans: int, mean=None, std=None) -> CheckedCo
     return CheckedCompose([*steps, v2.Normalize(list(mean), list(std))])
 
 
-def _random_crop(input_size, scale: tuple[float, float], tensors: bool):
+def _crop_and_flips(
+    input_size, scale: tuple[float, float], tensors: bool, vflip: bool, rot90: bool
+) -> list:
+    """RandomResizedCrop(scale, bicubic) + horizontal flip + --vflip/--rot90: the geometric
+    head every training pipeline shares (PIL ops, or v2 ops on tensors)."""
     if tensors:
-        return v2.RandomResizedCrop(
+        crop = v2.RandomResizedCrop(
             input_size, scale=scale, interpolation=T.InterpolationMode.BICUBIC, antialias=True
         )
-    return T.RandomResizedCrop(input_size, scale=scale, interpolation=T.InterpolationMode.BICUBIC)
+        return [crop, v2.RandomHorizontalFlip(), *symmetry_steps(vflip, rot90, True)]
+    crop = T.RandomResizedCrop(input_size, scale=scale, interpolation=T.InterpolationMode.BICUBIC)
+    return [crop, T.RandomHorizontalFlip(), *symmetry_steps(vflip, rot90)]
 
 
 class TransformFailed(MaekitError):
@@ -267,11 +273,7 @@ def pretrain_transform(
     training loop normalises it on its device (:class:`~maekit.data.device.NormalizeOnDevice`).
     ``full``: the same steps on full-precision tensors (``uint8`` does not apply).
     """
-    steps = [
-        _random_crop(input_size, PRETRAIN_SCALE, full),
-        v2.RandomHorizontalFlip() if full else T.RandomHorizontalFlip(),
-        *symmetry_steps(vflip, rot90, full),
-    ]
+    steps = _crop_and_flips(input_size, PRETRAIN_SCALE, full, vflip, rot90)
     if full:
         return _full_pipeline(steps, in_chans, mean, std)
     return _pipeline(steps, in_chans, mean, std, uint8)
@@ -305,9 +307,7 @@ def finetune_transform(
 
         refuse_8bit_augment(auto_augment, color_jitter)
         steps = [
-            _random_crop(input_size, (crop_min, 1.0), True),
-            v2.RandomHorizontalFlip(),
-            *symmetry_steps(vflip, rot90, True),
+            *_crop_and_flips(input_size, (crop_min, 1.0), True, vflip, rot90),
             v2.Normalize(list(mean), list(std)),
         ]
         if reprob > 0:  # timm's, after normalisation as in its pipeline
@@ -437,11 +437,7 @@ def linprobe_transform(
     rot90: bool = False,
 ) -> T.Compose:
     """RandomResizedCrop(0.08-1, bicubic) + flip + normalise (no RandAugment, no erasing)."""
-    steps = [
-        _random_crop(input_size, (crop_min, 1.0), full),
-        v2.RandomHorizontalFlip() if full else T.RandomHorizontalFlip(),
-        *symmetry_steps(vflip, rot90, full),
-    ]
+    steps = _crop_and_flips(input_size, (crop_min, 1.0), full, vflip, rot90)
     if full:
         return _full_pipeline(steps, in_chans, mean, std)
     return _pipeline(steps, in_chans, mean, std)
