@@ -8,10 +8,11 @@ import torch
 
 from ..errors import MaekitError, counted
 from .fashion_mnist import FashionMNIST
-from .folder import DEFAULT_MAX_PIXELS, FlatImageFolder, image_folder
+from .folder import DEFAULT_MAX_PIXELS, FlatImageFolder, _is_image, image_folder
 from .robust import SeededSamples
 from .sampling import EpochBatches, EpochLoader, ResumableSampler, subset_indices
 from .shards.dataset import ShardDataset, load_shard_dataset
+from .shards.format import MANIFEST
 from .shards.locate import is_shard_path
 from .shards.stream import ShardLoader
 from .workers import make_loader
@@ -47,10 +48,22 @@ def build_dataset(
         root = sub
     elif split != "train":
         raise MaekitError(f"{root} has no {split}/ folder; evaluation needs {sub}")
+    _refuse_unfinished_shards(root)
     ds = image_folder(root, transform, max_pixels, reader)
     if len(ds) == 0:
         raise MaekitError(f"no images found in {root}; check --data_path")
     return ds
+
+
+def _refuse_unfinished_shards(root: Path) -> None:
+    """A folder of tar shards without its ``shards.json`` is a ``maekit shard`` that did not
+    finish (it writes the manifest last): say so, rather than "no images found"."""
+    tars = sorted(root.glob("*.tar"))
+    if tars and not any(_is_image(p) for p in root.iterdir()):
+        raise MaekitError(
+            f"{root} holds {counted(len(tars), 'tar shard')} but no {MANIFEST}: the `maekit shard` "
+            "that wrote it did not finish; run it again with --force"
+        )
 
 
 class FixedSubset(torch.utils.data.Dataset):

@@ -33,6 +33,56 @@ def loader_workers(requested: int) -> int:
     return min(requested, usable_cpus())
 
 
+class _HeldInterrupt:
+    """Hold Ctrl-C (SIGINT) while a loader forks its workers, and raise it once they are up.
+
+    A fork runs the at-fork hooks (logging's ``_releaseLock`` and others); a KeyboardInterrupt
+    raised inside one is printed as "Exception ignored" and lost, so a Ctrl-C in the second or
+    so that workers take to start was swallowed and the run trained on (issue 29, case 9). Here
+    the handler only notes the signal; the interrupt is raised in ordinary code afterwards.
+    Main thread only, and only while the default Python handler is installed.
+    """
+
+    def __init__(self) -> None:
+        self.caught = False
+        self._previous = None
+
+    def _note(self, _signum, _frame) -> None:
+        self.caught = True
+
+    def __enter__(self) -> _HeldInterrupt:
+        if (
+            threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        ):
+            self._previous = signal.signal(signal.SIGINT, self._note)
+        return self
+
+    def __exit__(self, exc_type, *_exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        if self.caught and exc_type is None:
+            raise KeyboardInterrupt
+
+
+class _Loader(DataLoader):
+    """A DataLoader whose worker start does not lose a Ctrl-C (see :class:`_HeldInterrupt`)."""
+
+    def __iter__(self):
+        if self.num_workers == 0:
+            return super().__iter__()
+        with _HeldInterrupt():
+            return super().__iter__()
+
+
+def _start_worker(worker_id: int) -> None:
+    """``worker_init_fn``: the worker forked while :class:`_HeldInterrupt` was installed gets
+    Python's default Ctrl-C back (torch's worker loop ends quietly on KeyboardInterrupt), and
+    ignores the job's stop signals (:func:`ignore_stop_signals`)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    ignore_stop_signals(worker_id)
+
+
 def ignore_stop_signals(_worker_id: int = 0) -> None:
     """DataLoader ``worker_init_fn``: data workers ignore SIGTERM/SIGUSR1.
 
@@ -58,18 +108,19 @@ def make_loader(
 
     - workers ignore the job-wide stop signals (:func:`ignore_stop_signals`): the main process
       decides when to stop and saves first;
+    - a Ctrl-C while the workers start is not lost (:class:`_HeldInterrupt`);
     - the loader has its own random generator (seeded with ``seed``): making an iterator draws
       a worker base seed, and from the global torch RNG that would shift the model's stream
       (masking, drop path), which resume restores exactly.
 
     ``kwargs`` are the remaining ``DataLoader`` arguments (batch size or sampler, collate).
     """
-    return DataLoader(
+    return _Loader(
         dataset,
         num_workers=num_workers,
         pin_memory=pin_memory,
         persistent_workers=persistent and num_workers > 0,
-        worker_init_fn=ignore_stop_signals,
+        worker_init_fn=_start_worker,
         generator=torch.Generator().manual_seed(seed),
         **kwargs,
     )

@@ -108,6 +108,18 @@ def test_writer_refuses_existing_shards_unless_forced_and_keeps_other_files(tmp_
     assert names == ["notes.txt", "shard-000000.tar", "shard-000001.tar", "shards.json"]
 
 
+def test_half_written_shard_folder_says_the_shard_run_did_not_finish(tmp_path):
+    # Issue 29, misleading one-liners: `maekit shard` writes shards.json last, so a killed run
+    # leaves tars without it; that folder was "no images found", now it names the cause.
+    dst = make_shards(tmp_path, per_class=12, shard_size=5)
+    (dst / "train" / "shards.json").unlink()
+    for path in (dst, dst / "train"):
+        with pytest.raises(MaekitError, match=r"holds 5 tar shards but no shards\.json.*--force"):
+            build_dataset(str(path), "train", TO_TENSOR)
+    write_shards(tmp_path / "src", dst, 5, force=True)  # the advice works
+    assert len(build_dataset(str(dst), "train", TO_TENSOR)) == 24
+
+
 def test_writer_refuses_dst_inside_src_and_bad_sizes(tmp_path):
     src = write_image_folder(tmp_path / "src", classes=1, per_class=2, size=(8, 8))
     for dst in (src, src / "shards"):
